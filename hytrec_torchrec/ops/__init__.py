@@ -1,0 +1,1 @@
+"""Numerical operators (TADN delta rule, jagged helpers)."""

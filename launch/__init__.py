@@ -1,0 +1,1 @@
+"""TorchX components and job entry points."""

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Create .venv and install the pinned CPU stack (SPEC §2) without ever downloading the CUDA
+# fbgemm-gpu. Idempotent: a second run checks a stamp and returns in about a second.
+#
+#   bash scripts/setup.sh            # CPU stack into ./.venv
+#   HYTREC_VENV=/path bash scripts/setup.sh
+#   HYTREC_TORCH_INDEX=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
+#       (where torch==2.13.0 is not on your default index as a CPU wheel)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${HYTREC_VENV:-$here/.venv}"
+python="${PYTHON:-python3}"
+req="$here/requirements-cpu.txt"
+stamp="$venv/.hytrec-setup-stamp"
+want="$(cat "$req" "$here/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import torchrec, fbgemm_gpu, hytrec_torchrec" 2>/dev/null; then
+    echo "[setup] $venv is up to date"
+    exit 0
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "[setup] creating $venv"
+    "$python" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+extra=()
+if [ -n "${HYTREC_TORCH_INDEX:-}" ]; then extra=(--extra-index-url "$HYTREC_TORCH_INDEX"); fi
+
+echo "[setup] installing pinned CPU stack (torch 2.13.0, fbgemm-gpu-cpu 1.8.0, torchx 0.7.0, ...)"
+"${pip[@]}" install "${extra[@]}" -r "$req"
+echo "[setup] installing torchrec 1.8.0 with --no-deps (avoids the CUDA fbgemm-gpu)"
+"${pip[@]}" install --no-deps torchrec==1.8.0
+echo "[setup] installing hytrec_torchrec (editable, --no-deps)"
+"${pip[@]}" install --no-deps --no-build-isolation -e "$here"
+
+# Fail loudly if something pulled the CUDA build over the CPU one.
+"$venv/bin/python" - <<'PY'
+import importlib.metadata as md
+names = {d.metadata["Name"].lower() for d in md.distributions()}
+assert "fbgemm-gpu" not in names, "CUDA fbgemm-gpu got installed; remove it and rerun setup"
+import torch, fbgemm_gpu, torchrec  # noqa: F401
+torch.ops.fbgemm.asynchronous_complete_cumsum(torch.tensor([1, 2]))
+print(f"[setup] ok: torch {torch.__version__}, torchrec {torchrec.__version__}")
+PY
+echo "$want" > "$stamp"

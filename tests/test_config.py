@@ -1,0 +1,69 @@
+"""Tests for the typed YAML config loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from hytrec_torchrec.config import ConfigError, check_range, load_config, to_dict
+
+
+@dataclass
+class _Inner:
+    alpha: float = 0.5
+    pattern: str = "TTTS"
+    sizes: list[int] = field(default_factory=lambda: [1, 2])
+
+    def validate(self) -> None:
+        check_range("alpha", self.alpha, 0.0, 1.0)
+
+
+@dataclass
+class _Outer:
+    inner: _Inner = field(default_factory=_Inner)
+    steps: int = 10
+    name: Optional[str] = None
+    flag: bool = False
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_overrides(tmp_path: Path) -> None:
+    cfg = load_config(_Outer, _write(tmp_path, "steps: 3\ninner:\n  alpha: 0.25\n"),
+                      ["inner.sizes=[4,5]", "name=run1", "flag=true"])
+    assert cfg.steps == 3 and cfg.inner.alpha == 0.25 and cfg.inner.sizes == [4, 5]
+    assert cfg.name == "run1" and cfg.flag is True
+    assert to_dict(cfg)["inner"]["pattern"] == "TTTS"
+
+
+@pytest.mark.parametrize(
+    "text,overrides,needle",
+    [
+        ("stepz: 3\n", [], "stepz: unknown key"),
+        ("", ["inner.alpah=0.1"], "inner.alpah: unknown key"),
+        ("steps: 3.5\n", [], "steps: expected an integer"),
+        ("steps: true\n", [], "steps: expected an integer"),
+        ("inner:\n  alpha: 1.5\n", [], "inner.alpha: 1.5 must be <= 1"),
+        ("inner:\n  sizes: [1, x]\n", [], "inner.sizes[1]: expected an integer"),
+        ("", ["steps"], "expected key=value"),
+        ("- 1\n", [], "top level must be a mapping"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, overrides: list[str], needle: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(_Outer, path, overrides)
+    assert needle in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(_Outer, "/nonexistent/x.yaml")
