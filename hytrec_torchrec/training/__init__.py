@@ -1,0 +1,1 @@
+"""Distributed training: sharding, checkpoints, the training loop and its CLI."""
