@@ -1,0 +1,80 @@
+"""Loader configuration: which prepared directory, which split, how examples and batches are made.
+
+See ``docs/data_loader.md`` for the meaning of every field and the exact example/split rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from hytrec_torchrec.config import ConfigError, check_choice, check_range
+
+__all__ = ["DataConfig", "SPLITS", "STAGES"]
+
+SPLITS = ("leave_last_out", "time")
+STAGES = ("train", "valid", "test")
+
+
+@dataclass
+class DataConfig:
+    """Everything ``make_dataloader`` needs.
+
+    Attributes:
+        path: prepared directory written by ``hytrec-prep`` (docs/data_format.md).
+        split: ``leave_last_out`` (test = last event, valid = second last, train before) or
+            ``time`` (global cut at ``split_time``; see docs/data_loader.md).
+        split_time: seconds since epoch; required for ``split=time``, unused otherwise.
+        max_len: history truncation, keeps the most recent ``max_len`` events.
+        num_targets: m, positives per example: the event at the cutoff and the next m-1 events
+            (fewer only where the split's region ends).
+        cutoffs_per_user: training cutoffs per user per epoch (stratified uniform over the user's
+            eligible positions); 0 = every eligible position.
+        min_history: smallest history length (events before the cutoff) an example may have.
+            0 allows empty histories (cold-start examples with no history at all).
+        batch_size: examples per batch (B).
+        num_negatives: R uniform negatives per batch over known item indices 2..V-1.
+        group_window: length grouping: examples are shuffled, then sorted by history length within
+            windows of ``group_window * batch_size`` examples and cut into batches; 0 = no
+            grouping (batches are plain shuffled chunks).
+        num_workers: DataLoader worker processes (0 = build batches in the calling process).
+        seed: base seed; cutoffs, order and negatives are deterministic in (seed, epoch, rank).
+        drop_last: training only: drop the last incomplete batch of each rank.
+        shuffle: training only: shuffle examples and batch order (eval stages never shuffle).
+        pin_memory: pin batches in the DataLoader (only useful with a CUDA device).
+    """
+
+    path: str = ""
+    split: str = "leave_last_out"
+    split_time: Optional[int] = None
+    max_len: int = 10000
+    num_targets: int = 1
+    cutoffs_per_user: int = 4
+    min_history: int = 1
+    batch_size: int = 32
+    num_negatives: int = 128
+    group_window: int = 64
+    num_workers: int = 0
+    seed: int = 0
+    drop_last: bool = True
+    shuffle: bool = True
+    pin_memory: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid key."""
+        if not self.path:
+            raise ConfigError("path: required (the prepared dataset directory)")
+        check_choice("split", self.split, SPLITS)
+        if self.split == "time":
+            if self.split_time is None:
+                raise ConfigError("split_time: required when split is 'time'")
+            check_range("split_time", self.split_time, 0)
+        check_range("max_len", self.max_len, 1)
+        check_range("num_targets", self.num_targets, 1)
+        check_range("cutoffs_per_user", self.cutoffs_per_user, 0)
+        check_range("min_history", self.min_history, 0)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("num_negatives", self.num_negatives, 0)
+        check_range("group_window", self.group_window, 0)
+        check_range("num_workers", self.num_workers, 0)
+        check_range("seed", self.seed, 0)
