@@ -1,0 +1,1 @@
+"""Offline evaluation: full-catalog ranks, metrics, segments, reports."""

@@ -1,0 +1,149 @@
+"""Full-catalog rank of each target item, computed shard by shard (SPEC §6).
+
+Every ranking metric we report (HR@K, NDCG@K, MRR, AUC) is a function of the target's rank in
+the full catalog, so no top-K list is needed: each process scores the users of *all* processes
+against the item rows it holds locally, counts the items that beat each target, and the counts
+are summed across processes. No process ever materialises the whole item table.
+
+Catalog: item indices ``2 .. V-1`` (0 is padding, 1 the unknown bucket).
+Rank: ``1 + #{j in catalog, j != target : s_j >= s_target}`` — ties count against the target
+(pessimistic), so a model that scores everything equally gets the worst rank, never the best.
+
+Example (single process, plain tensor table)::
+
+    ranks = target_ranks(user, targets, [(0, 0, weight)], num_items=weight.shape[0])
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["ItemBlock", "local_item_blocks", "target_ranks", "target_ranks_distributed"]
+
+#: (row offset, column offset, weight [rows, cols]) of one locally held piece of the item table.
+ItemBlock = Tuple[int, int, torch.Tensor]
+
+FIRST_ITEM = 2
+
+
+def local_item_blocks(table: torch.Tensor, owner_only: bool = True) -> List[ItemBlock]:
+    """The locally held pieces of an item table weight.
+
+    Args:
+        table: a ``ShardedTensor`` (from a DMP state dict) or a plain tensor (unsharded or
+            data-parallel; then only rank 0 reports it when ``owner_only``, so rows are counted
+            once).
+    """
+    if hasattr(table, "local_shards"):
+        return [
+            (int(s.metadata.shard_offsets[0]), int(s.metadata.shard_offsets[1]), s.tensor)
+            for s in table.local_shards()
+        ]
+    if owner_only and dist.is_initialized() and dist.get_rank() != 0:
+        return []
+    return [(0, 0, table)]
+
+
+def _block_scores(user: torch.Tensor, blocks: Sequence[ItemBlock]) -> List[Tuple[int, torch.Tensor]]:
+    out = []
+    for r0, c0, w in blocks:
+        cols = w.shape[1]
+        out.append((r0, user[:, c0 : c0 + cols].to(w.dtype) @ w.t()))
+    return out
+
+
+def target_ranks(
+    user: torch.Tensor,
+    targets: torch.Tensor,
+    blocks: Sequence[ItemBlock],
+    num_items: int,
+    exclude: torch.Tensor | None = None,
+    reduce: bool = False,
+) -> torch.Tensor:
+    """Rank of each target in the full catalog.
+
+    Args:
+        user: [B, D] user embeddings.
+        targets: [B] int64 target item indices.
+        blocks: locally held item-table pieces (:func:`local_item_blocks`). Blocks must hold whole
+            rows unless ``reduce`` is set (column-split tables: partial scores are all-reduced).
+        num_items: V, rows of the item table.
+        exclude: optional [B, V] bool mask of items to leave out of the ranking per example
+            (e.g. history items when configured); the target itself is never excluded.
+        reduce: sum partial counts/scores across processes (distributed use).
+    Returns:
+        [B] int64 ranks, 1 = best.
+    """
+    B = user.shape[0]
+    dev = user.device
+    user = user.float()
+    col_split = any(w.shape[1] != user.shape[1] for _, _, w in blocks)
+    if reduce and dist.is_initialized():
+        flag = torch.tensor([1 if col_split else 0], device=dev)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        col_split = bool(flag.item())
+    scored = _block_scores(user, blocks)
+    if col_split:
+        full = torch.zeros(B, num_items, dtype=torch.float32, device=dev)
+        for r0, s in scored:
+            full[:, r0 : r0 + s.shape[1]] += s.float()
+        if reduce and dist.is_initialized():
+            dist.all_reduce(full)
+            scored = [(0, full)] if dist.get_rank() == 0 else []
+        else:
+            scored = [(0, full)]
+    tscore = torch.zeros(B, dtype=torch.float32, device=dev)
+    for r0, s in scored:
+        inside = (targets >= r0) & (targets < r0 + s.shape[1])
+        idx = inside.nonzero().squeeze(1)
+        tscore[idx] = s[idx, targets[idx] - r0].float()
+    if reduce and dist.is_initialized():
+        dist.all_reduce(tscore)
+    count = torch.zeros(B, dtype=torch.int64, device=dev)
+    for r0, s in scored:
+        cols = torch.arange(r0, r0 + s.shape[1], device=dev)
+        beats = s.float() >= tscore[:, None]
+        beats &= cols[None, :] != targets[:, None]
+        beats &= (cols >= FIRST_ITEM)[None, :]
+        if exclude is not None:
+            beats &= ~exclude[:, r0 : r0 + s.shape[1]]
+        count += beats.sum(dim=1)
+    if reduce and dist.is_initialized():
+        dist.all_reduce(count)
+    return count + 1
+
+
+def target_ranks_distributed(
+    user: torch.Tensor, targets: torch.Tensor, blocks: Sequence[ItemBlock], num_items: int
+) -> torch.Tensor:
+    """Ranks for this process's examples, scored against every process's local item rows.
+
+    All processes call this together (possibly with different B, including 0). Each gathers every
+    process's users and targets, scores them against its local rows, and the counts are summed.
+
+    Returns:
+        [B] int64 ranks of this process's examples.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return target_ranks(user, targets, blocks, num_items)
+    world = dist.get_world_size()
+    dev = user.device
+    sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([user.shape[0]], dtype=torch.int64, device=dev))
+    n = [int(s.item()) for s in sizes]
+    m = max(n)
+    D = user.shape[1]
+    pad_u = torch.zeros(m, D, dtype=torch.float32, device=dev)
+    pad_t = torch.full((m,), FIRST_ITEM, dtype=torch.int64, device=dev)
+    pad_u[: user.shape[0]] = user.float()
+    pad_t[: targets.shape[0]] = targets
+    all_u = [torch.zeros(m, D, device=dev) for _ in range(world)]
+    all_t = [torch.zeros(m, dtype=torch.int64, device=dev) for _ in range(world)]
+    dist.all_gather(all_u, pad_u)
+    dist.all_gather(all_t, pad_t)
+    ranks = target_ranks(torch.cat(all_u), torch.cat(all_t), blocks, num_items, reduce=True)
+    me = dist.get_rank()
+    return ranks[me * m : me * m + n[me]]

@@ -1,0 +1,70 @@
+"""``hytrec-train --config FILE [key=value ...]``: run (or resume) a training job.
+
+Run under TorchX/torchrun for several ranks; a plain invocation is a one-rank job (gloo on CPU).
+Every config value can be overridden with a dotted ``key=value`` argument, e.g.
+``data.path=/data/prepared train.max_steps=50 run.dir=runs/exp1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from typing import Optional, Sequence
+
+from hytrec_torchrec.config import ConfigError
+
+
+def quiet_library_noise() -> None:
+    """Keep TorchRec/TorchScript deprecation and planner chatter out of CLI output.
+
+    They are documented in docs/architecture.md ("Known warnings"); set ``PYTHONWARNINGS=default``
+    and ``HYTREC_LOG=INFO`` to see them.
+    """
+    import os
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torchrec")
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch.distributed")
+    level = os.environ.get("HYTREC_LOG", "WARNING").upper()
+    for name in ("torchrec", "torch.distributed", "torch.fx", "fbgemm_gpu"):
+        logging.getLogger(name).setLevel(getattr(logging, level, logging.WARNING))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="hytrec-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML job config (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    args = parser.parse_args(argv)
+    quiet_library_noise()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from hytrec_torchrec.training.config import load_job_config
+
+    try:
+        cfg = load_job_config(args.config, list(args.overrides))
+    except ConfigError as exc:
+        print(f"hytrec-train: config error: {exc}", file=sys.stderr)
+        return 2
+    from hytrec_torchrec.training.loop import NonFiniteLossError, Trainer
+
+    try:
+        trainer = Trainer(cfg)
+        summary = trainer.fit()
+    except NonFiniteLossError as exc:
+        print(f"hytrec-train: {exc}", file=sys.stderr)
+        return 3
+    if trainer.env.is_main:
+        print(json.dumps({"final": summary}, indent=None))
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

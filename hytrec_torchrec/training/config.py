@@ -1,0 +1,140 @@
+"""The training job's configuration tree (``hytrec-train --config FILE [key=value ...]``).
+
+YAML layout (every key optional except ``data.path``)::
+
+    run:        {dir: runs/demo, seed: 0, log_every: 10, tensorboard: true, progress: true}
+    data:       DataConfig            (hytrec_torchrec/data/config.py)
+    embeddings: EmbeddingsConfig      (hytrec_torchrec/training/sharding.py)
+    model:      TowerConfig           (hytrec_torchrec/modules/config.py)
+    optim:      {lr: 1e-3, weight_decay: 0.01, betas: [0.9, 0.98], eps: 1e-8, grad_clip: 1.0}
+    train:      {max_steps: 200, epochs: null, validate_every: 100, val_batches: 20,
+                 checkpoint_every: 100, keep_last: 3, pipeline: sparse_dist, backend: auto}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hytrec_torchrec.config import ConfigError, check_choice, check_range, load_config
+from hytrec_torchrec.data.config import DataConfig
+from hytrec_torchrec.modules.config import TowerConfig
+from hytrec_torchrec.training.sharding import EmbeddingsConfig
+
+__all__ = ["RunConfig", "OptimConfig", "TrainConfig", "JobConfig", "load_job_config"]
+
+
+@dataclass
+class RunConfig:
+    """Where the run writes (checkpoints, TensorBoard, metrics) and logging.
+
+    Attributes:
+        dir: run directory; checkpoints under ``dir/checkpoints``, TensorBoard under ``dir/tb``.
+        seed: seed of model initialisation and dropout (the loader has ``data.seed``).
+        log_every: steps between progress/TensorBoard updates.
+        tensorboard: write TensorBoard scalars on rank 0.
+        progress: show a progress bar on rank 0.
+    """
+
+    dir: str = "runs/default"
+    seed: int = 0
+    log_every: int = 10
+    tensorboard: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not self.dir:
+            raise ConfigError("dir: must not be empty")
+        check_range("log_every", self.log_every, 1)
+
+
+@dataclass
+class OptimConfig:
+    """Dense (tower) optimizer: AdamW, with gradient-norm clipping of the dense parameters."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    grad_clip: Optional[float] = 1.0
+
+    def validate(self) -> None:
+        check_range("lr", self.lr, 0.0, lo_open=True)
+        check_range("weight_decay", self.weight_decay, 0.0)
+        for i, b in enumerate(self.betas):
+            check_range(f"betas[{i}]", b, 0.0, 1.0, hi_open=True)
+        if self.grad_clip is not None:
+            check_range("grad_clip", self.grad_clip, 0.0, lo_open=True)
+
+
+@dataclass
+class TrainConfig:
+    """Training schedule.
+
+    Attributes:
+        max_steps: stop after this many optimizer steps (``None``: run ``epochs`` epochs).
+        epochs: number of passes (each pass draws new cutoffs per user); ``None`` with
+            ``max_steps`` set means as many epochs as the steps need.
+        validate_every: steps between validations (0: only at the end).
+        val_batches: validation batches per rank (``None``: the whole validation split).
+        checkpoint_every: steps between checkpoints (0: only at the end).
+        keep_last: checkpoints kept.
+        pipeline: ``sparse_dist`` (TorchRec's TrainPipelineSparseDist, overlapping the input
+            all-to-all with compute) or ``plain`` (a simple loop; easier to debug).
+        backend: ``auto`` (nccl on CUDA, gloo on CPU), ``gloo`` or ``nccl``.
+        resume: continue from ``run.dir``'s latest checkpoint when there is one.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    """
+
+    max_steps: Optional[int] = 200
+    epochs: Optional[int] = None
+    validate_every: int = 100
+    val_batches: Optional[int] = 20
+    checkpoint_every: int = 100
+    keep_last: int = 3
+    pipeline: str = "sparse_dist"
+    backend: str = "auto"
+    resume: bool = True
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.max_steps is None and self.epochs is None:
+            raise ConfigError("max_steps: set max_steps or epochs")
+        if self.max_steps is not None:
+            check_range("max_steps", self.max_steps, 1)
+        if self.epochs is not None:
+            check_range("epochs", self.epochs, 1)
+        check_range("validate_every", self.validate_every, 0)
+        check_range("checkpoint_every", self.checkpoint_every, 0)
+        check_range("keep_last", self.keep_last, 1)
+        if self.val_batches is not None:
+            check_range("val_batches", self.val_batches, 1)
+        check_choice("pipeline", self.pipeline, ("sparse_dist", "plain"))
+        check_choice("backend", self.backend, ("auto", "gloo", "nccl"))
+        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+
+
+@dataclass
+class JobConfig:
+    """The whole training job."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
+    model: TowerConfig = field(default_factory=TowerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        if not self.data.path:
+            raise ConfigError("data.path: required (the prepared dataset directory)")
+        if self.model.embedding_dim != self.embeddings.dim:
+            raise ConfigError(
+                f"model.embedding_dim: {self.model.embedding_dim} must equal embeddings.dim "
+                f"({self.embeddings.dim})"
+            )
+
+
+def load_job_config(path: Optional[str], overrides: list[str]) -> JobConfig:
+    """Load a :class:`JobConfig` from YAML plus dotted ``key=value`` overrides."""
+    return load_config(JobConfig, path, overrides)

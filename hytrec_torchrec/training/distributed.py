@@ -1,0 +1,121 @@
+"""Process-group setup and sharded-model construction shared by train, evaluate and export.
+
+``init_distributed`` reads the torchrun/TorchX environment (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``); without it, it starts a one-process gloo group
+so the same code path (DMP, DCP) runs in a plain ``python`` process too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from hytrec_torchrec.testing import free_port
+
+__all__ = ["DistEnv", "init_distributed", "shard_model", "format_plan"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(backend: str = "auto", device: str = "auto") -> DistEnv:
+    """Initialise (or reuse) the default process group.
+
+    Args:
+        backend: ``auto`` (nccl with CUDA, else gloo), ``gloo`` or ``nccl``.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    """
+    if "RANK" not in os.environ and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but CUDA is not available")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if backend == "auto":
+        backend = "nccl" if use_cuda else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    world = dist.get_world_size()
+    return DistEnv(
+        rank=dist.get_rank(),
+        world_size=world,
+        local_rank=local_rank,
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(world))),
+        device=dev,
+        backend=backend,
+    )
+
+
+def shard_model(
+    model: torch.nn.Module,
+    emb_cfg: Any,
+    env: DistEnv,
+    batch_size: int | None = None,
+) -> tuple[Any, Any]:
+    """Plan and apply sharding with ``DistributedModelParallel``.
+
+    The model's ``EmbeddingCollection`` must be on the meta device (its optimizer already attached
+    with ``apply_optimizer_in_backward`` if training); dense modules on ``env.device``.
+
+    Returns:
+        ``(dmp_model, plan)``.
+    """
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+
+    from hytrec_torchrec.training.sharding import make_planner, sharders
+
+    planner = make_planner(
+        emb_cfg,
+        world_size=env.world_size,
+        compute_device=env.device.type,
+        local_world_size=env.local_world_size,
+        batch_size=batch_size,
+    )
+    shs = sharders()
+    plan = planner.collective_plan(model, shs, dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(model, device=env.device, plan=plan, sharders=shs)
+    return dmp, plan
+
+
+def format_plan(plan: Any) -> str:
+    """One line per table shard: table, sharding type, kernel, shard offsets/sizes → rank."""
+    lines = []
+    for module_path, module_plan in plan.plan.items():
+        for table, ps in module_plan.items():
+            shards = ps.sharding_spec.shards if ps.sharding_spec is not None else []
+            where = "; ".join(
+                f"rows {s.shard_offsets[0]}+{s.shard_sizes[0]} cols {s.shard_offsets[1]}+"
+                f"{s.shard_sizes[1]} -> {s.placement}"
+                for s in shards
+            ) or f"ranks {ps.ranks}"
+            lines.append(
+                f"{module_path}.{table}: {ps.sharding_type} / {ps.compute_kernel}: {where}"
+            )
+    return "\n".join(lines)

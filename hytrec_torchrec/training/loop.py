@@ -1,0 +1,375 @@
+"""The training job: sharded HyTRec model, TorchRec train pipeline, validation, checkpoints.
+
+Run through ``hytrec-train --config FILE [key=value ...]`` (one process) or TorchX/torchrun
+(many). Every rank:
+
+1. reads ``meta.json`` of the prepared dataset and builds :class:`~hytrec_torchrec.model.HyTRecModel`
+   with its ``EmbeddingCollection`` on the meta device;
+2. attaches the fused sparse optimizer (``apply_optimizer_in_backward``), plans and shards the
+   tables with ``DistributedModelParallel`` (plan logged on rank 0), and combines the fused
+   optimizer with the dense AdamW (gradient-norm clipped) in one keyed optimizer;
+3. resumes from ``run.dir``'s latest checkpoint when there is one (exactly: model, optimizers,
+   loader position, RNG);
+4. trains with ``TrainPipelineSparseDist`` (or a plain loop), validating (HR@10, NDCG@10 over the
+   full catalog, computed shard by shard) and checkpointing periodically.
+
+Loss semantics across ranks: each rank's loss is its local sum of per-example losses divided by
+the *global* batch size, and dense gradients are all-reduced with SUM (a DDP comm hook), so the
+update equals that of one process minimising the mean loss over the union of the ranks' batches
+(embedding gradients are summed across ranks by the backward all-to-all). In-batch negatives
+stay local to each rank's batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+
+from hytrec_torchrec.config import to_dict
+from hytrec_torchrec.data.batch import Batch
+from hytrec_torchrec.data.loader import load_shard, make_dataloader
+from hytrec_torchrec.data.reader import read_meta
+from hytrec_torchrec.evaluation.metrics import ranking_metrics
+from hytrec_torchrec.evaluation.ranks import local_item_blocks, target_ranks_distributed
+from hytrec_torchrec.model import HyTRecModel
+from hytrec_torchrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from hytrec_torchrec.training.config import JobConfig
+from hytrec_torchrec.training.distributed import DistEnv, format_plan, init_distributed, shard_model
+from hytrec_torchrec.training.sharding import sparse_optimizer
+
+__all__ = ["Trainer", "train", "build_model", "read_item_counts", "NonFiniteLossError"]
+
+log = logging.getLogger("hytrec.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the message names the step and batch."""
+
+
+def read_item_counts(data_path: str | Path, num_items: int) -> torch.Tensor:
+    """[V] event count per item index from ``vocab/item.parquet`` (0 where absent)."""
+    path = Path(data_path) / "vocab" / "item.parquet"
+    counts = torch.zeros(num_items, dtype=torch.int64)
+    if path.is_file():
+        t = pq.read_table(path, columns=["index", "count"])
+        idx = torch.from_numpy(t.column("index").to_numpy().astype(np.int64))
+        cnt = torch.from_numpy(t.column("count").to_numpy().astype(np.int64))
+        keep = idx < num_items
+        counts[idx[keep]] = cnt[keep]
+    return counts
+
+
+def build_model(cfg: JobConfig, vocab_sizes: Dict[str, int], device: torch.device,
+                embedding_device: Optional[torch.device] = None) -> HyTRecModel:
+    """The unsharded model; dense part on ``device``, tables on ``embedding_device``."""
+    counts = read_item_counts(cfg.data.path, int(vocab_sizes["item"]))
+    torch.manual_seed(cfg.run.seed)
+    model = HyTRecModel(cfg.model, cfg.embeddings, vocab_sizes, counts,
+                        embedding_device=embedding_device or device)
+    model.tower.to(device)
+    model.item_log_q = model.item_log_q.to(device)
+    return model
+
+
+def _sum_allreduce_hook(state: Any, bucket: Any) -> Any:
+    """DDP comm hook: all-reduce SUM (DDP's default divides by world size)."""
+    fut = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
+    return fut.then(lambda f: f.value()[0])
+
+
+def _rng_state() -> Dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: Dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class Trainer:
+    """Owns the sharded model, optimizer and loaders of one training job.
+
+    Args:
+        cfg: the job config.
+        env: process placement (``init_distributed()`` when None).
+    """
+
+    def __init__(self, cfg: JobConfig, env: Optional[DistEnv] = None) -> None:
+        self.cfg = cfg
+        self.env = env or init_distributed(cfg.train.backend, cfg.train.device)
+        self.meta = read_meta(cfg.data.path)
+        self.vocab_sizes = {k: int(v) for k, v in self.meta.vocab_sizes.items()}
+        model = build_model(cfg, self.vocab_sizes, self.env.device, torch.device("meta"))
+        opt_cls, opt_kwargs = sparse_optimizer(cfg.embeddings)
+        from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+        apply_optimizer_in_backward(opt_cls, model.embeddings.parameters(), opt_kwargs)
+        self.model, self.plan = shard_model(model, cfg.embeddings, self.env, cfg.data.batch_size)
+        ddp = getattr(self.model, "_dmp_wrapped_module", None)
+        if isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+            ddp.register_comm_hook(None, _sum_allreduce_hook)
+        self.optimizer = self._make_optimizer()
+        self.shard = load_shard(cfg.data, self.env.rank, self.env.world_size)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.history: list[Dict[str, Any]] = []
+        self._tb: Any = None
+
+    # ------------------------------------------------------------------ setup
+    def _make_optimizer(self) -> Any:
+        from torchrec.optim.clipping import GradientClipping, GradientClippingOptimizer
+        from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+        from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+        o = self.cfg.optim
+        dense_params = dict(in_backward_optimizer_filter(self.model.named_parameters()))
+        dense: Any = KeyedOptimizerWrapper(
+            dense_params,
+            lambda params: torch.optim.AdamW(
+                params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+            ),
+        )
+        if o.grad_clip is not None:
+            dense = GradientClippingOptimizer(dense, GradientClipping.NORM, max_gradient=o.grad_clip)
+        return CombinedOptimizer([("sparse", self.model.fused_optimizer), ("dense", dense)])
+
+    def plan_text(self) -> str:
+        return format_plan(self.plan)
+
+    def global_batch_size(self) -> int:
+        return self.cfg.data.batch_size * self.env.world_size
+
+    def _train_loader(self, epoch: int) -> Any:
+        return make_dataloader(self.cfg.data, self.env.rank, self.env.world_size, epoch,
+                               "train", shard=self.shard)
+
+    # ------------------------------------------------------------------ checkpoint
+    def save(self) -> Path:
+        state = {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "vocab_sizes": self.vocab_sizes,
+            "data_path": str(self.cfg.data.path),
+            "config": to_dict(self.cfg),
+            "history": self.history,
+        }
+        return save_checkpoint(self.cfg.run.dir, self.step, self.model, self.optimizer, state,
+                               _rng_state(), keep_last=self.cfg.train.keep_last)
+
+    def maybe_resume(self, path: Optional[Path] = None) -> bool:
+        """Load ``path`` (or the run's latest checkpoint); returns whether one was loaded."""
+        path = path or (latest_checkpoint(self.cfg.run.dir) if self.cfg.train.resume else None)
+        if path is None:
+            return False
+        from hytrec_torchrec.training.checkpoint import read_train_state
+
+        saved = read_train_state(path)
+        if saved.get("vocab_sizes") != self.vocab_sizes:
+            raise ValueError(
+                f"{path}: checkpoint vocabulary sizes {saved.get('vocab_sizes')} do not match "
+                f"the dataset {self.cfg.data.path} ({self.vocab_sizes}); use the prepared "
+                "directory the run was trained on"
+            )
+        state, rank_state = load_checkpoint(path, self.model, self.optimizer)
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state.get("history", []))
+        if int(state["world_size"]) == self.env.world_size and rank_state is not None:
+            self.batch_in_epoch = int(state["batch_in_epoch"])
+            _set_rng_state(rank_state)
+        else:
+            # A different world size changes which users each rank reads: restart the epoch's
+            # data at the same fraction of the epoch, and reseed dropout deterministically.
+            old = int(state["world_size"])
+            self.batch_in_epoch = int(state["batch_in_epoch"]) * old // self.env.world_size
+            torch.manual_seed(self.cfg.run.seed * 1_000_003 + self.step * 101 + self.env.rank)
+        if self.env.is_main:
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step,
+                     self.epoch, self.batch_in_epoch)
+        return True
+
+    def _unwrapped(self) -> HyTRecModel:
+        """The HyTRecModel inside DMP (and DDP), sharing the sharded modules."""
+        m: Any = self.model.module
+        return m.module if isinstance(m, torch.nn.parallel.DistributedDataParallel) else m
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self, max_batches: Optional[int] = None) -> Dict[str, float]:
+        """HR@10 and NDCG@10 (plus MRR) on the validation split, full catalog, all ranks."""
+        self.model.eval()
+        loader = make_dataloader(self.cfg.data, self.env.rank, self.env.world_size, 0, "valid",
+                                 shard=self.shard)
+        n = len(loader) if max_batches is None else min(len(loader), max_batches)
+        table = self.model.state_dict()["embeddings.embeddings.item.weight"]
+        blocks = local_item_blocks(table)
+        ranks = []
+        it = iter(loader)
+        for _ in range(n):
+            batch = next(it).to(self.env.device)
+            user, _ = self._unwrapped().user_embedding(batch)
+            targets = batch.features["target_item"].values()
+            t_len = batch.features["target_item"].lengths()
+            t_off = torch.cumsum(t_len, 0) - t_len
+            r = target_ranks_distributed(user, targets[t_off], blocks, self.vocab_sizes["item"])
+            ranks.append(r[batch.valid])
+        self.model.train()
+        local = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.int64)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.env.world_size)]
+        dist.all_gather(sizes, torch.tensor([local.numel()]))
+        m = int(max(s.item() for s in sizes))
+        pad = torch.zeros(m, dtype=torch.int64)
+        pad[: local.numel()] = local
+        gathered = [torch.zeros(m, dtype=torch.int64) for _ in range(self.env.world_size)]
+        dist.all_gather(gathered, pad)
+        allr = torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes)])
+        catalog = self.vocab_sizes["item"] - 2
+        met = ranking_metrics(allr, ks=(10,), catalog_size=catalog)
+        return {"hr@10": met["hr@10"], "ndcg@10": met["ndcg@10"], "mrr": met["mrr"],
+                "examples": float(allr.numel())}
+
+    # ------------------------------------------------------------------ training
+    def _batches(self, positions: "collections.deque[tuple[int, int]]") -> Iterator[Batch]:
+        """Training batches from the resume position on, across epochs, forever.
+
+        The train pipeline reads a few batches ahead, so the position of each yielded batch is
+        queued in ``positions`` and popped when its step completes: the saved loader position is
+        always that of the last *trained* batch.
+        """
+        epoch, skip = self.epoch, self.batch_in_epoch
+        while True:
+            loader = self._train_loader(epoch)
+            for i, batch in enumerate(loader):
+                if i < skip:
+                    continue
+                positions.append((epoch, i))
+                yield batch
+            epoch, skip = epoch + 1, 0
+
+    def _total_steps(self) -> int:
+        t = self.cfg.train
+        if t.max_steps is not None and t.epochs is None:
+            return t.max_steps
+        per_epoch = len(self._train_loader(0))
+        total = per_epoch * int(t.epochs or 1)
+        return min(total, t.max_steps) if t.max_steps is not None else total
+
+    def _scale_loss(self, model: torch.nn.Module) -> Any:
+        """Forward returning the loss scaled to (local sum) / (global batch size)."""
+        world = self.env.world_size
+
+        def fwd(batch: Batch) -> Any:
+            loss, out = model(batch)
+            return loss / world, out
+
+        return fwd
+
+    def fit(self) -> Dict[str, Any]:
+        """Train until ``train.max_steps``/``train.epochs``; returns the final summary."""
+        cfg = self.cfg
+        env = self.env
+        self.maybe_resume()
+        total = self._total_steps()
+        if env.is_main:
+            Path(cfg.run.dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.run.dir) / "sharding_plan.txt").write_text(self.plan_text() + "\n")
+            log.info("sharding plan:\n%s", self.plan_text())
+            if cfg.run.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(cfg.run.dir) / "tb"))
+        bar = None
+        if env.is_main and cfg.run.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True,
+                       mininterval=1.0)
+        positions: collections.deque[tuple[int, int]] = collections.deque()
+        batches = self._batches(positions)
+        fwd = self._scale_loss(self.model)
+        pipeline = None
+        if cfg.train.pipeline == "sparse_dist":
+            from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+            pipeline = TrainPipelineSparseDist(self.model, self.optimizer, env.device,
+                                               execute_all_batches=False, custom_model_fwd=fwd)
+        self.model.train()
+        t_last = time.perf_counter()
+        tokens = 0
+        last_val: Dict[str, float] = {}
+        while self.step < total:
+            if pipeline is not None:
+                out = pipeline.progress(batches)
+            else:
+                batch = next(batches).to(env.device)
+                self.optimizer.zero_grad()
+                loss, out = fwd(batch)
+                loss.backward()
+                self.optimizer.step()
+            self.step += 1
+            epoch, index = positions.popleft()
+            self.epoch, self.batch_in_epoch = epoch, index + 1
+            loss_v = float(out["loss"])
+            if not math.isfinite(loss_v):
+                raise NonFiniteLossError(
+                    f"rank {env.rank}: loss is {loss_v} at step {self.step} (epoch {self.epoch}, "
+                    f"batch {self.batch_in_epoch - 1} of the epoch); stopped without saving — "
+                    f"the last good checkpoint in {cfg.run.dir}/checkpoints is intact"
+                )
+            tokens += int(out["tokens"])
+            if self.step % cfg.run.log_every == 0 or self.step == total:
+                now = time.perf_counter()
+                tps = tokens * env.world_size / max(now - t_last, 1e-9)
+                t_last, tokens = now, 0
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_v:.4f}", tok_s=f"{tps:,.0f}")
+                if self._tb is not None:
+                    self._tb.add_scalar("train/loss", loss_v, self.step)
+                    self._tb.add_scalar("train/tokens_per_s", tps, self.step)
+            if bar is not None:
+                bar.update(1)
+            end = self.step == total
+            if (cfg.train.validate_every and self.step % cfg.train.validate_every == 0) or end:
+                # the pipeline holds prefetched batches: detach it so validation runs the plain
+                # model; the next progress() re-attaches it
+                if pipeline is not None:
+                    pipeline.detach()
+                last_val = self.validate(cfg.train.val_batches)
+                self.history.append({"step": self.step, **last_val})
+                if env.is_main:
+                    msg = " ".join(f"{k}={v:.4f}" for k, v in last_val.items() if k != "examples")
+                    (bar.write if bar is not None else print)(f"[step {self.step}] valid {msg}")
+                    if self._tb is not None:
+                        for k, v in last_val.items():
+                            self._tb.add_scalar(f"valid/{k}", v, self.step)
+            if (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0) or end:
+                self.save()
+        if bar is not None:
+            bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        summary = {"step": self.step, "epoch": self.epoch, "valid": last_val,
+                   "world_size": env.world_size}
+        if env.is_main:
+            (Path(cfg.run.dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def train(cfg: JobConfig) -> Dict[str, Any]:
+    """Run one training job (every rank calls this)."""
+    return Trainer(cfg).fit()
