@@ -1,0 +1,110 @@
+"""Typed configuration of the HyTRec tower (loaded with :func:`hytrec_torchrec.config.from_dict`).
+
+Baselines are configs of the same code (examples in ``configs/model/*.yaml``):
+
+* HyTRec (default): ``long_pattern: TTTS``, ``short_len: 64``.
+* SASRec-like softmax-only: ``long_pattern: SSSS`` (``short_len: 0`` = no short branch, the long
+  branch then sees the whole history).
+* TADN-only: ``long_pattern: TTTT``, ``short_len: 0``.
+* Short-only: ``long_pattern: ""`` (events before the last ``short_len`` are ignored).
+* Plain DeltaNet: ``tadn.temporal_gate: false`` (g ≡ 1, erase = write = β).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+from hytrec_torchrec.config import ConfigError, check_choice, check_range
+
+__all__ = ["TADNConfig", "FusionConfig", "TowerConfig", "FEATURES"]
+
+FEATURES = ("item", "attribution", "category", "behavior")
+
+
+@dataclass
+class TADNConfig:
+    """Temporal-Aware Delta Network layer settings."""
+
+    decay_period: float = 7 * 86400.0
+    """T in τ_t = exp(−(t_current − t_t)/T), seconds."""
+    alpha: float = 0.5
+    """α in g_t = α·[σ(·) ⊙ τ_t] + (1−α)·g_static; initial value when ``learn_alpha``."""
+    learn_alpha: bool = False
+    temporal_gate: bool = True
+    """False gives plain DeltaNet: g ≡ 1 (erase = write = β)."""
+    chunk_size: int = 64
+    impl: str = "auto"
+    """auto | chunked | recurrent | gpu (gpu and auto fall back to chunked without the kernel)."""
+
+    def validate(self) -> None:
+        check_range("decay_period", self.decay_period, 0.0, lo_open=True)
+        check_range("alpha", self.alpha, 0.0, 1.0)
+        if self.learn_alpha and not (0.0 < self.alpha < 1.0):
+            raise ConfigError(f"alpha: {self.alpha!r} must be strictly inside (0, 1) when learn_alpha is true")
+        check_range("chunk_size", self.chunk_size, 1, 1024)
+        check_choice("impl", self.impl, ("auto", "chunked", "recurrent", "gpu"))
+
+
+@dataclass
+class FusionConfig:
+    """Mixture-of-experts fusion of the branch outputs."""
+
+    num_experts: int = 4
+    hidden_dim: int = 0
+    """Expert MLP hidden width; 0 means embedding_dim."""
+    load_balance_weight: float = 0.01
+
+    def validate(self) -> None:
+        check_range("num_experts", self.num_experts, 1)
+        check_range("hidden_dim", self.hidden_dim, 0)
+        check_range("load_balance_weight", self.load_balance_weight, 0.0)
+
+
+@dataclass
+class TowerConfig:
+    """The HyTRec tower: input combination, long/short branches, fusion."""
+
+    embedding_dim: int = 64
+    features: List[str] = field(default_factory=lambda: list(FEATURES))
+    feature_combine: str = "sum"
+    """sum (all feature embeddings are embedding_dim wide) | concat (concat + linear projection)."""
+    short_len: int = 64
+    """K: the short branch sees the last K events, the long branch the rest; 0 disables the short branch."""
+    short_heads: int = 2
+    long_pattern: str = "TTTS"
+    """One letter per long-branch layer: T = TADN, S = causal softmax; empty disables the branch."""
+    heads: int = 2
+    ffn_mult: int = 2
+    dropout: float = 0.0
+    softmax_group_waste: float = 0.25
+    """Softmax layers pad per group of similar lengths; max padding fraction within a group."""
+    tadn: TADNConfig = field(default_factory=TADNConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+    def validate(self) -> None:
+        check_range("embedding_dim", self.embedding_dim, 1)
+        if not self.features:
+            raise ConfigError("features: at least one feature is required")
+        for i, f in enumerate(self.features):
+            check_choice(f"features[{i}]", f, FEATURES)
+        if len(set(self.features)) != len(self.features):
+            raise ConfigError(f"features: duplicate names in {self.features}")
+        check_choice("feature_combine", self.feature_combine, ("sum", "concat"))
+        check_range("short_len", self.short_len, 0)
+        check_range("short_heads", self.short_heads, 1)
+        bad = sorted(set(self.long_pattern) - {"T", "S"})
+        if bad:
+            raise ConfigError(f"long_pattern: {self.long_pattern!r} has letters {bad}; use only T (TADN) and S (softmax)")
+        if not self.long_pattern and self.short_len == 0:
+            raise ConfigError("long_pattern: empty pattern and short_len 0 leave the tower with no branch")
+        check_range("heads", self.heads, 1)
+        if self.embedding_dim % self.heads:
+            raise ConfigError(f"heads: embedding_dim {self.embedding_dim} is not divisible by heads {self.heads}")
+        if self.short_len > 0 and self.embedding_dim % self.short_heads:
+            raise ConfigError(
+                f"short_heads: embedding_dim {self.embedding_dim} is not divisible by short_heads {self.short_heads}"
+            )
+        check_range("ffn_mult", self.ffn_mult, 1)
+        check_range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        check_range("softmax_group_waste", self.softmax_group_waste, 0.0)

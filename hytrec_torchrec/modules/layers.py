@@ -1,0 +1,240 @@
+"""Sequence layers on jagged batches: the TADN temporal gate and mixer, causal softmax attention,
+and the pre-norm residual block that wraps either.
+
+Every layer takes packed rows ``x [N, D]`` with ``offsets [B+1]`` int64, ``seg [N]`` (sequence id
+of each row, :func:`hytrec_torchrec.ops.jagged.segment_ids`), ``tau [N]`` (temporal decay, used by
+TADN only) and ``last_only``: when True it returns only each sequence's last row ``[B, D]``
+(all sequences must be non-empty then), computing only what that row needs.
+All modules are TorchScript-scriptable.
+"""
+
+
+import math
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hytrec_torchrec.ops.jagged import (
+    jagged_to_padded,
+    last_index,
+    length_groups,
+    lengths_to_offsets,
+    padded_to_jagged,
+    segment_ids,
+    segment_mean,
+)
+from hytrec_torchrec.ops.tadn import _chunked_core, delta_rule
+
+__all__ = ["TemporalGate", "TADNMixer", "SoftmaxMixer", "FeedForward", "Block", "temporal_decay"]
+
+
+def temporal_decay(timestamps: torch.Tensor, t_current: torch.Tensor, seg: torch.Tensor,
+                   decay_period: float, dtype: torch.dtype) -> torch.Tensor:
+    """τ_t = exp(−(t_current − t_t)/T) per row ``[N]``.
+
+    The difference is taken in int64 (epoch seconds do not fit float32 exactly) and clamped at 0
+    (an event stamped after ``t_current`` counts as fresh, τ = 1), then converted to ``dtype``.
+    """
+    delta = (t_current[seg] - timestamps).clamp(min=0)
+    return torch.exp(-(delta.to(torch.float64) / decay_period)).to(dtype)
+
+
+class TemporalGate(nn.Module):
+    """The paper's gate, one value per head:
+    ``g_t = α·[σ(W_g·[h_t; Δh_t] + b) ⊙ τ_t] + (1−α)·g_static`` with ``g_static = σ(s)``, ``s`` a
+    learned per-head parameter, and α fixed or learned (``α = σ(a)``).
+
+    Input ``hd = [h; Δh]`` ``[N, 2D]`` and ``tau [N]``; output ``g [N, H]`` in [0, 1].
+    """
+
+    def __init__(self, dim: int, heads: int, alpha: float, learn_alpha: bool) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2 * dim, heads)
+        self.static_logit = nn.Parameter(torch.zeros(heads))
+        self.learn_alpha = learn_alpha
+        if learn_alpha:
+            init = math.log(alpha / (1.0 - alpha))
+            self.alpha_logit = nn.Parameter(torch.tensor(init))
+        else:
+            self.alpha_logit = nn.Parameter(torch.tensor(0.0), requires_grad=False)
+        self.register_buffer("alpha_fixed", torch.tensor(float(alpha)), persistent=True)
+
+    def alpha(self) -> torch.Tensor:
+        """α as a 0-d tensor."""
+        if self.learn_alpha:
+            return torch.sigmoid(self.alpha_logit)
+        return self.alpha_fixed
+
+    def g_static(self) -> torch.Tensor:
+        """g_static ``[H]``."""
+        return torch.sigmoid(self.static_logit)
+
+    def forward(self, hd: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        a = self.alpha()
+        dynamic = torch.sigmoid(self.proj(hd)) * tau.unsqueeze(-1)
+        return a * dynamic + (1.0 - a) * self.g_static()
+
+
+class TADNMixer(nn.Module):
+    """Temporal-Aware Delta Network token mixer.
+
+    ``Δh = h − h̄`` (h̄: per-sequence mean of this layer's input), fused input
+    ``h̃ = q_f ⊙ Δh + (1 − q_f) ⊙ h`` with ``q_f = σ(W_f[h; Δh] + b_f)``; per head
+    ``q, k = L2norm(W_q h̃), L2norm(W_k h̃)``, ``v = W_v h̃``, ``β = σ(W_β h̃ + b_β)``; erase ``g·β``,
+    write ``β`` in the delta rule (:mod:`hytrec_torchrec.ops.tadn`); output projection back to D.
+    With ``temporal_gate`` False, ``g ≡ 1`` (plain DeltaNet).
+    """
+
+    def __init__(self, dim: int, heads: int, alpha: float, learn_alpha: bool, temporal_gate: bool,
+                 chunk_size: int, impl: str) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} not divisible by heads {heads}")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.fuse = nn.Linear(2 * dim, dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.beta = nn.Linear(dim, heads)
+        self.gate = TemporalGate(dim, heads, alpha, learn_alpha)
+        self.temporal_gate = temporal_gate
+        self.out = nn.Linear(dim, dim)
+        self.chunk_size = chunk_size
+        self.impl = impl
+
+    def gates(self, h: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor,
+              tau: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(h_tilde [N, D], g [N, H])`` — the fused input and the temporal gate."""
+        hbar = segment_mean(h, offsets, seg)[seg]
+        dh = h - hbar
+        hd = torch.cat([h, dh], dim=-1)
+        qf = torch.sigmoid(self.fuse(hd))
+        h_tilde = qf * dh + (1.0 - qf) * h
+        if self.temporal_gate:
+            g = self.gate(hd, tau)
+        else:
+            g = torch.ones(h.shape[0], self.heads, dtype=h.dtype, device=h.device)
+        return h_tilde, g
+
+    def forward(self, h: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
+                last_only: bool) -> torch.Tensor:
+        n = h.shape[0]
+        h_tilde, g = self.gates(h, offsets, seg, tau)
+        qkv = self.qkv(h_tilde).view(n, 3, self.heads, self.head_dim)
+        q = F.normalize(qkv[:, 0], dim=-1)
+        k = F.normalize(qkv[:, 1], dim=-1)
+        v = qkv[:, 2]
+        beta = torch.sigmoid(self.beta(h_tilde))
+        erase = g * beta
+        if torch.jit.is_scripting():
+            o = _chunked_core(q, k, v, erase, beta, offsets, self.chunk_size, last_only)
+        else:
+            o = delta_rule(q, k, v, erase, beta, offsets, self.chunk_size, self.impl, last_only)
+        return self.out(o.reshape(o.shape[0], -1))
+
+
+class SoftmaxMixer(nn.Module):
+    """Causal multi-head softmax attention within each sequence of a jagged batch.
+
+    Sequences are sorted by length and cut into groups of similar length (padding at most
+    ``group_waste`` of the group's real rows); each group is padded with ``jagged_to_padded``
+    (fbgemm when loaded) and attended with ``scaled_dot_product_attention(is_causal=True)``, so
+    no row attends across sequences or to a later row, and cost is O(Σ L²) only here.
+    With ``last_only`` the last row of each sequence is the only query (O(L) per sequence).
+    """
+
+    def __init__(self, dim: int, heads: int, group_waste: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} not divisible by heads {heads}")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.group_waste = group_waste
+        self.dropout = dropout
+
+    def forward(self, h: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
+                last_only: bool) -> torch.Tensor:
+        n, dim = h.shape
+        b = offsets.numel() - 1
+        lengths = offsets[1:] - offsets[:-1]
+        order = torch.argsort(lengths, descending=True, stable=True)
+        slen = lengths[order]
+        soff = lengths_to_offsets(slen)
+        sseg = segment_ids(soff, n)
+        perm = offsets[:-1][order][sseg] + (torch.arange(n, device=h.device) - soff[:-1][sseg])
+        qkv = self.qkv(h[perm])  # rows in length-sorted sequence order
+        slen_list: List[int] = slen.tolist()
+        soff_list: List[int] = soff.tolist()
+        bounds = length_groups(slen_list, self.group_waste)
+        p = self.dropout if self.training else 0.0
+        outs: List[torch.Tensor] = []
+        for gi in range(len(bounds) - 1):
+            g0 = bounds[gi]
+            g1 = bounds[gi + 1]
+            r0 = soff_list[g0]
+            r1 = soff_list[g1]
+            lmax = slen_list[g0]
+            goff = soff[g0:g1 + 1] - r0
+            padded = jagged_to_padded(qkv[r0:r1], goff, lmax)  # [g, lmax, 3D]
+            padded = padded.view(g1 - g0, lmax, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = padded[0], padded[1], padded[2]  # [g, H, lmax, d]
+            if last_only:
+                glen = slen[g0:g1]
+                rows = torch.arange(g1 - g0, device=h.device)
+                ql = q[rows, :, glen - 1].unsqueeze(2)  # [g, H, 1, d]
+                mask = (torch.arange(lmax, device=h.device).unsqueeze(0) < glen.unsqueeze(1)).view(g1 - g0, 1, 1, lmax)
+                o = F.scaled_dot_product_attention(ql, k, v, attn_mask=mask, dropout_p=p)
+                outs.append(o.reshape(g1 - g0, dim))
+            else:
+                o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+                outs.append(padded_to_jagged(o.transpose(1, 2).reshape(g1 - g0, lmax, dim), goff, r1 - r0))
+        if last_only:
+            n_ne = bounds[-1]
+            res = h.new_zeros(b, dim)
+            if n_ne > 0:
+                res = res.index_copy(0, order[:n_ne], torch.cat(outs, 0))
+            return self.out(res)
+        res = h.new_zeros(n, dim)
+        if len(outs) > 0:
+            res = res.index_copy(0, perm, torch.cat(outs, 0))
+        return self.out(res)
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP ``D → mult·D → D`` with GELU."""
+
+    def __init__(self, dim: int, mult: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, mult * dim)
+        self.fc2 = nn.Linear(mult * dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(F.gelu(self.fc1(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + mixer(LN(x))`` then ``x + FFN(LN(x))``.
+
+    With ``last_only`` the residual stream is cut to each sequence's last row before the add,
+    so the FFN runs on ``[B, D]`` only.
+    """
+
+    def __init__(self, mixer: nn.Module, dim: int, ffn_mult: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.mixer = mixer
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_mult, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
+                last_only: bool) -> torch.Tensor:
+        y = self.mixer(self.norm1(x), offsets, seg, tau, last_only)
+        if last_only:
+            x = x[last_index(offsets)]
+        x = x + self.drop(y)
+        return x + self.drop(self.ffn(self.norm2(x)))

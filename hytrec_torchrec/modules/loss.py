@@ -1,0 +1,75 @@
+"""Sampled softmax with log-Q correction over in-batch and uniform negatives."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["sampled_softmax_loss", "log_q_from_counts"]
+
+
+def log_q_from_counts(counts: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per-item log-probability of in-batch sampling, ``log(count_i / Σ counts)`` for ``ids``.
+
+    Items with count 0 are treated as count 1 (so the log is finite).
+    """
+    c = counts.to(torch.float64).clamp(min=1.0)
+    return (c[ids].log() - c.sum().log()).to(torch.float32)
+
+
+def sampled_softmax_loss(
+    user: torch.Tensor,
+    pos_ids: torch.Tensor,
+    pos_emb: torch.Tensor,
+    target_to_example: torch.Tensor,
+    pos_log_q: torch.Tensor,
+    neg_ids: Optional[torch.Tensor] = None,
+    neg_emb: Optional[torch.Tensor] = None,
+    neg_log_q: float = 0.0,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    r"""Sampled softmax over in-batch and shared uniform negatives, with log-Q correction.
+
+    Shapes: ``user [B, D]``; targets ``pos_ids [T]``, ``pos_emb [T, D]``,
+    ``target_to_example [T]`` (example of each target; several targets may share an example),
+    ``pos_log_q [T]`` = log p_in(pos_id) under the in-batch (frequency) distribution (see
+    :func:`log_q_from_counts`); uniform negatives ``neg_ids [R]``, ``neg_emb [R, D]`` drawn from
+    the uniform distribution with per-draw log-probability ``neg_log_q`` (= −log(num_items)).
+
+    For target ``t`` of example ``e = target_to_example[t]`` with user vector ``u_e``, the
+    candidate logits are (τ = temperature)::
+
+        in-batch  j ∈ {0..T-1}:  s_tj = u_e·p_j / τ − log(T · p_in(pos_id_j))
+        uniform   r ∈ {0..R-1}:  z_tr = u_e·n_r / τ − (log R + neg_log_q)
+
+    (each subtracted term is the log of the item's expected count among the sampled candidates).
+    Candidate ``j ≠ t`` is masked (logit −∞) when ``pos_id_j`` is any positive id of example
+    ``e`` (accidental hit, including the example's other positives); uniform ``r`` is masked when
+    ``neg_id_r`` is any positive id of example ``e``. The positive is candidate ``j = t``. Loss::
+
+        L = mean_t [ −s_tt + logsumexp_j,r(s_tj, z_tr over unmasked candidates) ]
+    """
+    t = pos_ids.shape[0]
+    u = user[target_to_example] / temperature  # [T, D]
+    logits = u @ pos_emb.t() - (math.log(t) + pos_log_q).unsqueeze(0)  # [T, T]
+    same_id = pos_ids.unsqueeze(1) == pos_ids.unsqueeze(0)  # [T, T]: id_i == id_j
+    # example_has[e, j]: example e has a positive with id pos_ids[j]
+    example_has = torch.zeros(user.shape[0], t, dtype=torch.bool, device=user.device)
+    example_has = example_has.index_put((target_to_example,), same_id, accumulate=True) if t > 0 else example_has
+    hit = example_has[target_to_example]  # [T, T]
+    eye = torch.eye(t, dtype=torch.bool, device=user.device)
+    logits = logits.masked_fill(hit & ~eye, float("-inf"))
+    parts = [logits]
+    if neg_ids is not None and neg_emb is not None and neg_ids.numel() > 0:
+        r = neg_ids.shape[0]
+        z = u @ neg_emb.t() - (math.log(r) + neg_log_q)  # [T, R]
+        neg_same = pos_ids.unsqueeze(1) == neg_ids.unsqueeze(0)  # [T, R]
+        neg_has = torch.zeros(user.shape[0], r, dtype=torch.bool, device=user.device)
+        neg_has = neg_has.index_put((target_to_example,), neg_same, accumulate=True)
+        z = z.masked_fill(neg_has[target_to_example], float("-inf"))
+        parts.append(z)
+    all_logits = torch.cat(parts, dim=1)
+    return (torch.logsumexp(all_logits, dim=1) - logits.diagonal()).mean()

@@ -1,0 +1,116 @@
+"""The HyTRec tower: jagged per-feature embeddings → user embedding ``[B, D]``.
+
+Pipeline: combine feature embeddings into tokens ``h [N, D]`` (sum, or concat + projection);
+split each history into long part (all but the last K events) and short part (the last K);
+long part → :class:`LongBranch` (TADN/softmax pattern, temporal decay τ from timestamps);
+short part → :class:`ShortBranch`; both → :class:`MoEFusion`. Pure PyTorch (no torchrec), and
+TorchScript-scriptable (``torch.jit.script(tower)``).
+"""
+
+
+from typing import Dict, Final, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from hytrec_torchrec.modules.branches import LongBranch, ShortBranch
+from hytrec_torchrec.modules.config import TowerConfig
+from hytrec_torchrec.modules.fusion import MoEFusion
+from hytrec_torchrec.modules.layers import temporal_decay
+from hytrec_torchrec.ops.jagged import segment_ids, split_tail
+
+__all__ = ["FeatureCombiner", "HyTRecTower", "score"]
+
+
+class FeatureCombiner(nn.Module):
+    """``sum``: ``h = Σ_f e_f`` (all ``[N, D]``); ``concat``: ``h = W [e_1; …; e_F] + b``."""
+
+    concat: Final[bool]
+
+    def __init__(self, features: List[str], dims: List[int], dim: int, mode: str) -> None:
+        super().__init__()
+        self.features = features
+        self.concat = mode == "concat"
+        if not self.concat and any(d != dim for d in dims):
+            raise ValueError(f"feature_combine=sum needs every feature {dim} wide, got {dims}")
+        self.proj = nn.Linear(sum(dims), dim) if self.concat else nn.Identity()
+
+    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        parts: List[torch.Tensor] = []
+        for name in self.features:
+            if name not in features:
+                raise KeyError("missing feature " + name)
+            parts.append(features[name])
+        if self.concat:
+            return self.proj(torch.cat(parts, dim=-1))
+        h = parts[0]
+        for p in parts[1:]:
+            h = h + p
+        return h
+
+
+class HyTRecTower(nn.Module):
+    """User tower. See module docstring; build from a :class:`TowerConfig`.
+
+    Args:
+        cfg: tower configuration.
+        feature_dims: width of each feature's embedding (default: all ``cfg.embedding_dim``).
+    """
+
+    has_long: Final[bool]
+    has_short: Final[bool]
+
+    def __init__(self, cfg: TowerConfig, feature_dims: Optional[Dict[str, int]] = None) -> None:
+        super().__init__()
+        d = cfg.embedding_dim
+        dims = [int((feature_dims or {}).get(f, d)) for f in cfg.features]
+        self.combine = FeatureCombiner(list(cfg.features), dims, d, cfg.feature_combine)
+        self.short_len = cfg.short_len
+        self.has_long = len(cfg.long_pattern) > 0
+        self.has_short = cfg.short_len > 0
+        self.decay_period = float(cfg.tadn.decay_period)
+        self.load_balance_weight = float(cfg.fusion.load_balance_weight)
+        t = cfg.tadn
+        self.long = (
+            LongBranch(d, cfg.long_pattern, cfg.heads, cfg.ffn_mult, cfg.dropout, t.alpha, t.learn_alpha,
+                       t.temporal_gate, t.chunk_size, t.impl, cfg.softmax_group_waste)
+            if self.has_long else nn.Identity()
+        )
+        self.short = ShortBranch(d, cfg.short_heads, cfg.ffn_mult, cfg.dropout) if self.has_short else nn.Identity()
+        n_branches = int(self.has_long) + int(self.has_short)
+        self.fusion = MoEFusion(n_branches, d, cfg.fusion.num_experts, cfg.fusion.hidden_dim or d)
+        self.dim = d
+
+    def forward(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor, timestamps: torch.Tensor,
+                t_current: torch.Tensor) -> torch.Tensor:
+        """features: name → ``[N, D_f]`` packed rows; offsets ``[B+1]`` int64; timestamps ``[N]``
+        int64 seconds; t_current ``[B]`` int64 seconds. Returns the user embedding ``[B, D]``."""
+        return self.forward_with_aux(features, offsets, timestamps, t_current)[0]
+
+    @torch.jit.export
+    def forward_with_aux(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
+                         timestamps: torch.Tensor, t_current: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`forward`, also returning the weighted load-balancing loss (0-d)."""
+        h = self.combine(features)
+        n = h.shape[0]
+        if self.has_short:
+            head_rows, head_off, tail_rows, tail_off = split_tail(offsets, self.short_len)
+        else:
+            head_rows = torch.arange(n, device=h.device)
+            head_off = offsets
+            tail_rows = head_rows[:0]
+            tail_off = torch.zeros_like(offsets)
+        branches: List[torch.Tensor] = []
+        if self.has_long:
+            seg = segment_ids(offsets, n)
+            tau = temporal_decay(timestamps, t_current, seg, self.decay_period, h.dtype)
+            branches.append(self.long(h[head_rows], head_off, tau[head_rows]))
+        if self.has_short:
+            branches.append(self.short(h[tail_rows], tail_off))
+        user, balance = self.fusion(branches)
+        return user, balance * self.load_balance_weight
+
+
+def score(user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Dot-product scores ``[B, M]`` of user embeddings ``[B, D]`` against items ``[M, D]``."""
+    return user @ items.t()
