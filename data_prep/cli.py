@@ -1,0 +1,89 @@
+"""``hytrec-prep``: the command line of data_prep.
+
+    hytrec-prep INPUT OUTPUT [--config FILE] [--shard I/N] [--overwrite] [key=value ...]
+    hytrec-prep --merge OUTPUT [SHARD_OUTPUT ...]
+
+INPUT is a Parquet/CSV file, a directory or a glob; ``movielens:DIR`` (or ``format=movielens``)
+reads ``ratings.dat``/``movies.dat`` or RecBole ``*.inter``/``*.item`` from DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+from data_prep.config import ColumnMap, PrepConfig
+from data_prep.errors import PrepInputError
+from hytrec_torchrec.config import ConfigError, load_config
+
+__all__ = ["main", "parse_shard"]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def _summary(meta: dict) -> str:
+    lines = [
+        f"rows_in={meta['rows_in']} events_out={meta['events_out']} users_out={meta['users_out']} "
+        f"partitions={meta['num_partitions']} vocab={meta['vocab_sizes']}"
+    ]
+    for f in meta["filters"]:
+        lines.append(f"  filter {f['name']}: users_removed={f['users_removed']} events_removed={f['events_removed']}")
+    if meta["handling"]:
+        lines.append(f"  handling: {json.dumps(meta['handling'])}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit status (2 for bad input or config)."""
+    ap = argparse.ArgumentParser(prog="hytrec-prep", description="Raw behaviour events -> prepared training data.")
+    ap.add_argument("args", nargs="+", help="INPUT OUTPUT [key=value ...], or with --merge: OUTPUT [SHARD_OUTPUT ...]")
+    ap.add_argument("--config", help="YAML PrepConfig (configs/prep/*.yaml)")
+    ap.add_argument("--shard", type=parse_shard, default=(0, 1), help="I/N: process partitions p %% N == I")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing (unsharded) output directory")
+    ap.add_argument("--merge", action="store_true", help="merge shard outputs into OUTPUT/vocab and OUTPUT/meta.json")
+    ns = ap.parse_args(argv)
+    try:
+        if ns.merge:
+            from data_prep.merge import merge
+
+            meta = merge(ns.args[0], ns.args[1:])
+            print(_summary(meta))
+            return 0
+        paths = [a for a in ns.args if "=" not in a]
+        overrides = [a for a in ns.args if "=" in a]
+        if len(paths) != 2:
+            ap.error(f"expected INPUT OUTPUT, got {paths}")
+        inp, out = paths
+        cfg = load_config(PrepConfig, ns.config, overrides)
+        sources = None
+        if inp.startswith("movielens:") or cfg.format == "movielens":
+            from data_prep.movielens import movielens_sources
+
+            inp = inp.split(":", 1)[1] if inp.startswith("movielens:") else inp
+            sources = movielens_sources(inp)
+            cfg.columns = ColumnMap()  # the loaders produce the canonical column names
+        from data_prep.prepare import prepare
+
+        meta = prepare(inp, out, cfg, shard=ns.shard, overwrite=ns.overwrite, sources=sources)
+        print(_summary(meta))
+        if ns.shard[1] > 1:
+            print(f"shard {ns.shard[0]}/{ns.shard[1]} done; after all shards: hytrec-prep --merge {out}")
+        return 0
+    except (PrepInputError, ConfigError) as exc:
+        print(f"hytrec-prep: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
