@@ -16,13 +16,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from hytrec_torchrec.data.batch import Batch
-from hytrec_torchrec.data.collate import build_batch, sample_negatives
+from hytrec_torchrec.data.collate import PackedBatch, build_packed, sample_negatives
 from hytrec_torchrec.data.config import STAGES, DataConfig
 from hytrec_torchrec.data.examples import Examples, make_examples, num_examples, stage_region
 from hytrec_torchrec.data.plan import STAGE_IDS, BatchPlan, assign_ranks, plan_batches, steps_per_rank
 from hytrec_torchrec.data.reader import PreparedMeta, RankData, UserIndex, read_index, read_meta, read_users
 
-__all__ = ["RankShard", "load_shard", "JaggedBatchDataset", "make_dataloader"]
+__all__ = ["RankShard", "load_shard", "JaggedBatchDataset", "BatchLoader", "make_dataloader"]
 
 
 @dataclass
@@ -117,34 +117,61 @@ class JaggedBatchDataset(IterableDataset):
 
     def batch(self, i: int) -> Batch:
         """Build the i-th batch of the epoch (0 <= i < len(self))."""
+        return self.packed(i).unpack()
+
+    def packed(self, i: int) -> PackedBatch:
+        """The i-th batch as one buffer (what worker processes send)."""
         cfg, ex = self.cfg, self.examples
         neg_rng = np.random.default_rng([cfg.seed, self.epoch, self.shard.rank, STAGE_IDS[self.stage], 1, i])
         negatives = sample_negatives(neg_rng, cfg.num_negatives, self.shard.meta.vocab_sizes["item"])
         sel = self.plan.batch(i)
         if sel.size == 0:  # eval padding batch: one invalid example (user row 0, cutoff 0)
             one = np.zeros(1, np.int64)
-            return build_batch(self.shard.data, one, one, one + 1, negatives, cfg.max_len, np.zeros(1, bool))
-        return build_batch(self.shard.data, ex.row[sel], ex.cutoff[sel], ex.target_end[sel], negatives,
+            return build_packed(self.shard.data, one, one, one + 1, negatives, cfg.max_len, np.zeros(1, bool))
+        return build_packed(self.shard.data, ex.row[sel], ex.cutoff[sel], ex.target_end[sel], negatives,
                            cfg.max_len, np.ones(len(sel), bool))
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[PackedBatch]:
         info = get_worker_info()
         start, step = (0, 1) if info is None else (info.id, info.num_workers)
         for i in range(start, len(self), step):
-            yield self.batch(i)
+            yield self.packed(i)
 
     def count_summary(self) -> dict[str, int]:
         """Copy of the eligibility/example counts (nothing is dropped silently)."""
         return dict(self.counts)
 
 
-def _identity(batch: Batch) -> Batch:
+def _identity(batch: PackedBatch) -> PackedBatch:
     return batch
 
 
+class BatchLoader:
+    """Iterable of :class:`Batch` over a DataLoader of :class:`PackedBatch` (unpacked here, in the
+    consuming process: zero-copy views plus KJT construction).
+
+    Attributes:
+        dataset: the :class:`JaggedBatchDataset` (plan, counts).
+        dataloader: the underlying torch DataLoader.
+    """
+
+    def __init__(self, dataloader: DataLoader, pin_memory: bool) -> None:
+        self.dataloader = dataloader
+        self.dataset: JaggedBatchDataset = dataloader.dataset  # type: ignore[assignment]
+        self.pin_memory = pin_memory
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for packed in self.dataloader:
+            batch = packed.unpack()
+            yield batch.pin_memory() if self.pin_memory else batch
+
+
 def make_dataloader(cfg: DataConfig, rank: int = 0, world_size: int = 1, epoch: int = 0,
-                    stage: str = "train", shard: Optional[RankShard] = None) -> DataLoader:
-    """DataLoader yielding :class:`Batch` for ``rank`` of ``world_size`` in ``epoch``.
+                    stage: str = "train", shard: Optional[RankShard] = None) -> BatchLoader:
+    """Loader yielding :class:`Batch` for ``rank`` of ``world_size`` in ``epoch`` and ``stage``.
 
     Every rank yields the same number of batches (``len(loader)``). Pass ``shard`` (from
     :func:`load_shard`, same cfg/rank/world_size) to avoid re-reading the files.
@@ -158,5 +185,5 @@ def make_dataloader(cfg: DataConfig, rank: int = 0, world_size: int = 1, epoch: 
     if cfg.num_workers > 0:
         ctx = "fork" if "fork" in torch.multiprocessing.get_all_start_methods() else None
         kwargs = {"multiprocessing_context": ctx, "prefetch_factor": 2}
-    return DataLoader(dataset, batch_size=None, collate_fn=_identity, num_workers=cfg.num_workers,
-                      pin_memory=cfg.pin_memory, **kwargs)
+    dl = DataLoader(dataset, batch_size=None, collate_fn=_identity, num_workers=cfg.num_workers, **kwargs)
+    return BatchLoader(dl, cfg.pin_memory)

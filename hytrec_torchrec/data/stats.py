@@ -1,0 +1,116 @@
+"""Dataset and batch statistics: users, events, length percentiles, unknown-bucket counts,
+eligibility per stage, batches per epoch, padding waste, loader throughput."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from hytrec_torchrec.data.batch import Batch
+from hytrec_torchrec.data.loader import RankShard
+from hytrec_torchrec.data.reader import FEATURES
+
+__all__ = ["dataset_stats", "EpochStats", "read_epoch", "format_stats"]
+
+_PCTS = (50, 90, 99)
+
+
+def dataset_stats(shard: RankShard) -> dict[str, Any]:
+    """Global user/event/length statistics plus, over the shard's users, index-0/1 counts.
+
+    ``unknown_<feature>`` counts events whose index is 1 (the unknown bucket; a feature column
+    missing from the raw data maps every event there), ``padding_<feature>`` those with index 0
+    (should be 0 in prepared data).
+    """
+    length = shard.index.length
+    out: dict[str, Any] = {
+        "users": shard.index.num_users,
+        "events": shard.index.num_events,
+        "length_mean": float(length.mean()) if length.size else 0.0,
+        "length_min": int(length.min()) if length.size else 0,
+        "length_max": int(length.max()) if length.size else 0,
+        **{f"length_p{p}": float(np.percentile(length, p)) if length.size else 0.0 for p in _PCTS},
+        "vocab_sizes": dict(shard.meta.vocab_sizes),
+        "stats_users_scope": f"rank {shard.rank}/{shard.world_size}: {shard.data.num_users} users",
+    }
+    f = shard.data.features
+    for i, name in enumerate(FEATURES):
+        out[f"unknown_{name}"] = int(np.count_nonzero(f[i] == 1))
+        out[f"padding_{name}"] = int(np.count_nonzero(f[i] == 0))
+    return out
+
+
+@dataclass
+class EpochStats:
+    """Accumulates what the loader delivered over an epoch (call :meth:`update` per batch)."""
+
+    batches: int = 0
+    examples: int = 0
+    padding_examples: int = 0
+    history_events: int = 0
+    target_events: int = 0
+    negatives: int = 0
+    padded_slots: int = 0  # sum over batches of B * max history length
+    history_max: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def update(self, batch: Batch) -> None:
+        """Add one batch."""
+        lengths = batch.features.lengths()
+        B = batch.batch_size
+        h = lengths[:B]
+        valid = int(batch.valid.sum())
+        self.batches += 1
+        self.examples += valid
+        self.padding_examples += B - valid
+        self.history_events += int(h.sum())
+        self.target_events += int(lengths[4 * B:5 * B].sum())
+        self.negatives += int(lengths[5 * B:].sum())
+        hmax = int(h.max()) if B else 0
+        self.padded_slots += hmax * B
+        self.history_max = max(self.history_max, hmax)
+        self.batch_sizes.append(B)
+
+    def as_dict(self) -> dict[str, Any]:
+        waste = 1.0 - self.history_events / self.padded_slots if self.padded_slots else 0.0
+        return {
+            "batches": self.batches,
+            "examples": self.examples,
+            "padding_examples": self.padding_examples,
+            "history_events": self.history_events,
+            "target_events": self.target_events,
+            "negatives": self.negatives,
+            "history_mean": self.history_events / max(self.examples + self.padding_examples, 1),
+            "history_max": self.history_max,
+            "padding_waste": waste,
+            "seconds": self.seconds,
+            "history_events_per_s": self.history_events / self.seconds if self.seconds else 0.0,
+            "batches_per_s": self.batches / self.seconds if self.seconds else 0.0,
+        }
+
+
+def read_epoch(loader: Iterable[Batch]) -> EpochStats:
+    """Iterate a loader once, timing it (includes worker start-up)."""
+    st = EpochStats()
+    t0 = time.perf_counter()
+    for b in loader:
+        st.update(b)
+    st.seconds = time.perf_counter() - t0
+    return st
+
+
+def format_stats(title: str, stats: dict[str, Any]) -> str:
+    """Aligned ``key: value`` block."""
+    width = max((len(k) for k in stats), default=0)
+    lines = [title]
+    for k, v in stats.items():
+        if isinstance(v, float):
+            v = f"{v:,.4f}" if abs(v) < 10 else f"{v:,.1f}"
+        elif isinstance(v, int):
+            v = f"{v:,}"
+        lines.append(f"  {k.ljust(width)}  {v}")
+    return "\n".join(lines)
