@@ -18,6 +18,7 @@ Distributed training builds the collection on the meta device and lets
 from __future__ import annotations
 
 import functools
+import math
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -31,7 +32,7 @@ from hytrec_torchrec.modules.loss import sampled_softmax_loss
 from hytrec_torchrec.modules.tower import HyTRecTower
 from hytrec_torchrec.training.sharding import EmbeddingsConfig, table_configs
 
-__all__ = ["HyTRecModel", "item_log_probs", "tower_inputs"]
+__all__ = ["HyTRecModel", "UserTower", "RetrievalLoss", "item_log_probs"]
 
 HISTORY_FEATURES: Tuple[str, ...] = ("item", "attribution", "category", "behavior")
 
@@ -53,11 +54,78 @@ def item_log_probs(counts: torch.Tensor) -> torch.Tensor:
     return (c / c.sum()).log().to(torch.float32)
 
 
-def tower_inputs(
-    emb: Dict[str, JaggedTensor],
-) -> Dict[str, torch.Tensor]:
-    """Per-feature jagged history embeddings [N, D] from the collection's output."""
-    return {f: emb[f"history_{f}"].values() for f in HISTORY_FEATURES}
+class UserTower(nn.Module):
+    """The HyTRec tower as one module taking the collection's output.
+
+    Kept as a single leaf for TorchRec's train-pipeline tracer (which traces the model shallowly
+    and must not trace into the tower's data-dependent jagged code).
+    """
+
+    def __init__(self, cfg: TowerConfig) -> None:
+        super().__init__()
+        self.net = HyTRecTower(cfg)
+
+    def forward(
+        self,
+        emb: Dict[str, JaggedTensor],
+        offsets: torch.Tensor,
+        timestamps: torch.Tensor,
+        t_current: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """User embeddings [B, D] and the weighted load-balancing loss (0-d).
+
+        Args:
+            emb: the collection's output; ``history_<feature>`` values are [N, D].
+            offsets: [B+1] history offsets; timestamps [N] int64; t_current [B] int64.
+        """
+        feats = {f: emb[f"history_{f}"].values() for f in HISTORY_FEATURES}
+        return self.net.forward_with_aux(feats, offsets, timestamps, t_current)
+
+
+class RetrievalLoss(nn.Module):
+    """Sampled softmax over in-batch and uniform negatives with log-Q correction.
+
+    In-batch negatives are other examples' targets, drawn in proportion to item frequency:
+    log-Q = :func:`item_log_probs`. The shared uniform negatives are drawn uniformly over the
+    catalog (indices 2..V-1): log-Q = −log(V − 2). See
+    :func:`~hytrec_torchrec.modules.loss.sampled_softmax_loss` for the formula.
+
+    Args:
+        item_counts: [V] event count per item index.
+    """
+
+    def __init__(self, item_counts: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("item_log_q", item_log_probs(item_counts), persistent=False)
+        self.neg_log_q = -math.log(max(int(item_counts.numel()) - 2, 1))
+
+    def forward(
+        self,
+        user: torch.Tensor,
+        targets: JaggedTensor,
+        target_ids: torch.Tensor,
+        negatives: JaggedTensor,
+        negative_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scalar loss.
+
+        Args:
+            user: [B, D]; targets: jagged [T, D] with lengths [B]; target_ids [T];
+            negatives: jagged [R, D]; negative_ids [R].
+        """
+        target_to_example = torch.repeat_interleave(
+            torch.arange(user.shape[0], device=user.device), targets.lengths()
+        )
+        return sampled_softmax_loss(
+            user=user,
+            pos_ids=target_ids,
+            pos_emb=targets.values(),
+            target_to_example=target_to_example,
+            pos_log_q=self.item_log_q[target_ids],
+            neg_ids=negative_ids,
+            neg_emb=negatives.values(),
+            neg_log_q=self.neg_log_q,
+        )
 
 
 class HyTRecModel(nn.Module):
@@ -85,54 +153,33 @@ class HyTRecModel(nn.Module):
         for t in tables:
             t.init_fn = init
         self.embeddings = EmbeddingCollection(tables=tables, device=embedding_device)
-        self.tower = HyTRecTower(tower_cfg)
-        self.register_buffer("item_log_q", item_log_probs(item_counts), persistent=False)
+        self.tower = UserTower(tower_cfg)
+        self.loss = RetrievalLoss(item_counts)
         self.num_items = int(vocab_sizes["item"])
-        self.tower_cfg = tower_cfg
 
     def user_embedding(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, JaggedTensor]]:
         """User embeddings [B, D] and the looked-up embeddings of every feature."""
         emb = self.embeddings(batch.features)
-        user = self.tower(
-            tower_inputs(emb), batch.history_offsets(), batch.timestamps, batch.t_current
-        )
+        offsets = batch.history_offsets().to(torch.int64)
+        user, _ = self.tower(emb, offsets, batch.timestamps, batch.t_current)
         return user, emb
 
     def forward(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Loss and detached outputs for one batch.
+        """Loss (sampled softmax + weighted load balancing) and detached outputs for one batch.
 
         Returns:
-            ``(loss, out)`` with ``out``: ``loss`` (scalar, detached), ``user`` [B, D] detached,
-            ``target_emb`` [T, D] detached, ``num_targets`` (scalar), ``tokens`` (history events).
+            ``(loss, out)`` with ``out``: ``loss`` (sampled softmax, detached), ``aux`` (load
+            balancing, detached), ``tokens`` (0-d, history events in the batch).
         """
         emb = self.embeddings(batch.features)
-        user = self.tower(
-            tower_inputs(emb), batch.history_offsets(), batch.timestamps, batch.t_current
+        offsets = batch.history_offsets().to(torch.int64)  # KJT lengths are int32
+        user, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current)
+        loss = self.loss(
+            user,
+            emb["target_item"],
+            batch.features["target_item"].values(),
+            emb["negative_item"],
+            batch.features["negative_item"].values(),
         )
-        target = emb["target_item"]
-        neg = emb["negative_item"]
-        target_lengths = target.lengths()
-        target_to_example = torch.repeat_interleave(
-            torch.arange(user.shape[0], device=user.device), target_lengths
-        )
-        loss = sampled_softmax_loss(
-            user=user,
-            pos_ids=batch.features["target_item"].values(),
-            pos_emb=target.values(),
-            pos_to_example=target_to_example,
-            neg_ids=batch.features["negative_item"].values(),
-            neg_emb=neg.values(),
-            item_log_q=self.item_log_q,
-            num_items=self.num_items,
-            cfg=self.tower_cfg,
-        )
-        aux = self.tower.aux_loss() if hasattr(self.tower, "aux_loss") else None
-        total = loss if aux is None else loss + aux
-        out = {
-            "loss": loss.detach(),
-            "user": user.detach(),
-            "tokens": batch.features["history_item"].values().new_tensor(
-                batch.features["history_item"].values().numel()
-            ),
-        }
-        return total, out
+        out = {"loss": loss.detach(), "aux": aux.detach(), "tokens": offsets[-1]}
+        return loss + aux, out

@@ -87,7 +87,10 @@ def shard_model(
     Returns:
         ``(dmp_model, plan)``.
     """
-    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.model_parallel import (
+        DefaultDataParallelWrapper,
+        DistributedModelParallel,
+    )
 
     from hytrec_torchrec.training.sharding import make_planner, sharders
 
@@ -100,7 +103,12 @@ def shard_model(
     )
     shs = sharders()
     plan = planner.collective_plan(model, shs, dist.GroupMember.WORLD)
-    dmp = DistributedModelParallel(model, device=env.device, plan=plan, sharders=shs)
+    # Not a static graph: which tower parameters get gradients depends on the batch (e.g. a batch
+    # whose histories all fit in the short window leaves the long branch empty).
+    wrapper = DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=True)
+    dmp = DistributedModelParallel(
+        model, device=env.device, plan=plan, sharders=shs, data_parallel_wrapper=wrapper
+    )
     return dmp, plan
 
 

@@ -77,12 +77,16 @@ def build_model(cfg: JobConfig, vocab_sizes: Dict[str, int], device: torch.devic
     model = HyTRecModel(cfg.model, cfg.embeddings, vocab_sizes, counts,
                         embedding_device=embedding_device or device)
     model.tower.to(device)
-    model.item_log_q = model.item_log_q.to(device)
+    model.loss.to(device)
     return model
 
 
-def _sum_allreduce_hook(state: Any, bucket: Any) -> Any:
-    """DDP comm hook: all-reduce SUM (DDP's default divides by world size)."""
+def _sum_allreduce_hook(state, bucket):  # type: ignore[no-untyped-def]
+    """DDP comm hook: all-reduce SUM (DDP's default divides by world size).
+
+    Left unannotated on purpose: DDP rejects hooks whose ``bucket`` annotation is not the
+    ``dist.GradBucket`` class, and postponed annotations would make it a string.
+    """
     fut = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
     return fut.then(lambda f: f.value()[0])
 
