@@ -52,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--shard", type=parse_shard, default=(0, 1), help="I/N: process partitions p %% N == I")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing (unsharded) output directory")
     ap.add_argument("--merge", action="store_true", help="merge shard outputs into OUTPUT/vocab and OUTPUT/meta.json")
-    ns = ap.parse_args(argv)
+    ns = ap.parse_intermixed_args(argv)
     try:
         if ns.merge:
             from data_prep.merge import merge
