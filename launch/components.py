@@ -13,9 +13,8 @@ Examples::
     torchx run -s local_cwd launch/components.py:prepare --input raw/ --output prepared/ -j 1x2
 """
 
-from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torchx.specs as specs
 from torchx.components.dist import ddp
@@ -32,7 +31,7 @@ def train(
     name: str = "hytrec-train",
     max_retries: int = 0,
     rdzv_port: int = 29500,
-    env: Optional[dict[str, str]] = None,
+    env: Optional[Dict[str, str]] = None,
 ) -> specs.AppDef:
     """Train HyTRec with sharded embeddings (DistributedModelParallel) on N nodes × M processes.
 
@@ -69,7 +68,7 @@ def prepare(
     memMB: int = 4096,
     h: Optional[str] = None,
     name: str = "hytrec-prepare",
-    env: Optional[dict[str, str]] = None,
+    env: Optional[Dict[str, str]] = None,
 ) -> specs.AppDef:
     """Prepare raw events into a training dataset, as N×M independent hash-partitioned shards.
 

@@ -23,6 +23,7 @@ stay local to each rank's batch.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging
 import math
@@ -132,6 +133,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.history: list[Dict[str, Any]] = []
+        self.step_losses: list[float] = []  # this rank's sampled-softmax loss per step
         self._tb: Any = None
 
     # ------------------------------------------------------------------ setup
@@ -206,6 +208,24 @@ class Trainer:
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step,
                      self.epoch, self.batch_in_epoch)
         return True
+
+    def full_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The whole model state (sharded tables gathered) on rank 0; empty on other ranks.
+
+        Collective: every rank must call it. Keys are those of the unsharded
+        :class:`~hytrec_torchrec.model.HyTRecModel` (DMP/DDP prefixes removed).
+        """
+        out: Dict[str, torch.Tensor] = {}
+        for key, value in self.model.state_dict().items():
+            if hasattr(value, "local_shards"):
+                full = torch.empty(value.size(), dtype=value.dtype) if self.env.is_main else None
+                value.gather(0, full)
+                tensor = full
+            else:
+                tensor = value.detach().cpu().clone()
+            if self.env.is_main and tensor is not None:
+                out[key.replace("module.", "")] = tensor
+        return out
 
     def _unwrapped(self) -> HyTRecModel:
         """The HyTRecModel inside DMP (and DDP), sharing the sharded modules."""
@@ -283,6 +303,46 @@ class Trainer:
 
         return fwd
 
+    def _next_boundary(self, total: int) -> int:
+        """The next step at which training pauses (validation, checkpoint or the end)."""
+        t = self.cfg.train
+        cands = [total]
+        for every in (t.validate_every, t.checkpoint_every):
+            if every:
+                cands.append((self.step // every + 1) * every)
+        return min(cands)
+
+    def _segment(self, batches: Iterator[Batch]) -> Iterator[Dict[str, torch.Tensor]]:
+        """Train on every batch of ``batches``, yielding each step's outputs.
+
+        With ``train.pipeline=sparse_dist`` a fresh ``TrainPipelineSparseDist`` runs the segment
+        and is drained and detached at its end, so no input all-to-all is in flight while
+        validation or checkpointing issue their own collectives.
+        """
+        fwd = self._scale_loss(self.model)
+        if self.cfg.train.pipeline == "sparse_dist":
+            from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+            pipeline = TrainPipelineSparseDist(self.model, self.optimizer, self.env.device,
+                                               execute_all_batches=True, custom_model_fwd=fwd)
+            try:
+                while True:
+                    try:
+                        out = pipeline.progress(batches)
+                    except StopIteration:
+                        break
+                    yield out
+            finally:
+                pipeline.detach()
+            return
+        for batch in batches:
+            batch = batch.to(self.env.device)
+            self.optimizer.zero_grad()
+            loss, out = fwd(batch)
+            loss.backward()
+            self.optimizer.step()
+            yield out
+
     def fit(self) -> Dict[str, Any]:
         """Train until ``train.max_steps``/``train.epochs``; returns the final summary."""
         cfg = self.cfg
@@ -305,54 +365,39 @@ class Trainer:
                        mininterval=1.0)
         positions: collections.deque[tuple[int, int]] = collections.deque()
         batches = self._batches(positions)
-        fwd = self._scale_loss(self.model)
-        pipeline = None
-        if cfg.train.pipeline == "sparse_dist":
-            from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-
-            pipeline = TrainPipelineSparseDist(self.model, self.optimizer, env.device,
-                                               execute_all_batches=False, custom_model_fwd=fwd)
         self.model.train()
         t_last = time.perf_counter()
         tokens = 0
         last_val: Dict[str, float] = {}
         while self.step < total:
-            if pipeline is not None:
-                out = pipeline.progress(batches)
-            else:
-                batch = next(batches).to(env.device)
-                self.optimizer.zero_grad()
-                loss, out = fwd(batch)
-                loss.backward()
-                self.optimizer.step()
-            self.step += 1
-            epoch, index = positions.popleft()
-            self.epoch, self.batch_in_epoch = epoch, index + 1
-            loss_v = float(out["loss"])
-            if not math.isfinite(loss_v):
-                raise NonFiniteLossError(
-                    f"rank {env.rank}: loss is {loss_v} at step {self.step} (epoch {self.epoch}, "
-                    f"batch {self.batch_in_epoch - 1} of the epoch); stopped without saving — "
-                    f"the last good checkpoint in {cfg.run.dir}/checkpoints is intact"
-                )
-            tokens += int(out["tokens"])
-            if self.step % cfg.run.log_every == 0 or self.step == total:
-                now = time.perf_counter()
-                tps = tokens * env.world_size / max(now - t_last, 1e-9)
-                t_last, tokens = now, 0
+            boundary = self._next_boundary(total)
+            for out in self._segment(itertools.islice(batches, boundary - self.step)):
+                self.step += 1
+                epoch, index = positions.popleft()
+                self.epoch, self.batch_in_epoch = epoch, index + 1
+                loss_v = float(out["loss"])
+                self.step_losses.append(loss_v)
+                if not math.isfinite(loss_v):
+                    raise NonFiniteLossError(
+                        f"rank {env.rank}: loss is {loss_v} at step {self.step} (epoch "
+                        f"{self.epoch}, batch {self.batch_in_epoch - 1} of the epoch); stopped "
+                        f"without saving — the last good checkpoint in {cfg.run.dir}/checkpoints "
+                        "is intact"
+                    )
+                tokens += int(out["tokens"])
+                if self.step % cfg.run.log_every == 0 or self.step == boundary:
+                    now = time.perf_counter()
+                    tps = tokens * env.world_size / max(now - t_last, 1e-9)
+                    t_last, tokens = now, 0
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss_v:.4f}", tok_s=f"{tps:,.0f}")
+                    if self._tb is not None:
+                        self._tb.add_scalar("train/loss", loss_v, self.step)
+                        self._tb.add_scalar("train/tokens_per_s", tps, self.step)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss_v:.4f}", tok_s=f"{tps:,.0f}")
-                if self._tb is not None:
-                    self._tb.add_scalar("train/loss", loss_v, self.step)
-                    self._tb.add_scalar("train/tokens_per_s", tps, self.step)
-            if bar is not None:
-                bar.update(1)
-            end = self.step == total
+                    bar.update(1)
+            end = self.step >= total
             if (cfg.train.validate_every and self.step % cfg.train.validate_every == 0) or end:
-                # the pipeline holds prefetched batches: detach it so validation runs the plain
-                # model; the next progress() re-attaches it
-                if pipeline is not None:
-                    pipeline.detach()
                 last_val = self.validate(cfg.train.val_batches)
                 self.history.append({"step": self.step, **last_val})
                 if env.is_main:
@@ -361,8 +406,10 @@ class Trainer:
                     if self._tb is not None:
                         for k, v in last_val.items():
                             self._tb.add_scalar(f"valid/{k}", v, self.step)
+                t_last = time.perf_counter()
             if (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0) or end:
                 self.save()
+                t_last = time.perf_counter()
         if bar is not None:
             bar.close()
         if self._tb is not None:
