@@ -89,7 +89,7 @@ class PrepConfig:
     #: (IDs not in them map to the unknown bucket, index 1, and are counted); users are always new
     vocab_from: Optional[str] = None
     #: Parquet compression of the output part files
-    compression: str = "zstd"
+    compression: str = "lz4"
     #: where spill files go (default: OUTPUT/_spill, removed at the end)
     spill_dir: Optional[str] = None
 

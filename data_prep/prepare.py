@@ -62,6 +62,18 @@ def _compression(cfg: PrepConfig) -> Optional[str]:
     return None if cfg.compression == "none" else cfg.compression
 
 
+def _write_part(table: pa.Table, path: Path, cfg: PrepConfig) -> None:
+    """One ``sequences/part-*.parquet``: no column statistics (costly on lists, unused),
+    dictionary pages for the low-cardinality lists only."""
+    pq.write_table(
+        table,
+        path,
+        compression=_compression(cfg),
+        use_dictionary=["item", "attribution", "category", "behavior"],
+        write_statistics=False,
+    )
+
+
 def _vocabs(cfg: PrepConfig, plan: InputPlan, sp: SpillResult) -> dict[str, Vocab]:
     v: dict[str, Vocab] = {"user": build_vocab("user", sp.uniques["user_id"])}
     for name in ("item", "attribution", "category"):
@@ -169,7 +181,7 @@ def prepare(
             del ev
         else:
             table = _SEQ_SCHEMA.empty_table()
-        pq.write_table(table, seq_dir / f"part-{p:05d}.parquet", compression=_compression(cfg))
+        _write_part(table, seq_dir / f"part-{p:05d}.parquet", cfg)
         del table
     shutil.rmtree(spill_dir, ignore_errors=True)
     if cfg.spill_dir is None:

@@ -59,8 +59,12 @@ def _runs(user: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, lengths
 
 
-def _duplicates(ev: DenseEvents) -> np.ndarray:
-    """Mask of events (sorted by user, time) repeating an earlier (user, item, time, behavior)."""
+def _duplicates(ev: DenseEvents, order: np.ndarray) -> np.ndarray:
+    """Mask over sorted positions of events repeating an earlier (user, item, time, behavior).
+
+    ``ev.user``/``ev.timestamp`` are already sorted; ``ev.item``/``ev.behavior`` are in input
+    order and gathered through ``order`` for the few candidates with an equal (user, time) neighbour.
+    """
     n = len(ev.user)
     dup = np.zeros(n, bool)
     if n < 2:
@@ -73,16 +77,28 @@ def _duplicates(ev: DenseEvents) -> np.ndarray:
     if len(idx) == 0:
         return dup
     # among candidates, sort by (user, ts, item, behavior, position); stable => first occurrence first
-    o = np.lexsort((idx, ev.behavior[idx], ev.item[idx], ev.timestamp[idx], ev.user[idx]))
-    s = idx[o]
+    item, beh = ev.item[order[idx]], ev.behavior[order[idx]]
+    o = np.lexsort((idx, beh, item, ev.timestamp[idx], ev.user[idx]))
+    s, item, beh = idx[o], item[o], beh[o]
     eq = (
         (ev.user[s[1:]] == ev.user[s[:-1]])
         & (ev.timestamp[s[1:]] == ev.timestamp[s[:-1]])
-        & (ev.item[s[1:]] == ev.item[s[:-1]])
-        & (ev.behavior[s[1:]] == ev.behavior[s[:-1]])
+        & (item[1:] == item[:-1])
+        & (beh[1:] == beh[:-1])
     )
     dup[s[1:][eq]] = True
     return dup
+
+
+def _sort_order(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Stable order by (user, timestamp): ties keep input order."""
+    if len(user) == 0:
+        return np.zeros(0, np.int64)
+    t0, t1 = int(ts.min()), int(ts.max())
+    span = t1 - t0 + 1
+    if int(user.max()) < (2**62) // span:  # one composite int64 key, one stable sort
+        return np.argsort(user * span + (ts - t0), kind="stable")
+    return np.lexsort((ts, user))
 
 
 def build_sequences(
@@ -103,42 +119,46 @@ def build_sequences(
     Returns:
         The kept events, sorted by user then time.
     """
-    order = np.lexsort((ev.timestamp, ev.user))  # lexsort is stable: ties keep input order
-    ev = ev.take(order)
-
+    order = _sort_order(ev.user, ev.timestamp)
+    user, ts = ev.user[order], ev.timestamp[order]
+    keep = np.ones(len(order), bool)
     if filters.drop_duplicates:
-        dup = _duplicates(ev)
+        dup = _duplicates(DenseEvents(user, ev.item, ev.attribution, ev.category, ev.behavior, ts), order)
         counts.add("duplicate_events", 0, dup.sum())
-        if dup.any():
-            ev = ev.take(~dup)
+        keep &= ~dup
 
-    starts, lengths = _runs(ev.user)
+    starts, lengths = _runs(user)
+    n_user = lengths - (np.add.reduceat((~keep).astype(np.int64), starts) if len(starts) else 0)
     removed = np.zeros(len(starts), bool)
     if has_behavior and filters.scalper_min_events is not None and len(starts):
-        pays = np.add.reduceat((ev.behavior == PAY_INDEX).astype(np.int64), starts)
-        scalper = (lengths >= filters.scalper_min_events) & (pays <= filters.scalper_max_pay_ratio * lengths)
-        counts.add("scalper_accounts", scalper.sum(), lengths[scalper].sum())
+        is_pay = (ev.behavior[order] == PAY_INDEX) & keep
+        pays = np.add.reduceat(is_pay.astype(np.int64), starts)
+        scalper = (n_user >= filters.scalper_min_events) & (pays <= filters.scalper_max_pay_ratio * n_user)
+        counts.add("scalper_accounts", scalper.sum(), n_user[scalper].sum())
         removed |= scalper
     if filters.inactive_days is not None and len(starts):
-        last = ev.timestamp[starts + lengths - 1]
+        last = ts[starts + lengths - 1]  # duplicates never remove the last event of a user
         inactive = ~removed & (last < dataset_end - filters.inactive_days * 86400.0)
-        counts.add("inactive_users", inactive.sum(), lengths[inactive].sum())
+        counts.add("inactive_users", inactive.sum(), n_user[inactive].sum())
         removed |= inactive
-    cold = ~removed & (lengths < filters.min_user_events)
-    counts.add("cold_users", cold.sum(), lengths[cold].sum())
+    cold = ~removed & (n_user < filters.min_user_events)
+    counts.add("cold_users", cold.sum(), n_user[cold].sum())
     removed |= cold
     if removed.any():
-        ev = ev.take(np.repeat(~removed, lengths))
-        starts, lengths = _runs(ev.user)
-
+        keep &= np.repeat(~removed, lengths)
     if filters.max_user_events is not None and len(starts):
-        ends = np.repeat(starts + lengths, lengths)
-        keep = np.arange(len(ev.user)) >= ends - filters.max_user_events
-        n_cut = int((~keep).sum())
+        # rank of each kept event from the end of its user's kept events
+        kept_cum = np.cumsum(keep[::-1])[::-1]  # kept events at or after position i (whole array)
+        ends = starts + lengths
+        after_user = np.concatenate([kept_cum[ends[:-1]], [0]]) if len(ends) else np.zeros(0, np.int64)
+        rank = kept_cum - np.repeat(after_user, lengths)  # 1 = last kept event of the user
+        cut = keep & (rank > filters.max_user_events)
+        n_cut = int(cut.sum())
         if n_cut:
             counts.add("truncate_long_users", 0, n_cut)
-            ev = ev.take(keep)
-    return ev
+            keep &= ~cut
+    final = order[keep] if not keep.all() else order
+    return ev.take(final)
 
 
 def to_table(ev: DenseEvents) -> pa.Table:
