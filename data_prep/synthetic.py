@@ -14,7 +14,8 @@ item popularity within a category is skewed). History lengths follow a power law
 
 * long-term interests: ``3`` categories and ``8`` favourite items in them; a share ``p_long`` of
   the events before the last-K window are drawn from them (70 % favourites), so they recur
-  sparsely over the whole history;
+  sparsely over the whole history (the favourite that becomes the target is also planted at
+  10 %, 40 % and 70 % of the history);
 * a short-term intent: a burst category (never one of its long-term ones) and 4 burst items;
   half of the last ``k`` events before the target are burst events;
 * funnel-stage behaviours (click ... pay) and attribution IDs (0 = organic, else a campaign tied
@@ -132,15 +133,18 @@ def _lengths(p: SynthParams, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     lens, scalper = lens[: cut + 1].copy(), scalper[: cut + 1].copy()
     if p.events >= 4 * p.max_len:
         lens[0], scalper[0] = p.max_len, False  # plant one ultra-long (non-scalper) user
-    excess = int(lens.sum()) - p.events
-    while excess > 0:  # trim from the end to hit exactly `events`
-        take = min(excess, int(lens[-1]) - p.min_len)
-        if take <= 0:
-            excess -= int(lens[-1])
+    total = int(lens.sum())
+    while total > p.events:  # trim or drop users at the end to hit exactly `events`
+        need = total - p.events
+        if lens[-1] - need >= p.min_len:
+            lens[-1] -= need
+            total = p.events
+        else:
+            total -= int(lens[-1])
             lens, scalper = lens[:-1], scalper[:-1]
-            continue
-        lens[-1] -= take
-        excess -= take
+    if total < p.events:  # a last (possibly short) user takes the remainder
+        lens = np.append(lens, p.events - total)
+        scalper = np.append(scalper, False)
     return lens, scalper & (lens >= 5000)
 
 
@@ -170,7 +174,8 @@ def _users(
     silent = rng.random(n) < p.p_silent
     end = T_END - np.where(silent, rng.uniform(120, 300, n) * DAY, rng.exponential(2.0, n) * DAY)
     dur = np.minimum(lens * rng.uniform(0.5, 12.0, n) * 3600, p.days * DAY)
-    return {"lens": lens, "lt": lt, "fav": fav, "burst": burst, "burst_items": burst_items, "kind": kind,
+    tfav = rng.integers(0, N_FAV, n)  # the favourite that becomes the (first) long-term target
+    return {"lens": lens, "lt": lt, "fav": fav, "tfav": tfav, "burst": burst, "burst_items": burst_items, "kind": kind,
             "silent": silent, "end": end.astype(np.int64), "start": (end - dur).astype(np.int64)}
 
 
@@ -208,14 +213,19 @@ def _chunk(p: SynthParams, w: _World, u: dict[str, np.ndarray], lo: int, hi: int
         item[bad] = _item_in(w, rng, _cats(w, rng, len(bad)))
     bad = guard[~_not_in(w.item_cat[item[guard]], u["lt"][uid[guard]])]
     item[bad] = u["burst_items"][uid[bad], 0]
-    # targets
+    # targets: the last n_targets events. Long-term targets are favourites that recur (planted at
+    # 10 %, 40 % and 70 % of the history before the window) but never appear in the window.
     idx = np.flatnonzero(is_target)
-    k_t = kind[idx]
-    item[idx] = np.where(
-        k_t == 0,
-        u["fav"][uid[idx], rng.integers(0, N_FAV, len(idx))],
-        u["burst_items"][uid[idx], rng.integers(0, N_BURST, len(idx))],
-    )
+    j = pos[idx] - (L[idx] - p.n_targets)
+    fav_t = u["fav"][uid[idx], (u["tfav"][uid[idx]] + j) % N_FAV]
+    item[idx] = np.where(kind[idx] == 0, fav_t, u["burst_items"][uid[idx], rng.integers(0, N_BURST, len(idx))])
+    long_users = np.flatnonzero(u["kind"][lo:hi] == 0) + lo
+    hist = u["lens"][long_users] - p.n_targets - p.k
+    base = first[long_users - lo]
+    for jt in range(p.n_targets):
+        for f in (0.1, 0.4, 0.7):
+            at = base + (f * hist).astype(np.int64) + jt
+            item[at] = u["fav"][long_users, (u["tfav"][long_users] + jt) % N_FAV]
     cat = w.item_cat[item]
     beh = np.searchsorted(np.cumsum(_BEH_P), rng.random(n_ev) * _BEH_P.sum()).astype(np.int8)
     beh = np.minimum(beh, len(BEHAVIORS) - 1)
