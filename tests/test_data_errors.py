@@ -140,3 +140,13 @@ def test_inspect_cli(prepared: Path, capsys: pytest.CaptureFixture) -> None:
         assert word in out
     assert inspect_main([str(prepared), "batch_size=0"]) == 2
     assert "batch_size" in capsys.readouterr().err
+
+
+def test_empty_partitions_and_too_many_ranks(tmp_path: Path) -> None:
+    users = random_sequences(3, 20, NUM_ITEMS, seed=0, min_events=4)
+    path = write_prepared(tmp_path, users, NUM_ITEMS, num_partitions=7)  # most partitions empty
+    cfg = _cfg(path, batch_size=2)
+    seen = [u for r in range(2) for b in make_dataloader(cfg, r, 2, 0, "test") for u in b.user[b.valid].tolist()]
+    assert sorted(seen) == sorted(users)
+    with pytest.raises(ValueError, match="3 users cannot be spread over 5 ranks"):
+        load_shard(cfg, 0, 5)

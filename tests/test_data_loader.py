@@ -320,3 +320,25 @@ def test_length_grouping_reduces_padding(tmp_path: Path) -> None:
         ds = JaggedBatchDataset(cfg, shard, 0, "train")
         waste[gw] = padding_waste(ds.history_len, ds.plan)
     assert waste[16] < 0.5 * waste[0]
+
+
+def test_features_feed_an_embedding_collection(prepared: Path) -> None:
+    """Item-table features (history, target, negatives) share one table; shapes follow the KJT."""
+    from torchrec.modules.embedding_configs import EmbeddingConfig
+    from torchrec.modules.embedding_modules import EmbeddingCollection
+
+    tables = [
+        EmbeddingConfig(name="item", embedding_dim=4, num_embeddings=NUM_ITEMS,
+                        feature_names=["history_item", "target_item", "negative_item"]),
+        EmbeddingConfig(name="attribution", embedding_dim=4, num_embeddings=7, feature_names=["history_attribution"]),
+        EmbeddingConfig(name="category", embedding_dim=4, num_embeddings=5, feature_names=["history_category"]),
+        EmbeddingConfig(name="behavior", embedding_dim=4, num_embeddings=11, feature_names=["history_behavior"]),
+    ]
+    ec = EmbeddingCollection(tables=tables, device=torch.device("cpu"))
+    b = next(iter(make_dataloader(cfg_for(prepared, num_targets=2), 0, 1, 0, "train")))
+    out = ec(b.features)
+    n = b.timestamps.numel()
+    for k in FEATURE_KEYS[:4]:
+        assert out[k].values().shape == (n, 4)
+    assert out["negative_item"].values().shape == (3, 4)
+    assert out["target_item"].values().shape == (int(b.features["target_item"].lengths().sum()), 4)
