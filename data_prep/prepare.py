@@ -17,6 +17,7 @@ import json
 import math
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -162,6 +163,10 @@ def prepare(
     seq_dir.mkdir(parents=True, exist_ok=True)
     events_out = users_out = 0
     kept_min, kept_max = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    # part files are written by one background thread (pyarrow releases the GIL) while the next
+    # partition is processed; at most one table is in flight, which the budget estimate includes
+    writer = ThreadPoolExecutor(max_workers=1)
+    pending: Optional[Future] = None
     for p in sorted(mine):
         path = spill_path(spill_dir, p)
         if path.exists():
@@ -181,8 +186,13 @@ def prepare(
             del ev
         else:
             table = _SEQ_SCHEMA.empty_table()
-        _write_part(table, seq_dir / f"part-{p:05d}.parquet", cfg)
+        if pending is not None:
+            pending.result()
+        pending = writer.submit(_write_part, table, seq_dir / f"part-{p:05d}.parquet", cfg)
         del table
+    if pending is not None:
+        pending.result()
+    writer.shutdown()
     shutil.rmtree(spill_dir, ignore_errors=True)
     if cfg.spill_dir is None:
         try:

@@ -9,7 +9,7 @@ canonical columns
 user_id         int64 if the column is an integer in every file, else string
 item_id         same rule
 timestamp       int64 seconds since the epoch
-behavior        string (null -> ``click``, counted)
+behavior        string or dictionary<string> (null -> ``click``, counted)
 attribution_id  int64 or string, nulls allowed (-> unknown bucket), absent column -> all null
 category_id     same as attribution_id
 ==============  ==========================================================================
@@ -339,10 +339,10 @@ def iter_normalized(
                 drop |= mask
             if plan.present["behavior"] and fn["behavior"] in names:
                 b = rb.column(fn["behavior"])
-                if pa.types.is_dictionary(b.type):
-                    b = b.dictionary_decode()
-                if b.type != pa.string():
-                    b = pc.cast(b, pa.string())
+                if pa.types.is_dictionary(b.type) and pa.types.is_string(b.type.value_type) and not b.null_count:
+                    pass  # kept dictionary-encoded: the spill step maps its few values directly
+                elif b.type != pa.string():
+                    b = pc.cast(b.dictionary_decode() if pa.types.is_dictionary(b.type) else b, pa.string())
                 if b.null_count:
                     handling["null_behavior_as_click"] += int(
                         (np.asarray(pc.is_null(b).to_numpy(zero_copy_only=False)) & ~drop).sum()
@@ -371,7 +371,7 @@ def iter_normalized(
                 [out["user_id"], out["item_id"], pa.array(ts, pa.int64()), out["behavior"],
                  out["attribution_id"], out["category_id"]],
                 names=list(RAW_COLUMNS),
-            )
+            )  # (behavior may be dictionary-encoded)
             if drop.any():
                 batch = batch.filter(pa.array(~drop))
             offset += n

@@ -100,9 +100,14 @@ def spill_batches(
             if beh.null_count == n:
                 code = np.full(n, codes.setdefault("click", len(codes)), np.int32)
             else:
-                benc = pc.dictionary_encode(beh)
-                table = np.array([codes.setdefault(v, len(codes)) for v in benc.dictionary.to_pylist()], np.int32)
-                code = table[benc.indices.to_numpy()]
+                benc = beh if pa.types.is_dictionary(beh.type) else pc.dictionary_encode(beh)
+                ind = benc.indices.to_numpy().astype(np.int64)
+                used = np.bincount(ind, minlength=len(benc.dictionary)) > 0  # register used values only
+                values = benc.dictionary.to_pylist()
+                table = np.array(
+                    [codes.setdefault(v, len(codes)) if used[i] else -1 for i, v in enumerate(values)], np.int32
+                )
+                code = table[ind]
             if num_partitions == 1:
                 part = np.zeros(n, np.int64)
             else:
