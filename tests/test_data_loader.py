@@ -342,3 +342,34 @@ def test_features_feed_an_embedding_collection(prepared: Path) -> None:
         assert out[k].values().shape == (n, 4)
     assert out["negative_item"].values().shape == (3, 4)
     assert out["target_item"].values().shape == (int(b.features["target_item"].lengths().sum()), 4)
+
+
+def _one_batch(path: Path, stage: str, **kw) -> dict:
+    cfg = cfg_for(path, batch_size=8, cutoffs_per_user=0, shuffle=False, group_window=0, **kw)
+    batches = [as_lists(b) for b in make_dataloader(cfg, 0, 1, 0, stage)]
+    assert len(batches) == 1
+    return batches[0]
+
+
+def test_split_semantics_by_hand(tmp_path: Path) -> None:
+    """Hand-checked cutoffs for one 5-event user (independent of the reference's region table)."""
+    seq = {"item": [11, 12, 13, 14, 15], "attribution": [1] * 5, "category": [2] * 5,
+           "behavior": [2] * 5, "timestamp": [10, 20, 30, 40, 50]}
+    path = write_prepared(tmp_path, {2: seq}, NUM_ITEMS, num_partitions=1)
+    # leave-last-out: test = position 4, valid = 3, train = 1, 2 (min_history 1)
+    b = _one_batch(path, "train", num_targets=3, drop_last=False)
+    assert b["cutoff"] == [1, 2] and b["targets"] == [[12, 13], [13]]  # targets stop before valid
+    assert _one_batch(path, "valid", num_targets=2)["targets"] == [[14]]
+    t = _one_batch(path, "test", num_targets=2)
+    assert t["cutoff"] == [4] and t["targets"] == [[15]] and t["item"] == [11, 12, 13, 14]
+    assert t["t_current"] == [50]
+    # time split at 35: valid = last event before (position 2), test = first at/after (3), m=2 -> 14, 15
+    kw = {"split": "time", "split_time": 35}
+    assert _one_batch(path, "train", drop_last=False, **kw)["cutoff"] == [1]
+    assert _one_batch(path, "valid", **kw)["cutoff"] == [2]
+    t = _one_batch(path, "test", num_targets=2, max_len=2, **kw)
+    assert t["cutoff"] == [3] and t["targets"] == [[14, 15]] and t["item"] == [12, 13]
+    assert t["t_current"] == [40] and t["timestamps"] == [20, 30]
+    # min_history 0 adds cutoff 0 (empty history) to training
+    b = _one_batch(path, "train", drop_last=False, min_history=0)
+    assert b["cutoff"] == [0, 1, 2] and b["hist_len"] == [0, 1, 2]
