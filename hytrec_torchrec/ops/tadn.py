@@ -75,28 +75,30 @@ def delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eras
     _check(q, k, v, erase, write, offsets)
     n, h, dk = q.shape
     dv = v.shape[-1]
-    lengths = (offsets[1:] - offsets[:-1]).tolist()
-    starts = offsets[:-1].tolist()
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # longest first
     if n == 0:
         return v.new_zeros(0, h, dv)
-    S = q.new_zeros(len(order), h, dv, dk)
-    eye = torch.eye(dk, dtype=q.dtype, device=q.device)
-    rows_out: List[torch.Tensor] = []
-    vals_out: List[torch.Tensor] = []
-    for t in range(lengths[order[0]]):
-        active = [i for i in order if lengths[i] > t]
-        S = S[: len(active)]
-        rows = torch.tensor([starts[i] + t for i in active], dtype=torch.long, device=q.device)
-        k_t, v_t, q_t = k[rows], v[rows], q[rows]  # [n, H, d]
-        a_t = erase[rows][..., None, None]
-        b_t = write[rows][..., None, None]
-        kkT = k_t.unsqueeze(-1) * k_t.unsqueeze(-2)  # [n, H, dk, dk]
-        S = S @ (eye - a_t * kkT) + b_t * (v_t.unsqueeze(-1) * k_t.unsqueeze(-2))
-        rows_out.append(rows)
-        vals_out.append((S @ q_t.unsqueeze(-1)).squeeze(-1))
-    rows_all = torch.cat(rows_out)
-    return v.new_zeros(n, h, dv).index_copy(0, rows_all, torch.cat(vals_out))
+    lengths = offsets[1:] - offsets[:-1]
+    order = torch.argsort(lengths, descending=True, stable=True)  # longest first
+    steps = torch.arange(int(lengths.max()), device=q.device)
+    live = lengths[order].unsqueeze(0) > steps.unsqueeze(1)  # [T, B]: sequence still running at t
+    rows = (offsets[:-1][order].unsqueeze(0) + steps.unsqueeze(1))[live]  # time-major row order
+    counts: List[int] = live.sum(1).tolist()
+    # One gather + split (its backward is a single concatenation), not a gather per step.
+    qs, ks, vs = (torch.split(x[rows], counts) for x in (q, k, v))
+    as_, bs = (torch.split(x[rows], counts) for x in (erase, write))
+    S = q.new_zeros(counts[0], h, dv, dk)
+    outs: List[torch.Tensor] = []
+    for t, m in enumerate(counts):
+        k_t, v_t, q_t = ks[t], vs[t], qs[t]  # [m, H, d]
+        a_t = as_[t][..., None]  # [m, H, 1]
+        b_t = bs[t][..., None]
+        S = S[:m]
+        # S (I - a k kᵀ) + b v kᵀ  ==  S + (b v - a S k) kᵀ   (elementwise products: tiny matmuls
+        # are slow on a busy CPU, and this is the literal rank-1 update)
+        Sk = (S * k_t.unsqueeze(-2)).sum(-1)  # [m, H, dv]
+        S = S + (b_t * v_t - a_t * Sk).unsqueeze(-1) * k_t.unsqueeze(-2)
+        outs.append((S * q_t.unsqueeze(-2)).sum(-1))  # S q
+    return v.new_zeros(n, h, dv).index_copy(0, rows, torch.cat(outs))
 
 
 def _chunk_plan(offsets: torch.Tensor, chunk_size: int

@@ -1,0 +1,226 @@
+"""HyTRec tower: layers, branches, fusion, scripting, baselines by config, loss, overfitting."""
+
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hytrec_torchrec.config import ConfigError, from_dict, load_config
+from hytrec_torchrec.modules import HyTRecTower, TowerConfig, log_q_from_counts, sampled_softmax_loss, score
+from hytrec_torchrec.modules.fusion import MoEFusion
+from hytrec_torchrec.modules.layers import SoftmaxMixer
+from hytrec_torchrec.ops.jagged import segment_ids
+
+REPO = Path(__file__).resolve().parents[1]
+T0 = 1_700_000_000
+
+
+def small_cfg(**kw) -> TowerConfig:
+    base = dict(embedding_dim=16, short_len=4, heads=2, tadn=dict(chunk_size=8, decay_period=3600.0))
+    base.update(kw)
+    return from_dict(TowerConfig, base)
+
+
+def batch(lengths, dim=16, seed=0, features=("item", "attribution", "category", "behavior")):
+    gen = torch.Generator().manual_seed(seed)
+    n = sum(lengths)
+    offsets = torch.tensor([0] + list(lengths), dtype=torch.int64).cumsum(0)
+    feats = {f: torch.randn(n, dim, generator=gen) for f in features}
+    ts = T0 + torch.randint(0, 100_000, (n,), generator=gen)
+    tc = torch.full((len(lengths),), T0 + 100_000, dtype=torch.int64)
+    return feats, offsets, ts, tc
+
+
+def test_softmax_mixer_matches_dense_per_sequence_reference():
+    torch.manual_seed(0)
+    mixer = SoftmaxMixer(8, 2, group_waste=0.0).eval()
+    lengths = [5, 0, 12, 1, 11]
+    off = torch.tensor([0] + lengths).cumsum(0)
+    x = torch.randn(sum(lengths), 8)
+    seg = segment_ids(off, x.shape[0])
+    out = mixer(x, off, seg, x.new_zeros(x.shape[0]), False)
+    last = mixer(x, off, seg, x.new_zeros(x.shape[0]), True)
+    for s, n in enumerate(lengths):
+        a = int(off[s])
+        if n == 0:
+            assert torch.equal(last[s], mixer.out(torch.zeros(8)))
+            continue
+        q, k, v = mixer.qkv(x[a:a + n]).view(n, 3, 2, 4).unbind(1)
+        att = torch.einsum("ihd,jhd->hij", q, k) / 2.0
+        att = att.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+        ref = mixer.out(torch.einsum("hij,jhd->ihd", att, v).reshape(n, 8))
+        torch.testing.assert_close(out[a:a + n], ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(last[s], ref[-1], atol=1e-5, rtol=0)
+    mixer.group_waste = float("inf")  # one padded group: same answer
+    torch.testing.assert_close(mixer(x, off, seg, x.new_zeros(x.shape[0]), False), out, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("pattern", ["TTTS", "SS", "T", ""])
+def test_tower_batch_equals_each_sequence_alone_and_empty_is_defined(pattern):
+    torch.manual_seed(0)
+    tower = HyTRecTower(small_cfg(long_pattern=pattern)).eval()
+    lengths = [0, 1, 4, 5, 23, 9]
+    feats, off, ts, tc = batch(lengths)
+    with torch.no_grad():
+        user = tower(feats, off, ts, tc)
+        assert user.shape == (6, 16) and torch.isfinite(user).all()
+        for s, n in enumerate(lengths):
+            a, b = int(off[s]), int(off[s + 1])
+            alone = tower({f: e[a:b] for f, e in feats.items()}, torch.tensor([0, n]), ts[a:b], tc[s:s + 1])
+            torch.testing.assert_close(user[s:s + 1], alone, atol=1e-5, rtol=0)
+        empty = tower({f: e[:0] for f, e in feats.items()}, torch.zeros(3, dtype=torch.int64), ts[:0], tc[:2])
+        assert empty.shape == (2, 16) and torch.isfinite(empty).all()
+
+
+def test_timestamps_matter_only_through_the_temporal_gate():
+    torch.manual_seed(0)
+    feats, off, ts, tc = batch([30, 12])
+    gated = HyTRecTower(small_cfg(long_pattern="TT")).eval()
+    plain = HyTRecTower(small_cfg(long_pattern="TT", tadn=dict(chunk_size=8, temporal_gate=False))).eval()
+    with torch.no_grad():
+        assert not torch.allclose(gated(feats, off, ts, tc), gated(feats, off, ts - 50_000, tc))
+        torch.testing.assert_close(plain(feats, off, ts, tc), plain(feats, off, ts - 50_000, tc))
+
+
+def test_scripted_tower_equals_eager():
+    torch.manual_seed(0)
+    tower = HyTRecTower(small_cfg(long_pattern="TTTS", feature_combine="concat")).eval()
+    feats, off, ts, tc = batch([0, 3, 40, 17, 8], seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(tower)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(feats, off, ts, tc), tower(feats, off, ts, tc), atol=1e-6, rtol=0)
+        feats2, off2, ts2, tc2 = batch([70, 1], seed=5)
+        torch.testing.assert_close(scripted(feats2, off2, ts2, tc2), tower(feats2, off2, ts2, tc2), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "model").glob("*.yaml")), ids=lambda p: p.stem)
+def test_model_config_examples_build_and_train_step(path):
+    cfg = load_config(TowerConfig, path, ["embedding_dim=16", "short_len=4", "tadn.chunk_size=8"])
+    tower = HyTRecTower(cfg)
+    feats, off, ts, tc = batch([0, 6, 19], features=tuple(cfg.features))
+    user, aux = tower.forward_with_aux(feats, off, ts, tc)
+    (user.square().mean() + aux).backward()
+    assert all(p.grad is not None for p in tower.fusion.parameters())
+
+
+def test_model_config_examples_cover_the_baselines():
+    names = {p.stem for p in (REPO / "configs" / "model").glob("*.yaml")}
+    assert {"hytrec", "sasrec", "tadn_only", "short_only", "deltanet"} <= names
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        (dict(long_pattern="TXS"), "long_pattern"),
+        (dict(tadn=dict(alpha=1.5)), "tadn.alpha"),
+        (dict(tadn=dict(impl="cuda")), "tadn.impl"),
+        (dict(fusion=dict(num_experts=0)), "fusion.num_experts"),
+        (dict(feature_combine="mean"), "feature_combine"),
+        (dict(embedding_dim=10, heads=3), "heads"),
+        (dict(long_pattern="", short_len=0), "long_pattern"),
+        (dict(features=["item", "price"]), "features[1]"),
+        (dict(tadn=dict(decay=3.0)), "tadn.decay"),
+    ],
+)
+def test_config_errors_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        from_dict(TowerConfig, override)
+    assert str(err.value).startswith(key), str(err.value)
+
+
+def test_moe_load_balance_loss():
+    fusion = MoEFusion(2, 4, num_experts=4, hidden=8)
+    with torch.no_grad():
+        fusion.gate.weight.zero_()
+        fusion.gate.bias.zero_()
+    _, bal = fusion([torch.randn(5, 4), torch.randn(5, 4)])
+    assert abs(bal.item() - 1.0) < 1e-6  # even use
+    with torch.no_grad():
+        fusion.gate.bias.copy_(torch.tensor([50.0, 0, 0, 0]))
+    _, bal = fusion([torch.randn(5, 4), torch.randn(5, 4)])
+    assert abs(bal.item() - 4.0) < 1e-4  # collapsed onto one expert
+
+
+def slow_sampled_softmax(user, pos_ids, pos_emb, t2e, pos_log_q, neg_ids, neg_emb, neg_log_q, temperature):
+    """Direct transcription of the docstring formula, one target at a time."""
+    T, R = len(pos_ids), len(neg_ids)
+    total = 0.0
+    for t in range(T):
+        e = int(t2e[t])
+        mine = {int(pos_ids[j]) for j in range(T) if int(t2e[j]) == e}
+        u = user[e].double()
+        cands = []
+        for j in range(T):
+            if j != t and int(pos_ids[j]) in mine:
+                continue
+            cands.append(float(u @ pos_emb[j].double()) / temperature - math.log(T * math.exp(float(pos_log_q[j]))))
+        for r in range(R):
+            if int(neg_ids[r]) in mine:
+                continue
+            cands.append(float(u @ neg_emb[r].double()) / temperature - (math.log(R) + neg_log_q))
+        s_pos = float(u @ pos_emb[t].double()) / temperature - math.log(T * math.exp(float(pos_log_q[t])))
+        lse = math.log(sum(math.exp(c) for c in cands))
+        total += lse - s_pos
+    return total / T
+
+
+def test_sampled_softmax_matches_slow_transcription():
+    gen = torch.Generator().manual_seed(0)
+    user = torch.randn(4, 6, generator=gen)
+    # example 0 has two positives (3 and 7); item 3 is also example 2's positive (accidental hit)
+    pos_ids = torch.tensor([3, 7, 5, 3, 9])
+    t2e = torch.tensor([0, 0, 1, 2, 3])
+    table = torch.randn(12, 6, generator=gen)
+    counts = torch.tensor([0, 4, 1, 9, 2, 3, 1, 6, 2, 5, 1, 1])
+    pos_log_q = log_q_from_counts(counts, pos_ids)
+    neg_ids = torch.tensor([7, 1, 5, 11])  # 7 hits example 0, 5 hits example 1
+    neg_log_q = -math.log(12)
+    got = sampled_softmax_loss(user, pos_ids, table[pos_ids], t2e, pos_log_q, neg_ids, table[neg_ids], neg_log_q,
+                               temperature=0.5)
+    want = slow_sampled_softmax(user, pos_ids, table[pos_ids], t2e, pos_log_q, neg_ids, table[neg_ids], neg_log_q, 0.5)
+    assert abs(float(got) - want) < 1e-5
+    # without uniform negatives
+    got = sampled_softmax_loss(user, pos_ids, table[pos_ids], t2e, pos_log_q)
+    want = slow_sampled_softmax(user, pos_ids, table[pos_ids], t2e, pos_log_q, [], [], 0.0, 1.0)
+    assert abs(float(got) - want) < 1e-5
+
+
+def test_score_is_dot_product():
+    u, items = torch.randn(3, 5), torch.randn(7, 5)
+    torch.testing.assert_close(score(u, items), torch.einsum("bd,md->bm", u, items))
+
+
+def test_tiny_model_overfits_fixed_set():
+    torch.manual_seed(0)
+    n_items, dim = 50, 16
+    cfg = small_cfg(long_pattern="TTS", fusion=dict(num_experts=2, load_balance_weight=0.0))
+    tower = HyTRecTower(cfg)
+    tables = torch.nn.ModuleDict({f: torch.nn.Embedding(n_items, dim) for f in cfg.features})
+    gen = torch.Generator().manual_seed(1)
+    lengths = [3, 9, 14, 6, 20, 11, 2, 17]
+    off = torch.tensor([0] + lengths).cumsum(0)
+    ids = torch.randint(1, n_items, (sum(lengths),), generator=gen)
+    ts = T0 + torch.randint(0, 10_000, (sum(lengths),), generator=gen)
+    tc = torch.full((len(lengths),), T0 + 10_000)
+    pos = torch.randperm(n_items - 1, generator=gen)[: len(lengths)] + 1
+    negs = torch.randint(1, n_items, (16,), generator=gen)
+    t2e = torch.arange(len(lengths))
+    log_q = torch.full((len(lengths),), -math.log(len(lengths)))
+    opt = torch.optim.Adam(list(tower.parameters()) + list(tables.parameters()), lr=1e-2)
+    losses = []
+    for _ in range(120):
+        feats = {f: tables[f](ids) for f in cfg.features}
+        user, aux = tower.forward_with_aux(feats, off, ts, tc)
+        item_table = tables["item"].weight
+        loss = sampled_softmax_loss(user, pos, item_table[pos], t2e, log_q, negs, item_table[negs],
+                                    -math.log(n_items)) + aux
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
