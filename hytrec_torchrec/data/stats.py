@@ -45,7 +45,13 @@ def dataset_stats(shard: RankShard) -> dict[str, Any]:
 
 @dataclass
 class EpochStats:
-    """Accumulates what the loader delivered over an epoch (call :meth:`update` per batch)."""
+    """Accumulates what the loader delivered over an epoch (call :meth:`update` per batch).
+
+    ``padding_waste`` = 1 - sum(h) / sum_batches(B * max h) over the epoch: the share of a padded
+    [B, max_len_in_batch] layout that would be padding. With heavy-tailed lengths it is dominated
+    by the few batches holding the longest histories; ``padding_waste_median_batch`` is the
+    median of the per-batch values.
+    """
 
     batches: int = 0
     examples: int = 0
@@ -56,6 +62,7 @@ class EpochStats:
     padded_slots: int = 0  # sum over batches of B * max history length
     history_max: int = 0
     batch_sizes: list[int] = field(default_factory=list)
+    batch_waste: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     def update(self, batch: Batch) -> None:
@@ -74,6 +81,8 @@ class EpochStats:
         self.padded_slots += hmax * B
         self.history_max = max(self.history_max, hmax)
         self.batch_sizes.append(B)
+        if hmax:
+            self.batch_waste.append(1.0 - int(h.sum()) / (hmax * B))
 
     def as_dict(self) -> dict[str, Any]:
         waste = 1.0 - self.history_events / self.padded_slots if self.padded_slots else 0.0
@@ -87,6 +96,7 @@ class EpochStats:
             "history_mean": self.history_events / max(self.examples + self.padding_examples, 1),
             "history_max": self.history_max,
             "padding_waste": waste,
+            "padding_waste_median_batch": float(np.median(self.batch_waste)) if self.batch_waste else 0.0,
             "seconds": self.seconds,
             "history_events_per_s": self.history_events / self.seconds if self.seconds else 0.0,
             "batches_per_s": self.batches / self.seconds if self.seconds else 0.0,
