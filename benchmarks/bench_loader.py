@@ -1,6 +1,7 @@
 """Loader throughput: history events/s delivered, at max_len 200 and 10,000, with 0 and 2 workers.
 
     .venv/bin/python benchmarks/bench_loader.py [--users 5000] [--out benchmarks/results/loader.txt]
+    .venv/bin/python benchmarks/bench_loader.py --prepared DIR     # any prepared directory
 
 Writes a power-law synthetic prepared directory (hytrec_torchrec.data.testing.power_law_arrays,
 lengths 30..20,000, alpha 0.7) to a temporary directory, then reads one training epoch per
@@ -38,7 +39,9 @@ def main() -> None:
     p.add_argument("--users", type=int, default=5000)
     p.add_argument("--cutoffs-per-user", type=int, default=8)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--prepared", type=Path, default=None, help="benchmark this prepared directory instead")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--append", action="store_true", help="append to --out instead of replacing it")
     args = p.parse_args()
     lines: list[str] = []
 
@@ -48,12 +51,18 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        offsets, cols = power_law_arrays(args.users, 20_000, 100_000, seed=0, alpha=0.7, min_events=30)
-        write_prepared_arrays(tmp, offsets, cols, 100_000, num_partitions=8)
-        lengths = np.diff(offsets)
-        say(f"dataset: {args.users:,} users, {int(offsets[-1]):,} events, lengths p50/p90/p99/max = "
+        if args.prepared is None:
+            offsets, cols = power_law_arrays(args.users, 20_000, 100_000, seed=0, alpha=0.7, min_events=30)
+            write_prepared_arrays(tmp, offsets, cols, 100_000, num_partitions=8)
+            lengths = np.diff(offsets)
+            source = f"power_law_arrays, written in {time.perf_counter() - t0:.1f}s"
+        else:
+            tmp = str(args.prepared)
+            lengths = load_shard(from_dict(DataConfig, {"path": tmp})).index.length
+            source = tmp
+        say(f"dataset: {len(lengths):,} users, {int(lengths.sum()):,} events, lengths p50/p90/p99/max = "
             f"{np.percentile(lengths, 50):.0f}/{np.percentile(lengths, 90):.0f}/"
-            f"{np.percentile(lengths, 99):.0f}/{lengths.max()} (written in {time.perf_counter() - t0:.1f}s)")
+            f"{np.percentile(lengths, 99):.0f}/{lengths.max()} ({source})")
         base = {"path": tmp, "cutoffs_per_user": args.cutoffs_per_user, "num_negatives": 128, "seed": 0}
         t0 = time.perf_counter()
         shard = load_shard(from_dict(DataConfig, base))
@@ -77,7 +86,9 @@ def main() -> None:
         say(f"load average after run {os.getloadavg()[0]:.2f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+        mode = "a" if args.append else "w"
+        with args.out.open(mode) as f:
+            f.write("\n".join(lines) + "\n\n")
 
 
 if __name__ == "__main__":
