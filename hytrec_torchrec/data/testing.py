@@ -49,9 +49,9 @@ def write_prepared(root: str | Path, users: dict[int, Sequence], num_items: int,
     sizes = {"item": num_items, "attribution": 7, "category": 5, "behavior": 11,
              "user": max(users) + 1 if users else 2}
     for name, size in sizes.items():
-        idx = np.arange(size, dtype=np.int64)
+        idx = np.arange(2, size, dtype=np.int64)  # files list known IDs only (index >= 2)
         pq.write_table(pa.table({"raw": [str(i) for i in idx], "index": idx,
-                                 "count": np.zeros(size, np.int64)}), root / "vocab" / f"{name}.parquet")
+                                 "count": np.zeros(len(idx), np.int64)}), root / "vocab" / f"{name}.parquet")
     lt = pa.list_(pa.int64())
     for p in range(num_partitions):
         ids = sorted(u for u in users if u % num_partitions == p)
@@ -105,9 +105,9 @@ def write_prepared_arrays(root: str | Path, offsets: np.ndarray, columns: dict[s
     users = np.arange(2, U + 2, dtype=np.int64)
     sizes = {"item": num_items, "attribution": 7, "category": 5, "behavior": 11, "user": U + 2}
     for name, size in sizes.items():
-        idx = np.arange(size, dtype=np.int64)
+        idx = np.arange(2, size, dtype=np.int64)  # files list known IDs only (index >= 2)
         pq.write_table(pa.table({"raw": idx.astype(str), "index": idx,
-                                 "count": np.zeros(size, np.int64)}), root / "vocab" / f"{name}.parquet")
+                                 "count": np.zeros(len(idx), np.int64)}), root / "vocab" / f"{name}.parquet")
     lengths = np.diff(offsets)
     for p in range(num_partitions):
         rows = np.flatnonzero(users % num_partitions == p)
