@@ -150,7 +150,9 @@ class SoftmaxMixer(nn.Module):
             raise ValueError(f"dim {dim} not divisible by heads {heads}")
         self.heads = heads
         self.head_dim = dim // heads
-        self.qkv = nn.Linear(dim, 3 * dim)
+        # No projection bias: a key bias is redundant under softmax (it adds a per-query constant),
+        # so its gradient is exactly zero and Adam would only amplify float noise into it.
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim)
         self.group_waste = group_waste
         self.dropout = dropout

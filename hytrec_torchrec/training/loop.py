@@ -144,12 +144,13 @@ class Trainer:
 
         o = self.cfg.optim
         dense_params = dict(in_backward_optimizer_filter(self.model.named_parameters()))
-        dense: Any = KeyedOptimizerWrapper(
+        self._dense_inner = KeyedOptimizerWrapper(
             dense_params,
             lambda params: torch.optim.AdamW(
                 params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
             ),
         )
+        dense: Any = self._dense_inner
         if o.grad_clip is not None:
             dense = GradientClippingOptimizer(dense, GradientClipping.NORM, max_gradient=o.grad_clip)
         return CombinedOptimizer([("sparse", self.model.fused_optimizer), ("dense", dense)])
@@ -191,6 +192,11 @@ class Trainer:
                 f"the dataset {self.cfg.data.path} ({self.vocab_sizes}); use the prepared "
                 "directory the run was trained on"
             )
+        # AdamW creates its state lazily on the first step; DCP loads in place, so materialise the
+        # state first (a dummy zero-gradient step; the parameters it touches are overwritten by
+        # the load right after).
+        self._dense_inner.init_state()
+        self._dense_inner.zero_grad(set_to_none=True)
         state, rank_state = load_checkpoint(path, self.model, self.optimizer)
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
