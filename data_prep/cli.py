@@ -22,7 +22,12 @@ __all__ = ["main", "parse_shard"]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``."""
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; ``"env"`` reads ``RANK``/``WORLD_SIZE``
+    (set by torchrun/TorchX, so each process of a ``-j NxM`` job prepares its own shard)."""
+    if text == "env":
+        import os
+
+        text = f"{os.environ.get('RANK', '0')}/{os.environ.get('WORLD_SIZE', '1')}"
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:

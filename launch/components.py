@@ -73,7 +73,8 @@ def prepare(
     """Prepare raw events into a training dataset, as N×M independent hash-partitioned shards.
 
     Each process prepares the partitions ``p`` with ``p % WORLD_SIZE == RANK``; the shards
-    together equal an unsharded run, and the last one to finish merges ``meta.json``.
+    together equal an unsharded run. When all have finished, ``hytrec-prep --merge OUTPUT``
+    writes the combined ``meta.json`` (docs/data_prep.md).
 
     Args:
         overrides: dotted ``key=value`` prep config overrides
