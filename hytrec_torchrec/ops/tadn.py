@@ -146,6 +146,12 @@ def _chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torc
                   ) -> torch.Tensor:
     """Chunkwise WY/UT delta rule. Returns ``o [N, H, dv]`` or, if ``last_only``, ``[B, H, dv]``
     holding each sequence's last output (zeros for empty sequences)."""
+    if q.dtype == torch.float16 or q.dtype == torch.bfloat16:
+        # Half precision: run the transform and the state recurrence in float32 (triangular
+        # solves have no half kernels, and the state accumulates over thousands of rows).
+        o32 = _chunked_core(q.float(), k.float(), v.float(), erase.float(), write.float(), offsets,
+                            chunk_size, last_only)
+        return o32.to(q.dtype)
     n, h, dk = q.shape
     dv = v.shape[-1]
     c = chunk_size

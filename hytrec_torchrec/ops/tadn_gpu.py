@@ -60,6 +60,8 @@ def delta_rule_gpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: tor
     g = torch.zeros_like(k)
     b = erase.unsqueeze(-1).expand_as(k).contiguous()
     w = write.unsqueeze(-1).expand_as(v).contiguous()
+    # Empty sequences hold no rows: drop their repeated offsets so the kernel sees none of length 0.
+    offsets = torch.unique_consecutive(offsets.cpu())
     cu = offsets.to(device=q.device, dtype=torch.long)
     o, _ = kernel(
         q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), g.unsqueeze(0), b.unsqueeze(0), w.unsqueeze(0),

@@ -1,0 +1,239 @@
+"""Benchmark: TADN delta rule (naive vs chunkwise [vs GPU kernel]) and long branches (TTTS hybrid
+vs softmax-only SSSS of the same width/depth) — forward and forward+backward time vs history length.
+
+All methods are measured side by side: for every length, each repeat round runs every method once
+(rotating the order), and the median over rounds is reported. Ratios taken inside one run are
+what count on a shared machine.
+
+    python benchmarks/bench_tower.py --out benchmarks/results/tower_cpu.txt
+    python benchmarks/bench_tower.py --device cuda --impls chunked,gpu --out tower_gpu.txt
+
+Shapes: batch B sequences of equal length L, H heads of width d (model width D = H·d for the
+branches). "naive" is the token-by-token reference; at lengths above --naive-max-len it is not run
+and its time is extrapolated linearly from the longest measured length (labelled "extrap").
+"""
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hytrec_torchrec.modules.branches import LongBranch  # noqa: E402
+from hytrec_torchrec.ops.tadn import delta_rule  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def op_case(impl: str, b: int, length: int, h: int, d: int, device: torch.device, dtype: torch.dtype):
+    """Return fn(backward: bool) running the delta rule with ``impl`` on fresh-grad inputs."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    n = b * length
+    offsets = (torch.arange(b + 1, dtype=torch.int64) * length).to(device)
+    q = torch.randn(n, h, d, generator=gen).to(device, dtype)
+    k = F.normalize(torch.randn(n, h, d, generator=gen), dim=-1).to(device, dtype)
+    v = torch.randn(n, h, d, generator=gen).to(device, dtype)
+    beta = torch.rand(n, h, generator=gen).to(device, dtype)
+    erase = (torch.rand(n, h, generator=gen).to(device, dtype) * beta)
+    leaves = [t.requires_grad_(True) for t in (q, k, v, erase, beta)]
+
+    def run(backward: bool) -> None:
+        for t in leaves:
+            t.grad = None
+        if backward:
+            o = delta_rule(*leaves, offsets, 64, impl)
+            o.backward(torch.ones_like(o))
+        else:
+            with torch.no_grad():
+                delta_rule(*leaves, offsets, 64, impl)
+
+    return run
+
+
+def branch_case(pattern: str, impl: str, b: int, length: int, h: int, d: int, device: torch.device,
+                dtype: torch.dtype):
+    """Return fn(backward) running a LongBranch of ``pattern`` (width H·d) on [B·L, D] rows."""
+    torch.manual_seed(0)
+    dim = h * d
+    branch = LongBranch(dim, pattern, h, 2, 0.0, 0.5, False, True, 64, impl, 0.25).to(device, dtype)
+    offsets = (torch.arange(b + 1, dtype=torch.int64) * length).to(device)
+    x = torch.randn(b * length, dim, device=device, dtype=dtype, requires_grad=True)
+    tau = torch.rand(b * length, device=device, dtype=dtype)
+
+    def run(backward: bool) -> None:
+        x.grad = None
+        branch.zero_grad(set_to_none=True)
+        if backward:
+            branch(x, offsets, tau).sum().backward()
+        else:
+            with torch.no_grad():
+                branch(x, offsets, tau)
+
+    return run
+
+
+def time_once(fn: Callable[[bool], None], backward: bool, device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn(backward)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lengths", default="1024,2048,3072,4096,8192,12288")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--naive-max-len", type=int, default=4096)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--impls", default="naive,chunked", help="delta-rule impls: naive,chunked,gpu")
+    p.add_argument("--branches", default="TTTS,SSSS", help="long-branch patterns ('' for none)")
+    p.add_argument("--branch-impl", default="auto", help="delta-rule impl inside branches")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave default)")
+    p.add_argument("--out", default="")
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    lengths = [int(x) for x in args.lengths.split(",")]
+    impls = [x for x in args.impls.split(",") if x]
+    patterns = [x for x in args.branches.split(",") if x]
+    b, h, d = args.batch, args.heads, args.head_dim
+    lines: List[str] = []
+
+    def emit(s: str) -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    emit(f"# bench_tower  {time.strftime('%Y-%m-%d %H:%M:%S')}  torch {torch.__version__}  device {device}"
+         f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}  "
+         f"threads {torch.get_num_threads()}  {platform.machine()}")
+    emit(f"# B={b} H={h} d={d} (branch width D={h * d}) dtype={args.dtype} repeats={args.repeats} "
+         f"(median; methods interleaved per round)  cmd: {' '.join(sys.argv)}")
+    methods: List[str] = [f"tadn-{i}" for i in impls] + [f"branch-{pt}" for pt in patterns]
+    results: Dict[str, Dict[int, Dict[str, float]]] = {m: {} for m in methods}
+    measured_naive_max = 0
+    for length in lengths:
+        cases: Dict[str, Callable[[bool], None]] = {}
+        for i in impls:
+            if i == "naive" and length > args.naive_max_len:
+                continue
+            cases[f"tadn-{i}"] = op_case("recurrent" if i == "naive" else i, b, length, h, d, device, dtype)
+        for pt in patterns:
+            cases[f"branch-{pt}"] = branch_case(pt, args.branch_impl, b, length, h, d, device, dtype)
+        names = list(cases)
+        for name in names:  # warm-up
+            cases[name](True)
+        reps = args.repeats if length <= 4096 else max(3, args.repeats // 2)
+        times: Dict[str, Dict[str, List[float]]] = {n: {"fwd": [], "fwdbwd": []} for n in names}
+        for r in range(reps):
+            rot = names[r % len(names):] + names[: r % len(names)]
+            for name in rot:
+                times[name]["fwd"].append(time_once(cases[name], False, device))
+                times[name]["fwdbwd"].append(time_once(cases[name], True, device))
+        for name in names:
+            results[name][length] = {k: statistics.median(v) for k, v in times[name].items()}
+            if name == "tadn-naive":
+                measured_naive_max = max(measured_naive_max, length)
+        row = "  ".join(
+            f"{n}: fwd {results[n][length]['fwd'] * 1e3:9.1f} ms  fwd+bwd {results[n][length]['fwdbwd'] * 1e3:9.1f} ms"
+            for n in names
+        )
+        emit(f"L={length:6d}  {row}")
+        del cases
+
+    if "tadn-naive" in results and measured_naive_max:
+        base = results["tadn-naive"][measured_naive_max]
+        for length in lengths:
+            if length not in results["tadn-naive"]:
+                scale = length / measured_naive_max
+                results["tadn-naive"][length] = {k: v * scale for k, v in base.items()}
+                results["tadn-naive"][length]["extrap"] = 1.0
+
+    emit("")
+    emit("## times (ms; 'x' = extrapolated linearly from the longest measured length, not measured)")
+    header = f"{'method':>16} {'mode':>8} " + " ".join(f"{lng:>10d}" for lng in lengths)
+    emit(header)
+    for m in methods:
+        for mode in ("fwd", "fwdbwd"):
+            cells = []
+            for lng in lengths:
+                r = results[m].get(lng)
+                if r is None:
+                    cells.append(f"{'-':>10}")
+                else:
+                    mark = "x" if r.get("extrap") else " "
+                    cells.append(f"{r[mode] * 1e3:9.1f}{mark}")
+            emit(f"{m:>16} {mode:>8} " + " ".join(cells))
+
+    emit("")
+    emit("## tokens/s (fwd+bwd, B·L / time)")
+    for m in methods:
+        cells = []
+        for lng in lengths:
+            r = results[m].get(lng)
+            cells.append(f"{'-':>10}" if r is None or r.get("extrap") else f"{b * lng / r['fwdbwd']:10.0f}")
+        emit(f"{m:>16}          " + " ".join(cells))
+
+    emit("")
+    emit("## ratios")
+
+    def ratio(a: str, c: str, lng: int, mode: str) -> Optional[float]:
+        ra, rc = results.get(a, {}).get(lng), results.get(c, {}).get(lng)
+        if ra is None or rc is None:
+            return None
+        return ra[mode] / rc[mode]
+
+    for lng in lengths:
+        parts = []
+        for num, den, label in (
+            ("tadn-naive", "tadn-chunked", "naive/chunked"),
+            ("tadn-chunked", "tadn-gpu", "chunked/gpu"),
+            ("branch-SSSS", "branch-TTTS", "SSSS/TTTS"),
+        ):
+            for mode in ("fwd", "fwdbwd"):
+                val = ratio(num, den, lng, mode)
+                if val is not None:
+                    ex = " (naive extrapolated)" if num == "tadn-naive" and results[num][lng].get("extrap") else ""
+                    parts.append(f"{label} {mode} {val:6.1f}x{ex}")
+        emit(f"L={lng:6d}  " + "; ".join(parts))
+
+    emit("")
+    emit("## growth: time(L) / time(L_ref) (linear scaling would equal L/L_ref)")
+    ref = 3072 if 3072 in lengths else lengths[0]
+    for m in methods:
+        r0 = results[m].get(ref)
+        if r0 is None or r0.get("extrap"):
+            continue
+        cells = []
+        for lng in lengths:
+            r = results[m].get(lng)
+            if r is not None and not r.get("extrap"):
+                cells.append(f"{lng}/{ref}: {r['fwdbwd'] / r0['fwdbwd']:.2f} (fwd {r['fwd'] / r0['fwd']:.2f})")
+        emit(f"{m:>16}  " + "  ".join(cells))
+
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
