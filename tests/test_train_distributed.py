@@ -56,6 +56,7 @@ def _train_body(rank: int, world: int, cfg_dict: dict, out: str) -> None:
 
     cfg = from_dict(JobConfig, cfg_dict)
     trainer = Trainer(cfg, init_distributed("gloo", "cpu"))
+    trainer.maybe_resume()  # no-op without a checkpoint; fit() resumes again (idempotent)
     init = trainer.full_state_dict()
     trainer.fit()
     final = trainer.full_state_dict()
@@ -149,6 +150,7 @@ def test_resume_is_exact_and_world_size_can_change(prepared: Path, tmp_path: Pat
 
     # 2 ranks -> 1 rank: the tables and optimizer state reshard; training continues
     one = _cfg(prepared, tmp_path / "part", "row_wise", max_steps=5, checkpoint_every=0)
+    (tmp_path / "one").mkdir()
     run_distributed(_train_body, 1, (to_dict(one), str(tmp_path / "one")))
     c = torch.load(tmp_path / "one" / "result.pt", weights_only=True)
     for key in a:
