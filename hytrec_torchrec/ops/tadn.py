@@ -146,12 +146,12 @@ def _chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torc
                   ) -> torch.Tensor:
     """Chunkwise WY/UT delta rule. Returns ``o [N, H, dv]`` or, if ``last_only``, ``[B, H, dv]``
     holding each sequence's last output (zeros for empty sequences)."""
+    out_dtype = q.dtype
     if q.dtype == torch.float16 or q.dtype == torch.bfloat16:
         # Half precision: run the transform and the state recurrence in float32 (triangular
         # solves have no half kernels, and the state accumulates over thousands of rows).
-        o32 = _chunked_core(q.float(), k.float(), v.float(), erase.float(), write.float(), offsets,
-                            chunk_size, last_only)
-        return o32.to(q.dtype)
+        # Cast here rather than recursing: TorchScript rejects recursive calls.
+        q, k, v, erase, write = q.float(), k.float(), v.float(), erase.float(), write.float()
     n, h, dk = q.shape
     dv = v.shape[-1]
     c = chunk_size
@@ -159,8 +159,8 @@ def _chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torc
     dest, n_chunks, chunk_start, step_major, step_counts, nc = _chunk_plan(offsets, c)
     if nc == 0:
         if last_only:
-            return v.new_zeros(b, h, dv)
-        return v.new_zeros(0, h, dv)
+            return v.new_zeros(b, h, dv).to(out_dtype)
+        return v.new_zeros(0, h, dv).to(out_dtype)
     rows = nc * c
     # Head-major chunk layout [H, NC, C, d] (contiguous after padding, so no transposed copies
     # before the batched matmuls). Pad rows are zero (erase = write = 0, k = 0): they never touch
@@ -174,8 +174,11 @@ def _chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torc
     # Intra-chunk UT transform, batched over every chunk of every sequence.
     kt = kc.transpose(-1, -2)  # [H, NC, dk, C]
     kk = kc @ kt  # [H, NC, C, C]
-    eye_c = torch.eye(c, dtype=q.dtype, device=q.device)
-    lower = torch.tril(ac * kk, diagonal=-1) + eye_c
+    # Masks as multiplications: torch.tril on [H, NC, C, C] is several times slower than a
+    # broadcast multiply on CPU, in forward and backward.
+    incl = torch.ones(c, c, dtype=q.dtype, device=q.device).tril()
+    strict = incl - torch.eye(c, dtype=q.dtype, device=q.device)
+    lower = (ac * kk) * strict + torch.eye(c, dtype=q.dtype, device=q.device)
     rhs = torch.cat([ac * kc, bc * vc], dim=-1)  # [H, NC, C, dk+dv]
     sol = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)  # [W | U]
     w = sol[..., :dk]
@@ -214,12 +217,12 @@ def _chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torc
         qs = (qk.unsqueeze(-2) @ sol[:, last_chunk]).squeeze(-2)  # [H, B, dk+dv]
         q_eff = ql - qs[..., :dk]
         o_last = (q_eff.unsqueeze(-2) @ h0[:, last_chunk]).squeeze(-2) + qs[..., dk:]  # [H, B, dv]
-        return o_last.transpose(0, 1) * nonempty.view(b, 1, 1).to(o_last.dtype)
+        return (o_last.transpose(0, 1) * nonempty.view(b, 1, 1).to(o_last.dtype)).to(out_dtype)
 
-    qk = torch.tril(qc @ kt)  # inclusive causal [H, NC, C, C]
+    qk = (qc @ kt) * incl  # inclusive causal [H, NC, C, C]
     qsol = qk @ sol  # [H, NC, C, dk+dv]
     oc = (qc - qsol[..., :dk]) @ h0 + qsol[..., dk:]  # [H, NC, C, dv]
-    return oc.view(h, rows, dv).index_select(1, dest).transpose(0, 1)
+    return oc.view(h, rows, dv).index_select(1, dest).transpose(0, 1).to(out_dtype)
 
 
 def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
