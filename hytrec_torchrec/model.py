@@ -28,30 +28,13 @@ from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from hytrec_torchrec.data.batch import Batch
 from hytrec_torchrec.modules.config import TowerConfig
-from hytrec_torchrec.modules.loss import sampled_softmax_loss
+from hytrec_torchrec.modules.loss import log_q_from_counts, sampled_softmax_loss
 from hytrec_torchrec.modules.tower import HyTRecTower
 from hytrec_torchrec.training.sharding import EmbeddingsConfig, table_configs
 
-__all__ = ["HyTRecModel", "UserTower", "RetrievalLoss", "item_log_probs"]
+__all__ = ["HyTRecModel", "UserTower", "RetrievalLoss"]
 
 HISTORY_FEATURES: Tuple[str, ...] = ("item", "attribution", "category", "behavior")
-
-
-def item_log_probs(counts: torch.Tensor) -> torch.Tensor:
-    """Log sampling probability of each item as an in-batch negative.
-
-    In-batch negatives are other examples' targets, so an item is drawn in proportion to how often
-    it is a target, estimated by its event count in the prepared data (``vocab/item.parquet``).
-    Rows with count 0 (padding, unknown, unseen) get the smallest positive count so the log is
-    finite.
-
-    Args:
-        counts: [V] event count per item index.
-    Returns:
-        [V] float32 log-probabilities.
-    """
-    c = counts.to(torch.float64).clamp_min(1.0)
-    return (c / c.sum()).log().to(torch.float32)
 
 
 class UserTower(nn.Module):
@@ -86,7 +69,8 @@ class RetrievalLoss(nn.Module):
     """Sampled softmax over in-batch and uniform negatives with log-Q correction.
 
     In-batch negatives are other examples' targets, drawn in proportion to item frequency:
-    log-Q = :func:`item_log_probs`. The shared uniform negatives are drawn uniformly over the
+    log-Q = :func:`~hytrec_torchrec.modules.loss.log_q_from_counts` of the prepared data's item
+    event counts. The shared uniform negatives are drawn uniformly over the
     catalog (indices 2..V-1): log-Q = −log(V − 2). See
     :func:`~hytrec_torchrec.modules.loss.sampled_softmax_loss` for the formula.
 
@@ -96,7 +80,8 @@ class RetrievalLoss(nn.Module):
 
     def __init__(self, item_counts: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("item_log_q", item_log_probs(item_counts), persistent=False)
+        all_items = torch.arange(item_counts.numel())
+        self.register_buffer("item_log_q", log_q_from_counts(item_counts, all_items), persistent=False)
         self.neg_log_q = -math.log(max(int(item_counts.numel()) - 2, 1))
 
     def forward(

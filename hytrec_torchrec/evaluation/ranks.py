@@ -21,7 +21,7 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["ItemBlock", "local_item_blocks", "target_ranks", "target_ranks_distributed"]
+__all__ = ["ItemBlock", "all_gather_rows", "local_item_blocks", "target_ranks", "target_ranks_distributed"]
 
 #: (row offset, column offset, weight [rows, cols]) of one locally held piece of the item table.
 ItemBlock = Tuple[int, int, torch.Tensor]
@@ -129,21 +129,30 @@ def target_ranks_distributed(
     """
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return target_ranks(user, targets, blocks, num_items)
+    all_u, sizes = all_gather_rows(user.float())
+    all_t, _ = all_gather_rows(targets)
+    ranks = target_ranks(all_u, all_t, blocks, num_items, reduce=True)
+    start = sum(sizes[: dist.get_rank()])
+    return ranks[start : start + user.shape[0]]
+
+
+def all_gather_rows(x: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
+    """Concatenate every process's ``x`` along dim 0 (row counts may differ, including 0).
+
+    Returns:
+        ``(rows of rank 0, rows of rank 1, ...)`` concatenated, and the row count per rank.
+        Without a process group, ``(x, [len(x)])``.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x, [int(x.shape[0])]
     world = dist.get_world_size()
-    dev = user.device
-    sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([user.shape[0]], dtype=torch.int64, device=dev))
-    n = [int(s.item()) for s in sizes]
-    m = max(n)
-    D = user.shape[1]
-    pad_u = torch.zeros(m, D, dtype=torch.float32, device=dev)
-    pad_t = torch.full((m,), FIRST_ITEM, dtype=torch.int64, device=dev)
-    pad_u[: user.shape[0]] = user.float()
-    pad_t[: targets.shape[0]] = targets
-    all_u = [torch.zeros(m, D, device=dev) for _ in range(world)]
-    all_t = [torch.zeros(m, dtype=torch.int64, device=dev) for _ in range(world)]
-    dist.all_gather(all_u, pad_u)
-    dist.all_gather(all_t, pad_t)
-    ranks = target_ranks(torch.cat(all_u), torch.cat(all_t), blocks, num_items, reduce=True)
-    me = dist.get_rank()
-    return ranks[me * m : me * m + n[me]]
+    dev = x.device
+    sizes_t = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(world)]
+    dist.all_gather(sizes_t, torch.tensor([x.shape[0]], dtype=torch.int64, device=dev))
+    sizes = [int(s.item()) for s in sizes_t]
+    m = max(sizes)
+    pad = x.new_zeros((m,) + tuple(x.shape[1:]))
+    pad[: x.shape[0]] = x
+    parts = [torch.zeros_like(pad) for _ in range(world)]
+    dist.all_gather(parts, pad)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)]), sizes

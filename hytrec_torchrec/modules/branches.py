@@ -5,6 +5,8 @@ a sequence whose part is empty gets a learned "empty" vector (so empty histories
 """
 
 
+from typing import Tuple
+
 import torch
 from torch import nn
 
@@ -13,6 +15,26 @@ from hytrec_torchrec.modules.layers import Block, SoftmaxMixer, TADNMixer
 
 __all__ = ["LongBranch", "ShortBranch"]
 
+
+
+def _drop_empty(offsets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Offsets without the empty sequences (they hold no rows).
+
+    Returns ``nonempty [B]`` bool, ``sel [B']`` indices of the non-empty sequences and their
+    offsets ``[B'+1]``.
+    """
+    lengths = offsets[1:] - offsets[:-1]
+    nonempty = lengths > 0
+    sel = torch.nonzero(nonempty).flatten()
+    return nonempty, sel, lengths_to_offsets(lengths[sel])
+
+
+def _restore_empty(rows: torch.Tensor, nonempty: torch.Tensor, sel: torch.Tensor,
+                   empty: torch.Tensor) -> torch.Tensor:
+    """``[B', D]`` per-sequence outputs back to ``[B, D]``; empty sequences get ``empty [D]``."""
+    b = nonempty.shape[0]
+    full = rows.new_zeros(b, rows.shape[1]).index_copy(0, sel, rows)
+    return torch.where(nonempty.unsqueeze(1), full, empty.unsqueeze(0).expand(b, rows.shape[1]))
 
 class LongBranch(nn.Module):
     """N blocks from a pattern string (``T`` = TADN, ``S`` = causal softmax), final LayerNorm.
@@ -43,21 +65,15 @@ class LongBranch(nn.Module):
         self.num_blocks = len(blocks)
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        b = offsets.numel() - 1
-        lengths = offsets[1:] - offsets[:-1]
-        nonempty = lengths > 0
-        sel = torch.nonzero(nonempty).flatten()
-        out = self.empty.unsqueeze(0).expand(b, x.shape[1])
+        nonempty, sel, off = _drop_empty(offsets)
         if sel.numel() == 0:
-            return out
-        off = lengths_to_offsets(lengths[sel])  # drop empty sequences (they hold no rows)
+            return self.empty.unsqueeze(0).expand(nonempty.shape[0], x.shape[1])
         seg = segment_ids(off, x.shape[0])
         i = 0
         for blk in self.blocks:
             x = blk(x, off, seg, tau, i == self.num_blocks - 1)
             i += 1
-        full = x.new_zeros(b, x.shape[1]).index_copy(0, sel, self.norm(x))
-        return torch.where(nonempty.unsqueeze(1), full, out)
+        return _restore_empty(self.norm(x), nonempty, sel, self.empty)
 
 
 class ShortBranch(nn.Module):
@@ -74,15 +90,9 @@ class ShortBranch(nn.Module):
         self.empty = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        b = offsets.numel() - 1
-        lengths = offsets[1:] - offsets[:-1]
-        nonempty = lengths > 0
-        sel = torch.nonzero(nonempty).flatten()
-        out = self.empty.unsqueeze(0).expand(b, x.shape[1])
+        nonempty, sel, off = _drop_empty(offsets)
         if sel.numel() == 0:
-            return out
-        off = lengths_to_offsets(lengths[sel])
+            return self.empty.unsqueeze(0).expand(nonempty.shape[0], x.shape[1])
         seg = segment_ids(off, x.shape[0])
         y = self.block(x, off, seg, x.new_zeros(x.shape[0]), True)
-        full = x.new_zeros(b, x.shape[1]).index_copy(0, sel, self.norm(y))
-        return torch.where(nonempty.unsqueeze(1), full, out)
+        return _restore_empty(self.norm(y), nonempty, sel, self.empty)

@@ -41,7 +41,11 @@ from hytrec_torchrec.data.batch import Batch
 from hytrec_torchrec.data.loader import load_shard, make_dataloader
 from hytrec_torchrec.data.reader import read_meta
 from hytrec_torchrec.evaluation.metrics import ranking_metrics
-from hytrec_torchrec.evaluation.ranks import local_item_blocks, target_ranks_distributed
+from hytrec_torchrec.evaluation.ranks import (
+    all_gather_rows,
+    local_item_blocks,
+    target_ranks_distributed,
+)
 from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from hytrec_torchrec.training.config import JobConfig
@@ -260,14 +264,7 @@ class Trainer:
             ranks.append(r[batch.valid])
         self.model.train()
         local = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.int64)
-        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.env.world_size)]
-        dist.all_gather(sizes, torch.tensor([local.numel()]))
-        m = int(max(s.item() for s in sizes))
-        pad = torch.zeros(m, dtype=torch.int64)
-        pad[: local.numel()] = local
-        gathered = [torch.zeros(m, dtype=torch.int64) for _ in range(self.env.world_size)]
-        dist.all_gather(gathered, pad)
-        allr = torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes)])
+        allr, _ = all_gather_rows(local)
         catalog = self.vocab_sizes["item"] - 2
         met = ranking_metrics(allr, ks=(10,), catalog_size=catalog)
         return {"hr@10": met["hr@10"], "ndcg@10": met["ndcg@10"], "mrr": met["mrr"],
