@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["free_port", "run_distributed"]
+__all__ = ["free_port", "run_distributed", "shutdown_distributed"]
 
 
 def free_port() -> int:
@@ -29,6 +29,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down so the process exits cleanly.
+
+    Objects from the finished job (pipelines, awaitables, DDP reducers) can sit in reference
+    cycles that hold gloo work with tensors; if they are only freed during interpreter
+    finalisation the process aborts ("terminate called without an active exception", exit -6).
+    So: collect them now, wait for every rank, then destroy the group while Python is alive.
+    """
+    import gc
+
+    gc.collect()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    gc.collect()
 
 
 def _worker(
@@ -50,6 +67,7 @@ def _worker(
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         fn(rank, world_size, *args)
+        shutdown_distributed()
     except BaseException:  # noqa: BLE001 - forwarded to the parent
         errors.put((rank, traceback.format_exc()))
         raise

@@ -60,10 +60,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 3
     if trainer.env.is_main:
         print(json.dumps({"final": summary}, indent=None))
-    import torch.distributed as dist
+    from hytrec_torchrec.training.distributed import shutdown_distributed
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    del trainer
+    shutdown_distributed()
     return 0
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from hytrec_torchrec.testing import free_port
+from hytrec_torchrec.testing import free_port, shutdown_distributed
 
-__all__ = ["DistEnv", "init_distributed", "shard_model", "format_plan"]
+__all__ = ["DistEnv", "init_distributed", "shard_model", "format_plan", "shutdown_distributed"]
 
 log = logging.getLogger(__name__)
 
