@@ -156,3 +156,15 @@ def test_resume_is_exact_and_world_size_can_change(prepared: Path, tmp_path: Pat
     for key in a:
         torch.testing.assert_close(c["init"][key], a[key], atol=0, rtol=0, msg=key)
     assert c["losses"].shape == (1, 1)
+
+    # outside any job: the 2-rank checkpoint opens as one unsharded model with the same weights
+    from hytrec_torchrec.training.restore import load_unsharded, resolve_checkpoint
+
+    assert resolve_checkpoint(tmp_path / "full").name == "step_00000004"
+    model, cfg, st = load_unsharded(tmp_path / "full")
+    assert st["world_size"] == 2 and cfg.data.batch_size == 4
+    for key, value in model.state_dict().items():
+        if not key.startswith("loss."):
+            torch.testing.assert_close(value, a[key], atol=0, rtol=0, msg=key)
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        resolve_checkpoint(tmp_path)
