@@ -14,10 +14,13 @@ Examples::
 """
 
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torchx.specs as specs
 from torchx.components.dist import ddp
+
+#: Image for container schedulers (Kubernetes); build it from docs/launching.md's Dockerfile notes.
+DEFAULT_IMAGE = "ghcr.io/your-org/hytrec_torchrec:latest"
 
 
 def train(
@@ -32,6 +35,8 @@ def train(
     max_retries: int = 0,
     rdzv_port: int = 29500,
     env: Optional[Dict[str, str]] = None,
+    image: str = DEFAULT_IMAGE,
+    mounts: Optional[List[str]] = None,
 ) -> specs.AppDef:
     """Train HyTRec with sharded embeddings (DistributedModelParallel) on N nodes × M processes.
 
@@ -49,12 +54,16 @@ def train(
         max_retries: restarts of the whole job on failure (resuming from the last checkpoint)
         rdzv_port: rendezvous port on the first node
         env: extra environment variables
+        image: container image with hytrec_torchrec installed (Kubernetes; ignored by
+            local_cwd and Slurm, which run in the current directory)
+        mounts: volumes for ``run.dir`` and the data on Kubernetes, e.g.
+            ``type=volume,src=hytrec-pvc,dst=/shared`` (torchx mount syntax)
     """
     return ddp(
         "--config", config, *overrides,
         m="hytrec_torchrec.training.cli",
         j=j, cpu=cpu, gpu=gpu, memMB=memMB, h=h, name=name,
-        max_retries=max_retries, rdzv_port=rdzv_port, env=env,
+        max_retries=max_retries, rdzv_port=rdzv_port, env=env, image=image, mounts=mounts,
     )
 
 
