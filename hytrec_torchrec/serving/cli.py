@@ -1,0 +1,60 @@
+"""``hytrec-export --checkpoint DIR --out DIR [--int8]``: export a training checkpoint for serving.
+
+Writes ``OUT/model.pt`` (TorchScript; loads with ``torch.jit.load`` without this package,
+TorchRec or fbgemm), ``OUT/vocab/<table>.json`` and ``OUT/model_card.json`` (config, versions,
+validation metrics, the exact input contract of ``forward``). ``--checkpoint`` is a run directory
+(its latest checkpoint) or one checkpoint directory; a checkpoint of any world size is gathered
+into one process. See docs/export.md.
+
+Under TorchX/torchrun with several ranks only rank 0 exports; the others exit at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point; returns the exit status (0 ok, 2 bad input)."""
+    parser = argparse.ArgumentParser(prog="hytrec-export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    parser.add_argument("--out", required=True, help="output directory (created)")
+    parser.add_argument("--int8", action="store_true", help="row-wise int8 embedding tables")
+    parser.add_argument("--data", default=None,
+                        help="prepared dataset with the vocabularies (default: the checkpoint's data.path)")
+    parser.add_argument("--no-pt2", action="store_true", help="do not try torch.export (model.pt2)")
+    args = parser.parse_args(argv)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    from hytrec_torchrec.training.cli import quiet_library_noise
+
+    quiet_library_noise()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("hytrec").setLevel(logging.INFO)
+    from hytrec_torchrec.config import ConfigError
+    from hytrec_torchrec.serving.export import ExportError, export_checkpoint
+
+    try:
+        card = export_checkpoint(args.checkpoint, args.out, int8=args.int8, data=args.data,
+                                 pt2=not args.no_pt2)
+    except (FileNotFoundError, ExportError, ConfigError, ValueError) as exc:
+        print(f"hytrec-export: {exc}", file=sys.stderr)
+        return 2
+    summary = {
+        "out": args.out, "tables": card["tables"]["storage"], "step": card["checkpoint"]["step"],
+        "validation": card["validation"]["last"], "pt2": card["torch_export"]["ok"],
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Checkpoint → serving directory: TorchScript model, vocabularies, model card.
+
+``export_checkpoint(checkpoint, out)`` writes::
+
+    OUT/model.pt            TorchScript HyTRecServing (torch-only; model_card.json embedded)
+    OUT/model_card.json     config, versions, validation metrics, input contract, tolerances
+    OUT/vocab/<table>.json  raw ID ↔ index per table (for string IDs and for reading results)
+    OUT/model.pt2           only if torch.export succeeds (it does not for this model; the
+                            card's ``torch_export`` entry records the error)
+
+Example::
+
+    card = export_checkpoint("runs/demo/train", "runs/demo/export", int8=False)
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import logging
+import platform
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from hytrec_torchrec.serving.idmap import Vocab
+from hytrec_torchrec.serving.module import HyTRecServing
+
+__all__ = ["export_checkpoint", "find_prepared", "read_vocabs", "build_serving", "example_request",
+           "input_contract", "ExportError"]
+
+log = logging.getLogger("hytrec.export")
+
+TABLES: Tuple[str, ...] = ("item", "attribution", "category", "behavior")
+#: documented int8 tolerance (docs/export.md; checked by tests/test_export.py).
+INT8_SCORE_TOLERANCE = "max |score_int8 - score_fp32| <= 0.05 * max |score_fp32| per request"
+
+
+class ExportError(RuntimeError):
+    """An export input is missing or inconsistent; the message names the file."""
+
+
+def find_prepared(state: Dict[str, Any], data: Optional[str | Path] = None) -> Path:
+    """The prepared dataset the checkpoint was trained on (its vocabularies are exported).
+
+    Tries ``data`` when given, else ``train_state["data_path"]`` as written (absolute, or relative
+    to the current directory), then relative to the directory the job ran in (derived from the
+    checkpoint path and the config's relative ``run.dir``).
+
+    Raises:
+        ExportError: naming every path tried.
+    """
+    if data is not None:
+        candidates = [Path(data)]
+    else:
+        raw = Path(str(state.get("data_path") or state["config"]["data"]["path"]))
+        candidates = [raw]
+        run_dir = str(state.get("config", {}).get("run", {}).get("dir", ""))
+        ckpt = Path(state["path"]).resolve()
+        if not raw.is_absolute() and run_dir and not Path(run_dir).is_absolute():
+            depth = len(Path(run_dir).parts)
+            run_abs = ckpt.parent.parent  # RUN/checkpoints/step_N
+            if len(run_abs.parents) >= depth:
+                candidates.append(run_abs.parents[depth - 1] / raw)
+    for c in candidates:
+        if (c / "vocab").is_dir():
+            return c
+    tried = ", ".join(str(c) for c in candidates)
+    raise ExportError(f"prepared dataset with vocab/ not found (tried {tried}); pass --data DIR")
+
+
+def read_vocabs(prepared: Path, sizes: Dict[str, int]) -> Dict[str, Vocab]:
+    """Every table's :class:`Vocab` from ``PREPARED/vocab/<table>.parquet``.
+
+    Raises:
+        ExportError: a file is missing or lists an index outside the checkpoint's table.
+    """
+    import pyarrow.parquet as pq
+
+    out: Dict[str, Vocab] = {}
+    for name in TABLES:
+        path = prepared / "vocab" / f"{name}.parquet"
+        if not path.is_file():
+            raise ExportError(f"{path}: vocabulary file missing")
+        t = pq.read_table(path, columns=["raw", "index"])
+        raw = [str(r) for r in t.column("raw").to_pylist()]
+        index = t.column("index").to_numpy().astype(np.int64)
+        size = int(sizes[name])
+        if index.size and (index.min() < 2 or index.max() >= size):
+            raise ExportError(f"{path}: index outside 2..{size - 1} (table size in the checkpoint); "
+                              "was the checkpoint trained on this dataset?")
+        out[name] = Vocab(name, size, raw, index)
+    return out
+
+
+def build_serving(model: torch.nn.Module, features: List[str], max_len: int,
+                  vocabs: Dict[str, Vocab], int8: bool = False) -> HyTRecServing:
+    """The eager :class:`HyTRecServing` of an unsharded ``HyTRecModel`` (its weights copied)."""
+    weights = {n: e.weight.detach().to("cpu", torch.float32) for n, e in model.embeddings.embeddings.items()}
+    tower = copy.deepcopy(model.tower.net).to("cpu").eval()
+    return HyTRecServing(tower, weights, vocabs, features, max_len, int8).eval()
+
+
+def example_request(vocabs: Dict[str, Vocab], lengths: List[int], t0: int = 1_700_000_000,
+                    seed: int = 0) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], torch.Tensor]:
+    """A well-formed request of known IDs (values, lengths, request_time) for smoke checks."""
+    g = np.random.default_rng(seed)
+    n = int(sum(lengths))
+    values: Dict[str, torch.Tensor] = {}
+    for name, v in vocabs.items():
+        ids = v.int_ids()
+        pool = ids if ids is not None else v.index
+        if len(pool) == 0:
+            pool = np.array([1], dtype=np.int64)
+        values[name] = torch.from_numpy(g.choice(pool, size=n).astype(np.int64))
+    values["timestamp"] = torch.from_numpy(t0 + np.sort(g.integers(0, 86_400 * 30, size=n))).to(torch.int64)
+    lens = torch.tensor(lengths, dtype=torch.int64)
+    return values, {k: lens.clone() for k in values}, torch.full((len(lengths),), t0 + 86_400 * 31)
+
+
+def input_contract(vocabs: Dict[str, Vocab], features: List[str], max_len: int, dim: int) -> Dict[str, Any]:
+    """The exact input/output contract of the exported ``forward`` (written to the model card)."""
+    vals: Dict[str, Any] = {}
+    for name in TABLES:
+        space = vocabs[name].id_space()
+        vals[name] = {
+            "dtype": "int64", "shape": "[N]", "required": name in features,
+            "id_space": space, "vocab_file": f"vocab/{name}.json", "table_rows": vocabs[name].size,
+            "meaning": ("raw integer ID as in the raw events; IDs not in the vocabulary use the unknown row"
+                        if space == "raw_int64" else
+                        "dense index from vocab/" + name + ".json (raw IDs are not all integers); "
+                        "0 = padding, 1 = unknown; values outside [0, table_rows) use the unknown row"),
+        }
+    vals["timestamp"] = {"dtype": "int64", "shape": "[N]", "required": True,
+                         "meaning": "event time in seconds since the epoch, each request's events oldest first"}
+    return {
+        "signature": ("forward(values: Dict[str, Tensor], lengths: Dict[str, Tensor], "
+                      "request_time: Tensor, k: int) -> Tuple[Tensor, Tensor]"),
+        "values": vals,
+        "lengths": ("Dict with the same keys as values; each [B] int64 events per request; all "
+                    "equal; sum == values[key].numel()"),
+        "request_time": "[B] int64 seconds: the time the recommendation is for (t_current of training)",
+        "k": "int >= 1; k' = min(k, table_rows(item) - 2) results per request",
+        "returns": {
+            "ids": "[B, k'] int64, best first: raw item IDs (item id_space raw_int64) or item indices (index)",
+            "scores": "[B, k'] float32 dot products user · item, descending",
+        },
+        "rules": {
+            "history_order": "events of a request must be ordered oldest first, as in training",
+            "max_len": max_len,
+            "long_history": f"a history longer than max_len={max_len} keeps its last {max_len} events",
+            "empty_history": "length 0 is allowed; the answer is the tower's output for no events",
+            "unknown_ids": "map to the unknown row (index 1); map ids yourself (vocab files) to count them",
+            "excluded_results": "padding (0) and unknown (1) items are never returned; history items are not removed",
+            "unused_features": "features the model does not use may be omitted; if given they are validated",
+            "errors": ("malformed input raises ValueError inside the model (torch.jit.Error when loaded "
+                       "from the file) naming the field: unknown or missing key, non-int64 dtype, "
+                       "non-1-D tensor, lengths that differ between features, negative lengths, "
+                       "lengths not summing to the values, request_time of the wrong size, k < 1"),
+        },
+        "other_methods": {
+            "user_embedding(values, lengths, request_time)": f"[B, {dim}] float32 user embeddings",
+            "scores(values, lengths, request_time)": "[B, table_rows(item)] float32, columns 0 and 1 = -inf",
+            "item_embeddings()": f"[table_rows(item), {dim}] float32 (dequantized for int8)",
+            "item_ids(index)": "item indices -> ids as returned by forward",
+        },
+    }
+
+
+def _versions() -> Dict[str, Optional[str]]:
+    from importlib import metadata
+
+    out: Dict[str, Optional[str]] = {"python": platform.python_version(), "torch": torch.__version__}
+    for pkg in ("hytrec_torchrec", "torchrec", "fbgemm_gpu_cpu", "fbgemm_gpu"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def write_vocab_json(out: Path, vocab: Vocab) -> Path:
+    """``OUT/vocab/<table>.json``: raw IDs (strings) and their dense indices."""
+    path = out / "vocab" / f"{vocab.feature}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"table": vocab.feature, "id_space": vocab.id_space(), "table_rows": vocab.size,
+           "pad_index": 0, "unknown_index": 1, "raw": vocab.raw,
+           "index": [int(i) for i in vocab.index.tolist()]}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def try_torch_export(serving: HyTRecServing, request: Tuple[Any, ...], path: Path) -> Dict[str, Any]:
+    """Try ``torch.export.export`` of ``serving``; save ``path`` (.pt2) on success.
+
+    Returns:
+        ``{"ok": bool, "file": name or None, "error": "Type: first lines" or None}``.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ep = torch.export.export(serving, request, strict=False)
+        torch.export.save(ep, str(path))
+        return {"ok": True, "file": path.name, "error": None}
+    except Exception as exc:  # noqa: BLE001 - any failure is recorded, export goes on
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        msg = f"{type(exc).__name__}: " + " | ".join(lines[:3])
+        return {"ok": False, "file": None, "error": msg[:1500]}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = False,
+                      data: Optional[str | Path] = None, pt2: bool = True) -> Dict[str, Any]:
+    """Export a training checkpoint (run dir or checkpoint dir, any world size) for serving.
+
+    Args:
+        checkpoint: ``RUN_DIR`` (latest checkpoint) or ``RUN_DIR/checkpoints/step_N``.
+        out: output directory (created).
+        int8: row-wise int8 tables (docs/export.md) instead of float32.
+        data: prepared dataset holding the vocabularies (default: the one the job trained on).
+        pt2: also try ``torch.export`` to ``model.pt2``.
+
+    Returns:
+        The model card (also written to ``OUT/model_card.json``).
+    """
+    from hytrec_torchrec.training.restore import config_dict, load_unsharded
+
+    model, cfg, state = load_unsharded(checkpoint)
+    sizes = {k: int(v) for k, v in state["vocab_sizes"].items()}
+    prepared = find_prepared(state, data)
+    vocabs = read_vocabs(prepared, sizes)
+    features = list(cfg.model.features)
+    serving = build_serving(model, features, cfg.data.max_len, vocabs, int8)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript deprecation warning (docs/export.md)
+        scripted = torch.jit.script(serving)
+    request = example_request(vocabs, [5, 0, 3])
+    with torch.no_grad():
+        want = serving(*request, 10)
+        got = scripted(*request, 10)
+    if not torch.equal(want[0], got[0]) or not torch.allclose(want[1], got[1], atol=1e-5, rtol=0):
+        raise ExportError("scripted model disagrees with the eager serving module on a smoke request")
+    pt2_result = (try_torch_export(serving, request + (10,), out / "model.pt2") if pt2
+                  else {"ok": False, "file": None, "error": "not attempted (--no-pt2)"})
+    vocab_files = {n: str(write_vocab_json(out, v).relative_to(out)) for n, v in vocabs.items()}
+    history = list(state.get("history", []))
+    card: Dict[str, Any] = {
+        "format": "hytrec-serving", "format_version": 1,
+        "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": {"model": "model.pt", "model_pt2": pt2_result["file"], "vocab": vocab_files},
+        "checkpoint": {"path": str(Path(state["path"]).resolve()), "step": state.get("step"),
+                       "epoch": state.get("epoch"), "world_size": state.get("world_size")},
+        "prepared_data": str(prepared.resolve()),
+        "tables": {
+            "storage": "int8_rowwise" if int8 else "float32",
+            "rows": sizes, "dim": int(cfg.embeddings.dim),
+            "int8_tolerance": INT8_SCORE_TOLERANCE if int8 else None,
+        },
+        "validation": {"history": history, "last": history[-1] if history else None},
+        "versions": _versions(),
+        "input_contract": input_contract(vocabs, features, cfg.data.max_len, int(cfg.model.embedding_dim)),
+        "torch_export": pt2_result,
+        "config": config_dict(cfg),
+    }
+    extra = {"model_card.json": json.dumps(card)}
+    torch.jit.save(scripted, str(out / "model.pt"), _extra_files=extra)
+    card["files"]["model_sha256"] = _sha256(out / "model.pt")
+    (out / "model_card.json").write_text(json.dumps(card, indent=2))
+    log.info("exported %s -> %s (%s tables)", state["path"], out, card["tables"]["storage"])
+    return card

@@ -1,0 +1,205 @@
+"""The served model: plain tensors in, full-catalog top-K raw item IDs and scores out.
+
+:class:`HyTRecServing` holds plain tables (:class:`~hytrec_torchrec.serving.quant.ServingTable`,
+float32 or int8 row-wise), the ID maps (:class:`~hytrec_torchrec.serving.idmap.IdMap`), and the
+trained :class:`~hytrec_torchrec.modules.tower.HyTRecTower`. Everything is TorchScript-scriptable
+and uses only ``torch`` operators, so the scripted file loads with ``torch.jit.load`` in a process
+that has neither this package, TorchRec nor fbgemm.
+
+Request layout (B requests, N history events in total)::
+
+    values  = {"item": [N] int64, "attribution": [N], "category": [N], "behavior": [N],
+               "timestamp": [N] int64 seconds}        # each request's events, oldest first
+    lengths = {same keys: [B] int64}                   # all equal: events per request
+    request_time [B] int64 seconds                     # "t_current" of the request
+    k: int                                             # results per request
+
+    ids, scores = model(values, lengths, request_time, k)   # [B, k'] int64, [B, k'] float32
+
+``k' = min(k, V_item - 2)``. Padding (0) and unknown (1) items are never returned. Histories
+longer than ``max_len`` keep their last ``max_len`` events (as in training); an empty history is
+allowed (the tower's answer for no events); unknown IDs use the unknown row (index 1). Malformed
+input raises ``ValueError`` (``torch.jit.Error`` from a loaded file) naming the field.
+"""
+
+from typing import Dict, Final, List, Tuple
+
+import torch
+from torch import nn
+
+from hytrec_torchrec.modules.tower import HyTRecTower
+from hytrec_torchrec.serving.idmap import IdMap, Vocab
+from hytrec_torchrec.serving.quant import ServingTable
+
+__all__ = ["FeatureInput", "HyTRecServing", "REQUEST_KEYS", "dtype_name", "truncate_rows"]
+
+#: every key a request may carry (``timestamp`` is always required).
+REQUEST_KEYS: Tuple[str, ...] = ("item", "attribution", "category", "behavior", "timestamp")
+
+
+class FeatureInput(nn.Module):
+    """One ID feature: request values → table indices → embeddings ``[N, D]``."""
+
+    def __init__(self, vocab: Vocab, weight: torch.Tensor, int8: bool) -> None:
+        super().__init__()
+        if int(weight.shape[0]) != vocab.size:
+            raise ValueError(f"table {vocab.feature}: {weight.shape[0]} rows, vocabulary size {vocab.size}")
+        self.ids = IdMap(vocab)
+        self.table = ServingTable(weight, int8)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        """``[N]`` int64 request values → ``[N, D]`` float32 embeddings."""
+        return self.table.lookup(self.ids(values))
+
+
+def dtype_name(t: torch.Tensor) -> str:
+    """A readable dtype name for error messages (TorchScript prints dtypes as numbers)."""
+    names: List[Tuple[torch.dtype, str]] = [
+        (torch.int64, "int64"), (torch.int32, "int32"), (torch.int16, "int16"), (torch.int8, "int8"),
+        (torch.uint8, "uint8"), (torch.float32, "float32"), (torch.float64, "float64"),
+        (torch.float16, "float16"), (torch.bfloat16, "bfloat16"), (torch.bool, "bool"),
+    ]
+    for dtype, name in names:
+        if t.dtype == dtype:
+            return name
+    return "another dtype"
+
+
+def truncate_rows(lengths: torch.Tensor, max_len: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Packed rows to keep when every sequence keeps only its last ``max_len`` events.
+
+    Args:
+        lengths: ``[B]`` int64 sequence lengths of a packed batch.
+    Returns:
+        ``(rows [N'] int64 into the packed values, offsets [B+1] int64 of the kept sequences)``.
+    """
+    keep = lengths.clamp(max=max_len)
+    starts = torch.cumsum(lengths, 0) - keep  # first kept packed row of every sequence
+    offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=lengths.device)
+    offsets[1:] = torch.cumsum(keep, 0)
+    n = int(offsets[-1])
+    seg = torch.repeat_interleave(torch.arange(keep.numel(), device=lengths.device), keep, output_size=n)
+    rows = starts[seg] + torch.arange(n, device=lengths.device) - offsets[:-1][seg]
+    return rows, offsets
+
+
+class HyTRecServing(nn.Module):
+    """Serving module (see module docstring for the request layout).
+
+    Args:
+        tower: trained tower (copied by the caller; put in eval mode here).
+        weights: table name → trained ``[V, D]`` weights; ``item`` and every tower feature.
+        vocabs: table name → :class:`Vocab` for the same tables.
+        features: the tower's input features in its order (``cfg.model.features``).
+        max_len: history truncation of training (``cfg.data.max_len``).
+        int8: row-wise int8 tables instead of float32.
+    """
+
+    max_len: Final[int]
+    num_items: Final[int]
+
+    def __init__(self, tower: HyTRecTower, weights: Dict[str, torch.Tensor], vocabs: Dict[str, Vocab],
+                 features: List[str], max_len: int, int8: bool = False) -> None:
+        super().__init__()
+        names = list(dict.fromkeys(["item"] + list(features)))
+        self.inputs = nn.ModuleDict({f: FeatureInput(vocabs[f], weights[f], int8) for f in names})
+        self.tower = tower.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.features: List[str] = list(features)
+        self.required: List[str] = list(features) + ["timestamp"]
+        self.allowed: List[str] = list(REQUEST_KEYS)
+        self.max_len = int(max_len)
+        self.num_items = int(vocabs["item"].size)
+
+    def _check(self, values: Dict[str, torch.Tensor], lengths: Dict[str, torch.Tensor],
+               request_time: torch.Tensor) -> torch.Tensor:
+        """Validate a request; returns the common lengths ``[B]`` int64."""
+        for key in values.keys():
+            if key not in self.allowed:
+                raise ValueError("values: unknown feature '" + key + "'; allowed: item, attribution, "
+                                 "category, behavior, timestamp")
+        for key in lengths.keys():
+            if key not in values:
+                raise ValueError("lengths['" + key + "'] given but values['" + key + "'] missing")
+        for key in self.required:
+            if key not in values:
+                raise ValueError("values: missing feature '" + key + "' (required: "
+                                 + ", ".join(self.required) + ")")
+            if key not in lengths:
+                raise ValueError("lengths: missing feature '" + key + "'")
+        ref = lengths["timestamp"]
+        for key, v in values.items():
+            n = lengths[key]
+            if v.dtype != torch.int64 or n.dtype != torch.int64:
+                raise ValueError("values['" + key + "'] and lengths['" + key + "'] must be int64, got "
+                                 + dtype_name(v) + " and " + dtype_name(n))
+            if v.dim() != 1 or n.dim() != 1:
+                raise ValueError("values['" + key + "'] and lengths['" + key + "'] must be 1-D")
+            if n.numel() != ref.numel() or not bool(torch.equal(n, ref)):
+                raise ValueError("lengths['" + key + "'] differs from lengths['timestamp']: every "
+                                 "feature must have the same number of events per request")
+            if bool((n < 0).any()):
+                raise ValueError("lengths['" + key + "'] has a negative length")
+            if int(n.sum()) != v.numel():
+                raise ValueError("values['" + key + "'] has " + str(v.numel()) + " elements but lengths['"
+                                 + key + "'] sum to " + str(int(n.sum())))
+        if request_time.dtype != torch.int64 or request_time.dim() != 1:
+            raise ValueError("request_time must be a 1-D int64 tensor [B], got " + dtype_name(request_time)
+                             + " with " + str(request_time.dim()) + " dims")
+        if request_time.numel() != ref.numel():
+            raise ValueError("request_time has " + str(request_time.numel()) + " entries for "
+                             + str(ref.numel()) + " requests")
+        return ref
+
+    @torch.jit.export
+    def user_embedding(self, values: Dict[str, torch.Tensor], lengths: Dict[str, torch.Tensor],
+                       request_time: torch.Tensor) -> torch.Tensor:
+        """User embeddings ``[B, D]`` float32 of a request batch (layout: module docstring)."""
+        n = self._check(values, lengths, request_time)
+        rows, offsets = truncate_rows(n, self.max_len)
+        emb: Dict[str, torch.Tensor] = {}
+        for name, feature in self.inputs.items():
+            if name in self.features:
+                emb[name] = feature(values[name][rows])
+        return self.tower(emb, offsets, values["timestamp"][rows], request_time)
+
+    @torch.jit.export
+    def item_embeddings(self) -> torch.Tensor:
+        """The item table ``[V, D]`` float32 (dequantized for int8); row i = item index i."""
+        out = torch.zeros(0)
+        for name, feature in self.inputs.items():
+            if name == "item":
+                out = feature.table.rows()
+        return out
+
+    @torch.jit.export
+    def scores(self, values: Dict[str, torch.Tensor], lengths: Dict[str, torch.Tensor],
+               request_time: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, V]`` of every item index; columns 0 (pad) and 1 (unknown) are ``-inf``."""
+        user = self.user_embedding(values, lengths, request_time)
+        s = user @ self.item_embeddings().t()
+        s[:, :2] = float("-inf")
+        return s
+
+    @torch.jit.export
+    def item_ids(self, index: torch.Tensor) -> torch.Tensor:
+        """Item indices → raw item IDs (or the indices when the item ID space is ``index``)."""
+        out = index
+        for name, feature in self.inputs.items():
+            if name == "item":
+                out = feature.ids.to_raw(index)
+        return out
+
+    def forward(self, values: Dict[str, torch.Tensor], lengths: Dict[str, torch.Tensor],
+                request_time: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` items per request: ``(ids [B, k'] int64, scores [B, k'] float32)``, best first.
+
+        ``k' = min(k, V_item - 2)``; ids are raw item IDs (item ID space ``raw_int64``) or item
+        indices (``index``); see the module docstring for the inputs.
+        """
+        if k < 1:
+            raise ValueError("k must be >= 1, got " + str(k))
+        s = self.scores(values, lengths, request_time)
+        top = torch.topk(s, min(k, self.num_items - 2), dim=1)
+        return self.item_ids(top.indices), top.values
