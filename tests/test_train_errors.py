@@ -1,0 +1,142 @@
+"""Bad input to the training job (SPEC §7): each gets a clear error naming what is wrong.
+
+- job-config errors (unknown key, wrong type, invalid sharding type) name the dotted key and
+  the file, and ``hytrec-train`` exits with status 2;
+- resuming a run on a dataset whose vocabulary sizes differ from the checkpoint's is refused;
+- a non-finite loss stops the job naming the step and batch, and the last good checkpoint stays
+  intact and loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hytrec_torchrec.config import ConfigError, from_dict, to_dict
+from hytrec_torchrec.data.testing import random_sequences, write_prepared
+from hytrec_torchrec.testing import run_distributed
+from hytrec_torchrec.training.config import JobConfig, load_job_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["train.max_stepz=3"], "train.max_stepz: unknown key"),
+        (["optim.lr=fast"], "optim.lr: expected a number"),
+        (["embeddings.tables.item.sharding_type=diagonal"],
+         "embeddings.tables.item.sharding_type: 'diagonal' is not one of"),
+        (["embeddings.tables.video.sharding_type=row_wise"], "embeddings.tables.video"),
+        (["train.pipeline=turbo"], "train.pipeline"),
+        (["data.max_len=0"], "data.max_len"),
+    ],
+)
+def test_config_errors_name_the_key(overrides: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_job_config(str(DEMO), overrides)
+    assert needle in str(info.value)
+
+
+def test_cli_reports_config_error_and_exits_2() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "hytrec_torchrec.training.cli", "--config", str(DEMO),
+         "model.tadn.alpah=0.3"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "model.tadn.alpah: unknown key" in res.stderr
+    assert "configs/demo.yaml" in res.stderr
+
+
+def _cfg(data: Path, run: Path, **train: object) -> JobConfig:
+    return from_dict(JobConfig, {
+        "run": {"dir": str(run), "seed": 1, "tensorboard": False, "progress": False},
+        "data": {"path": str(data), "batch_size": 4, "num_negatives": 8, "max_len": 40,
+                 "cutoffs_per_user": 1, "num_workers": 0},
+        "embeddings": {"dim": 8},
+        "model": {"embedding_dim": 8, "short_len": 4, "long_pattern": "TS", "heads": 2,
+                  "short_heads": 2, "fusion": {"num_experts": 2}},
+        "train": {"max_steps": 2, "validate_every": 0, "checkpoint_every": 2, "val_batches": 1,
+                  "pipeline": "plain", **train},
+    })
+
+
+def _fit(rank: int, world: int, cfg_dict: dict) -> None:
+    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.training.loop import Trainer
+
+    Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu")).fit()
+
+
+def _resume_on_other_data(rank: int, world: int, cfg_dict: dict, out: str) -> None:
+    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.training.loop import Trainer
+
+    trainer = Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu"))
+    try:
+        trainer.maybe_resume()
+    except ValueError as exc:
+        Path(out).write_text(str(exc))
+
+
+def _nan_after_checkpoint(rank: int, world: int, cfg_dict: dict, out: str) -> None:
+    """Train to the step-2 checkpoint, then poison the tower output from step 3 on."""
+    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.training.loop import NonFiniteLossError, Trainer
+
+    trainer = Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu"))
+    calls = {"n": 0}
+
+    def poison(module: torch.nn.Module, args: object, output: tuple) -> tuple:
+        calls["n"] += 1
+        if calls["n"] >= 3:  # training forwards 1, 2 are clean; the 3rd step's is poisoned
+            return output[0] * float("nan"), output[1]
+        return output
+
+    trainer._unwrapped().tower.register_forward_hook(poison)
+    try:
+        trainer.fit()
+    except NonFiniteLossError as exc:
+        Path(out).write_text(str(exc))
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("errs")
+    a = write_prepared(root / "a", random_sequences(12, 40, 30, seed=2, min_events=5), num_items=30)
+    b = write_prepared(root / "b", random_sequences(12, 40, 45, seed=2, min_events=5), num_items=45)
+    return a, b
+
+
+def test_resume_with_other_vocabulary_is_refused(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = datasets
+    run_distributed(_fit, 1, (to_dict(_cfg(a, tmp_path / "run")),))
+    msg_file = tmp_path / "msg.txt"
+    run_distributed(_resume_on_other_data, 1, (to_dict(_cfg(b, tmp_path / "run")), str(msg_file)))
+    msg = msg_file.read_text()
+    assert "vocabulary sizes" in msg and "do not match" in msg and str(b) in msg
+    assert "step_00000002" in msg
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    a, _ = datasets
+    cfg = _cfg(a, tmp_path / "run", max_steps=4)
+    msg_file = tmp_path / "msg.txt"
+    run_distributed(_nan_after_checkpoint, 1, (to_dict(cfg), str(msg_file)))
+    msg = msg_file.read_text()
+    assert "loss is nan at step 3" in msg and "batch 2 of the epoch" in msg, msg
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step_00000002"
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.startswith("step_")) == ["step_00000002"]
+    assert json.loads((ckpts / "step_00000002" / "train_state.json").read_text())["step"] == 2
+    from hytrec_torchrec.training.restore import load_unsharded
+
+    model, _, _ = load_unsharded(tmp_path / "run")
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
