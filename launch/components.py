@@ -67,6 +67,52 @@ def train(
     )
 
 
+def export(
+    checkpoint: str,
+    out: str,
+    int8: bool = False,
+    data: Optional[str] = None,
+    j: str = "1x1",
+    cpu: int = 1,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    name: str = "hytrec-export",
+    env: Optional[Dict[str, str]] = None,
+    image: str = DEFAULT_IMAGE,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Export a (sharded) training checkpoint for serving: TorchScript model.pt + vocabularies + model card.
+
+    The checkpoint of any world size is gathered into one process (rank 0; other ranks exit).
+    ``OUT/model.pt`` loads with ``torch.jit.load`` without hytrec_torchrec, TorchRec or fbgemm
+    (docs/export.md).
+
+    Args:
+        checkpoint: run directory (its latest checkpoint) or a checkpoint directory
+        out: output directory
+        int8: row-wise int8 embedding tables instead of float32
+        data: prepared dataset with the vocabularies (default: the checkpoint's data.path)
+        j: ``NxM``: keep ``1x1`` (export runs on one process)
+        cpu: CPUs per replica
+        memMB: memory per replica in MB (the whole model is gathered in memory)
+        h: a registered named resource (overrides cpu/memMB)
+        name: job name
+        env: extra environment variables
+        image: container image with hytrec_torchrec installed (Kubernetes)
+        mounts: volumes holding the checkpoint, the data and ``out`` on Kubernetes
+    """
+    args = ["--checkpoint", checkpoint, "--out", out]
+    if int8:
+        args.append("--int8")
+    if data:
+        args += ["--data", data]
+    return ddp(
+        *args,
+        m="hytrec_torchrec.serving.cli",
+        j=j, cpu=cpu, memMB=memMB, h=h, name=name, env=env, image=image, mounts=mounts,
+    )
+
+
 def prepare(
     *overrides: str,
     input: str,
