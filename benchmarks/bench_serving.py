@@ -1,0 +1,125 @@
+"""Serving latency of the exported TorchScript model on CPU, and file sizes (float32 vs int8).
+
+The model is the paper configuration (configs/model/hytrec.yaml: D=64, long TTTS, short K=64,
+4 experts) with random weights (latency does not depend on trained values), max_len 10,000 and a
+synthetic catalog: 100,000 items, 10,000 attribution IDs, 1,000 categories, 9 behaviours. Each
+variant is scripted, saved, loaded back with ``torch.jit.load`` and called as a server would:
+``model(values, lengths, request_time, k=100)`` under ``torch.no_grad``, after warm-up calls
+(the TorchScript profiling executor optimises during the first calls). Every request in a batch
+has the same history length.
+
+    python benchmarks/bench_serving.py --out benchmarks/results/serving.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+
+from hytrec_torchrec.config import load_config
+from hytrec_torchrec.modules.config import TowerConfig
+from hytrec_torchrec.modules.tower import HyTRecTower
+from hytrec_torchrec.serving.export import example_request
+from hytrec_torchrec.serving.idmap import Vocab
+from hytrec_torchrec.serving.module import HyTRecServing
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = {"item": 100_002, "attribution": 10_002, "category": 1_002, "behavior": 11}
+BEHAVIORS = ["click", "redirect", "activation", "wakeup", "product_click", "stay", "collect",
+             "add_to_cart", "pay"]
+
+
+def synthetic_vocabs() -> Dict[str, Vocab]:
+    """Integer raw IDs 1,000,000 + 3·index for every table but behaviour (names: index space)."""
+    vocabs: Dict[str, Vocab] = {}
+    for name, size in SIZES.items():
+        index = np.arange(2, size, dtype=np.int64)
+        raw = BEHAVIORS if name == "behavior" else [str(1_000_000 + 3 * i) for i in index.tolist()]
+        vocabs[name] = Vocab(name, size, raw, index)
+    return vocabs
+
+
+def build(int8: bool, dim: int, vocabs: Dict[str, Vocab]) -> HyTRecServing:
+    """The benchmark serving module (random weights)."""
+    cfg = load_config(TowerConfig, REPO / "configs" / "model" / "hytrec.yaml", [f"embedding_dim={dim}"])
+    torch.manual_seed(0)
+    tower = HyTRecTower(cfg).eval()
+    weights = {n: torch.randn(s, dim) * 0.1 for n, s in SIZES.items()}
+    return HyTRecServing(tower, weights, vocabs, list(cfg.features), max_len=10_000, int8=int8)
+
+
+def save_load(module: HyTRecServing, path: Path) -> Tuple[torch.jit.ScriptModule, int]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(module).save(str(path))
+        return torch.jit.load(str(path)), path.stat().st_size
+
+
+def measure(model: torch.jit.ScriptModule, vocabs: Dict[str, Vocab], batch: int, length: int,
+            budget_s: float, k: int) -> Tuple[float, float, int]:
+    """(p50 ms, p99 ms, calls) of one request shape."""
+    request = example_request(vocabs, [length] * batch, seed=length + batch)
+    with torch.no_grad():
+        for _ in range(3):
+            model(*request, k)
+        times: List[float] = []
+        start = time.perf_counter()
+        while len(times) < 5 or (time.perf_counter() - start < budget_s and len(times) < 200):
+            t0 = time.perf_counter()
+            model(*request, k)
+            times.append(time.perf_counter() - t0)
+    q = np.percentile(np.array(times) * 1e3, [50, 99])
+    return float(q[0]), float(q[1]), len(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=None, help="write the table here too")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--lengths", type=int, nargs="+", default=[100, 1000, 10_000])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--budget", type=float, default=6.0, help="seconds of calls per shape (min 5 calls)")
+    p.add_argument("--k", type=int, default=100)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    lines = [f"# serving latency, torch {torch.__version__}, CPU threads={args.threads}, D={args.dim}, "
+             f"catalog {SIZES['item'] - 2} items, k={args.k}",
+             "# shared 2-core machine (other jobs running): treat as rough numbers; load average "
+             "at start: %.1f %.1f %.1f" % os.getloadavg(), ""]
+    rows: List[str] = []
+    sizes: Dict[str, int] = {}
+    vocabs = synthetic_vocabs()
+    with tempfile.TemporaryDirectory() as tmp:
+        for int8 in (False, True):
+            tag = "int8" if int8 else "float32"
+            model, sizes[tag] = save_load(build(int8, args.dim, vocabs), Path(tmp) / f"{tag}.pt")
+            for length in args.lengths:
+                for batch in args.batches:
+                    p50, p99, calls = measure(model, vocabs, batch, length, args.budget, args.k)
+                    row = f"{tag:8s} history {length:6d} batch {batch:3d}   p50 {p50:9.1f} ms   p99 {p99:9.1f} ms   ({calls} calls)"
+                    print(row, flush=True)
+                    rows.append(row)
+    lines += rows + ["", "# file size of model.pt (tables + code)"]
+    for tag, size in sizes.items():
+        lines.append(f"{tag:8s} {size / 2**20:8.1f} MiB")
+    lines.append(f"int8/float32 size ratio {sizes['int8'] / sizes['float32']:.2f}")
+    lines.append("# load average at end: %.1f %.1f %.1f" % os.getloadavg())
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,345 @@
+"""Export for serving (hytrec_torchrec.serving, hytrec-export, examples/serve.py).
+
+One tiny 1-rank training run (2 steps, checkpoint + validation) is exported float32 (through the
+CLI) and int8; then:
+- the exported scores equal the training model's scores (atol 1e-5) and the top-K IDs agree, on
+  validation batches of the data loader and on hand-made requests (empty history, unknown IDs,
+  histories longer than max_len);
+- int8 scores stay within the documented tolerance and top-K agree up to near-ties;
+- the file answers in a subprocess that imports neither hytrec_torchrec, torchrec nor fbgemm;
+- malformed requests get clear errors; the model card has the contract, config, metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from hytrec_torchrec.config import from_dict, to_dict
+from hytrec_torchrec.data.testing import random_sequences, write_prepared
+from hytrec_torchrec.serving.idmap import IdMap, Vocab
+from hytrec_torchrec.serving.quant import dequantize_rows, quantize_rows
+from hytrec_torchrec.testing import run_distributed
+from hytrec_torchrec.training.config import JobConfig
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_LEN = 12
+FEATURES = ("item", "attribution", "category", "behavior")
+BEHAVIORS = ["click", "redirect", "activation", "wakeup", "product_click", "stay", "collect",
+             "add_to_cart", "pay"]
+
+
+def _item_raw(index: np.ndarray) -> np.ndarray:
+    """Raw item IDs unrelated to the index order (exercises the sorted-array mapping)."""
+    return 10_000_000_000 + (index * 7919) % 100_003
+
+
+def _prepare(root: Path) -> Path:
+    users = random_sequences(12, 40, 30, seed=3, min_events=4)
+    write_prepared(root, users, num_items=30, num_partitions=2)
+    idx = np.arange(2, 30, dtype=np.int64)
+    pq.write_table(pa.table({"raw": [str(r) for r in _item_raw(idx)], "index": idx,
+                             "count": np.ones(len(idx), np.int64)}), root / "vocab" / "item.parquet")
+    bidx = np.arange(2, 11, dtype=np.int64)  # behaviour names: an "index" ID space
+    pq.write_table(pa.table({"raw": BEHAVIORS, "index": bidx, "count": np.zeros(9, np.int64)}),
+                   root / "vocab" / "behavior.parquet")
+    return root
+
+
+def _train_body(rank: int, world: int, cfg_dict: dict) -> None:
+    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.training.loop import Trainer
+
+    Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu")).fit()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    root = tmp_path_factory.mktemp("export")
+    data = _prepare(root / "prepared")
+    cfg = from_dict(JobConfig, {
+        "run": {"dir": str(root / "run"), "seed": 1, "tensorboard": False, "progress": False},
+        "data": {"path": str(data), "batch_size": 4, "num_negatives": 8, "max_len": MAX_LEN,
+                 "cutoffs_per_user": 1, "num_workers": 0},
+        "embeddings": {"dim": 16, "lr": 0.05, "init_std": 0.3},
+        "model": {"embedding_dim": 16, "short_len": 4, "long_pattern": "TS", "heads": 2,
+                  "short_heads": 2, "fusion": {"num_experts": 2}, "tadn": {"chunk_size": 4}},
+        "train": {"max_steps": 2, "validate_every": 2, "checkpoint_every": 2, "val_batches": 2},
+    })
+    run_distributed(_train_body, 1, (to_dict(cfg),))
+    from hytrec_torchrec.serving.cli import main
+    from hytrec_torchrec.serving.export import export_checkpoint
+
+    assert main(["--checkpoint", str(root / "run"), "--out", str(root / "fp32")]) == 0
+    export_checkpoint(root / "run", root / "int8", int8=True, pt2=False)
+    return {"root": root, "data": data, "run": root / "run", "fp32": root / "fp32", "int8": root / "int8"}
+
+
+def _load(path: Path) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.load(str(path / "model.pt"))
+
+
+@pytest.fixture(scope="module")
+def fp32(run: Dict[str, Path]) -> torch.jit.ScriptModule:
+    """The float32 export, loaded once (the first calls of a scripted module are slow)."""
+    return _load(run["fp32"])
+
+
+@pytest.fixture(scope="module")
+def training(run: Dict[str, Path]):
+    from hytrec_torchrec.training.restore import load_unsharded
+
+    return load_unsharded(run["run"])
+
+
+# ---- request construction in index space, shared by the training model and the exported one ----
+
+def _to_request(idx: Dict[str, torch.Tensor], lengths: torch.Tensor, ts: torch.Tensor, t_now: torch.Tensor):
+    """Index-space history → exported-model request (raw item IDs, behaviour indices)."""
+    values = {f: idx[f].clone() for f in FEATURES}
+    values["item"] = torch.from_numpy(_item_raw(idx["item"].numpy()))
+    values["item"][idx["item"] < 2] = 987_654_321  # pad/unknown indices → an unknown raw ID
+    values["attribution"] = idx["attribution"].clone()  # raw = str(index) in write_prepared
+    values["category"] = idx["category"].clone()
+    values["timestamp"] = ts
+    lens = lengths.to(torch.int64)
+    return values, {k: lens for k in values}, t_now
+
+
+def _training_scores(model, idx: Dict[str, torch.Tensor], lengths: torch.Tensor, ts: torch.Tensor,
+                     t_now: torch.Tensor) -> torch.Tensor:
+    """The training model's full-catalog scores [B, V] for an index-space batch."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from hytrec_torchrec.data.batch import FEATURE_KEYS, Batch
+
+    B = lengths.numel()
+    lens = lengths.to(torch.int32)
+    kjt_lengths = torch.cat([lens] * 4 + [torch.ones(B, dtype=torch.int32), torch.zeros(B, dtype=torch.int32)])
+    values = torch.cat([idx[f] for f in FEATURES] + [torch.full((B,), 2, dtype=torch.int64)])
+    kjt = KeyedJaggedTensor(keys=list(FEATURE_KEYS), values=values, lengths=kjt_lengths, stride=B)
+    z = torch.zeros(B, dtype=torch.int64)
+    batch = Batch(features=kjt, timestamps=ts, t_current=t_now, user=z, cutoff=z, first_event_time=z,
+                  valid=torch.ones(B, dtype=torch.bool))
+    with torch.no_grad():
+        user, _ = model.user_embedding(batch)
+        scores = user @ model.embeddings.embeddings["item"].weight.t()
+    scores[:, :2] = float("-inf")
+    return scores
+
+
+def _random_history(lengths, seed: int, sizes: Dict[str, int]):
+    g = torch.Generator().manual_seed(seed)
+    n = int(sum(lengths))
+    idx = {f: torch.randint(2, sizes[f], (n,), generator=g) for f in FEATURES}
+    ts = 1_000_000 + torch.sort(torch.randint(0, 50_000, (n,), generator=g)).values
+    return idx, torch.tensor(lengths), ts, torch.full((len(lengths),), 1_060_000)
+
+
+def _assert_parity(exported, model, idx, lengths, ts, t_now, k: int = 5) -> None:
+    want = _training_scores(model, idx, lengths, ts, t_now)
+    req = _to_request(idx, lengths, ts, t_now)
+    got = exported.scores(*req)
+    torch.testing.assert_close(got[:, 2:], want[:, 2:], atol=1e-5, rtol=0)
+    ids, top = exported(*req, k)
+    ref = torch.topk(want, k, dim=1)
+    assert torch.equal(ids, torch.from_numpy(_item_raw(ref.indices.numpy())))
+    torch.testing.assert_close(top, ref.values, atol=1e-5, rtol=0)
+
+
+# ---- tests ----
+
+def test_exported_scores_equal_training_on_validation_batches(fp32, training) -> None:
+    from hytrec_torchrec.data.loader import make_dataloader
+
+    model, cfg, _ = training
+    exported = fp32
+    for n, batch in enumerate(make_dataloader(cfg.data, 0, 1, 0, "valid")):
+        B = batch.batch_size
+        lens = batch.history_lengths().to(torch.int64)
+        N = int(lens.sum())
+        vals = batch.features.values()
+        idx = {f: vals[i * N:(i + 1) * N] for i, f in enumerate(FEATURES)}
+        _assert_parity(exported, model, idx, lens, batch.timestamps, batch.t_current)
+        assert B > 0
+        if n == 1:
+            break
+
+
+def test_long_empty_and_unknown_histories_have_defined_answers(fp32, training) -> None:
+    model, cfg, state = training
+    exported = fp32
+    sizes = {k: int(v) for k, v in state["vocab_sizes"].items()}
+    idx, lens, ts, now = _random_history([0, 3, MAX_LEN + 9, 1], seed=2, sizes=sizes)
+    idx["item"][1] = 1  # unknown item (sent as a raw ID missing from the vocabulary)
+    idx["attribution"][2] = 1  # attribution sent as "1": write_prepared's vocab lists 2.. only
+    idx["behavior"][4] = 1
+    req = _to_request(idx, lens, ts, now)
+    req[0]["behavior"][4] = 10_000  # an index outside the behaviour table → unknown row 1
+    # Training sees histories truncated to max_len (the collate rule); the export truncates itself.
+    keep = lens.clamp(max=MAX_LEN)
+    starts = torch.cumsum(lens, 0) - keep
+    rows = torch.cat([torch.arange(int(s), int(s) + int(k)) for s, k in zip(starts, keep)])
+    want = _training_scores(model, {f: v[rows] for f, v in idx.items()}, keep, ts[rows], now)
+    got = exported.scores(*req)
+    assert torch.isfinite(got[:, 2:]).all()
+    torch.testing.assert_close(got[:, 2:], want[:, 2:], atol=1e-5, rtol=0)
+    ids, scores = exported(*req, 1000)
+    assert ids.shape == (4, sizes["item"] - 2)  # k clamped to the known items
+    assert not bool(torch.isin(ids, torch.tensor([987_654_321, -1])).any())  # pad/unknown never returned
+    assert bool((scores[:, :-1] >= scores[:, 1:]).all())
+
+
+def test_int8_within_documented_tolerance(run, fp32) -> None:
+    int8 = _load(run["int8"])
+    card = json.loads((run["int8"] / "model_card.json").read_text())
+    assert card["tables"]["storage"] == "int8_rowwise" and card["tables"]["int8_tolerance"]
+    sizes = card["tables"]["rows"]
+    idx, lens, ts, now = _random_history([5, 30, 1, 0, 17], seed=4, sizes=sizes)
+    req = _to_request(idx, lens, ts, now)
+    a, b = fp32.scores(*req)[:, 2:], int8.scores(*req)[:, 2:]
+    err = (a - b).abs().max(dim=1).values
+    assert bool((err <= 0.05 * a.abs().max(dim=1).values).all()), err
+    k = 5
+    ids8, _ = int8(*req, k)
+    kth = torch.topk(a, k, dim=1).values[:, -1:]
+    raw = torch.from_numpy(_item_raw(np.arange(2, sizes["item"])))
+    pos = (ids8.unsqueeze(-1) == raw).float().argmax(-1)  # column of each returned item
+    # every int8 top-k item is a float32 top-k item up to a near-tie of 2 x the score error
+    assert bool((a.gather(1, pos) >= kth - 2 * err.unsqueeze(1)).all())
+
+    def table_bytes(m: torch.jit.ScriptModule) -> int:
+        return sum(b.numel() * b.element_size() for n, b in m.named_buffers() if ".table." in n)
+
+    assert table_bytes(int8) < 0.5 * table_bytes(fp32)  # D=16: 16 + 8 bytes per row vs 64
+
+
+def test_loads_and_answers_without_package_torchrec_or_fbgemm(run) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-I", str(REPO / "examples" / "serve.py"), "--model-dir", str(run["fp32"]),
+         "--k", "3", "--num", "2", "--check-torch-only"],
+        cwd=run["root"], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(answers) == 3  # 2 demo requests + the empty-history one
+    known = {str(r) for r in _item_raw(np.arange(2, 30))}
+    assert all(len(a["items"]) == 3 and set(a["items"]) <= known for a in answers)
+    assert answers[0]["unknown_ids"] == 1 and answers[-1]["unknown_ids"] == 0
+
+
+def _good_request():
+    lens = torch.tensor([2, 1])
+    values = {"item": torch.tensor([10_000_007_919, 5, 6]), "attribution": torch.tensor([2, 3, 4]),
+              "category": torch.tensor([2, 3, 4]), "behavior": torch.tensor([2, 3, 4]),
+              "timestamp": torch.tensor([1, 2, 3])}
+    return values, {k: lens for k in values}, torch.tensor([10, 10])
+
+
+def _mutate(kind: str):
+    values, lengths, now = _good_request()
+    k = 3
+    if kind == "mismatched_lengths":
+        lengths = dict(lengths, behavior=torch.tensor([1, 2]))
+    elif kind == "lengths_vs_values":
+        values = dict(values, item=values["item"][:2])
+    elif kind == "float_ids":
+        values = dict(values, item=values["item"].float())
+    elif kind == "int32_lengths":
+        lengths = dict(lengths, category=lengths["category"].int())
+    elif kind == "missing_feature":
+        values = {f: v for f, v in values.items() if f != "category"}
+        lengths = {f: v for f, v in lengths.items() if f != "category"}
+    elif kind == "unknown_feature":
+        values = dict(values, price=values["item"])
+    elif kind == "request_time_size":
+        now = torch.tensor([10])
+    elif kind == "negative_length":
+        lengths = {f: torch.tensor([4, -1]) for f in lengths}
+    elif kind == "k":
+        k = 0
+    return values, lengths, now, k
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("mismatched_lengths", r"lengths\['behavior'\] differs"),
+    ("lengths_vs_values", r"values\['item'\] has 2 elements but lengths\['item'\] sum to 3"),
+    ("float_ids", r"must be int64, got float32"),
+    ("int32_lengths", r"must be int64, got int64 and int32"),
+    ("missing_feature", r"missing feature 'category'"),
+    ("unknown_feature", r"unknown feature 'price'"),
+    ("request_time_size", r"request_time has 1 entries for 2 requests"),
+    ("negative_length", r"negative length"),
+    ("k", r"k must be >= 1"),
+])
+def test_malformed_requests_get_clear_errors(fp32, kind: str, message: str) -> None:
+    exported = fp32
+    values, lengths, now, k = _mutate("none")
+    exported(values, lengths, now, k)  # the good request answers
+    values, lengths, now, k = _mutate(kind)
+    with pytest.raises(torch.jit.Error, match=message):
+        exported(values, lengths, now, k)
+
+
+def test_model_card_and_vocabularies(run) -> None:
+    card = json.loads((run["fp32"] / "model_card.json").read_text())
+    assert card["config"]["data"]["max_len"] == MAX_LEN
+    assert card["validation"]["history"] and "mrr" in card["validation"]["last"]
+    assert card["versions"]["torch"] == torch.__version__ and card["versions"]["torchrec"]
+    contract = card["input_contract"]
+    assert contract["signature"].startswith("forward(values: Dict[str, Tensor], lengths: Dict[str, Tensor]")
+    assert contract["values"]["item"]["id_space"] == "raw_int64"
+    assert contract["values"]["behavior"]["id_space"] == "index"
+    assert contract["rules"]["max_len"] == MAX_LEN
+    assert card["torch_export"]["ok"] is False and card["torch_export"]["error"]  # docs/export.md
+    embedded = {"model_card.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.load(str(run["fp32"] / "model.pt"), _extra_files=embedded)
+    assert json.loads(embedded["model_card.json"])["input_contract"] == contract
+    behavior = json.loads((run["fp32"] / "vocab" / "behavior.json").read_text())
+    assert behavior["raw"][:2] == ["click", "redirect"] and behavior["index"][:2] == [2, 3]
+
+
+def test_cli_reports_missing_vocabulary(run, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from hytrec_torchrec.serving.cli import main
+
+    code = main(["--checkpoint", str(run["run"]), "--out", str(tmp_path / "o"), "--data", str(tmp_path)])
+    assert code == 2 and "pass --data DIR" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_idmap_and_int8_rows() -> None:
+    ints = IdMap(Vocab("item", 6, ["30", "7", "100", "-4"], np.array([2, 3, 4, 5])))
+    assert ints.raw_int
+    assert ints(torch.tensor([7, 100, -4, 30, 8, 0])).tolist() == [3, 4, 5, 2, 1, 1]
+    assert ints.to_raw(torch.tensor([2, 5])).tolist() == [30, -4]
+    strs = IdMap(Vocab("category", 4, ["007", "7"], np.array([2, 3])))  # "007" is not canonical
+    assert not strs.raw_int and strs(torch.tensor([3, 0, 4, -2])).tolist() == [3, 0, 1, 1]
+    w = torch.randn(50, 8) * torch.linspace(0.01, 3, 50).unsqueeze(1)
+    w[0] = 0.5  # a constant row is exact
+    q, scale, bias = quantize_rows(w)
+    err = (dequantize_rows(q, scale, bias) - w).abs().max(dim=1).values
+    assert bool((err <= (w.max(1).values - w.min(1).values) / 510 + 1e-6).all()) and err[0] == 0
+
+
+def test_torchx_export_component() -> None:
+    from launch.components import export
+
+    app = export(checkpoint="runs/demo/train", out="runs/demo/export", int8=True)
+    role = app.roles[0]
+    args = " ".join(role.args)
+    assert "hytrec_torchrec.serving.cli" in args and "--int8" in args
+    assert "--checkpoint runs/demo/train" in args and "--out runs/demo/export" in args
