@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import torchx.specs as specs
 from torchx.components.dist import ddp
 
-#: Image for container schedulers (Kubernetes); build it from docs/launching.md's Dockerfile notes.
+#: Image for container schedulers (Kubernetes); how to build it: docs/launching.md ("Image").
 DEFAULT_IMAGE = "ghcr.io/your-org/hytrec_torchrec:latest"
 
 
