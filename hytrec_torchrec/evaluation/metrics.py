@@ -46,3 +46,58 @@ def ranking_metrics(
     vals = per_example_metrics(ranks, ks, catalog_size)
     n = ranks.numel()
     return {k: (float(v.sum()) / n if n else float("nan")) for k, v in vals.items()}
+
+
+try:  # torchmetrics is a torchrec requirement (pinned 1.0.3)
+    from torchmetrics import Metric as _Metric
+except ImportError:  # pragma: no cover - torchmetrics always ships with torchrec
+    _Metric = None  # type: ignore[assignment,misc]
+
+
+if _Metric is not None:
+
+    class SegmentedRankingMetric(_Metric):
+        """Sums of per-example ranking metrics per segment, synced across ranks like TorchRec's
+        metrics (``torchmetrics.Metric`` states with ``dist_reduce_fx="sum"``).
+
+        Args:
+            ks: the K of HR@K/NDCG@K.
+            catalog_size: C, items ranked (for AUC).
+            segments: segment names; ``update`` takes a [B, S] membership matrix in this order.
+
+        ``compute()`` returns ``{segment: {"examples": n, "hr@10": ..., ...}}`` (metrics NaN for
+        an empty segment). Sums are float64, so the means equal :func:`ranking_metrics` on the
+        concatenated ranks up to float64 rounding.
+        """
+
+        full_state_update = False
+
+        def __init__(self, ks: Sequence[int], catalog_size: int, segments: Sequence[str]) -> None:
+            super().__init__()
+            self.ks = tuple(int(k) for k in ks)
+            self.catalog_size = int(catalog_size)
+            self.segments = list(segments)
+            self.metric_names = list(per_example_metrics(torch.ones(1), self.ks, 2).keys())
+            S, M = len(self.segments), len(self.metric_names)
+            self.add_state("sums", default=torch.zeros(S, M, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state("counts", default=torch.zeros(S, dtype=torch.float64), dist_reduce_fx="sum")
+
+        def update(self, ranks: torch.Tensor, membership: torch.Tensor) -> None:  # type: ignore[override]
+            """Add examples: ``ranks`` [B] int, ``membership`` [B, S] bool."""
+            vals = per_example_metrics(ranks.cpu(), self.ks, self.catalog_size)
+            v = torch.stack([vals[n] for n in self.metric_names], dim=1)  # [B, M]
+            m = membership.cpu().to(torch.float64)  # [B, S]
+            self.sums += (m.t() @ v).to(self.sums.device)
+            self.counts += m.sum(0).to(self.counts.device)
+
+        def compute(self) -> Dict[str, Dict[str, float]]:  # type: ignore[override]
+            out: Dict[str, Dict[str, float]] = {}
+            for s, name in enumerate(self.segments):
+                n = float(self.counts[s])
+                row: Dict[str, float] = {"examples": int(n)}  # type: ignore[dict-item]
+                for j, mname in enumerate(self.metric_names):
+                    row[mname] = float(self.sums[s, j]) / n if n else float("nan")
+                out[name] = row
+            return out
+
+    __all__.append("SegmentedRankingMetric")

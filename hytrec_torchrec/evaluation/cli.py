@@ -1,0 +1,115 @@
+"""``hytrec-eval``: offline evaluation of one or more models on a prepared dataset.
+
+    hytrec-eval --checkpoint RUN_DIR|CHECKPOINT_DIR [--checkpoint ...] --data PREPARED_DIR \\
+        --out OUT_DIR [--config configs/eval/default.yaml] [key=value ...]
+
+Writes OUT_DIR/metrics.json (overall and per segment: hr@K, ndcg@K for K in 1,10,50,100,200,500,
+mrr, auc), OUT_DIR/report.md (Markdown tables) and OUT_DIR/length_buckets.png (metric against
+history-length bucket, one line per model). Several --checkpoint arguments give one side-by-side
+report. Runs on one process or under torchrun/TorchX (``launch/components.py:evaluate``): the item
+table is row-wise sharded and every rank scores its own rows. Overrides: evaluation keys
+(``split=valid``, ``max_batches=10``, ``segments.side_file=users.parquet``,
+``segments.cold_start_max_history=10``) or the checkpoint's job config (``data.batch_size=256``).
+Exit codes: 0 ok, 2 bad config/arguments, 3 bad input (vocabulary mismatch, no eligible users,
+bad side file, missing checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional, Sequence
+
+from hytrec_torchrec.config import ConfigError
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="hytrec-eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", action="append", default=[],
+                        help="run directory (its latest checkpoint) or checkpoint directory; repeatable")
+    parser.add_argument("--model", action="append", default=[],
+                        help="exported TorchScript model (hytrec-export); repeatable")
+    parser.add_argument("--name", action="append", default=[],
+                        help="display names, in --checkpoint order (default: run directory names)")
+    parser.add_argument("--data", required=True, help="prepared dataset directory")
+    parser.add_argument("--out", required=True, help="output directory for metrics.json, report.md, *.png")
+    parser.add_argument("--config", help="YAML evaluation config (configs/eval/default.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    args = parser.parse_args(argv)
+    if not args.checkpoint and not args.model:
+        parser.error("give at least one --checkpoint or --model")
+    if args.model:
+        print("hytrec-eval: --model (exported TorchScript) is not supported yet; evaluate the "
+              "training checkpoint with --checkpoint RUN_DIR instead", file=sys.stderr)
+        return 2
+    if args.name and len(args.name) != len(args.checkpoint):
+        parser.error(f"--name given {len(args.name)} times for {len(args.checkpoint)} --checkpoint")
+
+    from hytrec_torchrec.training.cli import quiet_library_noise
+
+    quiet_library_noise()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("hytrec").setLevel(logging.INFO)
+    from hytrec_torchrec.evaluation.evaluate import (
+        NoEligibleUsersError,
+        VocabMismatchError,
+        evaluate_checkpoint,
+        load_eval_config,
+        model_name,
+    )
+    from hytrec_torchrec.evaluation.segments import SideFileError
+
+    try:
+        ecfg, job_overrides = load_eval_config(args.config, list(args.overrides))
+    except ConfigError as exc:
+        print(f"hytrec-eval: config error: {exc}", file=sys.stderr)
+        return 2
+    names = args.name or [model_name(c) for c in args.checkpoint]
+    if len(set(names)) != len(names):
+        names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
+
+    from hytrec_torchrec.training.distributed import DistEnv, init_distributed, shutdown_distributed
+
+    env: Optional[DistEnv] = None
+    results = []
+    try:
+        from hytrec_torchrec.evaluation.evaluate import check_vocab
+        from hytrec_torchrec.training.restore import checkpoint_config
+
+        # cheap checks of every input before any process group or model is built
+        first = None
+        for ckpt in args.checkpoint:
+            cfg, state = checkpoint_config(ckpt, job_overrides)
+            check_vocab(state, args.data, state["path"])
+            first = first or cfg
+        assert first is not None
+        env = init_distributed(first.train.backend, first.train.device)
+        for ckpt, name in zip(args.checkpoint, names):
+            res = evaluate_checkpoint(ckpt, args.data, ecfg, env, job_overrides, name=name)
+            results.append(res)
+            if env.is_main:
+                o = res["overall"]
+                print(f"{name}: users={o['examples']} hr@10={o['hr@10']:.4f} ndcg@10={o['ndcg@10']:.4f} "
+                      f"mrr={o['mrr']:.4f} auc={o['auc']:.4f} ({res['timing']['eval_s']:.1f} s)", flush=True)
+    except (VocabMismatchError, NoEligibleUsersError, SideFileError, FileNotFoundError) as exc:
+        print(f"hytrec-eval: {exc}", file=sys.stderr)
+        shutdown_distributed()
+        return 3
+    except ConfigError as exc:
+        print(f"hytrec-eval: config error: {exc}", file=sys.stderr)
+        shutdown_distributed()
+        return 2
+    if env is not None and env.is_main:
+        from hytrec_torchrec.evaluation.report import write_report
+
+        paths = write_report(args.out, results, ecfg, args.data)
+        print(json.dumps({k: str(v) for k, v in paths.items()}))
+    shutdown_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The offline evaluation job: a checkpoint, a prepared dataset, a split → metrics per segment.
+
+Every rank runs :func:`evaluate_checkpoint` (one process is a world of 1):
+
+1. the job config and vocabulary sizes come from the checkpoint (``train_state.json``); the
+   dataset's ``meta.json`` must have the same table sizes (and, when the training dataset is still
+   readable, the same item vocabulary) — otherwise a :class:`VocabMismatchError` names both;
+2. the evaluation split's loader is built; a split with no eligible user raises
+   :class:`NoEligibleUsersError` with the eligibility counts;
+3. the model is sharded for the *current* world size and the checkpoint loaded into it (DCP
+   reshards whatever world size wrote it);
+4. each batch's user embeddings are ranked against the full catalog, each rank scoring only its
+   own rows of the row-wise sharded item table (:func:`~hytrec_torchrec.evaluation.scoring.batch_target_ranks`);
+5. per-example metrics are summed per segment in a ``torchmetrics.Metric`` and synced across ranks.
+
+The numbers do not depend on the world size (each user is one example, seen exactly once; ranks
+are exact integers), which is tested (1 rank == 2 ranks).
+
+Configuration: :class:`EvalConfig` (YAML ``--config`` and ``key=value`` overrides). Overrides whose
+first key is a training-config section (``data.``, ``model.``, ``train.``, ...) change the
+checkpoint's job config instead, e.g. ``data.max_len=200`` or ``data.batch_size=256``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+from hytrec_torchrec.config import ConfigError, check_choice, check_range, load_config
+from hytrec_torchrec.evaluation.metrics import DEFAULT_KS, SegmentedRankingMetric
+from hytrec_torchrec.evaluation.scoring import batch_target_ranks, item_blocks, unwrap
+from hytrec_torchrec.evaluation.segments import SegmentConfig, Segmenter
+
+__all__ = [
+    "EvalConfig",
+    "NoEligibleUsersError",
+    "VocabMismatchError",
+    "check_vocab",
+    "evaluate_checkpoint",
+    "load_eval_config",
+    "model_name",
+]
+
+log = logging.getLogger("hytrec.eval")
+
+#: first keys of overrides that go to the checkpoint's job config (JobConfig sections).
+JOB_SECTIONS = ("run", "data", "embeddings", "model", "optim", "train")
+#: tables of the model; their sizes must match between checkpoint and dataset.
+MODEL_TABLES = ("item", "attribution", "category", "behavior")
+
+
+class VocabMismatchError(ValueError):
+    """Checkpoint and dataset vocabularies differ (message names both)."""
+
+
+class NoEligibleUsersError(ValueError):
+    """The evaluation split has no eligible user (message gives the counts)."""
+
+
+@dataclass
+class EvalConfig:
+    """Offline evaluation settings.
+
+    Attributes:
+        split: stage to evaluate: ``test`` (leave-last-out: the last event) or ``valid``.
+        ks: K of HR@K and NDCG@K.
+        batch_size: evaluation batch size per rank (``None``: the checkpoint's ``data.batch_size``).
+        max_batches: evaluate at most this many batches per rank (``None``: the whole split).
+        segments: segment thresholds and the optional side file (:class:`SegmentConfig`).
+        plot_metrics: metrics drawn against the history-length bucket in the PNG plot.
+        table_metrics: metrics of the per-segment Markdown table.
+    """
+
+    split: str = "test"
+    ks: List[int] = field(default_factory=lambda: list(DEFAULT_KS))
+    batch_size: Optional[int] = None
+    max_batches: Optional[int] = None
+    segments: SegmentConfig = field(default_factory=SegmentConfig)
+    plot_metrics: List[str] = field(default_factory=lambda: ["hr@10", "ndcg@10"])
+    table_metrics: List[str] = field(default_factory=lambda: ["hr@10", "ndcg@10", "hr@200", "mrr", "auc"])
+
+    def validate(self) -> None:
+        check_choice("split", self.split, ("test", "valid"))
+        if not self.ks:
+            raise ConfigError("ks: at least one K is required")
+        for i, k in enumerate(self.ks):
+            check_range(f"ks[{i}]", k, 1)
+        if self.batch_size is not None:
+            check_range("batch_size", self.batch_size, 1)
+        if self.max_batches is not None:
+            check_range("max_batches", self.max_batches, 1)
+        known = {f"hr@{k}" for k in self.ks} | {f"ndcg@{k}" for k in self.ks} | {"mrr", "auc"}
+        for key in ("plot_metrics", "table_metrics"):
+            for i, m in enumerate(getattr(self, key)):
+                if m not in known:
+                    raise ConfigError(f"{key}[{i}]: {m!r} is not a computed metric ({sorted(known)})")
+
+
+def load_eval_config(path: Optional[str], overrides: Sequence[str]) -> Tuple[EvalConfig, List[str]]:
+    """``(EvalConfig, job-config overrides)`` from YAML plus ``key=value`` overrides.
+
+    Overrides starting with a training-config section (``data.``, ``model.``, ...) are returned
+    separately for the checkpoint's job config; the rest configure the evaluation.
+    """
+    job, own = [], []
+    for o in overrides:
+        (job if o.split("=", 1)[0].split(".", 1)[0] in JOB_SECTIONS else own).append(o)
+    return load_config(EvalConfig, path, own), job
+
+
+def model_name(path: str | Path) -> str:
+    """A short display name: the run directory name (``runs/ml1m/hytrec`` → ``hytrec``), with
+    ``/step_N`` when a specific checkpoint is given."""
+    p = Path(path).resolve()
+    if (p / "train_state.json").is_file() and p.parent.name == "checkpoints":
+        return f"{p.parent.parent.name}/{p.name}"
+    return p.name
+
+
+def check_vocab(ckpt_state: Dict[str, Any], data_path: str | Path, ckpt_path: str | Path) -> Dict[str, Any]:
+    """Raise :class:`VocabMismatchError` unless the dataset fits the checkpoint.
+
+    Table sizes (item, attribution, category, behavior) must be equal. When the checkpoint's
+    training dataset is still readable and is another directory, the item vocabularies' raw IDs
+    must also be equal (same sizes with a different ID order would silently score wrong items).
+
+    Returns:
+        ``{"sizes_checked": True, "item_vocab_checked": bool}``.
+    """
+    from hytrec_torchrec.data.reader import read_meta
+
+    meta = read_meta(data_path)
+    have = {k: int(v) for k, v in meta.vocab_sizes.items()}
+    want = {k: int(v) for k, v in ckpt_state.get("vocab_sizes", {}).items()}
+    bad = [t for t in MODEL_TABLES if want.get(t) != have.get(t)]
+    if bad:
+        raise VocabMismatchError(
+            f"vocabulary mismatch: checkpoint {ckpt_path} was trained with table sizes "
+            f"{ {t: want.get(t) for t in MODEL_TABLES} } but dataset {data_path} (meta.json) has "
+            f"{ {t: have.get(t) for t in MODEL_TABLES} } (first difference: {bad[0]}); evaluate on "
+            "a dataset prepared with the training vocabularies (hytrec-prep vocab_from=...)")
+    checked = False
+    train_path = ckpt_state.get("data_path")
+    if train_path and Path(train_path, "vocab", "item.parquet").is_file():
+        a, b = Path(train_path).resolve(), Path(data_path).resolve()
+        if a != b:
+            import pyarrow.parquet as pq
+
+            ra = pq.read_table(a / "vocab" / "item.parquet", columns=["raw", "index"])
+            rb = pq.read_table(b / "vocab" / "item.parquet", columns=["raw", "index"])
+            if not ra.equals(rb):
+                raise VocabMismatchError(
+                    f"vocabulary mismatch: item vocabulary of dataset {data_path} differs from that "
+                    f"of the checkpoint's training dataset {train_path} (same size, different IDs)")
+        checked = True
+    return {"sizes_checked": True, "item_vocab_checked": checked}
+
+
+def _sum_ints(values: List[int], device: torch.device) -> List[int]:
+    if not (dist.is_initialized() and dist.get_world_size() > 1) or not values:
+        return values
+    t = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return [int(v) for v in t.tolist()]
+
+
+@torch.no_grad()
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data_path: str | Path,
+    ecfg: EvalConfig,
+    env: Optional[Any] = None,
+    job_overrides: Sequence[str] = (),
+    name: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Evaluate one checkpoint on ``data_path``; collective (every rank calls it).
+
+    Returns (identical on every rank)::
+
+        {"name", "checkpoint", "step", "model": {...}, "overall": {metric: value, "examples": n},
+         "segments": {segment: {...}}, "counts": {...}, "side_file": {...}, "timing": {...}}
+    """
+    from hytrec_torchrec.data.loader import load_shard, make_dataloader
+    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.training.restore import checkpoint_config, load_sharded
+
+    t0 = time.perf_counter()
+    cfg, state = checkpoint_config(checkpoint, job_overrides)
+    vocab_check = check_vocab(state, data_path, state["path"])
+    env = env or init_distributed(cfg.train.backend, cfg.train.device)
+    data_cfg = replace(cfg.data, path=str(data_path))
+    if ecfg.batch_size is not None:
+        data_cfg = replace(data_cfg, batch_size=ecfg.batch_size)
+    shard = load_shard(data_cfg, env.rank, env.world_size)
+    loader = make_dataloader(data_cfg, env.rank, env.world_size, 0, ecfg.split, shard=shard)
+    counts = loader.dataset.count_summary()
+    if counts["users_eligible_total"] == 0:
+        raise NoEligibleUsersError(
+            f"{data_path}: split {data_cfg.split!r} stage {ecfg.split!r} has no eligible users "
+            f"({counts['users_total']} users, {counts['users_ineligible_total']} ineligible with "
+            f"data.min_history={data_cfg.min_history}; see docs/data_loader.md 'eligible')")
+    segmenter = Segmenter(ecfg.segments, data_path)
+    model, _plan, cfg, state = load_sharded(state["path"], env, job_overrides)
+    tower = unwrap(model)
+    blocks = item_blocks(model)
+    num_items = int(state["vocab_sizes"]["item"])
+    catalog = num_items - 2
+    metric = SegmentedRankingMetric(ecfg.ks, catalog, segmenter.names)
+    n_batches = len(loader) if ecfg.max_batches is None else min(len(loader), ecfg.max_batches)
+    t_load = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    it = iter(loader)
+    for _ in range(n_batches):
+        batch = next(it).to(env.device)
+        ranks = batch_target_ranks(tower, batch, blocks, num_items)
+        member = segmenter.membership(batch)
+        keep = batch.valid.cpu()
+        metric.update(ranks.cpu()[keep], member[keep])
+    results = metric.compute()
+    t_eval = time.perf_counter() - t1
+    side = dict(segmenter.side_counts)
+    if side:
+        cols = list(segmenter.missing_counts())
+        missing = _sum_ints([segmenter.missing_counts()[c] for c in cols], env.device)
+        side["users_missing"] = dict(zip(cols, missing))
+    overall = results.pop("all")
+    examples = int(overall["examples"])
+    m = cfg.model
+    return {
+        "name": name or model_name(checkpoint),
+        "checkpoint": str(state["path"]),
+        "step": int(state.get("step", -1)),
+        "model": {"long_pattern": m.long_pattern, "short_len": m.short_len,
+                  "embedding_dim": m.embedding_dim, "features": list(m.features),
+                  "max_len": data_cfg.max_len},
+        "overall": overall,
+        "segments": results,
+        "counts": {
+            "users_total": counts["users_total"],
+            "users_eligible": counts["users_eligible_total"],
+            "users_ineligible": counts["users_ineligible_total"],
+            "examples_evaluated": examples,
+            "examples_skipped_by_max_batches": counts["examples_total"] - examples,
+            "catalog_size": catalog,
+        },
+        "vocab_check": vocab_check,
+        "side_file": side,
+        "timing": {"world_size": env.world_size, "load_s": round(t_load, 3), "eval_s": round(t_eval, 3),
+                   "examples_per_s": round(examples / t_eval, 1) if t_eval > 0 else math.nan},
+    }

@@ -1,0 +1,54 @@
+"""Per-batch full-catalog ranking of a (possibly sharded) model: shared by ``Trainer.validate``
+and the offline evaluation job (:mod:`hytrec_torchrec.evaluation.evaluate`).
+
+Example (every rank, inside ``torch.no_grad()``)::
+
+    blocks = item_blocks(dmp_model)
+    for batch in loader:
+        ranks = batch_target_ranks(unwrap(dmp_model), batch, blocks, num_items)
+        ranks = ranks[batch.valid]
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+import torch
+
+from hytrec_torchrec.data.batch import Batch
+from hytrec_torchrec.evaluation.ranks import ItemBlock, local_item_blocks, target_ranks_distributed
+
+__all__ = ["ITEM_TABLE_KEY", "unwrap", "item_blocks", "first_targets", "batch_target_ranks"]
+
+#: state-dict key of the item table in a DMP-wrapped :class:`~hytrec_torchrec.model.HyTRecModel`.
+ITEM_TABLE_KEY = "embeddings.embeddings.item.weight"
+
+
+def unwrap(model: torch.nn.Module) -> Any:
+    """The :class:`~hytrec_torchrec.model.HyTRecModel` inside DMP (and DDP), or ``model`` itself."""
+    m: Any = getattr(model, "module", model)
+    return m.module if isinstance(m, torch.nn.parallel.DistributedDataParallel) else m
+
+
+def item_blocks(model: torch.nn.Module) -> List[ItemBlock]:
+    """This rank's pieces of the item table (whole table only on rank 0 when unsharded)."""
+    sd = model.state_dict()
+    key = ITEM_TABLE_KEY if ITEM_TABLE_KEY in sd else ITEM_TABLE_KEY.replace("embeddings.", "", 1)
+    return local_item_blocks(sd[key])
+
+
+def first_targets(batch: Batch) -> torch.Tensor:
+    """[B] the first target item of each example (the event at the cutoff)."""
+    kjt = batch.features["target_item"]
+    lengths = kjt.lengths()
+    return kjt.values()[torch.cumsum(lengths, 0) - lengths]
+
+
+def batch_target_ranks(model: Any, batch: Batch, blocks: List[ItemBlock], num_items: int) -> torch.Tensor:
+    """[B] full-catalog rank (1 = best, ties pessimistic) of each example's first target.
+
+    Collective when distributed: every rank calls it once per batch (the loaders yield the same
+    number of batches on every rank). Includes eval padding examples; mask with ``batch.valid``.
+    """
+    user, _ = model.user_embedding(batch)
+    return target_ranks_distributed(user, first_targets(batch), blocks, num_items)

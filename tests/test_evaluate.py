@@ -1,0 +1,296 @@
+"""Offline evaluation (hytrec-eval): metrics against NumPy, perfect scorer, ties, segments,
+1 rank == 2 ranks on one checkpoint, the report files, and bad input (SPEC §6, §7)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from hytrec_torchrec.config import ConfigError, from_dict, to_dict
+from hytrec_torchrec.data.testing import random_sequences, write_prepared
+from hytrec_torchrec.evaluation.evaluate import EvalConfig, load_eval_config
+from hytrec_torchrec.evaluation.metrics import SegmentedRankingMetric, ranking_metrics
+from hytrec_torchrec.evaluation.ranks import target_ranks
+from hytrec_torchrec.evaluation.segments import SegmentConfig, segment_flags
+from hytrec_torchrec.testing import run_distributed
+from hytrec_torchrec.training.config import JobConfig
+
+KS = (1, 10, 50, 100, 200, 500)
+DAY = 86400
+
+
+# ---------------------------------------------------------------- metrics vs NumPy
+def _np_rank(scores: np.ndarray, target: int) -> int:
+    """Slow reference: 1 + catalog items (index >= 2, not the target) scoring >= the target."""
+    return 1 + sum(1 for j in range(2, len(scores)) if j != target and scores[j] >= scores[target])
+
+
+def _np_metric_row(rank: int, catalog: int) -> dict[str, float]:
+    row: dict[str, float] = {}
+    for k in KS:
+        row[f"hr@{k}"] = 1.0 if rank <= k else 0.0
+        row[f"ndcg@{k}"] = 1.0 / math.log2(rank + 1) if rank <= k else 0.0
+    row["mrr"] = 1.0 / rank
+    row["auc"] = 1.0 - (rank - 1) / (catalog - 1)
+    return row
+
+
+def test_segmented_metric_matches_numpy_reference() -> None:
+    rng = np.random.default_rng(0)
+    B, V, D = 40, 700, 6
+    # small integers: scores are exact in any precision, and many ties are planted
+    user = rng.integers(-2, 3, size=(B, D)).astype(np.float32)
+    table = rng.integers(-2, 3, size=(V, D)).astype(np.float32)
+    targets = rng.integers(2, V, size=B)
+    member = rng.random((B, 3)) < 0.5
+    member[:, 0] = True
+    ranks = target_ranks(torch.tensor(user), torch.tensor(targets), [(0, 0, torch.tensor(table))], V)
+    catalog = V - 2
+    ref_ranks = [_np_rank(table @ user[b], int(targets[b])) for b in range(B)]
+    assert ranks.tolist() == ref_ranks
+    metric = SegmentedRankingMetric(KS, catalog, ["all", "a", "b"])
+    metric.update(ranks[:17], torch.tensor(member[:17]))  # two updates: sums accumulate
+    metric.update(ranks[17:], torch.tensor(member[17:]))
+    got = metric.compute()
+    for s, name in enumerate(["all", "a", "b"]):
+        rows = [_np_metric_row(r, catalog) for r, m in zip(ref_ranks, member[:, s]) if m]
+        assert got[name]["examples"] == len(rows)
+        for key in rows[0]:
+            assert got[name][key] == pytest.approx(np.mean([r[key] for r in rows]), abs=1e-12), (name, key)
+    # the segment "all" equals the plain mean of ranking_metrics
+    plain = ranking_metrics(ranks, KS, catalog)
+    for key, v in plain.items():
+        assert got["all"][key] == pytest.approx(v, abs=1e-12)
+
+
+def test_perfect_scorer_and_documented_ties() -> None:
+    V = 600
+    table = torch.eye(V)
+    targets = torch.tensor([2, 77, 599])
+    perfect = target_ranks(table[targets] * 2.0, targets, [(0, 0, table)], V)
+    met = ranking_metrics(perfect, KS, V - 2)
+    assert met["hr@1"] == 1.0 and met["auc"] == 1.0 and met["mrr"] == 1.0 and met["ndcg@10"] == 1.0
+    # ties are pessimistic: a constant scorer puts the target last (rank = catalog size), AUC 0
+    const = target_ranks(torch.zeros(3, V), targets, [(0, 0, table)], V)
+    assert const.tolist() == [V - 2] * 3
+    met = ranking_metrics(const, KS, V - 2)
+    assert met["auc"] == 0.0 and met["hr@500"] == 0.0
+    # a tie with exactly one other item costs one place
+    user = table[targets] + table[torch.tensor([3, 78, 598])]
+    assert target_ranks(user, targets, [(0, 0, table)], V).tolist() == [2, 2, 2]
+
+
+# ---------------------------------------------------------------- segments
+def test_segment_assignment_hand_computed() -> None:
+    cfg = from_dict(SegmentConfig, {"cold_start_max_history": 2, "silent_old_min_age_days": 100,
+                                    "silent_old_min_gap_days": 10, "ultra_long_min_history": 50,
+                                    "length_buckets": [1, 3, 10]})
+    #            history, age (days), gap (days since the last history event)
+    examples = [(0, 0, 0),      # empty history: cold, no bucket
+                (2, 200, 20),   # cold (2 <= 2), silent-old, len[1,3)
+                (3, 200, 5),    # not cold, active recently, len[3,10)
+                (9, 99, 50),    # too young for silent-old, len[3,10)
+                (60, 365, 10)]  # ultra-long, silent-old (gap exactly 10), len[10,inf)
+    h = torch.tensor([e[0] for e in examples])
+    flags = segment_flags(cfg, h, torch.tensor([e[1] * DAY for e in examples]),
+                          torch.tensor([e[2] * DAY for e in examples]))
+    got = {name: f.nonzero().squeeze(1).tolist() for name, f in flags.items()}
+    assert got == {"all": [0, 1, 2, 3, 4], "cold_start": [0, 1], "silent_old": [1, 4],
+                   "ultra_long": [4], "len[1,3)": [1], "len[3,10)": [2, 3], "len[10,inf)": [4]}
+
+
+def test_segments_from_batches_and_side_file(tmp_path: Path) -> None:
+    """Segmenter on real test batches: ages/gaps from the prepared timestamps, side-file values."""
+    from hytrec_torchrec.data.config import DataConfig
+    from hytrec_torchrec.data.loader import make_dataloader
+    from hytrec_torchrec.evaluation.segments import Segmenter
+
+    t0 = 1_000_000_000
+    def user(ts: list[int]) -> dict:
+        n = len(ts)
+        return {"item": [2 + i for i in range(n)], "attribution": [1] * n, "category": [1] * n,
+                "behavior": [2] * n, "timestamp": ts}
+    users = {
+        2: user([t0, t0 + DAY, t0 + 2 * DAY]),                          # test: history 2, gap 1 day
+        3: user([t0] + [t0 + 300 * DAY + i for i in range(5)] + [t0 + 400 * DAY]),  # history 6, old, gap 100 d
+        4: user([t0 + i * 60 for i in range(12)]),                       # history 11, all within minutes
+    }
+    data = write_prepared(tmp_path / "prep", users, num_items=30, num_partitions=1)
+    side = tmp_path / "side.parquet"
+    pq.write_table(pa.table({"user_id": ["2", "3", "999"], "country": ["fr", "de", "us"]}), side)
+    cfg = from_dict(SegmentConfig, {"cold_start_max_history": 2, "silent_old_min_age_days": 180,
+                                    "silent_old_min_gap_days": 30, "ultra_long_min_history": 10,
+                                    "length_buckets": [1, 5], "side_file": str(side)})
+    seg = Segmenter(cfg, data)
+    assert seg.names == ["all", "cold_start", "silent_old", "ultra_long", "len[1,5)", "len[5,inf)",
+                         "country=de", "country=fr"]
+    assert seg.side_counts["unknown_users"] == 1 and seg.side_counts["unknown_examples"] == ["999"]
+    dcfg = from_dict(DataConfig, {"path": str(data), "batch_size": 8, "max_len": 4})
+    batch = next(iter(make_dataloader(dcfg, 0, 1, 0, "test")))
+    member = seg.membership(batch)
+    got = {int(u): [n for n, m in zip(seg.names, member[i]) if m] for i, u in enumerate(batch.user)}
+    assert got == {
+        2: ["all", "cold_start", "len[1,5)", "country=fr"],
+        3: ["all", "silent_old", "len[5,inf)", "country=de"],  # untruncated length 6 (max_len 4)
+        4: ["all", "ultra_long", "len[5,inf)"],
+    }
+    assert seg.missing_counts() == {"country": 1}  # user 4 has no side value: counted
+
+
+def test_side_file_errors(tmp_path: Path) -> None:
+    from hytrec_torchrec.evaluation.segments import Segmenter, SideFileError
+
+    data = write_prepared(tmp_path / "prep", random_sequences(4, 10, 20, seed=1), num_items=20)
+    dup = tmp_path / "dup.parquet"
+    pq.write_table(pa.table({"user_id": [2, 3, 2], "tier": ["a", "b", "a"]}), dup)
+    with pytest.raises(SideFileError, match=r"dup.parquet: row 2: duplicate user_id '2'"):
+        Segmenter(from_dict(SegmentConfig, {"side_file": str(dup)}), data)
+    nocol = tmp_path / "nocol.parquet"
+    pq.write_table(pa.table({"uid": [2], "tier": ["a"]}), nocol)
+    with pytest.raises(SideFileError, match="no user column 'user_id'"):
+        Segmenter(from_dict(SegmentConfig, {"side_file": str(nocol)}), data)
+    with pytest.raises(SideFileError, match="not found"):
+        Segmenter(from_dict(SegmentConfig, {"side_file": str(tmp_path / "missing.parquet")}), data)
+
+
+def test_eval_config_validation_and_routing() -> None:
+    ecfg, job = load_eval_config(None, ["split=valid", "data.batch_size=7", "segments.length_buckets=[1,10]"])
+    assert ecfg.split == "valid" and ecfg.segments.bucket_names() == ["len[1,10)", "len[10,inf)"]
+    assert job == ["data.batch_size=7"]
+    with pytest.raises(ConfigError, match=r"segments.length_buckets: \[10, 5\] must be strictly increasing"):
+        load_eval_config(None, ["segments.length_buckets=[10,5]"])
+    with pytest.raises(ConfigError, match="split: 'train' is not one of"):
+        load_eval_config(None, ["split=train"])
+    with pytest.raises(ConfigError, match=r"plot_metrics\[0\]: 'hr@3' is not a computed metric"):
+        load_eval_config(None, ["plot_metrics=[hr@3]"])
+    assert load_eval_config("configs/eval/default.yaml", [])[0] == EvalConfig()
+
+
+# ---------------------------------------------------------------- checkpoints, 1 vs 2 ranks
+def _job(data: Path, run: Path) -> dict:
+    return to_dict(from_dict(JobConfig, {
+        "run": {"dir": str(run), "seed": 1, "tensorboard": False, "progress": False},
+        "data": {"path": str(data), "batch_size": 5, "num_negatives": 8, "max_len": 40,
+                 "cutoffs_per_user": 2, "num_workers": 0, "seed": 2},
+        "embeddings": {"dim": 16, "lr": 0.05, "init_std": 0.1},
+        "model": {"embedding_dim": 16, "short_len": 4, "long_pattern": "TS", "heads": 2,
+                  "short_heads": 2, "fusion": {"num_experts": 2}},
+        "train": {"max_steps": 3, "validate_every": 0, "checkpoint_every": 0, "val_batches": 1,
+                  "pipeline": "plain"},
+    }))
+
+
+def _train(rank: int, world: int, cfg: dict) -> None:
+    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.training.loop import Trainer
+
+    Trainer(from_dict(JobConfig, cfg), init_distributed("gloo", "cpu")).fit()
+
+
+def _eval_body(rank: int, world: int, ckpt: str, data: str, out: str, overrides: list) -> None:
+    from hytrec_torchrec.evaluation.evaluate import evaluate_checkpoint
+    from hytrec_torchrec.training.distributed import init_distributed
+
+    from hytrec_torchrec.evaluation.evaluate import NoEligibleUsersError
+
+    ecfg, job = load_eval_config(None, overrides)
+    env = init_distributed("gloo", "cpu")
+    res = evaluate_checkpoint(ckpt, data, ecfg, env, job)
+    # bad input on the same ranks: a split without eligible users (every user has < 1000 events)
+    try:
+        evaluate_checkpoint(ckpt, data, ecfg, env, job + ["data.min_history=1000"])
+        res["no_eligible_error"] = None
+    except NoEligibleUsersError as exc:
+        res["no_eligible_error"] = str(exc)
+    if rank == 0:
+        Path(out).write_text(json.dumps(res))
+
+
+def _cli_body(rank: int, world: int, argv: list, out: str) -> None:
+    from hytrec_torchrec.evaluation.cli import main
+
+    Path(out + f".rc{rank}").write_text(str(main(argv)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("evalrun")
+    data = write_prepared(root / "prep", random_sequences(23, 60, 50, seed=4, min_events=3), num_items=50)
+    run_distributed(_train, 1, (_job(data, root / "run"),))  # written by 1 rank, read by 1 and 2
+    return data, root / "run"
+
+
+def test_one_and_two_ranks_identical_and_report(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = trained
+    overrides = ["data.batch_size=4", "segments.length_buckets=[1,5,20]"]
+    # 1 rank through the CLI (report files), 2 ranks through the job function
+    out = tmp_path / "report"
+    argv = ["--checkpoint", str(run), "--checkpoint", str(run), "--name", "a", "--name", "b",
+            "--data", str(data), "--out", str(out), *overrides]
+    run_distributed(_cli_body, 1, (argv, str(tmp_path / "cli")))
+    assert (tmp_path / "cli.rc0").read_text() == "0"
+    doc = json.loads((out / "metrics.json").read_text())
+    run_distributed(_eval_body, 2, (str(run), str(data), str(tmp_path / "two.json"), overrides))
+    two = json.loads((tmp_path / "two.json").read_text())
+    one = doc["models"]["a"]
+    assert one["timing"]["world_size"] == 1 and two["timing"]["world_size"] == 2
+    assert one["overall"]["examples"] == 23 == two["counts"]["users_eligible"]
+    # identical: the ranks are exact integers, so hit rates and counts are equal exactly; means of
+    # ndcg/mrr/auc are float64 sums in another order across ranks (equal to ~1e-16)
+    for seg in ["overall"] + list(one["segments"]):
+        a = one["overall"] if seg == "overall" else one["segments"][seg]
+        b = two["overall"] if seg == "overall" else two["segments"][seg]
+        assert a.keys() == b.keys()
+        for key in a:
+            if a[key] is None:  # metrics.json writes NaN (an empty segment) as null
+                assert math.isnan(b[key]), (seg, key)
+            elif key == "examples" or key.startswith("hr@"):
+                assert a[key] == b[key], (seg, key)
+            else:
+                assert a[key] == pytest.approx(b[key], rel=1e-12, abs=1e-15), (seg, key)
+    for key in ("hr@1", "hr@10", "ndcg@10", "hr@500", "mrr", "auc"):
+        assert key in doc["overall"]
+    assert doc["models"]["b"]["overall"] == one["overall"]
+    report = (out / "report.md").read_text()
+    assert "| a |" in report and "| b |" in report and "len[5,20)" in report
+    assert re.fullmatch(r".*prep: split 'leave_last_out' stage 'test' has no eligible users \(23 users, "
+                        r"23 ineligible with data.min_history=1000.*", two["no_eligible_error"])
+    png = (out / "length_buckets.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_input_vocab_mismatch(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from hytrec_torchrec.evaluation.cli import main
+    from hytrec_torchrec.evaluation.evaluate import VocabMismatchError, check_vocab
+    from hytrec_torchrec.training.restore import checkpoint_config
+
+    data, run = trained
+    _, state = checkpoint_config(run)
+    other = write_prepared(tmp_path / "other", random_sequences(5, 10, 30, seed=1), num_items=31)
+    with pytest.raises(VocabMismatchError, match=r"checkpoint .*run.* table sizes .*'item': 50.*dataset "
+                                                 r".*other.* has .*'item': 31"):
+        check_vocab(state, other, run)
+    assert check_vocab(state, data, run)["sizes_checked"]
+    # same sizes, different item IDs than the training dataset
+    import shutil
+
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(data, shuffled)
+    vocab = pq.read_table(shuffled / "vocab" / "item.parquet")
+    raw = vocab.column("raw").to_pylist()
+    pq.write_table(vocab.set_column(0, "raw", pa.array(raw[::-1])), shuffled / "vocab" / "item.parquet")
+    with pytest.raises(VocabMismatchError, match="same size, different IDs"):
+        check_vocab(state, shuffled, run)
+    # the CLI: clear message, exit code 3, before any process group is started
+    rc = main(["--checkpoint", str(run), "--data", str(other), "--out", str(tmp_path / "o")])
+    assert rc == 3
+    rc = main(["--model", "x.pt", "--data", str(data), "--out", str(tmp_path / "o")])
+    assert rc == 2
