@@ -113,6 +113,65 @@ def export(
     )
 
 
+def evaluate(
+    *overrides: str,
+    checkpoint: str,
+    data: str,
+    out: str,
+    config: Optional[str] = None,
+    names: Optional[str] = None,
+    j: str = "1x2",
+    cpu: int = 1,
+    gpu: int = 0,
+    memMB: int = 4096,
+    h: Optional[str] = None,
+    name: str = "hytrec-eval",
+    rdzv_port: int = 29500,
+    env: Optional[Dict[str, str]] = None,
+    image: str = DEFAULT_IMAGE,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Evaluate checkpoints offline: HR@K, NDCG@K, MRR, AUC (K in 1,10,50,100,200,500), full catalog, per segment.
+
+    Every rank scores all users against its own rows of the row-wise sharded item table (no
+    rank holds the whole table). Writes ``OUT/metrics.json``, ``OUT/report.md`` and
+    ``OUT/length_buckets.png``; several checkpoints give one side-by-side report (docs/evaluation.md).
+
+    Args:
+        overrides: dotted ``key=value`` overrides: evaluation keys (``split=valid``,
+            ``segments.side_file=users.parquet``) or the checkpoint's job config (``data.batch_size=256``)
+        checkpoint: run directory (its latest checkpoint) or checkpoint directory; several separated by commas
+        data: prepared dataset directory to evaluate on
+        out: output directory for the report
+        config: YAML evaluation config (``configs/eval/default.yaml``)
+        names: display names, comma-separated, in checkpoint order (default: run directory names)
+        j: ``NxM``: nodes × processes per node
+        cpu: CPUs per replica
+        gpu: GPUs per replica
+        memMB: memory per replica in MB
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        name: job name
+        rdzv_port: rendezvous port on the first node
+        env: extra environment variables
+        image: container image with hytrec_torchrec installed (Kubernetes)
+        mounts: volumes holding the checkpoints, the data and ``out`` on Kubernetes
+    """
+    args = []
+    for c in checkpoint.split(","):
+        args += ["--checkpoint", c.strip()]
+    for n in (names.split(",") if names else []):
+        args += ["--name", n.strip()]
+    args += ["--data", data, "--out", out]
+    if config:
+        args += ["--config", config]
+    return ddp(
+        *args, *overrides,
+        m="hytrec_torchrec.evaluation.cli",
+        j=j, cpu=cpu, gpu=gpu, memMB=memMB, h=h, name=name, rdzv_port=rdzv_port,
+        env=env, image=image, mounts=mounts,
+    )
+
+
 def prepare(
     *overrides: str,
     input: str,
