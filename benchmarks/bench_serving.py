@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 import warnings
@@ -90,12 +89,13 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--budget", type=float, default=6.0, help="seconds of calls per shape (min 5 calls)")
     p.add_argument("--k", type=int, default=100)
+    p.add_argument("--machine", default="shared 2-core machine (other jobs running): treat as rough numbers",
+                   help="machine description for the results header")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     lines = [f"# serving latency, torch {torch.__version__}, CPU threads={args.threads}, D={args.dim}, "
              f"catalog {SIZES['item'] - 2} items, k={args.k}",
-             "# shared 2-core machine (other jobs running): treat as rough numbers; load average "
-             "at start: %.1f %.1f %.1f" % os.getloadavg(), ""]
+             f"# {args.machine}; load average at start: " + "%.1f %.1f %.1f" % os.getloadavg(), ""]
     rows: List[str] = []
     sizes: Dict[str, int] = {}
     vocabs = synthetic_vocabs()

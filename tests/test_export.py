@@ -17,7 +17,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict
 
 import numpy as np
 import pyarrow as pa

@@ -1,0 +1,1 @@
+"""Serving: export a trained HyTRec model to a torch-only TorchScript file (docs/export.md)."""
