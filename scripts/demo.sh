@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on built-in synthetic data, from a fresh clone:
 #   setup -> synthetic events -> hytrec-prep -> dataset/batch statistics
-#   -> torchx run (2 local ranks, sharded tables, gloo) training with validation.
+#   -> torchx run (2 local ranks, sharded tables, gloo) training with validation
+#   -> torchx run evaluation (2 ranks, full catalog, per segment) -> TorchScript export
+#   -> a torch-only serving process answering requests from the exported file.
 # Everything is written under runs/demo/ (ignored by git). Re-running starts a fresh demo.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,23 +12,37 @@ venv="${HYTREC_VENV:-$here/.venv}"
 export PATH="$venv/bin:$PATH"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
 cd "$here"
-out=runs/demo
+out="${HYTREC_DEMO_DIR:-runs/demo}"
+quiet='is_fx_tracing|TopologyFactory|HeuristicalStorage|dense_tensor_estimate|warn|Warning'
 events="${HYTREC_DEMO_EVENTS:-300000}"
 rm -rf "$out"
 mkdir -p "$out"
 
-echo "== 1/4 synthetic events ($events) -> $out/raw"
+echo "== 1/7 synthetic events ($events) -> $out/raw"
 python -m data_prep.synthetic --events "$events" --out "$out/raw" --seed 0
 
-echo "== 2/4 prepare -> $out/prepared"
+echo "== 2/7 prepare -> $out/prepared"
 hytrec-prep "$out/raw/events" "$out/prepared" --config configs/prep/synthetic.yaml
 
-echo "== 3/4 dataset and batch statistics (one epoch through the loader)"
+echo "== 3/7 dataset and batch statistics (one epoch through the loader)"
 python -m hytrec_torchrec.data.inspect "$out/prepared" max_len=2000 batch_size=32 2>/dev/null
 
-echo "== 4/4 train: torchx run -s local_cwd launch/components.py:train -j 1x2"
+echo "== 4/7 train: torchx run -s local_cwd launch/components.py:train -j 1x2"
 torchx run -s local_cwd launch/components.py:train --config configs/demo.yaml -j 1x2 \
-    2> >(grep -vE "is_fx_tracing|TopologyFactory|HeuristicalStorage|dense_tensor_estimate|warn|Warning" >&2)
+    "run.dir=$out/train" "data.path=$out/prepared" 2> >(grep -vE "$quiet" >&2)
+cat "$out/train/summary.json"; echo
+
+echo "== 5/7 evaluate: torchx run -s local_cwd launch/components.py:evaluate -j 1x2"
+torchx run -s local_cwd launch/components.py:evaluate --checkpoint "$out/train" \
+    --data "$out/prepared" --out "$out/eval" -j 1x2 2> >(grep -vE "$quiet" >&2)
+cat "$out/eval/report.md"
+
+echo "== 6/7 export: hytrec-export -> $out/export (TorchScript, vocabularies, model card)"
+hytrec-export --checkpoint "$out/train" --out "$out/export" 2> >(grep -vE "$quiet" >&2)
+
+echo "== 7/7 serve: torch-only process answering requests with $out/export/model.pt"
+python examples/serve.py --model-dir "$out/export" --num 3 --k 5 --check-torch-only
+
 echo
-echo "done: sharding plan, checkpoints, TensorBoard logs and summary.json in $out/train"
-cat "$out/train/summary.json"
+echo "done: $out/train (sharding plan, checkpoints, TensorBoard, summary.json),"
+echo "      $out/eval (metrics.json, report.md, plots), $out/export (model.pt, model_card.json)"
