@@ -90,7 +90,7 @@ def export(
     Args:
         checkpoint: run directory (its latest checkpoint) or a checkpoint directory
         out: output directory
-        int8: row-wise int8 embedding tables instead of float32
+        int8: row-wise int8 embedding tables instead of float32 (``--int8 True``)
         data: prepared dataset with the vocabularies (default: the checkpoint's data.path)
         j: ``NxM``: keep ``1x1`` (export runs on one process)
         cpu: CPUs per replica
