@@ -294,3 +294,32 @@ def test_bad_input_vocab_mismatch(trained: tuple[Path, Path], tmp_path: Path) ->
     assert rc == 3
     rc = main(["--model", "x.pt", "--data", str(data), "--out", str(tmp_path / "o")])
     assert rc == 2
+
+
+# ---------------------------------------------------------------- distributed top-K
+def _topk_body(rank: int, world: int, out: str) -> None:
+    from hytrec_torchrec.evaluation.ranks import topk_distributed
+
+    g = torch.Generator().manual_seed(5)
+    user, table = torch.randn(11, 8, generator=g), torch.randn(3000, 8, generator=g)
+    rows = (0, 1700) if rank == 0 else (1700, 3000)       # uneven row-wise shards
+    mine = slice(0, 4) if rank == 0 else slice(4, 11)      # uneven users per rank
+    s, i = topk_distributed(user[mine], [(rows[0], 0, table[rows[0]:rows[1]])], k=500)
+    torch.save((s, i), Path(out) / f"top{rank}.pt")
+
+
+def test_two_rank_topk_equals_single_process(tmp_path: Path) -> None:
+    from hytrec_torchrec.evaluation.ranks import target_ranks, topk_distributed
+
+    run_distributed(_topk_body, 2, (str(tmp_path),))
+    g = torch.Generator().manual_seed(5)
+    user, table = torch.randn(11, 8, generator=g), torch.randn(3000, 8, generator=g)
+    want_s, want_i = topk_distributed(user, [(0, 0, table)], k=500)  # no process group: one process
+    ref = torch.topk(user @ table[2:].t(), 500, dim=1)
+    assert torch.equal(want_i, ref.indices + 2)
+    parts = [torch.load(tmp_path / f"top{r}.pt") for r in range(2)]
+    assert torch.equal(torch.cat([p[1] for p in parts]), want_i)
+    torch.testing.assert_close(torch.cat([p[0] for p in parts]), want_s, rtol=0, atol=1e-5)
+    # consistent with the ranks behind the metrics: the item at top-K place r has rank r
+    r = target_ranks(user, want_i[:, 9], [(0, 0, table)], 3000)
+    assert r.tolist() == [10] * 11

@@ -21,7 +21,14 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["ItemBlock", "all_gather_rows", "local_item_blocks", "target_ranks", "target_ranks_distributed"]
+__all__ = [
+    "ItemBlock",
+    "all_gather_rows",
+    "local_item_blocks",
+    "target_ranks",
+    "target_ranks_distributed",
+    "topk_distributed",
+]
 
 #: (row offset, column offset, weight [rows, cols]) of one locally held piece of the item table.
 ItemBlock = Tuple[int, int, torch.Tensor]
@@ -156,3 +163,62 @@ def all_gather_rows(x: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
     parts = [torch.zeros_like(pad) for _ in range(world)]
     dist.all_gather(parts, pad)
     return torch.cat([p[:n] for p, n in zip(parts, sizes)]), sizes
+
+
+def topk_distributed(
+    user: torch.Tensor, blocks: Sequence[ItemBlock], k: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Full-catalog top-``k`` items of this process's users, merged across row shards.
+
+    All processes call it together (B may differ, including 0). Each gathers every process's
+    users, takes the top-``k`` of its local catalog rows (index >= 2), and the candidates of all
+    processes are all-gathered and merged, so no process scores or holds the whole table.
+    Blocks must hold whole rows (row-wise or table-wise sharding). Candidates equal in score are
+    ordered by lower item index; which of several items tied exactly at the k-th place is kept
+    is unspecified.
+
+    Returns:
+        ``(scores [B, k'] float32, items [B, k'] int64)``, best first, ``k' = min(k, catalog)``.
+    """
+    distributed = dist.is_initialized() and dist.get_world_size() > 1
+    all_u, sizes = all_gather_rows(user.float()) if distributed else (user.float(), [user.shape[0]])
+    B, dev = all_u.shape[0], all_u.device
+    cand_s = [torch.empty(B, 0, device=dev)]
+    cand_i = [torch.empty(B, 0, dtype=torch.int64, device=dev)]
+    for r0, c0, w in blocks:
+        if w.shape[1] != all_u.shape[1]:
+            raise ValueError("topk_distributed needs whole item rows (row-wise or table-wise sharding)")
+        lo = max(FIRST_ITEM - r0, 0)
+        if lo >= w.shape[0]:
+            continue
+        s = all_u @ w[lo:].to(torch.float32).t()
+        kk = min(k, s.shape[1])
+        top = torch.topk(s, kk, dim=1)
+        cand_s.append(top.values)
+        cand_i.append(top.indices + r0 + lo)
+    s, i = torch.cat(cand_s, 1), torch.cat(cand_i, 1)
+    if distributed:
+        world = dist.get_world_size()
+        n = torch.tensor([s.shape[1]], device=dev)
+        dist.all_reduce(n, op=dist.ReduceOp.MAX)
+        m = int(n.item())
+        pad_s = torch.full((B, m), float("-inf"), device=dev)
+        pad_i = torch.full((B, m), -1, dtype=torch.int64, device=dev)
+        pad_s[:, : s.shape[1]], pad_i[:, : i.shape[1]] = s, i
+        gs = [torch.empty_like(pad_s) for _ in range(world)]
+        gi = [torch.empty_like(pad_i) for _ in range(world)]
+        dist.all_gather(gs, pad_s)
+        dist.all_gather(gi, pad_i)
+        s, i = torch.cat(gs, 1), torch.cat(gi, 1)
+    # order: score descending, then item index ascending (two stable sorts)
+    o = torch.argsort(i, dim=1, stable=True)
+    s, i = s.gather(1, o), i.gather(1, o)
+    o = torch.argsort(s, dim=1, descending=True, stable=True)
+    s, i = s.gather(1, o), i.gather(1, o)
+    valid = int((i >= 0).sum(1).min().item()) if B else 0
+    kk = min(k, valid)
+    s, i = s[:, :kk], i[:, :kk]
+    if distributed:
+        start = sum(sizes[: dist.get_rank()])
+        s, i = s[start : start + user.shape[0]], i[start : start + user.shape[0]]
+    return s, i

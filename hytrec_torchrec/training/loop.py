@@ -41,11 +41,8 @@ from hytrec_torchrec.data.batch import Batch
 from hytrec_torchrec.data.loader import load_shard, make_dataloader
 from hytrec_torchrec.data.reader import read_meta
 from hytrec_torchrec.evaluation.metrics import ranking_metrics
-from hytrec_torchrec.evaluation.ranks import (
-    all_gather_rows,
-    local_item_blocks,
-    target_ranks_distributed,
-)
+from hytrec_torchrec.evaluation.ranks import all_gather_rows
+from hytrec_torchrec.evaluation.scoring import batch_target_ranks, item_blocks
 from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from hytrec_torchrec.training.config import JobConfig
@@ -250,17 +247,12 @@ class Trainer:
         loader = make_dataloader(self.cfg.data, self.env.rank, self.env.world_size, 0, "valid",
                                  shard=self.shard)
         n = len(loader) if max_batches is None else min(len(loader), max_batches)
-        table = self.model.state_dict()["embeddings.embeddings.item.weight"]
-        blocks = local_item_blocks(table)
+        blocks = item_blocks(self.model)
         ranks = []
         it = iter(loader)
         for _ in range(n):
             batch = next(it).to(self.env.device)
-            user, _ = self._unwrapped().user_embedding(batch)
-            targets = batch.features["target_item"].values()
-            t_len = batch.features["target_item"].lengths()
-            t_off = torch.cumsum(t_len, 0) - t_len
-            r = target_ranks_distributed(user, targets[t_off], blocks, self.vocab_sizes["item"])
+            r = batch_target_ranks(self._unwrapped(), batch, blocks, self.vocab_sizes["item"])
             ranks.append(r[batch.valid])
         self.model.train()
         local = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.int64)
