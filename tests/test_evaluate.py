@@ -212,6 +212,7 @@ def _eval_body(rank: int, world: int, ckpt: str, data: str, out: str, overrides:
         res["no_eligible_error"] = str(exc)
     if rank == 0:
         Path(out).write_text(json.dumps(res))
+    _topk_body(rank, world, str(Path(out).parent))
 
 
 def _cli_body(rank: int, world: int, argv: list, out: str) -> None:
@@ -228,9 +229,22 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, root / "run"
 
 
-def test_one_and_two_ranks_identical_and_report(trained: tuple[Path, Path], tmp_path: Path) -> None:
+OVERRIDES = ["data.batch_size=4", "segments.length_buckets=[1,5,20]"]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 2-rank run: the checkpoint evaluated, the no-eligible-users error, the top-K merge."""
     data, run = trained
-    overrides = ["data.batch_size=4", "segments.length_buckets=[1,5,20]"]
+    out = tmp_path_factory.mktemp("two")
+    run_distributed(_eval_body, 2, (str(run), str(data), str(out / "two.json"), OVERRIDES))
+    return out
+
+
+def test_one_and_two_ranks_identical_and_report(trained: tuple[Path, Path], two_ranks: Path,
+                                                 tmp_path: Path) -> None:
+    data, run = trained
+    overrides = OVERRIDES
     # 1 rank through the CLI (report files), 2 ranks through the job function
     out = tmp_path / "report"
     argv = ["--checkpoint", str(run), "--checkpoint", str(run), "--name", "a", "--name", "b",
@@ -238,8 +252,7 @@ def test_one_and_two_ranks_identical_and_report(trained: tuple[Path, Path], tmp_
     run_distributed(_cli_body, 1, (argv, str(tmp_path / "cli")))
     assert (tmp_path / "cli.rc0").read_text() == "0"
     doc = json.loads((out / "metrics.json").read_text())
-    run_distributed(_eval_body, 2, (str(run), str(data), str(tmp_path / "two.json"), overrides))
-    two = json.loads((tmp_path / "two.json").read_text())
+    two = json.loads((two_ranks / "two.json").read_text())
     one = doc["models"]["a"]
     assert one["timing"]["world_size"] == 1 and two["timing"]["world_size"] == 2
     assert one["overall"]["examples"] == 23 == two["counts"]["users_eligible"]
@@ -308,10 +321,10 @@ def _topk_body(rank: int, world: int, out: str) -> None:
     torch.save((s, i), Path(out) / f"top{rank}.pt")
 
 
-def test_two_rank_topk_equals_single_process(tmp_path: Path) -> None:
+def test_two_rank_topk_equals_single_process(two_ranks: Path) -> None:
     from hytrec_torchrec.evaluation.ranks import target_ranks, topk_distributed
 
-    run_distributed(_topk_body, 2, (str(tmp_path),))
+    tmp_path = two_ranks
     g = torch.Generator().manual_seed(5)
     user, table = torch.randn(11, 8, generator=g), torch.randn(3000, 8, generator=g)
     want_s, want_i = topk_distributed(user, [(0, 0, table)], k=500)  # no process group: one process
