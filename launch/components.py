@@ -115,9 +115,10 @@ def export(
 
 def evaluate(
     *overrides: str,
-    checkpoint: str,
     data: str,
     out: str,
+    checkpoint: Optional[str] = None,
+    model: Optional[str] = None,
     config: Optional[str] = None,
     names: Optional[str] = None,
     j: str = "1x2",
@@ -140,11 +141,12 @@ def evaluate(
     Args:
         overrides: dotted ``key=value`` overrides: evaluation keys (``split=valid``,
             ``segments.side_file=users.parquet``) or the checkpoint's job config (``data.batch_size=256``)
-        checkpoint: run directory (its latest checkpoint) or checkpoint directory; several separated by commas
         data: prepared dataset directory to evaluate on
         out: output directory for the report
+        checkpoint: run directory (its latest checkpoint) or checkpoint directory; several separated by commas
+        model: exported TorchScript ``model.pt`` (hytrec-export); several separated by commas
         config: YAML evaluation config (``configs/eval/default.yaml``)
-        names: display names, comma-separated, in checkpoint order (default: run directory names)
+        names: display names, comma-separated, checkpoints first, then models (default: directory names)
         j: ``NxM``: nodes × processes per node
         cpu: CPUs per replica
         gpu: GPUs per replica
@@ -157,8 +159,10 @@ def evaluate(
         mounts: volumes holding the checkpoints, the data and ``out`` on Kubernetes
     """
     args = []
-    for c in checkpoint.split(","):
+    for c in (checkpoint.split(",") if checkpoint else []):
         args += ["--checkpoint", c.strip()]
+    for f in (model.split(",") if model else []):
+        args += ["--model", f.strip()]
     for n in (names.split(",") if names else []):
         args += ["--name", n.strip()]
     args += ["--data", data, "--out", out]

@@ -226,6 +226,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("evalrun")
     data = write_prepared(root / "prep", random_sequences(23, 60, 50, seed=4, min_events=3), num_items=50)
     run_distributed(_train, 1, (_job(data, root / "run"),))  # written by 1 rank, read by 1 and 2
+    from hytrec_torchrec.serving.export import export_checkpoint
+
+    export_checkpoint(root / "run", root / "export", pt2=False)
     return data, root / "run"
 
 
@@ -247,8 +250,8 @@ def test_one_and_two_ranks_identical_and_report(trained: tuple[Path, Path], two_
     overrides = OVERRIDES
     # 1 rank through the CLI (report files), 2 ranks through the job function
     out = tmp_path / "report"
-    argv = ["--checkpoint", str(run), "--checkpoint", str(run), "--name", "a", "--name", "b",
-            "--data", str(data), "--out", str(out), *overrides]
+    argv = ["--checkpoint", str(run), "--checkpoint", str(run), "--model", str(run.parent / "export" / "model.pt"),
+            "--name", "a", "--name", "b", "--name", "exported", "--data", str(data), "--out", str(out), *overrides]
     run_distributed(_cli_body, 1, (argv, str(tmp_path / "cli")))
     assert (tmp_path / "cli.rc0").read_text() == "0"
     doc = json.loads((out / "metrics.json").read_text())
@@ -272,6 +275,11 @@ def test_one_and_two_ranks_identical_and_report(trained: tuple[Path, Path], two_
     for key in ("hr@1", "hr@10", "ndcg@10", "hr@500", "mrr", "auc"):
         assert key in doc["overall"]
     assert doc["models"]["b"]["overall"] == one["overall"]
+    # the exported TorchScript model (hytrec-export) gives the checkpoint's numbers
+    exported = doc["models"]["exported"]
+    assert exported["model"]["exported"] and exported["overall"]["examples"] == 23
+    for key, v in one["overall"].items():
+        assert exported["overall"][key] == pytest.approx(v, abs=1e-9), key
     report = (out / "report.md").read_text()
     assert "| a |" in report and "| b |" in report and "len[5,20)" in report
     assert re.fullmatch(r".*prep: split 'leave_last_out' stage 'test' has no eligible users \(23 users, "
@@ -305,8 +313,18 @@ def test_bad_input_vocab_mismatch(trained: tuple[Path, Path], tmp_path: Path) ->
     # the CLI: clear message, exit code 3, before any process group is started
     rc = main(["--checkpoint", str(run), "--data", str(other), "--out", str(tmp_path / "o")])
     assert rc == 3
-    rc = main(["--model", "x.pt", "--data", str(data), "--out", str(tmp_path / "o")])
-    assert rc == 2
+    rc = main(["--model", str(tmp_path / "x.pt"), "--data", str(data), "--out", str(tmp_path / "o")])
+    assert rc == 3  # missing exported model
+    # an exported model against a dataset with other vocabularies
+    from hytrec_torchrec.evaluation.evaluate import check_exported_vocab
+
+    model_file = run.parent / "export" / "model.pt"
+    card = json.loads((run.parent / "export" / "model_card.json").read_text())
+    assert check_exported_vocab(model_file, card, data)["item"] in ("raw_int64", "index")
+    with pytest.raises(VocabMismatchError, match=r"exported model .*model.pt has 50 item rows but dataset .*other"):
+        check_exported_vocab(model_file, card, other)
+    with pytest.raises(VocabMismatchError, match="item vocabulary of exported model .* differs from dataset"):
+        check_exported_vocab(model_file, card, shuffled)
 
 
 # ---------------------------------------------------------------- distributed top-K

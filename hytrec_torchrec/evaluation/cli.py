@@ -3,6 +3,8 @@
     hytrec-eval --checkpoint RUN_DIR|CHECKPOINT_DIR [--checkpoint ...] --data PREPARED_DIR \\
         --out OUT_DIR [--config configs/eval/default.yaml] [key=value ...]
 
+``--model EXPORT_DIR/model.pt`` (``hytrec-export``; repeatable, mixable with --checkpoint)
+evaluates an exported TorchScript model: every rank holds the whole model and scores its users.
 Writes OUT_DIR/metrics.json (overall and per segment: hr@K, ndcg@K for K in 1,10,50,100,200,500,
 mrr, auc), OUT_DIR/report.md (Markdown tables) and OUT_DIR/length_buckets.png (metric against
 history-length bucket, one line per model). Several --checkpoint arguments give one side-by-side
@@ -41,12 +43,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not args.checkpoint and not args.model:
         parser.error("give at least one --checkpoint or --model")
-    if args.model:
-        print("hytrec-eval: --model (exported TorchScript) is not supported yet; evaluate the "
-              "training checkpoint with --checkpoint RUN_DIR instead", file=sys.stderr)
-        return 2
-    if args.name and len(args.name) != len(args.checkpoint):
-        parser.error(f"--name given {len(args.name)} times for {len(args.checkpoint)} --checkpoint")
+    n_models = len(args.checkpoint) + len(args.model)
+    if args.name and len(args.name) != n_models:
+        parser.error(f"--name given {len(args.name)} times for {n_models} --checkpoint/--model")
 
     from hytrec_torchrec.training.cli import quiet_library_noise
 
@@ -57,6 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         NoEligibleUsersError,
         VocabMismatchError,
         evaluate_checkpoint,
+        evaluate_exported,
         load_eval_config,
         model_name,
     )
@@ -67,7 +67,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"hytrec-eval: config error: {exc}", file=sys.stderr)
         return 2
-    names = args.name or [model_name(c) for c in args.checkpoint]
+    from pathlib import Path
+
+    names = args.name or ([model_name(c) for c in args.checkpoint]
+                          + [Path(m).resolve().parent.name for m in args.model])
     if len(set(names)) != len(names):
         names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
 
@@ -85,10 +88,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cfg, state = checkpoint_config(ckpt, job_overrides)
             check_vocab(state, args.data, state["path"])
             first = first or cfg
-        assert first is not None
-        env = init_distributed(first.train.backend, first.train.device)
-        for ckpt, name in zip(args.checkpoint, names):
-            res = evaluate_checkpoint(ckpt, args.data, ecfg, env, job_overrides, name=name)
+        for m in args.model:
+            if not Path(m).is_file():
+                raise FileNotFoundError(f"{m}: exported model not found")
+        if first is not None:
+            env = init_distributed(first.train.backend, first.train.device)
+        else:
+            env = init_distributed("auto", "cpu")
+        jobs = [("checkpoint", c) for c in args.checkpoint] + [("model", m) for m in args.model]
+        for (kind, path), name in zip(jobs, names):
+            run = evaluate_checkpoint if kind == "checkpoint" else evaluate_exported
+            res = run(path, args.data, ecfg, env, job_overrides, name=name)
             results.append(res)
             if env.is_main:
                 o = res["overall"]

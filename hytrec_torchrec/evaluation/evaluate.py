@@ -43,7 +43,9 @@ __all__ = [
     "NoEligibleUsersError",
     "VocabMismatchError",
     "check_vocab",
+    "check_exported_vocab",
     "evaluate_checkpoint",
+    "evaluate_exported",
     "load_eval_config",
     "model_name",
 ]
@@ -251,6 +253,169 @@ def evaluate_checkpoint(
             "catalog_size": catalog,
         },
         "vocab_check": vocab_check,
+        "side_file": side,
+        "timing": {"world_size": env.world_size, "load_s": round(t_load, 3), "eval_s": round(t_eval, 3),
+                   "examples_per_s": round(examples / t_eval, 1) if t_eval > 0 else math.nan},
+    }
+
+
+# ---------------------------------------------------------------------- exported models
+def _exported_vocab(model_dir: Path, table: str) -> Dict[str, Any]:
+    import json
+
+    path = model_dir / "vocab" / f"{table}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: vocabulary of the exported model not found (hytrec-export writes it)")
+    return json.loads(path.read_text())
+
+
+def check_exported_vocab(model_file: str | Path, card: Dict[str, Any], data_path: str | Path) -> Dict[str, str]:
+    """Raise :class:`VocabMismatchError` unless the exported model's vocabularies equal the dataset's.
+
+    Every table the model uses must have the same rows and the same raw ID → index pairs.
+
+    Returns:
+        ``{table: id_space}`` of the tables the model takes.
+    """
+    import pyarrow.parquet as pq
+
+    from hytrec_torchrec.data.reader import read_meta
+
+    meta = read_meta(data_path)
+    model_dir = Path(model_file).parent
+    spaces: Dict[str, str] = {}
+    for table, spec in card["input_contract"]["values"].items():
+        if table == "timestamp" or not spec.get("required"):
+            continue
+        ev = _exported_vocab(model_dir, table)
+        have = int(meta.vocab_sizes.get(table, -1))
+        if int(ev["table_rows"]) != have:
+            raise VocabMismatchError(
+                f"vocabulary mismatch: exported model {model_file} has {ev['table_rows']} {table} rows but "
+                f"dataset {data_path} (meta.json) has {have}")
+        dv = pq.read_table(Path(data_path) / "vocab" / f"{table}.parquet", columns=["raw", "index"])
+        if ([str(r) for r in dv.column("raw").to_pylist()] != list(ev["raw"])
+                or dv.column("index").to_pylist() != list(ev["index"])):
+            raise VocabMismatchError(
+                f"vocabulary mismatch: {table} vocabulary of exported model {model_file} "
+                f"({model_dir / 'vocab' / (table + '.json')}) differs from dataset {data_path} "
+                "(same size, different IDs)")
+        spaces[table] = spec["id_space"]
+    return spaces
+
+
+@torch.no_grad()
+def evaluate_exported(
+    model_file: str | Path,
+    data_path: str | Path,
+    ecfg: EvalConfig,
+    env: Optional[Any] = None,
+    job_overrides: Sequence[str] = (),
+    name: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Evaluate an exported TorchScript model (``hytrec-export``'s ``model.pt``) on ``data_path``.
+
+    Every rank loads the whole (unsharded) model and evaluates its own users; the metric states
+    are summed across ranks. Requests are built from the prepared batches exactly as a client
+    would (raw integer IDs for ``raw_int64`` tables, dense indices for ``index`` tables), and the
+    target's rank is computed from ``user_embedding`` and ``item_embeddings`` with the same
+    pessimistic-tie rule as for checkpoints. Same result layout as :func:`evaluate_checkpoint`.
+    """
+    import json
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from hytrec_torchrec.config import apply_overrides, from_dict
+    from hytrec_torchrec.data.config import DataConfig
+    from hytrec_torchrec.data.loader import load_shard, make_dataloader
+    from hytrec_torchrec.evaluation.ranks import target_ranks
+    from hytrec_torchrec.evaluation.scoring import first_targets
+    from hytrec_torchrec.training.distributed import init_distributed
+
+    t0 = time.perf_counter()
+    path = Path(model_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: exported model not found")
+    extra = {"model_card.json": ""}
+    model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    model.eval()
+    card = json.loads(extra["model_card.json"])
+    spaces = check_exported_vocab(path, card, data_path)
+    env = env or init_distributed("auto", "cpu")
+    raw = apply_overrides(json.loads(json.dumps(card["config"])), list(job_overrides))
+    data_raw = dict(raw.get("data", {}), path=str(data_path))
+    if ecfg.batch_size is not None:
+        data_raw["batch_size"] = ecfg.batch_size
+    try:
+        data_cfg = from_dict(DataConfig, data_raw, prefix="data")
+    except ConfigError as exc:
+        raise ConfigError(f"{path} (model_card.json config): {exc}") from exc
+    shard = load_shard(data_cfg, env.rank, env.world_size)
+    loader = make_dataloader(data_cfg, env.rank, env.world_size, 0, ecfg.split, shard=shard)
+    counts = loader.dataset.count_summary()
+    if counts["users_eligible_total"] == 0:
+        raise NoEligibleUsersError(
+            f"{data_path}: split {data_cfg.split!r} stage {ecfg.split!r} has no eligible users "
+            f"({counts['users_total']} users, {counts['users_ineligible_total']} ineligible with "
+            f"data.min_history={data_cfg.min_history}; see docs/data_loader.md 'eligible')")
+    # dense index -> value the model takes, per table
+    to_input: Dict[str, torch.Tensor] = {}
+    for table, space in spaces.items():
+        rows = int(card["input_contract"]["values"][table]["table_rows"])
+        if space == "raw_int64":
+            v = pq.read_table(Path(data_path) / "vocab" / f"{table}.parquet", columns=["raw", "index"])
+            ids = np.array([int(r) for r in v.column("raw").to_pylist()], dtype=np.int64)
+            lut = np.full(rows, (ids.min() - 1) if len(ids) else -1, dtype=np.int64)  # 0/1: not in vocab
+            lut[v.column("index").to_numpy()] = ids
+            to_input[table] = torch.from_numpy(lut)
+        else:
+            to_input[table] = torch.arange(rows, dtype=torch.int64)
+    segmenter = Segmenter(ecfg.segments, data_path)
+    items = model.item_embeddings()
+    num_items = int(items.shape[0])
+    metric = SegmentedRankingMetric(ecfg.ks, num_items - 2, segmenter.names)
+    n_batches = len(loader) if ecfg.max_batches is None else min(len(loader), ecfg.max_batches)
+    t_load = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    it = iter(loader)
+    for _ in range(n_batches):
+        batch = next(it)
+        lengths = batch.history_lengths().to(torch.int64)
+        values = {t: to_input[t][batch.features[f"history_{t}"].values().to(torch.int64)] for t in spaces}
+        values["timestamp"] = batch.timestamps.to(torch.int64)
+        user = model.user_embedding(values, {k: lengths for k in values}, batch.t_current.to(torch.int64))
+        ranks = target_ranks(user, first_targets(batch), [(0, 0, items)], num_items)
+        keep = batch.valid
+        metric.update(ranks[keep], segmenter.membership(batch)[keep])
+    results = metric.compute()
+    t_eval = time.perf_counter() - t1
+    side = dict(segmenter.side_counts)
+    if side:
+        cols = list(segmenter.missing_counts())
+        side["users_missing"] = dict(zip(cols, _sum_ints([segmenter.missing_counts()[c] for c in cols], env.device)))
+    overall = results.pop("all")
+    examples = int(overall["examples"])
+    mcfg = card["config"].get("model", {})
+    return {
+        "name": name or path.parent.name,
+        "checkpoint": str(path),
+        "step": int(card.get("checkpoint", {}).get("step", -1)),
+        "model": {"long_pattern": mcfg.get("long_pattern"), "short_len": mcfg.get("short_len"),
+                  "embedding_dim": mcfg.get("embedding_dim"), "features": mcfg.get("features"),
+                  "max_len": data_cfg.max_len, "exported": True,
+                  "table_storage": card.get("tables", {}).get("storage")},
+        "overall": overall,
+        "segments": results,
+        "counts": {
+            "users_total": counts["users_total"],
+            "users_eligible": counts["users_eligible_total"],
+            "users_ineligible": counts["users_ineligible_total"],
+            "examples_evaluated": examples,
+            "examples_skipped_by_max_batches": counts["examples_total"] - examples,
+            "catalog_size": num_items - 2,
+        },
+        "vocab_check": {"sizes_checked": True, "item_vocab_checked": True},
         "side_file": side,
         "timing": {"world_size": env.world_size, "load_s": round(t_load, 3), "eval_s": round(t_eval, 3),
                    "examples_per_s": round(examples / t_eval, 1) if t_eval > 0 else math.nan},
