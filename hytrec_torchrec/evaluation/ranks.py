@@ -111,13 +111,25 @@ def target_ranks(
         dist.all_reduce(tscore)
     count = torch.zeros(B, dtype=torch.int64, device=dev)
     for r0, s in scored:
-        cols = torch.arange(r0, r0 + s.shape[1], device=dev)
-        beats = s.float() >= tscore[:, None]
-        beats &= cols[None, :] != targets[:, None]
-        beats &= (cols >= FIRST_ITEM)[None, :]
+        s = s.float()
+        n = s.shape[1]
         if exclude is not None:
-            beats &= ~exclude[:, r0 : r0 + s.shape[1]]
-        count += beats.sum(dim=1)
+            cols = torch.arange(r0, r0 + n, device=dev)
+            beats = s >= tscore[:, None]
+            beats &= cols[None, :] != targets[:, None]
+            beats &= (cols >= FIRST_ITEM)[None, :]
+            beats &= ~exclude[:, r0 : r0 + n]
+            count += beats.sum(dim=1)
+            continue
+        # one pass over the block (it can be [B, 500k]): count every column scoring >= the
+        # target's score, then take back the target's own column and the padding/unknown columns
+        count += (s >= tscore[:, None]).sum(dim=1)
+        inside = ((targets >= r0) & (targets < r0 + n)).nonzero().squeeze(1)
+        own = s[inside, targets[inside] - r0] >= tscore[inside]
+        count.index_add_(0, inside, -own.to(torch.int64))
+        if r0 < FIRST_ITEM:
+            special = s[:, : min(FIRST_ITEM - r0, n)]
+            count -= (special >= tscore[:, None]).sum(dim=1)
     if reduce and dist.is_initialized():
         dist.all_reduce(count)
     return count + 1
