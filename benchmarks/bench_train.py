@@ -5,8 +5,8 @@
 For each history length (max_len 200 and 10,000) a synthetic prepared set is written whose users
 all have ``max_len + 1`` events, and two ranks run, side by side in one process group:
 
-1. **end to end**: ``TrainPipelineSparseDist`` steps exactly as ``hytrec-train`` runs them
-   (history tokens/s over both ranks);
+1. **end to end**: steps exactly as ``hytrec-train`` runs them, with ``TrainPipelineSparseDist``
+   and with the plain loop (``train.pipeline``), on the same batches (history tokens/s, both ranks);
 2. **split**: the same kind of step done by hand in stages, each timed on every rank:
    ``data`` (next batch from the loader), ``emb fwd`` (sharded lookup with its input/output
    all-to-alls), ``tower fwd`` (tower + sampled-softmax loss), ``tower bwd`` (backward to the
@@ -130,20 +130,23 @@ def _body(rank: int, world: int, job: Dict[str, Any], steps: int, out: str) -> N
     warm = 2
     n = warm + steps
 
-    # 1. end to end, TrainPipelineSparseDist (the job's own step)
+    # 1. end to end: the job's own step, with TrainPipelineSparseDist and with the plain loop
     batches = iter(make_dataloader(cfg.data, rank, world, 0, "train", shard=trainer.shard))
     step_batches = [next(batches) for _ in range(n)]
     tokens = sum(int(b.history_lengths().sum()) for b in step_batches[warm:])
     trainer.model.train()
-    seg = trainer._segment(iter(step_batches))
-    for _ in range(warm):
-        next(seg)
-    _sync()
-    t0 = time.perf_counter()
-    for _ in seg:
-        pass
-    _sync()
-    e2e = time.perf_counter() - t0
+    e2e: Dict[str, float] = {}
+    for pipeline in ("sparse_dist", "plain"):
+        trainer.cfg.train.pipeline = pipeline
+        seg = trainer._segment(iter(step_batches))
+        for _ in range(warm):
+            next(seg)
+        _sync()
+        t0 = time.perf_counter()
+        for _ in seg:
+            pass
+        _sync()
+        e2e[pipeline] = time.perf_counter() - t0
     tok = torch.tensor([tokens], dtype=torch.float64)
     torch.distributed.all_reduce(tok)
 
@@ -173,7 +176,7 @@ def _body(rank: int, world: int, job: Dict[str, Any], steps: int, out: str) -> N
     torch.distributed.all_reduce(lrate)
     lrate /= world
     if rank == 0:
-        torch.save({"e2e_s": e2e, "steps": steps, "tokens": float(tok), "stages": med,
+        torch.save({"e2e_s": e2e["sparse_dist"], "e2e_plain_s": e2e["plain"], "steps": steps, "tokens": float(tok), "stages": med,
                     "loader_tok_s": float(lrate)}, out)
 
 
@@ -204,10 +207,12 @@ def main() -> None:
             stages = r["stages"].tolist()
             split_total = sum(stages)
             per_rank_consumed = tok_s / 2
+            plain_s = r["e2e_plain_s"] / r["steps"]
             lines += [
                 "",
                 f"max_len {max_len}, batch {batch}/rank: end-to-end {step_s * 1e3:.0f} ms/step, "
-                f"{tok_s:,.0f} history tokens/s (2 ranks)",
+                f"{tok_s:,.0f} history tokens/s (2 ranks) with TrainPipelineSparseDist; plain loop "
+                f"{plain_s * 1e3:.0f} ms/step, {r['tokens'] / r['e2e_plain_s']:,.0f} tokens/s",
                 f"  split step (by hand) {split_total * 1e3:.0f} ms:",
             ]
             for name, v in zip(STAGES, stages):
