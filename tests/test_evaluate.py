@@ -71,6 +71,28 @@ def test_segmented_metric_matches_numpy_reference() -> None:
         assert got["all"][key] == pytest.approx(v, abs=1e-12)
 
 
+def test_history_removal_matches_numpy() -> None:
+    rng = np.random.default_rng(3)
+    B, V, D = 9, 80, 4
+    user = rng.integers(-2, 3, size=(B, D)).astype(np.float32)
+    table = rng.integers(-2, 3, size=(V, D)).astype(np.float32)
+    targets = rng.integers(2, V, size=B)
+    lengths = rng.integers(0, 12, size=B)
+    hist = [rng.integers(0, V, size=n) for n in lengths]
+    hist[0] = np.array([targets[0], targets[0], 1, 0])  # the target itself is never removed
+    lengths[0] = 4
+    got = target_ranks(torch.tensor(user), torch.tensor(targets), [(0, 0, torch.tensor(table))], V,
+                       history=(torch.tensor(np.concatenate(hist)), torch.tensor(lengths)))
+    want = []
+    for b in range(B):
+        s = table @ user[b]
+        t = int(targets[b])
+        want.append(1 + sum(1 for j in range(2, V) if j != t and j not in set(hist[b].tolist()) and s[j] >= s[t]))
+    assert got.tolist() == want
+    plain = target_ranks(torch.tensor(user), torch.tensor(targets), [(0, 0, torch.tensor(table))], V)
+    assert (got <= plain).all() and (got < plain).any()
+
+
 def test_perfect_scorer_and_documented_ties() -> None:
     V = 600
     table = torch.eye(V)
@@ -337,6 +359,14 @@ def _topk_body(rank: int, world: int, out: str) -> None:
     mine = slice(0, 4) if rank == 0 else slice(4, 11)      # uneven users per rank
     s, i = topk_distributed(user[mine], [(rows[0], 0, table[rows[0]:rows[1]])], k=500)
     torch.save((s, i), Path(out) / f"top{rank}.pt")
+    # history removal across ranks: every example's history is its own top-5 items
+    from hytrec_torchrec.evaluation.ranks import target_ranks_distributed
+
+    hist = i[:, :5].reshape(-1)
+    lengths = torch.full((i.shape[0],), 5, dtype=torch.int64)
+    r = target_ranks_distributed(user[mine], i[:, 7], [(rows[0], 0, table[rows[0]:rows[1]])], 3000,
+                                 history=(hist, lengths))
+    torch.save(r, Path(out) / f"hist{rank}.pt")
 
 
 def test_two_rank_topk_equals_single_process(two_ranks: Path) -> None:
@@ -354,3 +384,6 @@ def test_two_rank_topk_equals_single_process(two_ranks: Path) -> None:
     # consistent with the ranks behind the metrics: the item at top-K place r has rank r
     r = target_ranks(user, want_i[:, 9], [(0, 0, table)], 3000)
     assert r.tolist() == [10] * 11
+    # with the top-5 items as history removed, the 8th item ranks 3rd, on 2 ranks as on 1
+    got = torch.cat([torch.load(tmp_path / f"hist{r}.pt") for r in range(2)])
+    assert got.tolist() == [3] * 11

@@ -75,6 +75,8 @@ class EvalConfig:
         ks: K of HR@K and NDCG@K.
         batch_size: evaluation batch size per rank (``None``: the checkpoint's ``data.batch_size``).
         max_batches: evaluate at most this many batches per rank (``None``: the whole split).
+        remove_history: leave the items of each user's (truncated, ``data.max_len``) history out
+            of the ranking. Default false: the published HSTU/SASRec protocol keeps them.
         segments: segment thresholds and the optional side file (:class:`SegmentConfig`).
         plot_metrics: metrics drawn against the history-length bucket in the PNG plot.
         table_metrics: metrics of the per-segment Markdown table.
@@ -84,6 +86,7 @@ class EvalConfig:
     ks: List[int] = field(default_factory=lambda: list(DEFAULT_KS))
     batch_size: Optional[int] = None
     max_batches: Optional[int] = None
+    remove_history: bool = False
     segments: SegmentConfig = field(default_factory=SegmentConfig)
     plot_metrics: List[str] = field(default_factory=lambda: ["hr@10", "ndcg@10"])
     table_metrics: List[str] = field(default_factory=lambda: ["hr@10", "ndcg@10", "hr@200", "mrr", "auc"])
@@ -221,7 +224,7 @@ def evaluate_checkpoint(
     it = iter(loader)
     for _ in range(n_batches):
         batch = next(it).to(env.device)
-        ranks = batch_target_ranks(tower, batch, blocks, num_items)
+        ranks = batch_target_ranks(tower, batch, blocks, num_items, ecfg.remove_history)
         member = segmenter.membership(batch)
         keep = batch.valid.cpu()
         metric.update(ranks.cpu()[keep], member[keep])
@@ -241,7 +244,7 @@ def evaluate_checkpoint(
         "step": int(state.get("step", -1)),
         "model": {"long_pattern": m.long_pattern, "short_len": m.short_len,
                   "embedding_dim": m.embedding_dim, "features": list(m.features),
-                  "max_len": data_cfg.max_len},
+                  "max_len": data_cfg.max_len, "history_removed": ecfg.remove_history},
         "overall": overall,
         "segments": results,
         "counts": {
@@ -330,7 +333,7 @@ def evaluate_exported(
     from hytrec_torchrec.data.config import DataConfig
     from hytrec_torchrec.data.loader import load_shard, make_dataloader
     from hytrec_torchrec.evaluation.ranks import target_ranks
-    from hytrec_torchrec.evaluation.scoring import first_targets
+    from hytrec_torchrec.evaluation.scoring import first_targets, history_items
     from hytrec_torchrec.training.distributed import init_distributed
 
     t0 = time.perf_counter()
@@ -385,7 +388,8 @@ def evaluate_exported(
         values = {t: to_input[t][batch.features[f"history_{t}"].values().to(torch.int64)] for t in spaces}
         values["timestamp"] = batch.timestamps.to(torch.int64)
         user = model.user_embedding(values, {k: lengths for k in values}, batch.t_current.to(torch.int64))
-        ranks = target_ranks(user, first_targets(batch), [(0, 0, items)], num_items)
+        hist = history_items(batch) if ecfg.remove_history else None
+        ranks = target_ranks(user, first_targets(batch), [(0, 0, items)], num_items, history=hist)
         keep = batch.valid
         metric.update(ranks[keep], segmenter.membership(batch)[keep])
     results = metric.compute()
@@ -403,7 +407,7 @@ def evaluate_exported(
         "step": int(card.get("checkpoint", {}).get("step", -1)),
         "model": {"long_pattern": mcfg.get("long_pattern"), "short_len": mcfg.get("short_len"),
                   "embedding_dim": mcfg.get("embedding_dim"), "features": mcfg.get("features"),
-                  "max_len": data_cfg.max_len, "exported": True,
+                  "max_len": data_cfg.max_len, "history_removed": ecfg.remove_history, "exported": True,
                   "table_storage": card.get("tables", {}).get("storage")},
         "overall": overall,
         "segments": results,

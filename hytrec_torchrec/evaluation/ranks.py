@@ -69,6 +69,7 @@ def target_ranks(
     num_items: int,
     exclude: torch.Tensor | None = None,
     reduce: bool = False,
+    history: Tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Rank of each target in the full catalog.
 
@@ -81,6 +82,9 @@ def target_ranks(
         exclude: optional [B, V] bool mask of items to leave out of the ranking per example
             (e.g. history items when configured); the target itself is never excluded.
         reduce: sum partial counts/scores across processes (distributed use).
+        history: optional ``(item values [N], lengths [B])`` of each example's history: these
+            items are left out of the example's ranking (the target itself never is). Built per
+            block as a ``[B, rows]`` mask, never ``[B, V]``.
     Returns:
         [B] int64 ranks, 1 = best.
     """
@@ -113,12 +117,16 @@ def target_ranks(
     for r0, s in scored:
         s = s.float()
         n = s.shape[1]
-        if exclude is not None:
+        if exclude is not None or history is not None:
+            ex = exclude[:, r0 : r0 + n] if exclude is not None else None
+            if history is not None:
+                hm = _history_mask(history[0], history[1], targets, r0, n)
+                ex = hm if ex is None else ex | hm
             cols = torch.arange(r0, r0 + n, device=dev)
             beats = s >= tscore[:, None]
             beats &= cols[None, :] != targets[:, None]
             beats &= (cols >= FIRST_ITEM)[None, :]
-            beats &= ~exclude[:, r0 : r0 + n]
+            beats &= ~ex
             count += beats.sum(dim=1)
             continue
         # one pass over the block (it can be [B, 500k]): count every column scoring >= the
@@ -135,22 +143,44 @@ def target_ranks(
     return count + 1
 
 
+def _history_mask(values: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, r0: int,
+                  n: int) -> torch.Tensor:
+    """``[B, n]`` bool: item ``r0 + j`` is in example b's history and is not its target."""
+    B = targets.shape[0]
+    rows = torch.repeat_interleave(torch.arange(B, device=targets.device), lengths.to(torch.int64))
+    v = values.to(torch.int64)
+    inside = (v >= r0) & (v < r0 + n) & (v != targets[rows])
+    mask = torch.zeros(B, n, dtype=torch.bool, device=targets.device)
+    mask[rows[inside], v[inside] - r0] = True
+    return mask
+
+
 def target_ranks_distributed(
-    user: torch.Tensor, targets: torch.Tensor, blocks: Sequence[ItemBlock], num_items: int
+    user: torch.Tensor,
+    targets: torch.Tensor,
+    blocks: Sequence[ItemBlock],
+    num_items: int,
+    history: Tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Ranks for this process's examples, scored against every process's local item rows.
 
     All processes call this together (possibly with different B, including 0). Each gathers every
     process's users and targets, scores them against its local rows, and the counts are summed.
+    ``history`` (``(item values, lengths)`` of this process's examples; all processes pass it or
+    none does) leaves each example's history items out of its ranking.
 
     Returns:
         [B] int64 ranks of this process's examples.
     """
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return target_ranks(user, targets, blocks, num_items)
+        return target_ranks(user, targets, blocks, num_items, history=history)
     all_u, sizes = all_gather_rows(user.float())
     all_t, _ = all_gather_rows(targets)
-    ranks = target_ranks(all_u, all_t, blocks, num_items, reduce=True)
+    all_h = None
+    if history is not None:  # the flag must agree on every rank (collectives below)
+        all_h = (all_gather_rows(history[0].to(torch.int64))[0],
+                 all_gather_rows(history[1].to(torch.int64))[0])
+    ranks = target_ranks(all_u, all_t, blocks, num_items, reduce=True, history=all_h)
     start = sum(sizes[: dist.get_rank()])
     return ranks[start : start + user.shape[0]]
 

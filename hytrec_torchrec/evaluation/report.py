@@ -55,8 +55,10 @@ def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str) -> 
     overall_cols = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr", "auc"]
     lines = [f"# Offline evaluation: split `{ecfg.split}` of `{data}`", ""]
     catalog = results[0]["counts"]["catalog_size"] if results else 0
+    removed = bool(results and results[0]["model"].get("history_removed"))
     lines += [f"Full-catalog ranking over {catalog} items (ties count against the target; history "
-              "items are not removed). Metrics are means over evaluated users.", ""]
+              f"items {'are removed from each ranking' if removed else 'are not removed'}). "
+              "Metrics are means over evaluated users.", ""]
     lines += ["## Overall", ""]
     lines += _table(["model", "step", "users"] + overall_cols,
                     [[r["name"], r["step"], r["overall"]["examples"]] + [r["overall"][c] for c in overall_cols]

@@ -11,14 +11,14 @@ Example (every rank, inside ``torch.no_grad()``)::
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import torch
 
 from hytrec_torchrec.data.batch import Batch
 from hytrec_torchrec.evaluation.ranks import ItemBlock, local_item_blocks, target_ranks_distributed
 
-__all__ = ["ITEM_TABLE_KEY", "unwrap", "item_blocks", "first_targets", "batch_target_ranks"]
+__all__ = ["ITEM_TABLE_KEY", "unwrap", "item_blocks", "first_targets", "history_items", "batch_target_ranks"]
 
 #: state-dict key of the item table in a DMP-wrapped :class:`~hytrec_torchrec.model.HyTRecModel`.
 ITEM_TABLE_KEY = "embeddings.embeddings.item.weight"
@@ -44,11 +44,19 @@ def first_targets(batch: Batch) -> torch.Tensor:
     return kjt.values()[torch.cumsum(lengths, 0) - lengths]
 
 
-def batch_target_ranks(model: Any, batch: Batch, blocks: List[ItemBlock], num_items: int) -> torch.Tensor:
+def history_items(batch: Batch) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(item values [N], lengths [B])`` of the batch's (truncated) histories."""
+    return batch.features["history_item"].values(), batch.history_lengths()
+
+
+def batch_target_ranks(model: Any, batch: Batch, blocks: List[ItemBlock], num_items: int,
+                       remove_history: bool = False) -> torch.Tensor:
     """[B] full-catalog rank (1 = best, ties pessimistic) of each example's first target.
 
     Collective when distributed: every rank calls it once per batch (the loaders yield the same
     number of batches on every rank). Includes eval padding examples; mask with ``batch.valid``.
+    ``remove_history`` leaves the items of each example's (truncated) history out of its ranking.
     """
     user, _ = model.user_embedding(batch)
-    return target_ranks_distributed(user, first_targets(batch), blocks, num_items)
+    hist = history_items(batch) if remove_history else None
+    return target_ranks_distributed(user, first_targets(batch), blocks, num_items, history=hist)
