@@ -33,7 +33,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from hytrec_torchrec.config import from_dict, to_dict
+from hytrec_torchrec.config import from_dict
 from hytrec_torchrec.data.testing import power_law_arrays, write_prepared_arrays
 from hytrec_torchrec.testing import run_distributed
 

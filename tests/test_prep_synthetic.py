@@ -30,6 +30,7 @@ def test_deterministic_given_seed(tmp_path: Path) -> None:
     c = generate(SynthParams(events=5000, seed=8, max_len=400), tmp_path / "c")
     assert a["events"] == b["events"] == 5000
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert c["events"] == 5000 and _digest(tmp_path / "c") != _digest(tmp_path / "a")
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 

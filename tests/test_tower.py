@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from hytrec_torchrec.config import ConfigError, from_dict, load_config
 from hytrec_torchrec.modules import HyTRecTower, TowerConfig, log_q_from_counts, sampled_softmax_loss, score

@@ -6,7 +6,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["sampled_softmax_loss", "log_q_from_counts"]
 

@@ -181,8 +181,6 @@ def _chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torc
     lower = (ac * kk) * strict + torch.eye(c, dtype=q.dtype, device=q.device)
     rhs = torch.cat([ac * kc, bc * vc], dim=-1)  # [H, NC, C, dk+dv]
     sol = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)  # [W | U]
-    w = sol[..., :dk]
-    u = sol[..., dk:]
     ktsol = kt @ sol  # [H, NC, dk, dk+dv] = [KᵀW | KᵀU]
     eye_k = torch.eye(dk, dtype=q.dtype, device=q.device)
     # Per-chunk transition, chunk-major for the loop: [NC, H, dk, dk+dv] = [M | Bm]
