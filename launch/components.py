@@ -23,6 +23,13 @@ from torchx.components.dist import ddp
 DEFAULT_IMAGE = "ghcr.io/your-org/hytrec_torchrec:latest"
 
 
+def _named_role(app: specs.AppDef, role: str) -> specs.AppDef:
+    """Name the role after the job (``train/0`` in logs, ``train-0`` on Slurm/Kubernetes);
+    ``ddp`` would name it after the module file (``cli``)."""
+    app.roles[0].name = role
+    return app
+
+
 def train(
     *overrides: str,
     config: str = "configs/demo.yaml",
@@ -59,12 +66,13 @@ def train(
         mounts: volumes for ``run.dir`` and the data on Kubernetes, e.g.
             ``type=volume,src=hytrec-pvc,dst=/shared`` (torchx mount syntax)
     """
-    return ddp(
+    app = ddp(
         "--config", config, *overrides,
         m="hytrec_torchrec.training.cli",
         j=j, cpu=cpu, gpu=gpu, memMB=memMB, h=h, name=name,
         max_retries=max_retries, rdzv_port=rdzv_port, env=env, image=image, mounts=mounts,
     )
+    return _named_role(app, "train")
 
 
 def export(
@@ -106,11 +114,12 @@ def export(
         args.append("--int8")
     if data:
         args += ["--data", data]
-    return ddp(
+    app = ddp(
         *args,
         m="hytrec_torchrec.serving.cli",
         j=j, cpu=cpu, memMB=memMB, h=h, name=name, env=env, image=image, mounts=mounts,
     )
+    return _named_role(app, "export")
 
 
 def evaluate(
@@ -168,12 +177,13 @@ def evaluate(
     args += ["--data", data, "--out", out]
     if config:
         args += ["--config", config]
-    return ddp(
+    app = ddp(
         *args, *overrides,
         m="hytrec_torchrec.evaluation.cli",
         j=j, cpu=cpu, gpu=gpu, memMB=memMB, h=h, name=name, rdzv_port=rdzv_port,
         env=env, image=image, mounts=mounts,
     )
+    return _named_role(app, "evaluate")
 
 
 def prepare(
@@ -209,8 +219,9 @@ def prepare(
     args = [input, output, "--shard", "env"]
     if config:
         args += ["--config", config]
-    return ddp(
+    app = ddp(
         *args, *overrides,
         m="data_prep.cli",
         j=j, cpu=cpu, memMB=memMB, h=h, name=name, env=env,
     )
+    return _named_role(app, "prepare")
