@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -176,6 +176,71 @@ def _sum_ints(values: List[int], device: torch.device) -> List[int]:
     return [int(v) for v in t.tolist()]
 
 
+def _open_split(data_cfg: Any, ecfg: EvalConfig, env: Any, data_path: str | Path) -> Tuple[Any, Dict[str, int]]:
+    """This rank's loader of the evaluated split and the split's counts (summed over ranks).
+
+    Raises:
+        NoEligibleUsersError: when no user of the split has an eligible example.
+    """
+    from hytrec_torchrec.data.loader import load_shard, make_dataloader
+
+    shard = load_shard(data_cfg, env.rank, env.world_size)
+    loader = make_dataloader(data_cfg, env.rank, env.world_size, 0, ecfg.split, shard=shard)
+    counts = loader.dataset.count_summary()
+    if counts["users_eligible_total"] == 0:
+        raise NoEligibleUsersError(
+            f"{data_path}: split {data_cfg.split!r} stage {ecfg.split!r} has no eligible users "
+            f"({counts['users_total']} users, {counts['users_ineligible_total']} ineligible with "
+            f"data.min_history={data_cfg.min_history}; see docs/data_loader.md 'eligible')")
+    return loader, counts
+
+
+def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: SegmentedRankingMetric,
+                ranks_of: Callable[[Any], torch.Tensor]) -> Tuple[Dict[str, Any], float]:
+    """Feed ``ranks_of(batch)`` ([B] CPU ranks) of the valid examples of up to
+    ``ecfg.max_batches`` batches into ``metric``; returns (synced results, seconds)."""
+    n_batches = len(loader) if ecfg.max_batches is None else min(len(loader), ecfg.max_batches)
+    t1 = time.perf_counter()
+    it = iter(loader)
+    for _ in range(n_batches):
+        batch = next(it)
+        ranks = ranks_of(batch)
+        keep = batch.valid.cpu()
+        metric.update(ranks[keep], segmenter.membership(batch)[keep])
+    return metric.compute(), time.perf_counter() - t1
+
+
+def _result(results: Dict[str, Any], counts: Dict[str, int], catalog: int, segmenter: Segmenter,
+            env: Any, t_load: float, t_eval: float, **head: Any) -> Dict[str, Any]:
+    """The result layout shared by checkpoints and exported models (``head`` goes first:
+    name, checkpoint, step, model); collective when a side file is used."""
+    side = dict(segmenter.side_counts)
+    if side:
+        cols = list(segmenter.missing_counts())
+        missing = _sum_ints([segmenter.missing_counts()[c] for c in cols], env.device)
+        side["users_missing"] = dict(zip(cols, missing))
+    overall = results.pop("all")
+    examples = int(overall["examples"])
+    vocab_check = head.pop("vocab_check")
+    return {
+        **head,
+        "overall": overall,
+        "segments": results,
+        "counts": {
+            "users_total": counts["users_total"],
+            "users_eligible": counts["users_eligible_total"],
+            "users_ineligible": counts["users_ineligible_total"],
+            "examples_evaluated": examples,
+            "examples_skipped_by_max_batches": counts["examples_total"] - examples,
+            "catalog_size": catalog,
+        },
+        "vocab_check": vocab_check,
+        "side_file": side,
+        "timing": {"world_size": env.world_size, "load_s": round(t_load, 3), "eval_s": round(t_eval, 3),
+                   "examples_per_s": round(examples / t_eval, 1) if t_eval > 0 else math.nan},
+    }
+
+
 @torch.no_grad()
 def evaluate_checkpoint(
     checkpoint: str | Path,
@@ -192,7 +257,6 @@ def evaluate_checkpoint(
         {"name", "checkpoint", "step", "model": {...}, "overall": {metric: value, "examples": n},
          "segments": {segment: {...}}, "counts": {...}, "side_file": {...}, "timing": {...}}
     """
-    from hytrec_torchrec.data.loader import load_shard, make_dataloader
     from hytrec_torchrec.training.distributed import init_distributed
     from hytrec_torchrec.training.restore import checkpoint_config, load_sharded
 
@@ -203,14 +267,7 @@ def evaluate_checkpoint(
     data_cfg = replace(cfg.data, path=str(data_path))
     if ecfg.batch_size is not None:
         data_cfg = replace(data_cfg, batch_size=ecfg.batch_size)
-    shard = load_shard(data_cfg, env.rank, env.world_size)
-    loader = make_dataloader(data_cfg, env.rank, env.world_size, 0, ecfg.split, shard=shard)
-    counts = loader.dataset.count_summary()
-    if counts["users_eligible_total"] == 0:
-        raise NoEligibleUsersError(
-            f"{data_path}: split {data_cfg.split!r} stage {ecfg.split!r} has no eligible users "
-            f"({counts['users_total']} users, {counts['users_ineligible_total']} ineligible with "
-            f"data.min_history={data_cfg.min_history}; see docs/data_loader.md 'eligible')")
+    loader, counts = _open_split(data_cfg, ecfg, env, data_path)
     segmenter = Segmenter(ecfg.segments, data_path)
     model, _plan, cfg, state = load_sharded(state["path"], env, job_overrides)
     tower = unwrap(model)
@@ -218,48 +275,24 @@ def evaluate_checkpoint(
     num_items = int(state["vocab_sizes"]["item"])
     catalog = num_items - 2
     metric = SegmentedRankingMetric(ecfg.ks, catalog, segmenter.names)
-    n_batches = len(loader) if ecfg.max_batches is None else min(len(loader), ecfg.max_batches)
     t_load = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    it = iter(loader)
-    for _ in range(n_batches):
-        batch = next(it).to(env.device)
-        ranks = batch_target_ranks(tower, batch, blocks, num_items, ecfg.remove_history)
-        member = segmenter.membership(batch)
-        keep = batch.valid.cpu()
-        metric.update(ranks.cpu()[keep], member[keep])
-    results = metric.compute()
-    t_eval = time.perf_counter() - t1
-    side = dict(segmenter.side_counts)
-    if side:
-        cols = list(segmenter.missing_counts())
-        missing = _sum_ints([segmenter.missing_counts()[c] for c in cols], env.device)
-        side["users_missing"] = dict(zip(cols, missing))
-    overall = results.pop("all")
-    examples = int(overall["examples"])
+
+    def ranks_of(batch: Any) -> torch.Tensor:
+        on_device = batch.to(env.device)
+        return batch_target_ranks(tower, on_device, blocks, num_items, ecfg.remove_history).cpu()
+
+    results, t_eval = _accumulate(loader, ecfg, segmenter, metric, ranks_of)
     m = cfg.model
-    return {
-        "name": name or model_name(checkpoint),
-        "checkpoint": str(state["path"]),
-        "step": int(state.get("step", -1)),
-        "model": {"long_pattern": m.long_pattern, "short_len": m.short_len,
-                  "embedding_dim": m.embedding_dim, "features": list(m.features),
-                  "max_len": data_cfg.max_len, "history_removed": ecfg.remove_history},
-        "overall": overall,
-        "segments": results,
-        "counts": {
-            "users_total": counts["users_total"],
-            "users_eligible": counts["users_eligible_total"],
-            "users_ineligible": counts["users_ineligible_total"],
-            "examples_evaluated": examples,
-            "examples_skipped_by_max_batches": counts["examples_total"] - examples,
-            "catalog_size": catalog,
-        },
-        "vocab_check": vocab_check,
-        "side_file": side,
-        "timing": {"world_size": env.world_size, "load_s": round(t_load, 3), "eval_s": round(t_eval, 3),
-                   "examples_per_s": round(examples / t_eval, 1) if t_eval > 0 else math.nan},
-    }
+    return _result(
+        results, counts, catalog, segmenter, env, t_load, t_eval,
+        name=name or model_name(checkpoint),
+        checkpoint=str(state["path"]),
+        step=int(state.get("step", -1)),
+        model={"long_pattern": m.long_pattern, "short_len": m.short_len,
+               "embedding_dim": m.embedding_dim, "features": list(m.features),
+               "max_len": data_cfg.max_len, "history_removed": ecfg.remove_history},
+        vocab_check=vocab_check,
+    )
 
 
 # ---------------------------------------------------------------------- exported models
@@ -331,7 +364,6 @@ def evaluate_exported(
 
     from hytrec_torchrec.config import apply_overrides, from_dict
     from hytrec_torchrec.data.config import DataConfig
-    from hytrec_torchrec.data.loader import load_shard, make_dataloader
     from hytrec_torchrec.evaluation.ranks import target_ranks
     from hytrec_torchrec.evaluation.scoring import first_targets, history_items
     from hytrec_torchrec.training.distributed import init_distributed
@@ -354,14 +386,7 @@ def evaluate_exported(
         data_cfg = from_dict(DataConfig, data_raw, prefix="data")
     except ConfigError as exc:
         raise ConfigError(f"{path} (model_card.json config): {exc}") from exc
-    shard = load_shard(data_cfg, env.rank, env.world_size)
-    loader = make_dataloader(data_cfg, env.rank, env.world_size, 0, ecfg.split, shard=shard)
-    counts = loader.dataset.count_summary()
-    if counts["users_eligible_total"] == 0:
-        raise NoEligibleUsersError(
-            f"{data_path}: split {data_cfg.split!r} stage {ecfg.split!r} has no eligible users "
-            f"({counts['users_total']} users, {counts['users_ineligible_total']} ineligible with "
-            f"data.min_history={data_cfg.min_history}; see docs/data_loader.md 'eligible')")
+    loader, counts = _open_split(data_cfg, ecfg, env, data_path)
     # dense index -> value the model takes, per table
     to_input: Dict[str, torch.Tensor] = {}
     for table, space in spaces.items():
@@ -378,49 +403,26 @@ def evaluate_exported(
     items = model.item_embeddings()
     num_items = int(items.shape[0])
     metric = SegmentedRankingMetric(ecfg.ks, num_items - 2, segmenter.names)
-    n_batches = len(loader) if ecfg.max_batches is None else min(len(loader), ecfg.max_batches)
     t_load = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    it = iter(loader)
-    for _ in range(n_batches):
-        batch = next(it)
+
+    def ranks_of(batch: Any) -> torch.Tensor:
         lengths = batch.history_lengths().to(torch.int64)
         values = {t: to_input[t][batch.features[f"history_{t}"].values().to(torch.int64)] for t in spaces}
         values["timestamp"] = batch.timestamps.to(torch.int64)
         user = model.user_embedding(values, {k: lengths for k in values}, batch.t_current.to(torch.int64))
         hist = history_items(batch) if ecfg.remove_history else None
-        ranks = target_ranks(user, first_targets(batch), [(0, 0, items)], num_items, history=hist)
-        keep = batch.valid
-        metric.update(ranks[keep], segmenter.membership(batch)[keep])
-    results = metric.compute()
-    t_eval = time.perf_counter() - t1
-    side = dict(segmenter.side_counts)
-    if side:
-        cols = list(segmenter.missing_counts())
-        side["users_missing"] = dict(zip(cols, _sum_ints([segmenter.missing_counts()[c] for c in cols], env.device)))
-    overall = results.pop("all")
-    examples = int(overall["examples"])
+        return target_ranks(user, first_targets(batch), [(0, 0, items)], num_items, history=hist)
+
+    results, t_eval = _accumulate(loader, ecfg, segmenter, metric, ranks_of)
     mcfg = card["config"].get("model", {})
-    return {
-        "name": name or path.parent.name,
-        "checkpoint": str(path),
-        "step": int(card.get("checkpoint", {}).get("step", -1)),
-        "model": {"long_pattern": mcfg.get("long_pattern"), "short_len": mcfg.get("short_len"),
-                  "embedding_dim": mcfg.get("embedding_dim"), "features": mcfg.get("features"),
-                  "max_len": data_cfg.max_len, "history_removed": ecfg.remove_history, "exported": True,
-                  "table_storage": card.get("tables", {}).get("storage")},
-        "overall": overall,
-        "segments": results,
-        "counts": {
-            "users_total": counts["users_total"],
-            "users_eligible": counts["users_eligible_total"],
-            "users_ineligible": counts["users_ineligible_total"],
-            "examples_evaluated": examples,
-            "examples_skipped_by_max_batches": counts["examples_total"] - examples,
-            "catalog_size": num_items - 2,
-        },
-        "vocab_check": {"sizes_checked": True, "item_vocab_checked": True},
-        "side_file": side,
-        "timing": {"world_size": env.world_size, "load_s": round(t_load, 3), "eval_s": round(t_eval, 3),
-                   "examples_per_s": round(examples / t_eval, 1) if t_eval > 0 else math.nan},
-    }
+    return _result(
+        results, counts, num_items - 2, segmenter, env, t_load, t_eval,
+        name=name or path.parent.name,
+        checkpoint=str(path),
+        step=int(card.get("checkpoint", {}).get("step", -1)),
+        model={"long_pattern": mcfg.get("long_pattern"), "short_len": mcfg.get("short_len"),
+               "embedding_dim": mcfg.get("embedding_dim"), "features": mcfg.get("features"),
+               "max_len": data_cfg.max_len, "history_removed": ecfg.remove_history, "exported": True,
+               "table_storage": card.get("tables", {}).get("storage")},
+        vocab_check={"sizes_checked": True, "item_vocab_checked": True},
+    )
