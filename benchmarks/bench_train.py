@@ -81,11 +81,8 @@ def _split_step(trainer: Any, batch: Any) -> Dict[str, float]:
     leaves = {k: jt.values().detach().requires_grad_() for k, jt in emb.items()}
     cut = {k: JaggedTensor(values=leaves[k], lengths=jt.lengths(), offsets=jt.offsets())
            for k, jt in emb.items()}
-    offsets = batch.history_offsets().to(torch.int64)
-    user, aux = hy.tower(cut, offsets, batch.timestamps, batch.t_current)
-    loss = hy.loss(user, cut["target_item"], batch.features["target_item"].values(),
-                   cut["negative_item"], batch.features["negative_item"].values())
-    total = (loss + aux) / world
+    loss, _ = hy.loss_from_embeddings(cut, batch)
+    total = loss / world
     times["tower fwd"] = time.perf_counter() - t
 
     t = time.perf_counter()

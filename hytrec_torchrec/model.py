@@ -156,7 +156,12 @@ class HyTRecModel(nn.Module):
             ``(loss, out)`` with ``out``: ``loss`` (sampled softmax, detached), ``aux`` (load
             balancing, detached), ``tokens`` (0-d, history events in the batch).
         """
-        emb = self.embeddings(batch.features)
+        return self.loss_from_embeddings(self.embeddings(batch.features), batch)
+
+    def loss_from_embeddings(
+        self, emb: Dict[str, JaggedTensor], batch: Batch
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """:meth:`forward` after the lookup: ``emb`` is the collection's output for ``batch``."""
         offsets = batch.history_offsets().to(torch.int64)  # KJT lengths are int32
         user, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current)
         loss = self.loss(
