@@ -60,6 +60,48 @@ def op_case(impl: str, b: int, length: int, h: int, d: int, device: torch.device
     return run
 
 
+def gemm_floor_case(b: int, length: int, h: int, d: int, device: torch.device, dtype: torch.dtype,
+                    chunk: int = 64):
+    """Return fn(backward) running ONLY the dense matmuls the chunkwise form cannot avoid.
+
+    Per chunk of C rows (dk = dv = d): K·Kᵀ, T·[aK | bV] (the UT transform applied, with T given),
+    Kᵀ·[W | U], Q·Kᵀ, (QKᵀ)·[W | U] and Q·S, each at full (not triangular) cost, with autograd
+    through just these six products. No triangular inverse, state recurrence, masking, gating or
+    layout work is included, so any chunkwise implementation built from these matmuls is slower:
+    naive/floor bounds the speed-up such an implementation can reach on this machine.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    nc = b * length // chunk
+
+    def leaf(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(device, dtype).requires_grad_(True)
+
+    qc, kc = leaf(h, nc, chunk, d), leaf(h, nc, chunk, d)
+    tri, rhs = leaf(h, nc, chunk, chunk), leaf(h, nc, chunk, 2 * d)
+    h0 = leaf(h, nc, d, d)
+    leaves = [qc, kc, tri, rhs, h0]
+    # Output gradients given as contiguous tensors (a .sum() would hand the matmul backward
+    # stride-0 gradients and time their copies too).
+    grads = [torch.randn(*shape, generator=gen).to(device, dtype) for shape in
+             ((h, nc, chunk, chunk), (h, nc, d, 2 * d), (h, nc, chunk, 2 * d), (h, nc, chunk, d))]
+
+    def run(backward: bool) -> None:
+        for t in leaves:
+            t.grad = None
+        with torch.set_grad_enabled(backward):
+            kt = kc.transpose(-1, -2)
+            kk = kc @ kt
+            sol = tri @ rhs
+            ktsol = kt @ sol
+            qk = qc @ kt
+            qsol = qk @ sol
+            qh = qc @ h0
+            if backward:
+                torch.autograd.backward([kk, ktsol, qsol, qh], grads)
+
+    return run
+
+
 def branch_case(pattern: str, impl: str, b: int, length: int, h: int, d: int, device: torch.device,
                 dtype: torch.dtype):
     """Return fn(backward) running a LongBranch of ``pattern`` (width H·d) on [B·L, D] rows."""
@@ -100,7 +142,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--naive-max-len", type=int, default=4096)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--impls", default="naive,chunked", help="delta-rule impls: naive,chunked,gpu")
+    p.add_argument("--impls", default="naive,chunked", help="delta-rule impls: naive,chunked,gpu; gemm-floor = only the chunkwise "
+                   "form's matmuls (a lower bound on any chunkwise implementation's time)")
     p.add_argument("--branches", default="TTTS,SSSS", help="long-branch patterns ('' for none)")
     p.add_argument("--branch-impl", default="auto", help="delta-rule impl inside branches")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave default)")
@@ -134,7 +177,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         for i in impls:
             if i == "naive" and length > args.naive_max_len:
                 continue
-            cases[f"tadn-{i}"] = op_case("recurrent" if i == "naive" else i, b, length, h, d, device, dtype)
+            if i == "gemm-floor":
+                cases["tadn-gemm-floor"] = gemm_floor_case(b, length, h, d, device, dtype)
+            else:
+                cases[f"tadn-{i}"] = op_case("recurrent" if i == "naive" else i, b, length, h, d, device,
+                                             dtype)
         for pt in patterns:
             cases[f"branch-{pt}"] = branch_case(pt, args.branch_impl, b, length, h, d, device, dtype)
         names = list(cases)
@@ -204,6 +251,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         parts = []
         for num, den, label in (
             ("tadn-naive", "tadn-chunked", "naive/chunked"),
+            ("tadn-naive", "tadn-gemm-floor", "naive/gemm-floor (ceiling for any chunkwise form)"),
+            ("tadn-chunked", "tadn-gemm-floor", "chunked/gemm-floor"),
             ("tadn-chunked", "tadn-gpu", "chunked/gpu"),
             ("branch-SSSS", "branch-TTTS", "SSSS/TTTS"),
         ):
