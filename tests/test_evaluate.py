@@ -43,13 +43,19 @@ def _np_metric_row(rank: int, catalog: int) -> dict[str, float]:
     return row
 
 
+def _integer_case(rng: np.random.Generator, B: int, V: int, D: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """user [B, D], table [V, D] of small integers (scores exact in any precision, many ties
+    planted) and targets [B] in the real-item range [2, V)."""
+    user = rng.integers(-2, 3, size=(B, D)).astype(np.float32)
+    table = rng.integers(-2, 3, size=(V, D)).astype(np.float32)
+    return user, table, rng.integers(2, V, size=B)
+
+
 def test_segmented_metric_matches_numpy_reference() -> None:
     rng = np.random.default_rng(0)
     B, V, D = 40, 700, 6
-    # small integers: scores are exact in any precision, and many ties are planted
-    user = rng.integers(-2, 3, size=(B, D)).astype(np.float32)
-    table = rng.integers(-2, 3, size=(V, D)).astype(np.float32)
-    targets = rng.integers(2, V, size=B)
+    user, table, targets = _integer_case(rng, B, V, D)
     member = rng.random((B, 3)) < 0.5
     member[:, 0] = True
     ranks = target_ranks(torch.tensor(user), torch.tensor(targets), [(0, 0, torch.tensor(table))], V)
@@ -74,9 +80,7 @@ def test_segmented_metric_matches_numpy_reference() -> None:
 def test_history_removal_matches_numpy() -> None:
     rng = np.random.default_rng(3)
     B, V, D = 9, 80, 4
-    user = rng.integers(-2, 3, size=(B, D)).astype(np.float32)
-    table = rng.integers(-2, 3, size=(V, D)).astype(np.float32)
-    targets = rng.integers(2, V, size=B)
+    user, table, targets = _integer_case(rng, B, V, D)
     lengths = rng.integers(0, 12, size=B)
     hist = [rng.integers(0, V, size=n) for n in lengths]
     hist[0] = np.array([targets[0], targets[0], 1, 0])  # the target itself is never removed
