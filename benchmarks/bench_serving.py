@@ -29,7 +29,7 @@ from hytrec_torchrec.modules.config import TowerConfig
 from hytrec_torchrec.modules.tower import HyTRecTower
 from hytrec_torchrec.serving.export import example_request
 from hytrec_torchrec.serving.idmap import Vocab
-from hytrec_torchrec.serving.module import HyTRecServing
+from hytrec_torchrec.serving.module import DEFAULT_MAX_TOKENS_PER_PASS, HyTRecServing
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"item": 100_002, "attribution": 10_002, "category": 1_002, "behavior": 11}
@@ -47,13 +47,15 @@ def synthetic_vocabs() -> Dict[str, Vocab]:
     return vocabs
 
 
-def build(int8: bool, dim: int, vocabs: Dict[str, Vocab]) -> HyTRecServing:
+def build(int8: bool, dim: int, vocabs: Dict[str, Vocab],
+          max_tokens_per_pass: int = DEFAULT_MAX_TOKENS_PER_PASS) -> HyTRecServing:
     """The benchmark serving module (random weights)."""
     cfg = load_config(TowerConfig, REPO / "configs" / "model" / "hytrec.yaml", [f"embedding_dim={dim}"])
     torch.manual_seed(0)
     tower = HyTRecTower(cfg).eval()
     weights = {n: torch.randn(s, dim) * 0.1 for n, s in SIZES.items()}
-    return HyTRecServing(tower, weights, vocabs, list(cfg.features), max_len=10_000, int8=int8)
+    return HyTRecServing(tower, weights, vocabs, list(cfg.features), max_len=10_000, int8=int8,
+                         max_tokens_per_pass=max_tokens_per_pass)
 
 
 def save_load(module: HyTRecServing, path: Path) -> Tuple[torch.jit.ScriptModule, int]:
@@ -89,6 +91,8 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--budget", type=float, default=6.0, help="seconds of calls per shape (min 5 calls)")
     p.add_argument("--k", type=int, default=100)
+    p.add_argument("--no-one-pass", dest="one_pass", action="store_false",
+                   help="skip the one-pass (max_tokens_per_pass=0) float32 comparison")
     p.add_argument("--machine", default="shared 2-core machine (other jobs running): treat as rough numbers",
                    help="machine description for the results header")
     args = p.parse_args()
@@ -100,13 +104,22 @@ def main() -> None:
     sizes: Dict[str, int] = {}
     vocabs = synthetic_vocabs()
     with tempfile.TemporaryDirectory() as tmp:
-        for int8 in (False, True):
-            tag = "int8" if int8 else "float32"
-            model, sizes[tag] = save_load(build(int8, args.dim, vocabs), Path(tmp) / f"{tag}.pt")
+        # "1pass": the whole batch in one tower pass (max_tokens_per_pass=0), the behaviour before
+        # token-budgeted passes; measured on batches > 1 only (identical for one request).
+        variants = [("float32", False, DEFAULT_MAX_TOKENS_PER_PASS), ("float32-1pass", False, 0),
+                    ("int8", True, DEFAULT_MAX_TOKENS_PER_PASS)]
+        for tag, int8, tokens in variants:
+            if tag.endswith("1pass") and not args.one_pass:
+                continue
+            model, size = save_load(build(int8, args.dim, vocabs, tokens), Path(tmp) / f"{tag}.pt")
+            if not tag.endswith("1pass"):
+                sizes[tag] = size
             for length in args.lengths:
                 for batch in args.batches:
+                    if tag.endswith("1pass") and batch == 1:
+                        continue
                     p50, p99, calls = measure(model, vocabs, batch, length, args.budget, args.k)
-                    row = f"{tag:8s} history {length:6d} batch {batch:3d}   p50 {p50:9.1f} ms   p99 {p99:9.1f} ms   ({calls} calls)"
+                    row = f"{tag:13s} history {length:6d} batch {batch:3d}   p50 {p50:9.1f} ms   p99 {p99:9.1f} ms   ({calls} calls)"
                     print(row, flush=True)
                     rows.append(row)
     lines += rows + ["", "# file size of model.pt (tables + code)"]

@@ -304,6 +304,7 @@ def test_model_card_and_vocabularies(run) -> None:
     assert contract["values"]["behavior"]["id_space"] == "index"
     assert contract["rules"]["max_len"] == MAX_LEN
     assert card["torch_export"]["ok"] is False and card["torch_export"]["error"]  # docs/export.md
+    assert card["max_tokens_per_pass"] == 32_768
     embedded = {"model_card.json": ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -319,6 +320,44 @@ def test_cli_reports_missing_vocabulary(run, tmp_path: Path, capsys: pytest.Capt
     code = main(["--checkpoint", str(run["run"]), "--out", str(tmp_path / "o"), "--data", str(tmp_path)])
     assert code == 2 and "pass --data DIR" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_pass_bounds_group_requests_by_token_budget() -> None:
+    from hytrec_torchrec.serving.module import pass_bounds
+
+    offsets = torch.tensor([0, 3, 5, 9, 10])  # lengths 3, 2, 4, 1
+    assert pass_bounds(offsets, 5) == [0, 2, 4]
+    assert pass_bounds(offsets, 4) == [0, 1, 2, 3, 4]  # 3+2 > 4; 4 alone fits; then 1
+    assert pass_bounds(offsets, 3) == [0, 1, 2, 3, 4]  # the 4-event request runs alone
+    assert pass_bounds(offsets, 10) == [0, 4] and pass_bounds(offsets, 0) == [0, 4]
+    assert pass_bounds(torch.tensor([0]), 5) == [0, 0]  # no requests: one empty pass
+    assert pass_bounds(torch.tensor([0, 0, 0, 7]), 2) == [0, 2, 3]  # empty histories cost nothing
+
+
+def test_token_budgeted_passes_equal_one_pass(run, training) -> None:
+    """Splitting a batch into tower passes changes no request's scores or top-K (eager and
+    scripted), including empty, over-long and single requests larger than the budget."""
+    from hytrec_torchrec.serving.export import build_serving, read_vocabs
+
+    model, cfg, state = training
+    sizes = {k: int(v) for k, v in state["vocab_sizes"].items()}
+    vocabs = read_vocabs(run["data"], sizes)
+    features = list(cfg.model.features)
+    whole = build_serving(model, features, MAX_LEN, vocabs, max_tokens_per_pass=0)
+    split = build_serving(model, features, MAX_LEN, vocabs, max_tokens_per_pass=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(split)
+    idx, lens, ts, now = _random_history([0, 3, MAX_LEN + 9, 1, 5, 6, 2, 9], seed=5, sizes=sizes)
+    req = _to_request(idx, lens, ts, now)
+    with torch.no_grad():
+        want = whole.scores(*req)
+        want_ids, want_top = whole(*req, 5)
+        for module in (split, scripted):
+            torch.testing.assert_close(module.scores(*req)[:, 2:], want[:, 2:], atol=1e-5, rtol=0)
+            ids, top = module(*req, 5)
+            assert torch.equal(ids, want_ids)
+            torch.testing.assert_close(top, want_top, atol=1e-5, rtol=0)
 
 
 def test_idmap_and_int8_rows() -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from hytrec_torchrec.serving.idmap import Vocab
-from hytrec_torchrec.serving.module import HyTRecServing
+from hytrec_torchrec.serving.module import DEFAULT_MAX_TOKENS_PER_PASS, HyTRecServing
 
 __all__ = ["export_checkpoint", "find_prepared", "read_vocabs", "build_serving", "example_request",
            "input_contract", "ExportError"]
@@ -99,11 +99,12 @@ def read_vocabs(prepared: Path, sizes: Dict[str, int]) -> Dict[str, Vocab]:
 
 
 def build_serving(model: torch.nn.Module, features: List[str], max_len: int,
-                  vocabs: Dict[str, Vocab], int8: bool = False) -> HyTRecServing:
+                  vocabs: Dict[str, Vocab], int8: bool = False,
+                  max_tokens_per_pass: int = DEFAULT_MAX_TOKENS_PER_PASS) -> HyTRecServing:
     """The eager :class:`HyTRecServing` of an unsharded ``HyTRecModel`` (its weights copied)."""
     weights = {n: e.weight.detach().to("cpu", torch.float32) for n, e in model.embeddings.embeddings.items()}
     tower = copy.deepcopy(model.tower.net).to("cpu").eval()
-    return HyTRecServing(tower, weights, vocabs, features, max_len, int8).eval()
+    return HyTRecServing(tower, weights, vocabs, features, max_len, int8, max_tokens_per_pass).eval()
 
 
 def example_request(vocabs: Dict[str, Vocab], lengths: List[int], t0: int = 1_700_000_000,
@@ -222,7 +223,8 @@ def _sha256(path: Path) -> str:
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = False,
-                      data: Optional[str | Path] = None, pt2: bool = True) -> Dict[str, Any]:
+                      data: Optional[str | Path] = None, pt2: bool = True,
+                      max_tokens_per_pass: int = DEFAULT_MAX_TOKENS_PER_PASS) -> Dict[str, Any]:
     """Export a training checkpoint (run dir or checkpoint dir, any world size) for serving.
 
     Args:
@@ -231,6 +233,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
         int8: row-wise int8 tables (docs/export.md) instead of float32.
         data: prepared dataset holding the vocabularies (default: the one the job trained on).
         pt2: also try ``torch.export`` to ``model.pt2``.
+        max_tokens_per_pass: history events per tower pass in a served batch (0: whole batch);
+            see :class:`~hytrec_torchrec.serving.module.HyTRecServing`.
 
     Returns:
         The model card (also written to ``OUT/model_card.json``).
@@ -242,7 +246,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
     prepared = find_prepared(state, data)
     vocabs = read_vocabs(prepared, sizes)
     features = list(cfg.model.features)
-    serving = build_serving(model, features, cfg.data.max_len, vocabs, int8)
+    serving = build_serving(model, features, cfg.data.max_len, vocabs, int8, max_tokens_per_pass)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -270,6 +274,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
             "rows": sizes, "dim": int(cfg.embeddings.dim),
             "int8_tolerance": INT8_SCORE_TOLERANCE if int8 else None,
         },
+        "max_tokens_per_pass": max_tokens_per_pass,
         "validation": {"history": history, "last": history[-1] if history else None},
         "versions": _versions(),
         "input_contract": input_contract(vocabs, features, cfg.data.max_len, int(cfg.model.embedding_dim)),

@@ -386,6 +386,8 @@ class Trainer:
                     t_last, tokens = now, 0
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss_v:.4f}", tok_s=f"{tps:,.0f}")
+                    elif env.is_main:  # no bar (run.progress: false, e.g. batch jobs): a log line
+                        log.info("step %d/%d loss %.4f %.0f tok/s", self.step, total, loss_v, tps)
                     if self._tb is not None:
                         self._tb.add_scalar("train/loss", loss_v, self.step)
                         self._tb.add_scalar("train/tokens_per_s", tps, self.step)
