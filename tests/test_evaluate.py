@@ -18,7 +18,7 @@ from hytrec_torchrec.config import ConfigError, from_dict, to_dict
 from hytrec_torchrec.data.testing import random_sequences, write_prepared
 from hytrec_torchrec.evaluation.evaluate import EvalConfig, load_eval_config
 from hytrec_torchrec.evaluation.metrics import SegmentedRankingMetric, ranking_metrics
-from hytrec_torchrec.evaluation.ranks import target_ranks
+from hytrec_torchrec.evaluation.ranks import ranked_catalog_sizes, target_ranks
 from hytrec_torchrec.evaluation.segments import SegmentConfig, segment_flags
 from hytrec_torchrec.testing import run_distributed
 from hytrec_torchrec.training.config import JobConfig
@@ -95,6 +95,15 @@ def test_history_removal_matches_numpy() -> None:
     assert got.tolist() == want
     plain = target_ranks(torch.tensor(user), torch.tensor(targets), [(0, 0, torch.tensor(table))], V)
     assert (got <= plain).all() and (got < plain).any()
+    # AUC over each example's own ranked catalog: V - 2 minus its distinct removed items
+    sizes = ranked_catalog_sizes(torch.tensor(np.concatenate(hist)), torch.tensor(lengths),
+                                 torch.tensor(targets), V)
+    want_sizes = [V - 2 - len({int(j) for j in hist[b] if j >= 2 and j != targets[b]}) for b in range(B)]
+    assert sizes.tolist() == want_sizes and want_sizes[0] == V - 2
+    metric = SegmentedRankingMetric(KS, V - 2, ["all"])
+    metric.update(got, torch.ones(B, 1, dtype=torch.bool), sizes)
+    want_auc = np.mean([1 - (r - 1) / (c - 1) for r, c in zip(want, want_sizes)])
+    assert metric.compute()["all"]["auc"] == pytest.approx(want_auc, abs=1e-12)
 
 
 def test_perfect_scorer_and_documented_ties() -> None:

@@ -35,7 +35,9 @@ import torch.distributed as dist
 
 from hytrec_torchrec.config import ConfigError, check_choice, check_range, load_config
 from hytrec_torchrec.evaluation.metrics import DEFAULT_KS, SegmentedRankingMetric
-from hytrec_torchrec.evaluation.scoring import batch_target_ranks, item_blocks, unwrap
+from hytrec_torchrec.evaluation.ranks import ranked_catalog_sizes
+from hytrec_torchrec.evaluation.scoring import (batch_target_ranks, first_targets, history_items,
+                                                item_blocks, unwrap)
 from hytrec_torchrec.evaluation.segments import SegmentConfig, Segmenter
 
 __all__ = [
@@ -206,7 +208,12 @@ def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: Seg
         batch = next(it)
         ranks = ranks_of(batch)
         keep = batch.valid.cpu()
-        metric.update(ranks[keep], segmenter.membership(batch)[keep])
+        catalog = None
+        if ecfg.remove_history:  # AUC: each example is ranked among fewer items
+            values, lengths = history_items(batch)
+            catalog = ranked_catalog_sizes(values.cpu(), lengths.cpu(), first_targets(batch).cpu(),
+                                           metric.catalog_size + 2)[keep]
+        metric.update(ranks[keep], segmenter.membership(batch)[keep], catalog)
     return metric.compute(), time.perf_counter() - t1
 
 
@@ -365,7 +372,6 @@ def evaluate_exported(
     from hytrec_torchrec.config import apply_overrides, from_dict
     from hytrec_torchrec.data.config import DataConfig
     from hytrec_torchrec.evaluation.ranks import target_ranks
-    from hytrec_torchrec.evaluation.scoring import first_targets, history_items
     from hytrec_torchrec.training.distributed import init_distributed
 
     t0 = time.perf_counter()

@@ -7,6 +7,9 @@ With ``rank`` the 1-based rank of the target among ``C`` catalog items:
 - ``mrr``    = 1 / rank
 - ``auc``    = 1 - (rank - 1) / (C - 1)        (fraction of negatives scored below the target)
 
+``C`` is one number, or one per example when items are left out of some rankings (history
+removal: ``C`` = catalog size minus the example's distinct removed items).
+
 Each is averaged over examples. Example::
 
     >>> ranking_metrics(torch.tensor([1, 3]), ks=(1, 10), catalog_size=100)["hr@1"]
@@ -15,7 +18,7 @@ Each is averaged over examples. Example::
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 
@@ -25,9 +28,9 @@ DEFAULT_KS: tuple[int, ...] = (1, 10, 50, 100, 200, 500)
 
 
 def per_example_metrics(
-    ranks: torch.Tensor, ks: Sequence[int], catalog_size: int
+    ranks: torch.Tensor, ks: Sequence[int], catalog_size: Union[int, torch.Tensor]
 ) -> Dict[str, torch.Tensor]:
-    """Per-example metric values, each [B] float64."""
+    """Per-example metric values, each [B] float64. ``catalog_size``: C, or [B] per example."""
     r = ranks.to(torch.float64)
     out: Dict[str, torch.Tensor] = {}
     for k in ks:
@@ -35,7 +38,11 @@ def per_example_metrics(
         out[f"hr@{k}"] = hit
         out[f"ndcg@{k}"] = hit / torch.log2(r + 1.0)
     out["mrr"] = 1.0 / r
-    out["auc"] = 1.0 - (r - 1.0) / max(catalog_size - 1, 1)
+    if isinstance(catalog_size, torch.Tensor):
+        negatives = (catalog_size.to(torch.float64) - 1.0).clamp(min=1.0)
+    else:
+        negatives = torch.full_like(r, float(max(catalog_size - 1, 1)))
+    out["auc"] = 1.0 - (r - 1.0) / negatives
     return out
 
 
@@ -82,9 +89,12 @@ if _Metric is not None:
             self.add_state("sums", default=torch.zeros(S, M, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state("counts", default=torch.zeros(S, dtype=torch.float64), dist_reduce_fx="sum")
 
-        def update(self, ranks: torch.Tensor, membership: torch.Tensor) -> None:  # type: ignore[override]
-            """Add examples: ``ranks`` [B] int, ``membership`` [B, S] bool."""
-            vals = per_example_metrics(ranks.cpu(), self.ks, self.catalog_size)
+        def update(self, ranks: torch.Tensor, membership: torch.Tensor,  # type: ignore[override]
+                   catalog: Optional[torch.Tensor] = None) -> None:
+            """Add examples: ``ranks`` [B] int, ``membership`` [B, S] bool, optional ``catalog``
+            [B] items each example was ranked among (default: ``catalog_size``)."""
+            size = self.catalog_size if catalog is None else catalog.cpu()
+            vals = per_example_metrics(ranks.cpu(), self.ks, size)
             v = torch.stack([vals[n] for n in self.metric_names], dim=1)  # [B, M]
             m = membership.cpu().to(torch.float64)  # [B, S]
             self.sums += (m.t() @ v).to(self.sums.device)

@@ -25,6 +25,7 @@ __all__ = [
     "ItemBlock",
     "all_gather_rows",
     "local_item_blocks",
+    "ranked_catalog_sizes",
     "target_ranks",
     "target_ranks_distributed",
     "topk_distributed",
@@ -153,6 +154,23 @@ def _history_mask(values: torch.Tensor, lengths: torch.Tensor, targets: torch.Te
     mask = torch.zeros(B, n, dtype=torch.bool, device=targets.device)
     mask[rows[inside], v[inside] - r0] = True
     return mask
+
+
+def ranked_catalog_sizes(values: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+                         num_items: int) -> torch.Tensor:
+    """[B] int64 items each example is ranked among when its history is left out of the ranking:
+    the catalog (``num_items - 2``) minus the distinct history items in it, the target excepted.
+
+    Args:
+        values: [N] history item indices of all examples, packed; lengths: [B]; targets: [B].
+    """
+    B = targets.shape[0]
+    rows = torch.repeat_interleave(torch.arange(B, device=targets.device), lengths.to(torch.int64))
+    v = values.to(torch.int64)
+    keep = (v >= FIRST_ITEM) & (v < num_items) & (v != targets[rows])
+    keys = torch.unique(rows[keep] * num_items + v[keep])
+    removed = torch.bincount(keys // num_items, minlength=B)
+    return (num_items - FIRST_ITEM) - removed
 
 
 def target_ranks_distributed(
