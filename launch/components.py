@@ -80,6 +80,7 @@ def export(
     out: str,
     int8: bool = False,
     data: Optional[str] = None,
+    max_tokens_per_pass: Optional[int] = None,
     j: str = "1x1",
     cpu: int = 1,
     memMB: int = 8192,
@@ -100,6 +101,8 @@ def export(
         out: output directory
         int8: row-wise int8 embedding tables instead of float32 (``--int8 True``)
         data: prepared dataset with the vocabularies (default: the checkpoint's data.path)
+        max_tokens_per_pass: history events per tower pass when serving a batch (default 32768;
+            0: the whole batch in one pass)
         j: ``NxM``: keep ``1x1`` (export runs on one process)
         cpu: CPUs per replica
         memMB: memory per replica in MB (the whole model is gathered in memory)
@@ -114,6 +117,8 @@ def export(
         args.append("--int8")
     if data:
         args += ["--data", data]
+    if max_tokens_per_pass is not None:
+        args += ["--max-tokens-per-pass", str(max_tokens_per_pass)]
     app = ddp(
         *args,
         m="hytrec_torchrec.serving.cli",

@@ -382,3 +382,6 @@ def test_torchx_export_component() -> None:
     args = " ".join(role.args)
     assert "hytrec_torchrec.serving.cli" in args and "--int8" in args
     assert "--checkpoint runs/demo/train" in args and "--out runs/demo/export" in args
+    assert "--max-tokens-per-pass" not in args
+    tokens = " ".join(export(checkpoint="c", out="o", max_tokens_per_pass=0).roles[0].args)
+    assert "--max-tokens-per-pass 0" in tokens
