@@ -320,6 +320,9 @@ def test_cli_reports_missing_vocabulary(run, tmp_path: Path, capsys: pytest.Capt
     code = main(["--checkpoint", str(run["run"]), "--out", str(tmp_path / "o"), "--data", str(tmp_path)])
     assert code == 2 and "pass --data DIR" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    capsys.readouterr()
+    code = main(["--checkpoint", str(run["run"]), "--out", str(tmp_path / "o"), "--max-tokens-per-pass", "-1"])
+    assert code == 2 and "max_tokens_per_pass must be >= 0, got -1" in capsys.readouterr().err
 
 
 def test_pass_bounds_group_requests_by_token_budget() -> None:

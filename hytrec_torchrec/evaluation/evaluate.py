@@ -218,7 +218,8 @@ def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: Seg
 
 
 def _result(results: Dict[str, Any], counts: Dict[str, int], catalog: int, segmenter: Segmenter,
-            env: Any, t_load: float, t_eval: float, **head: Any) -> Dict[str, Any]:
+            env: Any, t_load: float, t_eval: float, vocab_check: Dict[str, bool],
+            **head: Any) -> Dict[str, Any]:
     """The result layout shared by checkpoints and exported models (``head`` goes first:
     name, checkpoint, step, model); collective when a side file is used."""
     side = dict(segmenter.side_counts)
@@ -228,7 +229,6 @@ def _result(results: Dict[str, Any], counts: Dict[str, int], catalog: int, segme
         side["users_missing"] = dict(zip(cols, missing))
     overall = results.pop("all")
     examples = int(overall["examples"])
-    vocab_check = head.pop("vocab_check")
     return {
         **head,
         "overall": overall,

@@ -144,14 +144,23 @@ def target_ranks(
     return count + 1
 
 
+def _removable_history(values: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(example [M], item [M])`` int64 of the history events that history removal takes out of
+    a ranking: every event of example b whose item is not b's target (duplicates kept)."""
+    rows = torch.repeat_interleave(torch.arange(targets.shape[0], device=targets.device),
+                                   lengths.to(torch.int64))
+    v = values.to(torch.int64)
+    other = v != targets[rows]
+    return rows[other], v[other]
+
+
 def _history_mask(values: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, r0: int,
                   n: int) -> torch.Tensor:
     """``[B, n]`` bool: item ``r0 + j`` is in example b's history and is not its target."""
-    B = targets.shape[0]
-    rows = torch.repeat_interleave(torch.arange(B, device=targets.device), lengths.to(torch.int64))
-    v = values.to(torch.int64)
-    inside = (v >= r0) & (v < r0 + n) & (v != targets[rows])
-    mask = torch.zeros(B, n, dtype=torch.bool, device=targets.device)
+    rows, v = _removable_history(values, lengths, targets)
+    inside = (v >= r0) & (v < r0 + n)
+    mask = torch.zeros(targets.shape[0], n, dtype=torch.bool, device=targets.device)
     mask[rows[inside], v[inside] - r0] = True
     return mask
 
@@ -164,12 +173,10 @@ def ranked_catalog_sizes(values: torch.Tensor, lengths: torch.Tensor, targets: t
     Args:
         values: [N] history item indices of all examples, packed; lengths: [B]; targets: [B].
     """
-    B = targets.shape[0]
-    rows = torch.repeat_interleave(torch.arange(B, device=targets.device), lengths.to(torch.int64))
-    v = values.to(torch.int64)
-    keep = (v >= FIRST_ITEM) & (v < num_items) & (v != targets[rows])
+    rows, v = _removable_history(values, lengths, targets)
+    keep = (v >= FIRST_ITEM) & (v < num_items)
     keys = torch.unique(rows[keep] * num_items + v[keep])
-    removed = torch.bincount(keys // num_items, minlength=B)
+    removed = torch.bincount(keys // num_items, minlength=targets.shape[0])
     return (num_items - FIRST_ITEM) - removed
 
 

@@ -33,9 +33,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--data", default=None,
                         help="prepared dataset with the vocabularies (default: the checkpoint's data.path)")
     parser.add_argument("--no-pt2", action="store_true", help="do not try torch.export (model.pt2)")
-    parser.add_argument("--max-tokens-per-pass", type=int, default=None,
+    parser.add_argument("--max-tokens-per-pass", type=int, default=DEFAULT_MAX_TOKENS_PER_PASS,
                         help="history events per tower pass when serving a batch (default "
-                             "%d; 0 = the whole batch in one pass)" % DEFAULT_MAX_TOKENS_PER_PASS)
+                             "%(default)s; 0 = the whole batch in one pass)")
     args = parser.parse_args(argv)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -48,9 +48,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from hytrec_torchrec.serving.export import ExportError, export_checkpoint
 
     try:
-        tokens = DEFAULT_MAX_TOKENS_PER_PASS if args.max_tokens_per_pass is None else args.max_tokens_per_pass
         card = export_checkpoint(args.checkpoint, args.out, int8=args.int8, data=args.data,
-                                 pt2=not args.no_pt2, max_tokens_per_pass=tokens)
+                                 pt2=not args.no_pt2, max_tokens_per_pass=args.max_tokens_per_pass)
     except (FileNotFoundError, ExportError, ConfigError, ValueError) as exc:
         print(f"hytrec-export: {exc}", file=sys.stderr)
         return 2
