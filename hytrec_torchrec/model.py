@@ -28,11 +28,12 @@ from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from hytrec_torchrec.data.batch import Batch
 from hytrec_torchrec.modules.config import TowerConfig
-from hytrec_torchrec.modules.loss import log_q_from_counts, sampled_softmax_loss
+from hytrec_torchrec.modules.loss import log_q_from_counts, sampled_softmax_loss, shared_negatives_loss
+from hytrec_torchrec.ops.jagged import last_index
 from hytrec_torchrec.modules.tower import HyTRecTower
 from hytrec_torchrec.training.sharding import EmbeddingsConfig, table_configs
 
-__all__ = ["HyTRecModel", "UserTower", "RetrievalLoss"]
+__all__ = ["HyTRecModel", "UserTower", "RetrievalLoss", "AllPositionsLoss", "next_event_rows"]
 
 HISTORY_FEATURES: Tuple[str, ...] = ("item", "attribution", "category", "behavior")
 
@@ -54,15 +55,34 @@ class UserTower(nn.Module):
         offsets: torch.Tensor,
         timestamps: torch.Tensor,
         t_current: torch.Tensor,
+        all_positions: bool = False,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """User embeddings [B, D] and the weighted load-balancing loss (0-d).
+        """User embeddings [B, D] (or [N, D], one per history row, with ``all_positions``; see
+        :meth:`~hytrec_torchrec.modules.tower.HyTRecTower.forward_all_positions`) and the
+        weighted load-balancing loss (0-d).
 
         Args:
             emb: the collection's output; ``history_<feature>`` values are [N, D].
             offsets: [B+1] history offsets; timestamps [N] int64; t_current [B] int64.
         """
         feats = {f: emb[f"history_{f}"].values() for f in HISTORY_FEATURES}
+        if all_positions:
+            return self.net.forward_all_positions(feats, offsets, timestamps, t_current)
         return self.net.forward_with_aux(feats, offsets, timestamps, t_current)
+
+
+def next_event_rows(offsets: torch.Tensor, num_history: int) -> torch.Tensor:
+    """Row of each history position's target in ``[history rows; example targets]`` ``[N]``.
+
+    Position ``r`` of a history predicts row ``r + 1`` (the next history event), and the last
+    position of example ``b`` predicts its target, row ``num_history + b``. ``offsets [B+1]``.
+
+    Example: offsets ``[0, 2, 3]`` (histories of 2 and 1 events) → ``[1, 3, 4]``.
+    """
+    idx = torch.arange(1, num_history + 1, device=offsets.device)
+    lengths = offsets[1:] - offsets[:-1]
+    has = torch.nonzero(lengths > 0).flatten()
+    return idx.index_copy(0, last_index(offsets)[has], num_history + has)
 
 
 class RetrievalLoss(nn.Module):
@@ -113,6 +133,46 @@ class RetrievalLoss(nn.Module):
         )
 
 
+class AllPositionsLoss(nn.Module):
+    """Loss of all-position training (``data.all_positions``, docs/training.md): every history
+    row is scored against its next event (:func:`next_event_rows`) and the batch's uniform
+    negatives, with log-Q = −log(V − 2)
+    (:func:`~hytrec_torchrec.modules.loss.shared_negatives_loss`). No state.
+
+    Args:
+        num_items: V, rows of the item table.
+    """
+
+    def __init__(self, num_items: int) -> None:
+        super().__init__()
+        self.neg_log_q = -math.log(max(num_items - 2, 1))
+
+    def forward(
+        self,
+        user_rows: torch.Tensor,
+        offsets: torch.Tensor,
+        history: JaggedTensor,
+        history_ids: torch.Tensor,
+        targets: JaggedTensor,
+        target_ids: torch.Tensor,
+        negatives: JaggedTensor,
+        negative_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scalar loss.
+
+        Args:
+            user_rows: [N, D], one user embedding per history row; offsets: [B+1];
+            history: jagged item embeddings [N, D] and history_ids [N]; targets: jagged [B, D]
+            (one per example) and target_ids [B]; negatives: jagged [R, D], negative_ids [R].
+        """
+        n = user_rows.shape[0]
+        rows = next_event_rows(offsets, n)
+        pos_emb = torch.cat([history.values(), targets.values()], 0)[rows]
+        pos_ids = torch.cat([history_ids, target_ids], 0)[rows]
+        return shared_negatives_loss(user_rows, pos_ids, pos_emb, negative_ids, negatives.values(),
+                                     self.neg_log_q)
+
+
 class HyTRecModel(nn.Module):
     """Embeddings + HyTRec tower + sampled-softmax loss.
 
@@ -122,6 +182,8 @@ class HyTRecModel(nn.Module):
         vocab_sizes: rows per table, from the prepared dataset's ``meta.json``.
         item_counts: [V_item] event count per item index (log-Q correction of in-batch negatives).
         embedding_device: device of the embedding tables; ``meta`` when DMP will shard them.
+        all_positions: in training mode, supervise every history position (``data.all_positions``;
+            docs/training.md); evaluation mode always scores one user embedding per example.
     """
 
     def __init__(
@@ -131,8 +193,10 @@ class HyTRecModel(nn.Module):
         vocab_sizes: Dict[str, int],
         item_counts: torch.Tensor,
         embedding_device: Optional[torch.device] = None,
+        all_positions: bool = False,
     ) -> None:
         super().__init__()
+        self.all_positions = all_positions
         tables = table_configs(emb_cfg, vocab_sizes)
         init = functools.partial(nn.init.normal_, mean=0.0, std=emb_cfg.init_std)
         for t in tables:
@@ -140,6 +204,7 @@ class HyTRecModel(nn.Module):
         self.embeddings = EmbeddingCollection(tables=tables, device=embedding_device)
         self.tower = UserTower(tower_cfg)
         self.loss = RetrievalLoss(item_counts)
+        self.all_positions_loss = AllPositionsLoss(int(vocab_sizes["item"]))
         self.num_items = int(vocab_sizes["item"])
 
     def user_embedding(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, JaggedTensor]]:
@@ -163,6 +228,15 @@ class HyTRecModel(nn.Module):
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """:meth:`forward` after the lookup: ``emb`` is the collection's output for ``batch``."""
         offsets = batch.history_offsets().to(torch.int64)  # KJT lengths are int32
+        if self.all_positions and self.training:
+            rows, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current, True)
+            loss = self.all_positions_loss(
+                rows, offsets, emb["history_item"], batch.features["history_item"].values(),
+                emb["target_item"], batch.features["target_item"].values(),
+                emb["negative_item"], batch.features["negative_item"].values(),
+            )
+            out = {"loss": loss.detach(), "aux": aux.detach(), "tokens": offsets[-1]}
+            return loss + aux, out
         user, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current)
         loss = self.loss(
             user,

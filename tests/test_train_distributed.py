@@ -1,7 +1,8 @@
 """Distributed training tested distributed (2 gloo processes on CPU).
 
-- the sharded model (row-wise, column-wise, table-wise tables in turn) gives the same losses and
-  parameters after 3 steps as the unsharded single-process model on the same batches;
+- the sharded model (row-wise, column-wise, table-wise tables in turn, and row-wise with
+  all-position training) gives the same losses and parameters after 3 steps as the unsharded
+  single-process model on the same batches;
 - a run stopped after its step-2 checkpoint and resumed ends with exactly the parameters of an
   uninterrupted run; a 2-rank checkpoint resumes on 1 rank.
 """
@@ -21,7 +22,7 @@ from hytrec_torchrec.testing import run_distributed
 from hytrec_torchrec.training.config import JobConfig
 
 
-def _cfg(data: Path, run: Path, sharding: str, **train: object) -> JobConfig:
+def _cfg(data: Path, run: Path, sharding: str, all_positions: bool = False, **train: object) -> JobConfig:
     tables = {t: {"sharding_type": sharding} for t in ("item", "attribution", "category", "behavior")}
     optimizer = "rowwise_adagrad"
     if sharding == "column_wise":
@@ -33,7 +34,7 @@ def _cfg(data: Path, run: Path, sharding: str, **train: object) -> JobConfig:
     return from_dict(JobConfig, {
         "run": {"dir": str(run), "seed": 3, "tensorboard": False, "progress": False},
         "data": {"path": str(data), "batch_size": 4, "num_negatives": 8, "max_len": 60,
-                 "cutoffs_per_user": 2, "num_workers": 0, "seed": 5},
+                 "cutoffs_per_user": 2, "num_workers": 0, "seed": 5, "all_positions": all_positions},
         "embeddings": {"dim": 16, "lr": 0.05, "tables": tables, "init_std": 0.1,
                        "optimizer": optimizer},
         "model": {"embedding_dim": 16, "short_len": 8, "long_pattern": "TS", "heads": 2,
@@ -107,9 +108,12 @@ def _reference(cfg: JobConfig, init: dict, world: int) -> tuple[dict, torch.Tens
     return model.state_dict(), torch.tensor(losses, dtype=torch.float64).t()
 
 
-@pytest.mark.parametrize("sharding", ["row_wise", "column_wise", "table_wise"])
-def test_sharded_equals_unsharded(prepared: Path, tmp_path: Path, sharding: str) -> None:
-    cfg = _cfg(prepared, tmp_path / "run", sharding)
+@pytest.mark.parametrize("sharding, all_positions", [
+    ("row_wise", False), ("column_wise", False), ("table_wise", False),
+    ("row_wise", True),  # all-position training (data.all_positions)
+])
+def test_sharded_equals_unsharded(prepared: Path, tmp_path: Path, sharding: str, all_positions: bool) -> None:
+    cfg = _cfg(prepared, tmp_path / "run", sharding, all_positions)
     from hytrec_torchrec.config import to_dict
 
     run_distributed(_train_body, 2, (to_dict(cfg), str(tmp_path)))

@@ -29,7 +29,15 @@ class DataConfig:
         num_targets: m, positives per example: the event at the cutoff and the next m-1 events
             (fewer only where the split's region ends).
         cutoffs_per_user: training cutoffs per user per epoch (stratified uniform over the user's
-            eligible positions); 0 = every eligible position.
+            eligible positions); 0 = every eligible position. With ``all_positions`` it counts
+            windows instead (0 = every window).
+        all_positions: training objective: every position of an example's history window is a
+            target (history event j+1 for position j, the example's target for the last one),
+            as SASRec and HSTU train, instead of one target per example. Training cutoffs then
+            tile each user's training region from its end in windows of ``max_len`` events, so
+            one epoch supervises every training event once. Validation and test are unchanged
+            (one exact cutoff per user). Needs ``num_targets: 1`` and ``min_history <= 1``.
+            docs/training.md says where this is exact and where it approximates HyTRec.
         min_history: smallest history length (events before the cutoff) an example may have.
             0 allows empty histories (cold-start examples with no history at all).
         batch_size: examples per batch (B).
@@ -50,6 +58,7 @@ class DataConfig:
     max_len: int = 10000
     num_targets: int = 1
     cutoffs_per_user: int = 4
+    all_positions: bool = False
     min_history: int = 1
     batch_size: int = 32
     num_negatives: int = 128
@@ -73,6 +82,12 @@ class DataConfig:
         check_range("num_targets", self.num_targets, 1)
         check_range("cutoffs_per_user", self.cutoffs_per_user, 0)
         check_range("min_history", self.min_history, 0)
+        if self.all_positions and self.num_targets != 1:
+            raise ConfigError(f"num_targets: {self.num_targets} must be 1 when all_positions is true "
+                              "(every history position already has its next event as target)")
+        if self.all_positions and self.min_history > 1:
+            raise ConfigError(f"min_history: {self.min_history} must be 0 or 1 when all_positions is true "
+                              "(every position of a window is supervised, the first with 1 event of history)")
         check_range("batch_size", self.batch_size, 1)
         check_range("num_negatives", self.num_negatives, 0)
         check_range("group_window", self.group_window, 0)

@@ -22,6 +22,12 @@ positions when ``cutoffs_per_user == 0``), *stratified*: the region is cut into 
 strata ``[lo + floor(j*n/k), lo + floor((j+1)*n/k))`` and stratum j contributes position
 ``lo + floor(j*n/k) + h % width`` with ``h = key(seed, epoch, user, j)`` (:func:`cutoff_key`).
 The draw depends on (seed, epoch, user) only, not on rank, world size or worker.
+
+With ``all_positions`` (every position of a history window is a target, docs/training.md),
+training cutoffs are not drawn: they tile the region from its end, ``hi - 1 - j * max_len`` for
+``j = 0, 1, …`` while ``>= max(lo, 1)`` (at most ``cutoffs_per_user`` of them when that is > 0). The
+window of cutoff ``c`` supervises targets ``max(c - max_len, 0) + 1 .. c``, so the windows cover
+every training target exactly once per epoch.
 """
 
 from __future__ import annotations
@@ -105,6 +111,10 @@ def stage_region(cfg: DataConfig, stage: str, length: np.ndarray, n_before: np.n
 def num_examples(cfg: DataConfig, region: StageRegion, stage: str) -> np.ndarray:
     """[U] int64 examples per user in one epoch (0 for ineligible users)."""
     n = np.where(region.eligible, region.hi - region.lo, 0)
+    if stage == "train" and cfg.all_positions:
+        # windows of max_len targets (ceil); position 0 has no history, so targets start at 1
+        n = np.where(region.eligible, region.hi - np.maximum(region.lo, 1), 0).clip(min=0)
+        n = -(-n // cfg.max_len)
     if stage == "train" and cfg.cutoffs_per_user > 0:
         n = np.minimum(n, cfg.cutoffs_per_user)
     return n.astype(np.int64)
@@ -144,6 +154,9 @@ def make_examples(cfg: DataConfig, stage: str, epoch: int, user: np.ndarray, len
     k = num_examples(cfg, region, stage)
     rows = np.repeat(np.arange(len(user), dtype=np.int64), k)
     j = np.arange(int(k.sum()), dtype=np.int64) - np.repeat(np.cumsum(k) - k, k)
+    if stage == "train" and cfg.all_positions:
+        cutoff = region.hi[rows] - 1 - j * cfg.max_len
+        return Examples(row=rows, cutoff=cutoff, target_end=cutoff + 1)
     n = (region.hi - region.lo)[rows]
     kk = k[rows]
     a = j * n // np.maximum(kk, 1)

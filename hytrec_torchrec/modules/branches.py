@@ -75,17 +75,32 @@ class LongBranch(nn.Module):
             i += 1
         return _restore_empty(self.norm(x), nonempty, sel, self.empty)
 
+    def forward_rows(self, x: torch.Tensor, offsets: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """Every row's output ``[N, D]`` (all-position training): row ``r`` is the branch's output
+        for the prefix ending at ``r``. Exact for softmax layers; TADN layers take h̄ as the
+        running mean (``prefix_mean``), which differs from :meth:`forward` on that prefix, where
+        every row of it uses the prefix's mean. Nothing in row ``r`` depends on a later row."""
+        _, _, off = _drop_empty(offsets)  # empty sequences hold no rows
+        if x.shape[0] == 0:
+            return self.norm(x)
+        seg = segment_ids(off, x.shape[0])
+        for blk in self.blocks:
+            x = blk(x, off, seg, tau, False, True)
+        return self.norm(x)
+
 
 class ShortBranch(nn.Module):
     """Multi-head softmax self-attention over the last K events; the last event is the query.
 
     Forward: ``x [N_short, D]`` (the last ≤K rows of each sequence), ``offsets [B+1]`` → ``[B, D]``.
+    The attention has a sliding window of K rows, so :meth:`forward_rows` over whole histories
+    gives every row exactly the output :meth:`forward` gives for the K events ending there.
     """
 
-    def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float, window: int) -> None:
         super().__init__()
         # group_waste = inf: K is small, so one padded [B, K] group is cheapest.
-        self.block = Block(SoftmaxMixer(dim, heads, float("inf"), dropout), dim, ffn_mult, dropout)
+        self.block = Block(SoftmaxMixer(dim, heads, float("inf"), dropout, window), dim, ffn_mult, dropout)
         self.norm = nn.LayerNorm(dim)
         self.empty = nn.Parameter(torch.zeros(dim))
 
@@ -96,3 +111,12 @@ class ShortBranch(nn.Module):
         seg = segment_ids(off, x.shape[0])
         y = self.block(x, off, seg, x.new_zeros(x.shape[0]), True)
         return _restore_empty(self.norm(y), nonempty, sel, self.empty)
+
+    def forward_rows(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Every row's output ``[N, D]`` over whole histories ``x [N, D]``: row ``r`` attends to the
+        K rows ending at ``r`` (exactly :meth:`forward` for a history ending at ``r``)."""
+        _, _, off = _drop_empty(offsets)
+        if x.shape[0] == 0:
+            return self.norm(x)
+        seg = segment_ids(off, x.shape[0])
+        return self.norm(self.block(x, off, seg, x.new_zeros(x.shape[0]), False))

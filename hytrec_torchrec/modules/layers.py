@@ -4,7 +4,9 @@ and the pre-norm residual block that wraps either.
 Every layer takes packed rows ``x [N, D]`` with ``offsets [B+1]`` int64, ``seg [N]`` (sequence id
 of each row, :func:`hytrec_torchrec.ops.jagged.segment_ids`), ``tau [N]`` (temporal decay, used by
 TADN only) and ``last_only``: when True it returns only each sequence's last row ``[B, D]``
-(all sequences must be non-empty then), computing only what that row needs.
+(all sequences must be non-empty then), computing only what that row needs, and
+``prefix_mean`` (TADN only): h̄ is the running mean of the rows up to each row instead of the
+whole sequence's mean, so that no row sees a later one (all-position training, docs/training.md).
 All modules are TorchScript-scriptable.
 """
 
@@ -18,6 +20,7 @@ from torch import nn
 
 from hytrec_torchrec.ops.jagged import (
     jagged_to_padded,
+    segment_prefix_mean,
     last_index,
     length_groups,
     lengths_to_offsets,
@@ -104,9 +107,14 @@ class TADNMixer(nn.Module):
         self.impl = impl
 
     def gates(self, h: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor,
-              tau: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(h_tilde [N, D], g [N, H])`` — the fused input and the temporal gate."""
-        hbar = segment_mean(h, offsets, seg)[seg]
+              tau: torch.Tensor, prefix_mean: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(h_tilde [N, D], g [N, H])`` — the fused input and the temporal gate.
+
+        h̄ is the sequence mean, or with ``prefix_mean`` the running mean up to each row."""
+        if prefix_mean:
+            hbar = segment_prefix_mean(h, offsets, seg)
+        else:
+            hbar = segment_mean(h, offsets, seg)[seg]
         dh = h - hbar
         hd = torch.cat([h, dh], dim=-1)
         qf = torch.sigmoid(self.fuse(hd))
@@ -118,9 +126,9 @@ class TADNMixer(nn.Module):
         return h_tilde, g
 
     def forward(self, h: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
-                last_only: bool) -> torch.Tensor:
+                last_only: bool, prefix_mean: bool = False) -> torch.Tensor:
         n = h.shape[0]
-        h_tilde, g = self.gates(h, offsets, seg, tau)
+        h_tilde, g = self.gates(h, offsets, seg, tau, prefix_mean)
         qkv = self.qkv(h_tilde).view(n, 3, self.heads, self.head_dim)
         q = F.normalize(qkv[:, 0], dim=-1)
         k = F.normalize(qkv[:, 1], dim=-1)
@@ -142,9 +150,12 @@ class SoftmaxMixer(nn.Module):
     (fbgemm when loaded) and attended with ``scaled_dot_product_attention(is_causal=True)``, so
     no row attends across sequences or to a later row, and cost is O(Σ L²) only here.
     With ``last_only`` the last row of each sequence is the only query (O(L) per sequence).
+    ``window`` > 0 limits each query to itself and the ``window - 1`` rows before it (sliding
+    window; the short branch uses K so that every row sees exactly its own last K events).
     """
 
-    def __init__(self, dim: int, heads: int, group_waste: float, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, heads: int, group_waste: float, dropout: float = 0.0,
+                 window: int = 0) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} not divisible by heads {heads}")
@@ -156,9 +167,10 @@ class SoftmaxMixer(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.group_waste = group_waste
         self.dropout = dropout
+        self.window = window
 
     def forward(self, h: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
-                last_only: bool) -> torch.Tensor:
+                last_only: bool, prefix_mean: bool = False) -> torch.Tensor:
         n, dim = h.shape
         b = offsets.numel() - 1
         lengths = offsets[1:] - offsets[:-1]
@@ -187,9 +199,19 @@ class SoftmaxMixer(nn.Module):
                 glen = slen[g0:g1]
                 rows = torch.arange(g1 - g0, device=h.device)
                 ql = q[rows, :, glen - 1].unsqueeze(2)  # [g, H, 1, d]
-                mask = (torch.arange(lmax, device=h.device).unsqueeze(0) < glen.unsqueeze(1)).view(g1 - g0, 1, 1, lmax)
+                pos = torch.arange(lmax, device=h.device).unsqueeze(0)
+                keep = pos < glen.unsqueeze(1)
+                if self.window > 0:
+                    keep = keep & (pos >= glen.unsqueeze(1) - self.window)
+                mask = keep.view(g1 - g0, 1, 1, lmax)
                 o = F.scaled_dot_product_attention(ql, k, v, attn_mask=mask, dropout_p=p)
                 outs.append(o.reshape(g1 - g0, dim))
+            elif self.window > 0:
+                pos = torch.arange(lmax, device=h.device)
+                dist = pos.unsqueeze(1) - pos.unsqueeze(0)  # query row - key row
+                band = (dist >= 0) & (dist < self.window)
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=band, dropout_p=p)
+                outs.append(padded_to_jagged(o.transpose(1, 2).reshape(g1 - g0, lmax, dim), goff, r1 - r0))
             else:
                 o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
                 outs.append(padded_to_jagged(o.transpose(1, 2).reshape(g1 - g0, lmax, dim), goff, r1 - r0))
@@ -234,8 +256,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
-                last_only: bool) -> torch.Tensor:
-        y = self.mixer(self.norm1(x), offsets, seg, tau, last_only)
+                last_only: bool, prefix_mean: bool = False) -> torch.Tensor:
+        y = self.mixer(self.norm1(x), offsets, seg, tau, last_only, prefix_mean)
         if last_only:
             x = x[last_index(offsets)]
         x = x + self.drop(y)

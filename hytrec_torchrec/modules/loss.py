@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["sampled_softmax_loss", "log_q_from_counts"]
+__all__ = ["sampled_softmax_loss", "shared_negatives_loss", "log_q_from_counts"]
 
 
 def log_q_from_counts(counts: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -72,3 +72,37 @@ def sampled_softmax_loss(
         parts.append(z)
     all_logits = torch.cat(parts, dim=1)
     return (torch.logsumexp(all_logits, dim=1) - logits.diagonal()).mean()
+
+
+def shared_negatives_loss(
+    user: torch.Tensor,
+    pos_ids: torch.Tensor,
+    pos_emb: torch.Tensor,
+    neg_ids: torch.Tensor,
+    neg_emb: torch.Tensor,
+    neg_log_q: float,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    r"""Sampled softmax of one positive per row against uniform negatives shared by all rows.
+
+    Used by all-position training, where the rows are every history position of a batch
+    (``P`` in the tens of thousands), so the ``[P, P]`` in-batch matrix of
+    :func:`sampled_softmax_loss` would not fit; the negatives are uniform only.
+
+    Shapes: ``user [P, D]``, ``pos_ids [P]``, ``pos_emb [P, D]``, ``neg_ids [R]``,
+    ``neg_emb [R, D]`` drawn uniformly with per-draw log-probability ``neg_log_q``. Logits::
+
+        positive:  s_p  = u_p·e_p / τ
+        negative:  z_pr = u_p·n_r / τ − (log R + neg_log_q)    (masked when n_r == pos_ids[p])
+
+        L = mean_p [ −s_p + logsumexp(s_p, z_p·) ]
+
+    Returns 0 (with a graph) when ``P == 0``.
+    """
+    if user.shape[0] == 0:
+        return (user * 0.0).sum()
+    u = user / temperature
+    pos = (u * pos_emb).sum(-1, keepdim=True)  # [P, 1]
+    z = u @ neg_emb.t() - (math.log(max(neg_ids.shape[0], 1)) + neg_log_q)  # [P, R]
+    z = z.masked_fill(pos_ids.unsqueeze(1) == neg_ids.unsqueeze(0), float("-inf"))
+    return (torch.logsumexp(torch.cat([pos, z], dim=1), dim=1) - pos.squeeze(1)).mean()

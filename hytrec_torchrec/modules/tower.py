@@ -76,7 +76,8 @@ class HyTRecTower(nn.Module):
                        t.temporal_gate, t.chunk_size, t.impl, cfg.softmax_group_waste)
             if self.has_long else nn.Identity()
         )
-        self.short = ShortBranch(d, cfg.short_heads, cfg.ffn_mult, cfg.dropout) if self.has_short else nn.Identity()
+        self.short = (ShortBranch(d, cfg.short_heads, cfg.ffn_mult, cfg.dropout, cfg.short_len)
+                      if self.has_short else nn.Identity())
         n_branches = int(self.has_long) + int(self.has_short)
         self.fusion = MoEFusion(n_branches, d, cfg.fusion.num_experts, cfg.fusion.hidden_dim or d)
         self.dim = d
@@ -107,6 +108,40 @@ class HyTRecTower(nn.Module):
             branches.append(self.long(h[head_rows], head_off, tau[head_rows]))
         if self.has_short:
             branches.append(self.short(h[tail_rows], tail_off))
+        user, balance = self.fusion(branches)
+        return user, balance * self.load_balance_weight
+
+    def forward_all_positions(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
+                              timestamps: torch.Tensor, t_current: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One user embedding per history row ``[N, D]`` (all-position training) and the weighted
+        load-balancing loss (0-d); inputs as :meth:`forward`.
+
+        Row ``r`` of a history is the user embedding for the prefix ending at ``r`` (its target is
+        the next event): the short branch sees the K rows ending at ``r`` (sliding window), the
+        long branch's output for the prefix ending at ``r - K`` (the learned empty vector when
+        ``r < K``), both fused per row. Exact (equal to :meth:`forward` on that prefix) for towers
+        without TADN layers. With TADN it is a training surrogate: τ is taken against the
+        example's ``t_current`` for every row, and h̄ is the running mean
+        (:meth:`LongBranch.forward_rows`). No row depends on a later row in either case.
+        """
+        h = self.combine(features)
+        n = h.shape[0]
+        branches: List[torch.Tensor] = []
+        if self.has_long:
+            seg = segment_ids(offsets, n)
+            tau = temporal_decay(timestamps, t_current, seg, self.decay_period, h.dtype)
+            if self.has_short:
+                head_rows, head_off, _, _ = split_tail(offsets, self.short_len)
+            else:
+                head_rows = torch.arange(n, device=h.device)
+                head_off = offsets
+            rows = self.long.forward_rows(h[head_rows], head_off, tau[head_rows])
+            # head row m of a history feeds the prefix ending K rows later
+            long_out = self.long.empty.unsqueeze(0).expand(n, self.dim)
+            long_out = long_out.index_copy(0, head_rows + self.short_len, rows)
+            branches.append(long_out)
+        if self.has_short:
+            branches.append(self.short.forward_rows(h, offsets))
         user, balance = self.fusion(branches)
         return user, balance * self.load_balance_weight
 

@@ -28,6 +28,7 @@ __all__ = [
     "jagged_to_padded",
     "padded_to_jagged",
     "segment_mean",
+    "segment_prefix_mean",
     "split_tail",
     "last_index",
     "length_groups",
@@ -99,6 +100,21 @@ def segment_mean(values: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor)
     sums = values.new_zeros(b, values.shape[1]).index_add(0, seg, values)
     lengths = (offsets[1:] - offsets[:-1]).clamp(min=1).to(values.dtype)
     return sums / lengths.unsqueeze(1)
+
+
+def segment_prefix_mean(values: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """Causal per-sequence mean ``[N, D]``: row ``r`` gets the mean of its sequence's rows up to
+    and including ``r`` (a running mean; the last row of each sequence equals :func:`segment_mean`).
+
+    The running sums are taken in float64, so long sequences do not lose precision.
+    """
+    n = values.shape[0]
+    cs = torch.cat([values.new_zeros(1, values.shape[1]).double(), values.double().cumsum(0)], 0)
+    rows = torch.arange(n, device=values.device)
+    start = offsets[:-1][seg]
+    sums = cs[rows + 1] - cs[start]
+    count = (rows - start + 1).to(torch.float64).unsqueeze(1)
+    return (sums / count).to(values.dtype)
 
 
 def split_tail(offsets: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,0 +1,164 @@
+"""All-position training (``data.all_positions``): the per-row tower output against the per-cutoff
+tower, causality, the running mean, the loss against a direct reference, target rows and the
+window tiling of training cutoffs. The sharded-vs-unsharded check with this objective is in
+tests/test_train_distributed.py."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hytrec_torchrec.config import ConfigError, from_dict
+from hytrec_torchrec.data.config import DataConfig
+from hytrec_torchrec.data.examples import make_examples
+from hytrec_torchrec.model import next_event_rows
+from hytrec_torchrec.modules import HyTRecTower, TowerConfig
+from hytrec_torchrec.modules.layers import SoftmaxMixer
+from hytrec_torchrec.modules.loss import shared_negatives_loss
+from hytrec_torchrec.ops.jagged import segment_ids, segment_prefix_mean
+
+T0 = 1_700_000_000
+LENGTHS = [9, 1, 0, 14, 5]
+
+
+def _cfg(**kw: object) -> TowerConfig:
+    base: dict = dict(embedding_dim=16, features=["item"], heads=2, short_heads=2, short_len=4,
+                      tadn=dict(chunk_size=4, decay_period=3600.0), fusion=dict(num_experts=2))
+    base.update(kw)
+    return from_dict(TowerConfig, base)
+
+
+def _batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    n = sum(lengths)
+    offsets = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0)
+    x = torch.randn(n, 16, generator=gen)
+    ts = T0 + torch.randint(0, 20_000, (n,), generator=gen).sort().values
+    tc = torch.full((len(lengths),), T0 + 20_000, dtype=torch.int64)
+    return x, offsets, ts, tc
+
+
+@pytest.mark.parametrize("kw", [
+    dict(long_pattern="SS", short_len=0),      # SASRec-like
+    dict(long_pattern="", short_len=4),        # short-only
+    dict(long_pattern="SS", short_len=4),      # softmax long branch + short branch + fusion
+])
+def test_rows_equal_the_per_cutoff_tower_without_tadn(kw: dict) -> None:
+    torch.manual_seed(0)
+    tower = HyTRecTower(_cfg(**kw)).eval()
+    x, off, ts, tc = _batch(LENGTHS)
+    rows, _ = tower.forward_all_positions({"item": x}, off, ts, tc)
+    assert rows.shape == (sum(LENGTHS), 16)
+    for b, n in enumerate(LENGTHS):
+        a = int(off[b])
+        for r in range(n):  # the prefix a .. a+r as its own one-example batch
+            want = tower({"item": x[a:a + r + 1]}, torch.tensor([0, r + 1]), ts[a:a + r + 1], tc[b:b + 1])
+            torch.testing.assert_close(rows[a + r], want[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pattern", ["TTTS", "T"])
+def test_rows_never_depend_on_later_rows(pattern: str) -> None:
+    torch.manual_seed(1)
+    tower = HyTRecTower(_cfg(long_pattern=pattern)).eval()
+    x, off, ts, tc = _batch(LENGTHS, seed=2)
+    rows, _ = tower.forward_all_positions({"item": x}, off, ts, tc)
+    b, r = 3, 7  # change every row after row r of example 3
+    a, n = int(off[b]), LENGTHS[b]
+    x2 = x.clone()
+    x2[a + r + 1:a + n] += torch.randn(n - r - 1, 16)
+    rows2, _ = tower.forward_all_positions({"item": x2}, off, ts, tc)
+    torch.testing.assert_close(rows2[: a + r + 1], rows[: a + r + 1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rows2[a + n:], rows[a + n:], atol=1e-5, rtol=0)
+    assert (rows2[a + r + 1:a + n] - rows[a + r + 1:a + n]).abs().max() > 1e-3  # the change is seen
+
+
+def test_rows_with_tadn_at_the_last_position_differ_only_by_the_running_mean() -> None:
+    """For a history shorter than K + 2 the long part has at most one row, so the running mean is
+    the full mean and the last row equals the per-cutoff tower exactly (τ uses t_current)."""
+    torch.manual_seed(3)
+    tower = HyTRecTower(_cfg(long_pattern="TTTS")).eval()
+    x, off, ts, tc = _batch([5])
+    rows, _ = tower.forward_all_positions({"item": x}, off, ts, tc)
+    want = tower({"item": x}, off, ts, tc)
+    torch.testing.assert_close(rows[-1], want[0], atol=1e-5, rtol=0)
+
+
+def test_segment_prefix_mean_matches_a_loop() -> None:
+    x, off, _, _ = _batch(LENGTHS)
+    got = segment_prefix_mean(x, off, segment_ids(off, x.shape[0]))
+    for b, n in enumerate(LENGTHS):
+        a = int(off[b])
+        for r in range(n):
+            torch.testing.assert_close(got[a + r], x[a:a + r + 1].mean(0), atol=1e-6, rtol=0)
+
+
+def test_sliding_window_softmax_rows_equal_last_only_on_each_window() -> None:
+    torch.manual_seed(4)
+    mixer = SoftmaxMixer(16, 2, group_waste=0.0, window=3).eval()
+    x, off, _, _ = _batch(LENGTHS)
+    seg = segment_ids(off, x.shape[0])
+    full = mixer(x, off, seg, x.new_zeros(x.shape[0]), False)
+    for b, n in enumerate(LENGTHS):
+        a = int(off[b])
+        for r in range(n):
+            lo = max(0, r - 2)
+            w = x[a + lo:a + r + 1]
+            o = torch.tensor([0, w.shape[0]])
+            want = mixer(w, o, segment_ids(o, w.shape[0]), w.new_zeros(w.shape[0]), True)
+            torch.testing.assert_close(full[a + r], want[0], atol=1e-5, rtol=0)
+
+
+def test_next_event_rows() -> None:
+    assert next_event_rows(torch.tensor([0, 2, 3]), 3).tolist() == [1, 3, 4]
+    # an empty history in the middle has no row, its example's target is never used
+    assert next_event_rows(torch.tensor([0, 2, 2, 4]), 4).tolist() == [1, 4, 3, 6]
+
+
+def test_shared_negatives_loss_matches_a_direct_reference() -> None:
+    gen = torch.Generator().manual_seed(5)
+    p, r, d, v = 7, 5, 4, 10
+    user = torch.randn(p, d, generator=gen)
+    pos_ids = torch.randint(2, v, (p,), generator=gen)
+    neg_ids = torch.randint(2, v, (r,), generator=gen)
+    neg_ids[0] = pos_ids[0]  # an accidental hit, masked
+    table = torch.randn(v, d, generator=gen)
+    log_q = -math.log(v - 2)
+    got = shared_negatives_loss(user, pos_ids, table[pos_ids], neg_ids, table[neg_ids], log_q)
+    total = 0.0
+    for i in range(p):
+        s = float(user[i] @ table[pos_ids[i]])
+        logits = [s] + [float(user[i] @ table[n]) - math.log(r) - log_q for n in neg_ids if n != pos_ids[i]]
+        total += math.log(sum(math.exp(z) for z in logits)) - s
+    assert abs(float(got) - total / p) < 1e-5
+    empty = shared_negatives_loss(user[:0], pos_ids[:0], table[pos_ids[:0]], neg_ids, table[neg_ids], log_q)
+    assert float(empty) == 0.0
+
+
+def test_training_windows_tile_every_training_target_once() -> None:
+    cfg = DataConfig(path="x", max_len=4, all_positions=True, cutoffs_per_user=0)
+    length = np.array([2, 3, 5, 11, 12], dtype=np.int64)
+    user = np.arange(len(length), dtype=np.int64)
+    ex = make_examples(cfg, "train", 0, user, length, np.zeros_like(length))
+    for u, n in enumerate(length):
+        cut = ex.cutoff[ex.row == u]
+        targets = []
+        for c in cut:  # the window of cutoff c supervises targets max(c - max_len, 0) + 1 .. c
+            targets += list(range(max(c - cfg.max_len, 0) + 1, c + 1))
+        # leave-last-out: the last two events are validation and test targets
+        assert sorted(targets) == list(range(1, n - 2)), (u, cut)
+    assert np.array_equal(ex.target_end, ex.cutoff + 1)
+    capped = make_examples(DataConfig(path="x", max_len=4, all_positions=True, cutoffs_per_user=1),
+                           "train", 0, user, length, np.zeros_like(length))
+    assert capped.cutoff.tolist() == (length - 3)[length > 3].tolist()  # the most recent window
+
+
+@pytest.mark.parametrize("kw, key", [
+    (dict(num_targets=2), "num_targets"),
+    (dict(min_history=2), "min_history"),
+])
+def test_all_positions_config_errors_name_the_key(kw: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        DataConfig(path="x", all_positions=True, **kw).validate()
