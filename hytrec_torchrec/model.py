@@ -30,7 +30,7 @@ from hytrec_torchrec.data.batch import Batch
 from hytrec_torchrec.modules.config import TowerConfig
 from hytrec_torchrec.modules.loss import log_q_from_counts, sampled_softmax_loss, shared_negatives_loss
 from hytrec_torchrec.ops.jagged import last_index
-from hytrec_torchrec.modules.tower import HyTRecTower
+from hytrec_torchrec.modules.tower import HyTRecTower, scoring_vectors
 from hytrec_torchrec.training.sharding import EmbeddingsConfig, table_configs
 
 __all__ = ["HyTRecModel", "UserTower", "RetrievalLoss", "AllPositionsLoss", "next_event_rows"]
@@ -96,13 +96,17 @@ class RetrievalLoss(nn.Module):
 
     Args:
         item_counts: [V] event count per item index.
+        cosine: L2-normalise the item rows (``similarity: cosine``; the tower normalises the user).
+        temperature: logits are scores / temperature.
     """
 
-    def __init__(self, item_counts: torch.Tensor) -> None:
+    def __init__(self, item_counts: torch.Tensor, cosine: bool = False, temperature: float = 1.0) -> None:
         super().__init__()
         all_items = torch.arange(item_counts.numel())
         self.register_buffer("item_log_q", log_q_from_counts(item_counts, all_items), persistent=False)
         self.neg_log_q = -math.log(max(int(item_counts.numel()) - 2, 1))
+        self.cosine = cosine
+        self.temperature = temperature
 
     def forward(
         self,
@@ -124,12 +128,13 @@ class RetrievalLoss(nn.Module):
         return sampled_softmax_loss(
             user=user,
             pos_ids=target_ids,
-            pos_emb=targets.values(),
+            pos_emb=scoring_vectors(targets.values(), self.cosine),
             target_to_example=target_to_example,
             pos_log_q=self.item_log_q[target_ids],
             neg_ids=negative_ids,
-            neg_emb=negatives.values(),
+            neg_emb=scoring_vectors(negatives.values(), self.cosine),
             neg_log_q=self.neg_log_q,
+            temperature=self.temperature,
         )
 
 
@@ -141,11 +146,14 @@ class AllPositionsLoss(nn.Module):
 
     Args:
         num_items: V, rows of the item table.
+        cosine, temperature: as :class:`RetrievalLoss`.
     """
 
-    def __init__(self, num_items: int) -> None:
+    def __init__(self, num_items: int, cosine: bool = False, temperature: float = 1.0) -> None:
         super().__init__()
         self.neg_log_q = -math.log(max(num_items - 2, 1))
+        self.cosine = cosine
+        self.temperature = temperature
 
     def forward(
         self,
@@ -167,10 +175,11 @@ class AllPositionsLoss(nn.Module):
         """
         n = user_rows.shape[0]
         rows = next_event_rows(offsets, n)
-        pos_emb = torch.cat([history.values(), targets.values()], 0)[rows]
+        pos_emb = scoring_vectors(torch.cat([history.values(), targets.values()], 0)[rows], self.cosine)
         pos_ids = torch.cat([history_ids, target_ids], 0)[rows]
-        return shared_negatives_loss(user_rows, pos_ids, pos_emb, negative_ids, negatives.values(),
-                                     self.neg_log_q)
+        return shared_negatives_loss(user_rows, pos_ids, pos_emb, negative_ids,
+                                     scoring_vectors(negatives.values(), self.cosine), self.neg_log_q,
+                                     self.temperature)
 
 
 class HyTRecModel(nn.Module):
@@ -203,8 +212,9 @@ class HyTRecModel(nn.Module):
             t.init_fn = init
         self.embeddings = EmbeddingCollection(tables=tables, device=embedding_device)
         self.tower = UserTower(tower_cfg)
-        self.loss = RetrievalLoss(item_counts)
-        self.all_positions_loss = AllPositionsLoss(int(vocab_sizes["item"]))
+        self.cosine = tower_cfg.similarity == "cosine"
+        self.loss = RetrievalLoss(item_counts, self.cosine, tower_cfg.temperature)
+        self.all_positions_loss = AllPositionsLoss(int(vocab_sizes["item"]), self.cosine, tower_cfg.temperature)
         self.num_items = int(vocab_sizes["item"])
 
     def user_embedding(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, JaggedTensor]]:

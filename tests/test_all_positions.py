@@ -162,3 +162,40 @@ def test_training_windows_tile_every_training_target_once() -> None:
 def test_all_positions_config_errors_name_the_key(kw: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         DataConfig(path="x", all_positions=True, **kw).validate()
+
+
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+def test_cosine_losses_ignore_the_scale_of_item_vectors(similarity: str) -> None:
+    """Under cosine similarity both training losses see only directions: scaling every item
+    vector by 3 leaves them unchanged (and changes the dot-product losses)."""
+    from torchrec.sparse.jagged_tensor import JaggedTensor
+
+    from hytrec_torchrec.model import AllPositionsLoss, RetrievalLoss
+
+    cosine = similarity == "cosine"
+    gen = torch.Generator().manual_seed(6)
+    b, n, r, d, v = 3, 7, 4, 8, 12
+    off = torch.tensor([0, 2, 5, 7])
+    rows = torch.nn.functional.normalize(torch.randn(n, d, generator=gen), dim=-1)
+    user = rows[off[1:] - 1]
+    hist_ids = torch.randint(2, v, (n,), generator=gen)
+    tgt_ids = torch.randint(2, v, (b,), generator=gen)
+    neg_ids = torch.randint(2, v, (r,), generator=gen)
+    table = torch.randn(v, d, generator=gen)
+    counts = torch.ones(v, dtype=torch.int64)
+
+    def losses(scale: float) -> tuple[float, float]:
+        def jt(ids: torch.Tensor, lengths: torch.Tensor) -> JaggedTensor:
+            return JaggedTensor(values=table[ids] * scale, lengths=lengths)
+        ones = torch.ones(b, dtype=torch.int64)
+        neg_len = torch.tensor([r] + [0] * (b - 1))
+        one = RetrievalLoss(counts, cosine, 0.5)(user, jt(tgt_ids, ones), tgt_ids, jt(neg_ids, neg_len), neg_ids)
+        every = AllPositionsLoss(v, cosine, 0.5)(rows, off, jt(hist_ids, off[1:] - off[:-1]), hist_ids,
+                                                  jt(tgt_ids, ones), tgt_ids, jt(neg_ids, neg_len), neg_ids)
+        return float(one), float(every)
+
+    a, c = losses(1.0), losses(3.0)
+    if cosine:
+        assert abs(a[0] - c[0]) < 1e-5 and abs(a[1] - c[1]) < 1e-5
+    else:
+        assert abs(a[0] - c[0]) > 1e-3 and abs(a[1] - c[1]) > 1e-3

@@ -120,10 +120,12 @@ def _to_request(idx: Dict[str, torch.Tensor], lengths: torch.Tensor, ts: torch.T
 
 def _training_scores(model, idx: Dict[str, torch.Tensor], lengths: torch.Tensor, ts: torch.Tensor,
                      t_now: torch.Tensor) -> torch.Tensor:
-    """The training model's full-catalog scores [B, V] for an index-space batch."""
+    """The training model's full-catalog scores [B, V] for an index-space batch, with the item
+    rows of the evaluation path (``item_blocks``: L2-normalised under cosine similarity)."""
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     from hytrec_torchrec.data.batch import FEATURE_KEYS, Batch
+    from hytrec_torchrec.evaluation.scoring import item_blocks
 
     B = lengths.numel()
     lens = lengths.to(torch.int32)
@@ -135,7 +137,8 @@ def _training_scores(model, idx: Dict[str, torch.Tensor], lengths: torch.Tensor,
                   valid=torch.ones(B, dtype=torch.bool))
     with torch.no_grad():
         user, _ = model.user_embedding(batch)
-        scores = user @ model.embeddings.embeddings["item"].weight.t()
+        (blocks,) = item_blocks(model)
+        scores = user @ blocks[2].t()
     scores[:, :2] = float("-inf")
     return scores
 
@@ -335,6 +338,38 @@ def test_pass_bounds_group_requests_by_token_budget() -> None:
     assert pass_bounds(offsets, 10) == [0, 4] and pass_bounds(offsets, 0) == [0, 4]
     assert pass_bounds(torch.tensor([0]), 5) == [0, 0]  # no requests: one empty pass
     assert pass_bounds(torch.tensor([0, 0, 0, 7]), 2) == [0, 2, 3]  # empty histories cost nothing
+
+
+def test_cosine_similarity_export_matches_the_training_model(run, training) -> None:
+    """``model.similarity: cosine``: the exported scores are cosines (unit user vectors) and equal
+    the training model's evaluation scores; the trained weights are reused under the new setting."""
+    from hytrec_torchrec.config import from_dict as build
+    from hytrec_torchrec.serving.export import build_serving, read_vocabs
+    from hytrec_torchrec.training.loop import build_model
+
+    model, cfg, state = training
+    d = to_dict(cfg)
+    d["model"]["similarity"] = "cosine"
+    d["model"]["temperature"] = 0.05
+    cos_cfg = build(JobConfig, d)
+    sizes = {k: int(v) for k, v in state["vocab_sizes"].items()}
+    cos_model = build_model(cos_cfg, sizes, torch.device("cpu"))
+    cos_model.load_state_dict(model.state_dict())
+    cos_model.eval()
+    vocabs = read_vocabs(run["data"], sizes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(build_serving(cos_model, list(cfg.model.features), MAX_LEN, vocabs))
+    idx, lens, ts, now = _random_history([0, 3, MAX_LEN, 1, 6], seed=8, sizes=sizes)
+    _assert_parity(scripted, cos_model, idx, lens, ts, now)
+    req = _to_request(idx, lens, ts, now)
+    with torch.no_grad():
+        users = scripted.user_embedding(*req)
+        torch.testing.assert_close(users.norm(dim=1), torch.ones(len(lens)), atol=1e-5, rtol=0)
+        s = scripted.scores(*req)[:, 2:]
+        assert float(s.abs().max()) <= 1.0 + 1e-5
+        dot = build_serving(model, list(cfg.model.features), MAX_LEN, vocabs)
+        assert (dot.scores(*req)[:, 2:] - s).abs().max() > 1e-2  # not the dot-product model
 
 
 def test_token_budgeted_passes_equal_one_pass(run, training) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from hytrec_torchrec.data.batch import Batch
 from hytrec_torchrec.evaluation.ranks import ItemBlock, local_item_blocks, target_ranks_distributed
+from hytrec_torchrec.modules.tower import scoring_vectors
 
 __all__ = ["ITEM_TABLE_KEY", "unwrap", "item_blocks", "first_targets", "history_items", "batch_target_ranks"]
 
@@ -31,10 +32,12 @@ def unwrap(model: torch.nn.Module) -> Any:
 
 
 def item_blocks(model: torch.nn.Module) -> List[ItemBlock]:
-    """This rank's pieces of the item table (whole table only on rank 0 when unsharded)."""
+    """This rank's pieces of the item table (whole table only on rank 0 when unsharded), rows as
+    they enter a score (L2-normalised when the model's ``similarity`` is cosine)."""
     sd = model.state_dict()
     key = ITEM_TABLE_KEY if ITEM_TABLE_KEY in sd else ITEM_TABLE_KEY.replace("embeddings.", "", 1)
-    return local_item_blocks(sd[key])
+    cosine = bool(getattr(unwrap(model), "cosine", False))
+    return [(r0, c0, scoring_vectors(w, cosine)) for r0, c0, w in local_item_blocks(sd[key])]
 
 
 def first_targets(batch: Batch) -> torch.Tensor:

@@ -79,6 +79,11 @@ class TowerConfig:
     dropout: float = 0.0
     softmax_group_waste: float = 0.25
     """Softmax layers pad per group of similar lengths; max padding fraction within a group."""
+    similarity: str = "dot"
+    """dot | cosine: scores are ``u·e`` or, with cosine, ``û·ê`` (user and item vectors L2-normalised,
+    as generative-recommenders trains SASRec and HSTU); training, evaluation and serving agree."""
+    temperature: float = 1.0
+    """Training logits are scores / temperature (generative-recommenders uses 0.05 with cosine)."""
     tadn: TADNConfig = field(default_factory=TADNConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
@@ -108,3 +113,5 @@ class TowerConfig:
         check_range("ffn_mult", self.ffn_mult, 1)
         check_range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
         check_range("softmax_group_waste", self.softmax_group_waste, 0.0)
+        check_choice("similarity", self.similarity, ("dot", "cosine"))
+        check_range("temperature", self.temperature, 0.0, lo_open=True)

@@ -11,6 +11,7 @@ TorchScript-scriptable (``torch.jit.script(tower)``).
 from typing import Dict, Final, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hytrec_torchrec.modules.branches import LongBranch, ShortBranch
@@ -19,7 +20,20 @@ from hytrec_torchrec.modules.fusion import MoEFusion
 from hytrec_torchrec.modules.layers import temporal_decay
 from hytrec_torchrec.ops.jagged import segment_ids, split_tail
 
-__all__ = ["FeatureCombiner", "HyTRecTower", "score"]
+__all__ = ["FeatureCombiner", "HyTRecTower", "score", "scoring_vectors", "NORM_EPS"]
+
+#: epsilon of the L2 normalisation of user and item vectors under ``similarity: cosine``.
+NORM_EPS: Final[float] = 1e-6
+
+
+def scoring_vectors(x: torch.Tensor, cosine: bool) -> torch.Tensor:
+    """Rows of ``x [M, D]`` as they enter a score: unchanged (dot) or L2-normalised (cosine).
+
+    Applied to item rows wherever items are scored (training losses, evaluation, serving); the
+    tower applies it to its own output."""
+    if cosine:
+        return F.normalize(x, dim=-1, eps=1e-6)  # NORM_EPS (TorchScript cannot read the global)
+    return x
 
 
 class FeatureCombiner(nn.Module):
@@ -59,6 +73,7 @@ class HyTRecTower(nn.Module):
 
     has_long: Final[bool]
     has_short: Final[bool]
+    cosine: Final[bool]
 
     def __init__(self, cfg: TowerConfig, feature_dims: Optional[Dict[str, int]] = None) -> None:
         super().__init__()
@@ -81,6 +96,7 @@ class HyTRecTower(nn.Module):
         n_branches = int(self.has_long) + int(self.has_short)
         self.fusion = MoEFusion(n_branches, d, cfg.fusion.num_experts, cfg.fusion.hidden_dim or d)
         self.dim = d
+        self.cosine = cfg.similarity == "cosine"
 
     def forward(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor, timestamps: torch.Tensor,
                 t_current: torch.Tensor) -> torch.Tensor:
@@ -91,7 +107,9 @@ class HyTRecTower(nn.Module):
     @torch.jit.export
     def forward_with_aux(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
                          timestamps: torch.Tensor, t_current: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Like :meth:`forward`, also returning the weighted load-balancing loss (0-d)."""
+        """Like :meth:`forward`, also returning the weighted load-balancing loss (0-d).
+
+        The user embedding is L2-normalised when ``similarity`` is cosine (:func:`scoring_vectors`)."""
         h = self.combine(features)
         n = h.shape[0]
         if self.has_short:
@@ -109,7 +127,7 @@ class HyTRecTower(nn.Module):
         if self.has_short:
             branches.append(self.short(h[tail_rows], tail_off))
         user, balance = self.fusion(branches)
-        return user, balance * self.load_balance_weight
+        return scoring_vectors(user, self.cosine), balance * self.load_balance_weight
 
     def forward_all_positions(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
                               timestamps: torch.Tensor, t_current: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +161,7 @@ class HyTRecTower(nn.Module):
         if self.has_short:
             branches.append(self.short.forward_rows(h, offsets))
         user, balance = self.fusion(branches)
-        return user, balance * self.load_balance_weight
+        return scoring_vectors(user, self.cosine), balance * self.load_balance_weight
 
 
 def score(user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

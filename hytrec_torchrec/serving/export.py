@@ -124,8 +124,11 @@ def example_request(vocabs: Dict[str, Vocab], lengths: List[int], t0: int = 1_70
     return values, {k: lens.clone() for k in values}, torch.full((len(lengths),), t0 + 86_400 * 31)
 
 
-def input_contract(vocabs: Dict[str, Vocab], features: List[str], max_len: int, dim: int) -> Dict[str, Any]:
+def input_contract(vocabs: Dict[str, Vocab], features: List[str], max_len: int, dim: int,
+                   cosine: bool = False) -> Dict[str, Any]:
     """The exact input/output contract of the exported ``forward`` (written to the model card)."""
+    similarity = ("cosine similarity: dot products of the L2-normalised user and item vectors, in [-1, 1]"
+                  if cosine else "dot products user · item")
     vals: Dict[str, Any] = {}
     for name in TABLES:
         space = vocabs[name].id_space()
@@ -149,7 +152,7 @@ def input_contract(vocabs: Dict[str, Vocab], features: List[str], max_len: int, 
         "k": "int >= 1; k' = min(k, table_rows(item) - 2) results per request",
         "returns": {
             "ids": "[B, k'] int64, best first: raw item IDs (item id_space raw_int64) or item indices (index)",
-            "scores": "[B, k'] float32 dot products user · item, descending",
+            "scores": "[B, k'] float32 " + similarity + ", descending",
         },
         "rules": {
             "history_order": "events of a request must be ordered oldest first, as in training",
@@ -165,9 +168,11 @@ def input_contract(vocabs: Dict[str, Vocab], features: List[str], max_len: int, 
                        "lengths not summing to the values, request_time of the wrong size, k < 1"),
         },
         "other_methods": {
-            "user_embedding(values, lengths, request_time)": f"[B, {dim}] float32 user embeddings",
+            "user_embedding(values, lengths, request_time)": f"[B, {dim}] float32 user embeddings"
+                                                             + (" (L2-normalised)" if cosine else ""),
             "scores(values, lengths, request_time)": "[B, table_rows(item)] float32, columns 0 and 1 = -inf",
-            "item_embeddings()": f"[table_rows(item), {dim}] float32 (dequantized for int8)",
+            "item_embeddings()": f"[table_rows(item), {dim}] float32 as scored (dequantized for int8"
+                                 + (", L2-normalised)" if cosine else ")"),
             "item_ids(index)": "item indices -> ids as returned by forward",
         },
     }
@@ -277,7 +282,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
         "max_tokens_per_pass": max_tokens_per_pass,
         "validation": {"history": history, "last": history[-1] if history else None},
         "versions": _versions(),
-        "input_contract": input_contract(vocabs, features, cfg.data.max_len, int(cfg.model.embedding_dim)),
+        "input_contract": input_contract(vocabs, features, cfg.data.max_len, int(cfg.model.embedding_dim),
+                                         cfg.model.similarity == "cosine"),
         "torch_export": pt2_result,
         "config": config_dict(cfg),
     }

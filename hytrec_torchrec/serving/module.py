@@ -32,7 +32,7 @@ from typing import Dict, Final, List, Tuple
 import torch
 from torch import nn
 
-from hytrec_torchrec.modules.tower import HyTRecTower
+from hytrec_torchrec.modules.tower import HyTRecTower, scoring_vectors
 from hytrec_torchrec.serving.idmap import IdMap, Vocab
 from hytrec_torchrec.serving.quant import ServingTable
 
@@ -215,12 +215,13 @@ class HyTRecServing(nn.Module):
 
     @torch.jit.export
     def item_embeddings(self) -> torch.Tensor:
-        """The item table ``[V, D]`` float32 (dequantized for int8); row i = item index i."""
+        """The item vectors ``[V, D]`` float32 as scored (dequantized for int8, L2-normalised when
+        the tower's ``similarity`` is cosine); row i = item index i."""
         out = torch.zeros(0)
         for name, feature in self.inputs.items():
             if name == "item":
                 out = feature.table.rows()
-        return out
+        return scoring_vectors(out, self.tower.cosine)
 
     @torch.jit.export
     def scores(self, values: Dict[str, torch.Tensor], lengths: Dict[str, torch.Tensor],
