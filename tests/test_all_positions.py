@@ -45,10 +45,14 @@ def _batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
     dict(long_pattern="SS", short_len=0),      # SASRec-like
     dict(long_pattern="", short_len=4),        # short-only
     dict(long_pattern="SS", short_len=4),      # softmax long branch + short branch + fusion
+    dict(long_pattern="SS", short_len=4, position_bias=6),  # with relative-position biases
 ])
 def test_rows_equal_the_per_cutoff_tower_without_tadn(kw: dict) -> None:
     torch.manual_seed(0)
     tower = HyTRecTower(_cfg(**kw)).eval()
+    for name, p in tower.named_parameters():
+        if name.endswith("rel_bias"):  # zero at initialisation: make them matter
+            torch.nn.init.normal_(p)
     x, off, ts, tc = _batch(LENGTHS)
     rows, _ = tower.forward_all_positions({"item": x}, off, ts, tc)
     assert rows.shape == (sum(LENGTHS), 16)
@@ -109,6 +113,30 @@ def test_sliding_window_softmax_rows_equal_last_only_on_each_window() -> None:
             o = torch.tensor([0, w.shape[0]])
             want = mixer(w, o, segment_ids(o, w.shape[0]), w.new_zeros(w.shape[0]), True)
             torch.testing.assert_close(full[a + r], want[0], atol=1e-5, rtol=0)
+
+
+def test_position_bias_matches_a_dense_reference() -> None:
+    torch.manual_seed(7)
+    mixer = SoftmaxMixer(8, 2, group_waste=0.0, max_distance=3).eval()
+    torch.nn.init.normal_(mixer.rel_bias)
+    lengths = [5, 0, 7, 1]
+    off = torch.tensor([0] + lengths).cumsum(0)
+    x = torch.randn(sum(lengths), 8)
+    seg = segment_ids(off, x.shape[0])
+    full = mixer(x, off, seg, x.new_zeros(x.shape[0]), False)
+    last = mixer(x, off, seg, x.new_zeros(x.shape[0]), True)
+    for s, n in enumerate(lengths):
+        a = int(off[s])
+        if n == 0:
+            continue
+        q, k, v = mixer.qkv(x[a:a + n]).view(n, 3, 2, 4).unbind(1)
+        i = torch.arange(n)
+        dist = i.unsqueeze(1) - i.unsqueeze(0)
+        att = torch.einsum("ihd,jhd->hij", q, k) / 2.0 + mixer.rel_bias[:, dist.clamp(0, 2)]
+        att = att.masked_fill(dist < 0, float("-inf")).softmax(-1)
+        ref = mixer.out(torch.einsum("hij,jhd->ihd", att, v).reshape(n, 8))
+        torch.testing.assert_close(full[a:a + n], ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(last[s], ref[-1], atol=1e-5, rtol=0)
 
 
 def test_next_event_rows() -> None:

@@ -341,8 +341,9 @@ def test_pass_bounds_group_requests_by_token_budget() -> None:
 
 
 def test_cosine_similarity_export_matches_the_training_model(run, training) -> None:
-    """``model.similarity: cosine``: the exported scores are cosines (unit user vectors) and equal
-    the training model's evaluation scores; the trained weights are reused under the new setting."""
+    """``model.similarity: cosine`` (with ``position_bias``): the exported scores are cosines (unit
+    user vectors) and equal the training model's evaluation scores; the trained weights are reused
+    under the new settings, the new position biases drawn at random."""
     from hytrec_torchrec.config import from_dict as build
     from hytrec_torchrec.serving.export import build_serving, read_vocabs
     from hytrec_torchrec.training.loop import build_model
@@ -351,10 +352,14 @@ def test_cosine_similarity_export_matches_the_training_model(run, training) -> N
     d = to_dict(cfg)
     d["model"]["similarity"] = "cosine"
     d["model"]["temperature"] = 0.05
+    d["model"]["position_bias"] = 4
     cos_cfg = build(JobConfig, d)
     sizes = {k: int(v) for k, v in state["vocab_sizes"].items()}
     cos_model = build_model(cos_cfg, sizes, torch.device("cpu"))
-    cos_model.load_state_dict(model.state_dict())
+    missing, unexpected = cos_model.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.endswith("rel_bias") for k in missing), (missing, unexpected)
+    for k in missing:
+        torch.nn.init.normal_(cos_model.get_parameter(k))
     cos_model.eval()
     vocabs = read_vocabs(run["data"], sizes)
     with warnings.catch_warnings():

@@ -46,7 +46,7 @@ class LongBranch(nn.Module):
 
     def __init__(self, dim: int, pattern: str, heads: int, ffn_mult: int, dropout: float,
                  alpha: float, learn_alpha: bool, temporal_gate: bool, chunk_size: int, impl: str,
-                 group_waste: float) -> None:
+                 group_waste: float, position_bias: int = 0) -> None:
         super().__init__()
         if not pattern:
             raise ValueError("LongBranch needs a non-empty pattern")
@@ -55,7 +55,7 @@ class LongBranch(nn.Module):
             if ch == "T":
                 mixer: nn.Module = TADNMixer(dim, heads, alpha, learn_alpha, temporal_gate, chunk_size, impl)
             elif ch == "S":
-                mixer = SoftmaxMixer(dim, heads, group_waste, dropout)
+                mixer = SoftmaxMixer(dim, heads, group_waste, dropout, 0, position_bias)
             else:
                 raise ValueError(f"unknown layer letter {ch!r} in pattern {pattern!r}")
             blocks.append(Block(mixer, dim, ffn_mult, dropout))
@@ -97,10 +97,12 @@ class ShortBranch(nn.Module):
     gives every row exactly the output :meth:`forward` gives for the K events ending there.
     """
 
-    def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float, window: int) -> None:
+    def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float, window: int,
+                 position_bias: int = 0) -> None:
         super().__init__()
         # group_waste = inf: K is small, so one padded [B, K] group is cheapest.
-        self.block = Block(SoftmaxMixer(dim, heads, float("inf"), dropout, window), dim, ffn_mult, dropout)
+        mixer = SoftmaxMixer(dim, heads, float("inf"), dropout, window, min(position_bias, window))
+        self.block = Block(mixer, dim, ffn_mult, dropout)
         self.norm = nn.LayerNorm(dim)
         self.empty = nn.Parameter(torch.zeros(dim))
 

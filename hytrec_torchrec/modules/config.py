@@ -77,6 +77,10 @@ class TowerConfig:
     heads: int = 2
     ffn_mult: int = 2
     dropout: float = 0.0
+    position_bias: int = 0
+    """M > 0: every softmax layer (long-branch S layers and the short branch) adds a learned
+    per-head bias for the query-key distance (distances >= M share one); 0 = no position signal
+    beyond causality and the TADN recurrence."""
     softmax_group_waste: float = 0.25
     """Softmax layers pad per group of similar lengths; max padding fraction within a group."""
     similarity: str = "dot"
@@ -113,5 +117,6 @@ class TowerConfig:
         check_range("ffn_mult", self.ffn_mult, 1)
         check_range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
         check_range("softmax_group_waste", self.softmax_group_waste, 0.0)
+        check_range("position_bias", self.position_bias, 0)
         check_choice("similarity", self.similarity, ("dot", "cosine"))
         check_range("temperature", self.temperature, 0.0, lo_open=True)

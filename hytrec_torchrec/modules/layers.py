@@ -12,7 +12,7 @@ All modules are TorchScript-scriptable.
 
 
 import math
-from typing import List, Tuple
+from typing import Final, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -152,10 +152,17 @@ class SoftmaxMixer(nn.Module):
     With ``last_only`` the last row of each sequence is the only query (O(L) per sequence).
     ``window`` > 0 limits each query to itself and the ``window - 1`` rows before it (sliding
     window; the short branch uses K so that every row sees exactly its own last K events).
+    ``max_distance`` > 0 adds a learned per-head relative-position bias ``b[h, min(i − j, M − 1)]``
+    to the logit of query row i and key row j (M = ``max_distance``; zero at initialisation).
+    It depends only on the distance, so per-cutoff and all-position outputs stay equal; without
+    it the layer sees order only through causality.
     """
 
+    max_distance: Final[int]
+    rel_bias: Optional[torch.Tensor]
+
     def __init__(self, dim: int, heads: int, group_waste: float, dropout: float = 0.0,
-                 window: int = 0) -> None:
+                 window: int = 0, max_distance: int = 0) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} not divisible by heads {heads}")
@@ -168,6 +175,22 @@ class SoftmaxMixer(nn.Module):
         self.group_waste = group_waste
         self.dropout = dropout
         self.window = window
+        self.max_distance = max_distance
+        # registered only when used, so checkpoints of models without it keep their keys
+        self.rel_bias = nn.Parameter(torch.zeros(heads, max_distance)) if max_distance > 0 else None
+
+    def _mask(self, dist: torch.Tensor) -> torch.Tensor:
+        """Attention mask for query-minus-key distances ``dist`` (any shape S; negative = later
+        key or padding): bool ``S`` (True = attend), or with the position bias float ``[H, *S]``
+        (the bias, −inf where not attended)."""
+        keep = dist >= 0
+        if self.window > 0:
+            keep = keep & (dist < self.window)
+        bias = self.rel_bias
+        if bias is not None:
+            b = bias[:, dist.clamp(0, self.max_distance - 1)]
+            return b.masked_fill(~keep.unsqueeze(0), float("-inf"))
+        return keep
 
     def forward(self, h: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
                 last_only: bool, prefix_mean: bool = False) -> torch.Tensor:
@@ -200,17 +223,14 @@ class SoftmaxMixer(nn.Module):
                 rows = torch.arange(g1 - g0, device=h.device)
                 ql = q[rows, :, glen - 1].unsqueeze(2)  # [g, H, 1, d]
                 pos = torch.arange(lmax, device=h.device).unsqueeze(0)
-                keep = pos < glen.unsqueeze(1)
-                if self.window > 0:
-                    keep = keep & (pos >= glen.unsqueeze(1) - self.window)
-                mask = keep.view(g1 - g0, 1, 1, lmax)
-                o = F.scaled_dot_product_attention(ql, k, v, attn_mask=mask, dropout_p=p)
+                m = self._mask(glen.unsqueeze(1) - 1 - pos)  # [g, lmax] or [H, g, lmax]
+                m = m.transpose(0, 1).unsqueeze(2) if m.dim() == 3 else m.view(g1 - g0, 1, 1, lmax)
+                o = F.scaled_dot_product_attention(ql, k, v, attn_mask=m, dropout_p=p)
                 outs.append(o.reshape(g1 - g0, dim))
-            elif self.window > 0:
+            elif self.window > 0 or self.max_distance > 0:
                 pos = torch.arange(lmax, device=h.device)
-                dist = pos.unsqueeze(1) - pos.unsqueeze(0)  # query row - key row
-                band = (dist >= 0) & (dist < self.window)
-                o = F.scaled_dot_product_attention(q, k, v, attn_mask=band, dropout_p=p)
+                m = self._mask(pos.unsqueeze(1) - pos.unsqueeze(0))  # query row - key row
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=p)
                 outs.append(padded_to_jagged(o.transpose(1, 2).reshape(g1 - g0, lmax, dim), goff, r1 - r0))
             else:
                 o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)

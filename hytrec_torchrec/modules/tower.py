@@ -88,10 +88,10 @@ class HyTRecTower(nn.Module):
         t = cfg.tadn
         self.long = (
             LongBranch(d, cfg.long_pattern, cfg.heads, cfg.ffn_mult, cfg.dropout, t.alpha, t.learn_alpha,
-                       t.temporal_gate, t.chunk_size, t.impl, cfg.softmax_group_waste)
+                       t.temporal_gate, t.chunk_size, t.impl, cfg.softmax_group_waste, cfg.position_bias)
             if self.has_long else nn.Identity()
         )
-        self.short = (ShortBranch(d, cfg.short_heads, cfg.ffn_mult, cfg.dropout, cfg.short_len)
+        self.short = (ShortBranch(d, cfg.short_heads, cfg.ffn_mult, cfg.dropout, cfg.short_len, cfg.position_bias)
                       if self.has_short else nn.Identity())
         n_branches = int(self.has_long) + int(self.has_short)
         self.fusion = MoEFusion(n_branches, d, cfg.fusion.num_experts, cfg.fusion.hidden_dim or d)
