@@ -159,12 +159,27 @@ def load_checkpoint(
     path = Path(path)
     train_state = read_train_state(path)
     state: dict[str, Any] = {"model": model.state_dict()}
+    never_stepped: dict[str, Any] = {}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
+        # A parameter that never had a gradient before the save (e.g. a branch's "empty" vector
+        # when no history left that branch empty) has no lazily created optimizer state in the
+        # checkpoint. Leave it out of the load and give it back an empty state afterwards, exactly
+        # what an uninterrupted run has.
+        saved = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+        opt_state = state["optim"]["state"]
+        for key in list(opt_state):
+            entries = opt_state[key]
+            if isinstance(entries, dict) and entries and not any(
+                    f"optim.state.{key}.{name}" in saved for name in entries):
+                never_stepped[key] = opt_state.pop(key)
     dcp.load(state, checkpoint_id=str(path))
     model.load_state_dict(state["model"])
     if optimizer is not None:
+        state["optim"]["state"].update(never_stepped)
         optimizer.load_state_dict(state["optim"])
+        for key in never_stepped:
+            optimizer.state[optimizer.params[key]].clear()
     rank_file = path / f"rank_{_rank():05d}.pt"
     rank_state = torch.load(rank_file, weights_only=True) if rank_file.is_file() else None
     return train_state, rank_state
