@@ -245,15 +245,14 @@ class HyTRecModel(nn.Module):
                 emb["target_item"], batch.features["target_item"].values(),
                 emb["negative_item"], batch.features["negative_item"].values(),
             )
-            out = {"loss": loss.detach(), "aux": aux.detach(), "tokens": offsets[-1]}
-            return loss + aux, out
-        user, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current)
-        loss = self.loss(
-            user,
-            emb["target_item"],
-            batch.features["target_item"].values(),
-            emb["negative_item"],
-            batch.features["negative_item"].values(),
-        )
+        else:
+            user, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current)
+            loss = self.loss(
+                user,
+                emb["target_item"],
+                batch.features["target_item"].values(),
+                emb["negative_item"],
+                batch.features["negative_item"].values(),
+            )
         out = {"loss": loss.detach(), "aux": aux.detach(), "tokens": offsets[-1]}
         return loss + aux, out

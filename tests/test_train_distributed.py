@@ -134,21 +134,30 @@ def test_sharded_equals_unsharded(prepared: Path, tmp_path: Path, sharding: str,
     assert moved > 1e-4
 
 
-def test_resume_is_exact_and_world_size_can_change(prepared: Path, tmp_path: Path) -> None:
+def _assert_resume_is_exact(prepared: Path, tmp_path: Path, all_positions: bool) -> dict:
+    """Train 4 steps on 2 ranks uninterrupted (``tmp_path/full``) and with a stop after the step-2
+    checkpoint and a resume (``tmp_path/part``); assert the final states are identical and
+    return the uninterrupted run's final state."""
     from hytrec_torchrec.config import to_dict
 
-    full = _cfg(prepared, tmp_path / "full", "row_wise", max_steps=4, checkpoint_every=2)
+    full = _cfg(prepared, tmp_path / "full", "row_wise", all_positions, max_steps=4, checkpoint_every=2)
     run_distributed(_train_body, 2, (to_dict(full), str(tmp_path / "full")))
     # interrupted after the step-2 checkpoint, then resumed to step 4
-    part = _cfg(prepared, tmp_path / "part", "row_wise", max_steps=2, checkpoint_every=2)
-    run_distributed(_train_body, 2, (to_dict(part), str(tmp_path / "part")))
-    resumed = _cfg(prepared, tmp_path / "part", "row_wise", max_steps=4, checkpoint_every=2)
-    run_distributed(_train_body, 2, (to_dict(resumed), str(tmp_path / "part")))
+    for steps in (2, 4):
+        part = _cfg(prepared, tmp_path / "part", "row_wise", all_positions, max_steps=steps, checkpoint_every=2)
+        run_distributed(_train_body, 2, (to_dict(part), str(tmp_path / "part")))
     a = torch.load(tmp_path / "full" / "result.pt", weights_only=True)["final"]
     b = torch.load(tmp_path / "part" / "result.pt", weights_only=True)["final"]
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    return a
+
+
+def test_resume_is_exact_and_world_size_can_change(prepared: Path, tmp_path: Path) -> None:
+    from hytrec_torchrec.config import to_dict
+
+    a = _assert_resume_is_exact(prepared, tmp_path, all_positions=False)
     state = json.loads((tmp_path / "part" / "checkpoints" / "step_00000004" / "train_state.json").read_text())
     assert state["step"] == 4 and state["world_size"] == 2
 
@@ -178,16 +187,4 @@ def test_all_positions_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
     """With all-position training the short branch's "empty" vector never gets a gradient, so
     AdamW never creates its state; resuming must still work and be exact (regression: the load
     used to fail with "Missing key in checkpoint state_dict: optim.state.dense...short.empty")."""
-    from hytrec_torchrec.config import to_dict
-
-    full = _cfg(prepared, tmp_path / "full", "row_wise", True, max_steps=4, checkpoint_every=2)
-    run_distributed(_train_body, 2, (to_dict(full), str(tmp_path / "full")))
-    part = _cfg(prepared, tmp_path / "part", "row_wise", True, max_steps=2, checkpoint_every=2)
-    run_distributed(_train_body, 2, (to_dict(part), str(tmp_path / "part")))
-    resumed = _cfg(prepared, tmp_path / "part", "row_wise", True, max_steps=4, checkpoint_every=2)
-    run_distributed(_train_body, 2, (to_dict(resumed), str(tmp_path / "part")))
-    a = torch.load(tmp_path / "full" / "result.pt", weights_only=True)["final"]
-    b = torch.load(tmp_path / "part" / "result.pt", weights_only=True)["final"]
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    _assert_resume_is_exact(prepared, tmp_path, all_positions=True)
