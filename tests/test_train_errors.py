@@ -21,6 +21,7 @@ from hytrec_torchrec.config import ConfigError, from_dict, to_dict
 from hytrec_torchrec.data.testing import random_sequences, write_prepared
 from hytrec_torchrec.testing import run_distributed
 from hytrec_torchrec.training.config import JobConfig, load_job_config
+from hytrec_torchrec.training.sharding import check_sparse_optimizer_device
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -53,6 +54,23 @@ def test_cli_reports_config_error_and_exits_2() -> None:
     assert res.returncode == 2, res.stderr[-2000:]
     assert "model.tadn.alpah: unknown key" in res.stderr
     assert "configs/demo.yaml" in res.stderr
+
+
+def test_cpu_refuses_a_sparse_optimizer_fbgemm_has_no_cpu_kernel_for() -> None:
+    cfg = load_job_config(str(DEMO), ["embeddings.optimizer=adam"])
+    with pytest.raises(ConfigError, match=r"embeddings.optimizer: 'adam' has no fused fbgemm kernel on CPU"):
+        check_sparse_optimizer_device(cfg.embeddings, torch.device("cpu"))
+    check_sparse_optimizer_device(cfg.embeddings, torch.device("cuda"))  # fbgemm has CUDA Adam
+    for name in ("rowwise_adagrad", "adagrad", "sgd"):
+        check_sparse_optimizer_device(load_job_config(str(DEMO), [f"embeddings.optimizer={name}"]).embeddings,
+                                      torch.device("cpu"))
+    res = subprocess.run(  # the job says so before it shards anything, and exits 2
+        [sys.executable, "-m", "hytrec_torchrec.training.cli", "--config", str(DEMO),
+         "embeddings.optimizer=adam", "train.device=cpu"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "embeddings.optimizer: 'adam' has no fused fbgemm kernel on CPU" in res.stderr
 
 
 def _cfg(data: Path, run: Path, **train: object) -> JobConfig:

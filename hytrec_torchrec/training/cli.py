@@ -55,6 +55,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         trainer = Trainer(cfg)
         summary = trainer.fit()
+    except ConfigError as exc:  # a setting the machine cannot run (e.g. adam on CPU)
+        print(f"hytrec-train: config error: {exc}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as exc:
         print(f"hytrec-train: {exc}", file=sys.stderr)
         return 3

@@ -47,7 +47,7 @@ from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from hytrec_torchrec.training.config import JobConfig
 from hytrec_torchrec.training.distributed import DistEnv, format_plan, init_distributed, shard_model
-from hytrec_torchrec.training.sharding import sparse_optimizer
+from hytrec_torchrec.training.sharding import check_sparse_optimizer_device, sparse_optimizer
 
 __all__ = ["Trainer", "train", "build_model", "read_item_counts", "NonFiniteLossError"]
 
@@ -117,6 +117,7 @@ class Trainer:
     def __init__(self, cfg: JobConfig, env: Optional[DistEnv] = None) -> None:
         self.cfg = cfg
         self.env = env or init_distributed(cfg.train.backend, cfg.train.device)
+        check_sparse_optimizer_device(cfg.embeddings, self.env.device)
         self.meta = read_meta(cfg.data.path)
         self.vocab_sizes = {k: int(v) for k, v in self.meta.vocab_sizes.items()}
         model = build_model(cfg, self.vocab_sizes, self.env.device, torch.device("meta"))

@@ -43,6 +43,9 @@ SHARDING_TYPES = (
 COMPUTE_KERNELS = ("fused", "dense", "fused_uvm", "fused_uvm_caching")
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
 
+#: the fused optimizers fbgemm's CPU embedding kernels implement (``adam`` needs CUDA).
+CPU_SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
+
 
 @dataclass
 class TableConfig:
@@ -87,7 +90,7 @@ class EmbeddingsConfig:
         tables: per-table sharding constraints, keyed by table name
             (``item``, ``attribution``, ``category``, ``behavior``).
         optimizer: fused sparse optimizer: ``rowwise_adagrad`` (default), ``adagrad``, ``sgd``,
-            ``adam``.
+            ``adam`` (CUDA only: fbgemm has no CPU Adam kernel; :func:`check_sparse_optimizer_device`).
         lr: sparse learning rate.
         eps: optimizer epsilon (Adagrad family and Adam).
         weight_decay: sparse weight decay.
@@ -160,6 +163,17 @@ def sparse_optimizer(cfg: EmbeddingsConfig) -> tuple[type[torch.optim.Optimizer]
     if cfg.optimizer == "adam":
         return torch.optim.Adam, {"lr": cfg.lr, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
     return torch.optim.SGD, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+
+
+def check_sparse_optimizer_device(cfg: EmbeddingsConfig, device: torch.device) -> None:
+    """Raise ``ConfigError`` (key ``embeddings.optimizer``) when the fused optimizer has no kernel
+    on ``device``: fbgemm's CPU table-batched embeddings implement only the Adagrad family and
+    SGD, and would otherwise fail deep inside sharding with an assertion."""
+    if device.type == "cpu" and cfg.optimizer not in CPU_SPARSE_OPTIMIZERS:
+        raise ConfigError(
+            f"embeddings.optimizer: {cfg.optimizer!r} has no fused fbgemm kernel on CPU "
+            f"(CPU supports {list(CPU_SPARSE_OPTIMIZERS)}); train on CUDA or pick one of those"
+        )
 
 
 def parameter_constraints(cfg: EmbeddingsConfig) -> dict[str, Any]:
