@@ -373,6 +373,8 @@ def test_cosine_similarity_export_matches_the_training_model(run, training) -> N
         torch.testing.assert_close(users.norm(dim=1), torch.ones(len(lens)), atol=1e-5, rtol=0)
         s = scripted.scores(*req)[:, 2:]
         assert float(s.abs().max()) <= 1.0 + 1e-5
+        # the item norms cached at export give the scores of the explicitly normalised table
+        torch.testing.assert_close(s, (users @ scripted.item_embeddings().t())[:, 2:], atol=1e-6, rtol=1e-5)
         dot = build_serving(model, list(cfg.model.features), MAX_LEN, vocabs)
         assert (dot.scores(*req)[:, 2:] - s).abs().max() > 1e-2  # not the dot-product model
 

@@ -32,7 +32,7 @@ from typing import Dict, Final, List, Tuple
 import torch
 from torch import nn
 
-from hytrec_torchrec.modules.tower import HyTRecTower, scoring_vectors
+from hytrec_torchrec.modules.tower import NORM_EPS, HyTRecTower, scoring_vectors
 from hytrec_torchrec.serving.idmap import IdMap, Vocab
 from hytrec_torchrec.serving.quant import ServingTable
 
@@ -150,6 +150,13 @@ class HyTRecServing(nn.Module):
         self.allowed: List[str] = list(REQUEST_KEYS)
         self.max_len = int(max_len)
         self.num_items = int(vocabs["item"].size)
+        # cosine: 1 / max(|row|, eps) of every (dequantized) item row, computed once here so that
+        # a request scores (u · r) / |r| without re-normalising the whole table; [V] or empty (dot)
+        inv_norm = torch.zeros(0)
+        if tower.cosine:
+            rows = self.inputs["item"].table.rows()
+            inv_norm = 1.0 / rows.norm(dim=1).clamp_min(NORM_EPS)
+        self.register_buffer("item_inv_norm", inv_norm)
 
     def _check(self, values: Dict[str, torch.Tensor], lengths: Dict[str, torch.Tensor],
                request_time: torch.Tensor) -> torch.Tensor:
@@ -213,22 +220,32 @@ class HyTRecServing(nn.Module):
             return users[0]
         return torch.cat(users, 0)
 
-    @torch.jit.export
-    def item_embeddings(self) -> torch.Tensor:
-        """The item vectors ``[V, D]`` float32 as scored (dequantized for int8, L2-normalised when
-        the tower's ``similarity`` is cosine); row i = item index i."""
+    def _item_rows(self) -> torch.Tensor:
+        """The stored item table ``[V, D]`` float32 (dequantized for int8, not normalised)."""
         out = torch.zeros(0)
         for name, feature in self.inputs.items():
             if name == "item":
                 out = feature.table.rows()
-        return scoring_vectors(out, self.tower.cosine)
+        return out
+
+    @torch.jit.export
+    def item_embeddings(self) -> torch.Tensor:
+        """The item vectors ``[V, D]`` float32 as scored (dequantized for int8, L2-normalised when
+        the tower's ``similarity`` is cosine); row i = item index i."""
+        return scoring_vectors(self._item_rows(), self.tower.cosine)
 
     @torch.jit.export
     def scores(self, values: Dict[str, torch.Tensor], lengths: Dict[str, torch.Tensor],
                request_time: torch.Tensor) -> torch.Tensor:
-        """Scores ``[B, V]`` of every item index; columns 0 (pad) and 1 (unknown) are ``-inf``."""
+        """Scores ``[B, V]`` of every item index; columns 0 (pad) and 1 (unknown) are ``-inf``.
+
+        Equals ``user @ item_embeddings().T``; under cosine the item norms are the ones cached at
+        construction (``item_inv_norm [V]``), so a request never normalises the table.
+        """
         user = self.user_embedding(values, lengths, request_time)
-        s = user @ self.item_embeddings().t()
+        s = user @ self._item_rows().t()
+        if self.tower.cosine:
+            s = s * self.item_inv_norm
         s[:, :2] = float("-inf")
         return s
 
