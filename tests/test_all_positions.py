@@ -227,3 +227,24 @@ def test_cosine_losses_ignore_the_scale_of_item_vectors(similarity: str) -> None
         assert abs(a[0] - c[0]) < 1e-5 and abs(a[1] - c[1]) < 1e-5
     else:
         assert abs(a[0] - c[0]) > 1e-3 and abs(a[1] - c[1]) > 1e-3
+
+
+def test_epoch_stats_count_every_supervised_position(tmp_path) -> None:
+    """Loader statistics under ``all_positions``: one supervised position per history event, and
+    over one training epoch that is every training event after a user's first (leave-last-out:
+    events 1 .. n-3 of a user with n events)."""
+    from hytrec_torchrec.data.loader import load_shard, make_dataloader
+    from hytrec_torchrec.data.stats import read_epoch
+    from hytrec_torchrec.data.testing import random_sequences, write_prepared
+
+    users = random_sequences(15, 30, 40, seed=3, min_events=1)
+    path = write_prepared(tmp_path / "prep", users, 40)
+    cfg = DataConfig(path=str(path), max_len=8, all_positions=True, cutoffs_per_user=0, batch_size=2)
+    shard = load_shard(cfg)
+    loader = make_dataloader(cfg, shard=shard)
+    assert loader.dataset.count_summary()["dropped_examples_rank"] == 0  # 14 windows, 7 batches
+    st = read_epoch(loader, all_positions=True).as_dict()
+    expected = sum(max(len(u["item"]) - 3, 0) for u in users.values())
+    assert st["supervised_positions"] == st["history_events"] == expected
+    per_cutoff = read_epoch(make_dataloader(cfg, shard=shard)).as_dict()  # counted as per-cutoff
+    assert per_cutoff["supervised_positions"] == per_cutoff["target_events"] == per_cutoff["examples"]

@@ -51,7 +51,13 @@ class EpochStats:
     [B, max_len_in_batch] layout that would be padding. With heavy-tailed lengths it is dominated
     by the few batches holding the longest histories; ``padding_waste_median_batch`` is the
     median of the per-batch values.
+
+    ``supervised_positions`` counts the predictions the training loss makes: one per target event,
+    or, with ``all_positions`` (``data.all_positions``), one per history event (each history row
+    predicts the next event, the last one the example's target; docs/training.md).
     """
+
+    all_positions: bool = False
 
     batches: int = 0
     examples: int = 0
@@ -92,6 +98,7 @@ class EpochStats:
             "padding_examples": self.padding_examples,
             "history_events": self.history_events,
             "target_events": self.target_events,
+            "supervised_positions": self.history_events if self.all_positions else self.target_events,
             "negatives": self.negatives,
             "history_mean": self.history_events / max(self.examples + self.padding_examples, 1),
             "history_max": self.history_max,
@@ -103,9 +110,10 @@ class EpochStats:
         }
 
 
-def read_epoch(loader: Iterable[Batch]) -> EpochStats:
-    """Iterate a loader once, timing it (includes worker start-up)."""
-    st = EpochStats()
+def read_epoch(loader: Iterable[Batch], all_positions: bool = False) -> EpochStats:
+    """Iterate a loader once, timing it (includes worker start-up); ``all_positions`` as
+    :class:`EpochStats`."""
+    st = EpochStats(all_positions=all_positions)
     t0 = time.perf_counter()
     for b in loader:
         st.update(b)
