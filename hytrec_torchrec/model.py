@@ -18,7 +18,6 @@ Distributed training builds the collection on the meta device and lets
 from __future__ import annotations
 
 import functools
-import math
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -28,7 +27,12 @@ from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from hytrec_torchrec.data.batch import Batch
 from hytrec_torchrec.modules.config import TowerConfig
-from hytrec_torchrec.modules.loss import log_q_from_counts, sampled_softmax_loss, shared_negatives_loss
+from hytrec_torchrec.modules.loss import (
+    log_q_from_counts,
+    sampled_softmax_loss,
+    shared_negatives_loss,
+    uniform_log_q,
+)
 from hytrec_torchrec.ops.jagged import last_index
 from hytrec_torchrec.modules.tower import HyTRecTower, scoring_vectors
 from hytrec_torchrec.training.sharding import EmbeddingsConfig, table_configs
@@ -104,7 +108,7 @@ class RetrievalLoss(nn.Module):
         super().__init__()
         all_items = torch.arange(item_counts.numel())
         self.register_buffer("item_log_q", log_q_from_counts(item_counts, all_items), persistent=False)
-        self.neg_log_q = -math.log(max(int(item_counts.numel()) - 2, 1))
+        self.neg_log_q = uniform_log_q(int(item_counts.numel()))
         self.cosine = cosine
         self.temperature = temperature
 
@@ -151,7 +155,7 @@ class AllPositionsLoss(nn.Module):
 
     def __init__(self, num_items: int, cosine: bool = False, temperature: float = 1.0) -> None:
         super().__init__()
-        self.neg_log_q = -math.log(max(num_items - 2, 1))
+        self.neg_log_q = uniform_log_q(num_items)
         self.cosine = cosine
         self.temperature = temperature
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["sampled_softmax_loss", "shared_negatives_loss", "log_q_from_counts"]
+__all__ = ["sampled_softmax_loss", "shared_negatives_loss", "log_q_from_counts", "uniform_log_q"]
 
 
 def log_q_from_counts(counts: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -17,6 +17,12 @@ def log_q_from_counts(counts: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """
     c = counts.to(torch.float64).clamp(min=1.0)
     return (c[ids].log() - c.sum().log()).to(torch.float32)
+
+
+def uniform_log_q(num_items: int) -> float:
+    """Per-draw log-probability of a uniform negative over the real items of a ``num_items``-row
+    table (indices 2..V-1; rows 0 and 1 are padding and unknown): ``−log(V − 2)``."""
+    return -math.log(max(num_items - 2, 1))
 
 
 def sampled_softmax_loss(
