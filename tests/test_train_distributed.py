@@ -64,7 +64,8 @@ def _train_body(rank: int, world: int, cfg_dict: dict, out: str) -> None:
     losses = [torch.zeros(len(trainer.step_losses), dtype=torch.float64) for _ in range(world)]
     torch.distributed.all_gather(losses, torch.tensor(trainer.step_losses, dtype=torch.float64))
     if rank == 0:
-        torch.save({"init": init, "final": final, "losses": torch.stack(losses)},
+        lrs = torch.tensor([float(g["lr"]) for g in trainer.optimizer.param_groups], dtype=torch.float64)
+        torch.save({"init": init, "final": final, "losses": torch.stack(losses), "lrs": lrs},
                    Path(out) / "result.pt")
 
 
@@ -161,14 +162,18 @@ def test_resume_is_exact_and_world_size_can_change(prepared: Path, tmp_path: Pat
     state = json.loads((tmp_path / "part" / "checkpoints" / "step_00000004" / "train_state.json").read_text())
     assert state["step"] == 4 and state["world_size"] == 2
 
-    # 2 ranks -> 1 rank: the tables and optimizer state reshard; training continues
+    # 2 ranks -> 1 rank: the tables and optimizer state reshard; training continues, with the
+    # learning rates of the new config (checkpoints hold optimizer tensors, not hyperparameters)
     one = _cfg(prepared, tmp_path / "part", "row_wise", max_steps=5, checkpoint_every=0)
+    one.optim.lr, one.embeddings.lr = one.optim.lr / 4, one.embeddings.lr / 4
     (tmp_path / "one").mkdir()
     run_distributed(_train_body, 1, (to_dict(one), str(tmp_path / "one")))
     c = torch.load(tmp_path / "one" / "result.pt", weights_only=True)
     for key in a:
         torch.testing.assert_close(c["init"][key], a[key], atol=0, rtol=0, msg=key)
     assert c["losses"].shape == (1, 1)
+    # (the fused sparse optimizer keeps its lr in float32)
+    assert sorted(set(c["lrs"].tolist())) == pytest.approx(sorted({one.optim.lr, one.embeddings.lr}), rel=1e-6)
 
     # outside any job: the 2-rank checkpoint opens as one unsharded model with the same weights
     from hytrec_torchrec.training.restore import load_unsharded, resolve_checkpoint
