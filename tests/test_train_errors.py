@@ -2,6 +2,8 @@
 
 - job-config errors (unknown key, wrong type, invalid sharding type) name the dotted key and
   the file, and ``hytrec-train`` exits with status 2;
+- settings the CPU cannot run (``adam``; ``data_parallel``/``dense``/uvm kernels) are config
+  errors before sharding, with exit status 2;
 - resuming a run on a dataset whose vocabulary sizes differ from the checkpoint's is refused;
 - a non-finite loss stops the job naming the step and batch, and the last good checkpoint stays
   intact and loadable.
@@ -21,7 +23,10 @@ from hytrec_torchrec.config import ConfigError, from_dict, to_dict
 from hytrec_torchrec.data.testing import random_sequences, write_prepared
 from hytrec_torchrec.testing import run_distributed
 from hytrec_torchrec.training.config import JobConfig, load_job_config
-from hytrec_torchrec.training.sharding import check_sparse_optimizer_device
+from hytrec_torchrec.training.sharding import (
+    check_compute_kernels_device,
+    check_sparse_optimizer_device,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -72,6 +77,49 @@ def test_cpu_refuses_a_sparse_optimizer_fbgemm_has_no_cpu_kernel_for() -> None:
     assert res.returncode == 2, res.stderr[-2000:]
     assert "embeddings.optimizer: 'adam' has no fused fbgemm kernel on CPU" in res.stderr
 
+
+
+def test_fbgemm_cpu_dense_kernel_still_pools_sequence_lookups() -> None:
+    """Why ``data_parallel``/``dense`` is refused on CPU: fbgemm's CPU dense table-batched
+    embedding ignores ``PoolingMode.NONE`` and returns one pooled row per bag. If an fbgemm
+    upgrade fixes this (5 rows come back), lift :func:`check_compute_kernels_device`."""
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+        DenseTableBatchedEmbeddingBagsCodegen,
+    )
+
+    tbe = DenseTableBatchedEmbeddingBagsCodegen([(10, 4)], pooling_mode=PoolingMode.NONE, use_cpu=True)
+    out = tbe(torch.tensor([1, 2, 3, 4, 5]), torch.tensor([0, 2, 5]))
+    assert out.shape == (2, 4)  # pooled per bag, not one row per ID
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("embeddings.tables.item.sharding_type=data_parallel",
+         "embeddings.tables.item.sharding_type: 'data_parallel' cannot run an EmbeddingCollection on CPU"),
+        ("embeddings.tables.category.compute_kernel=dense",
+         "embeddings.tables.category.compute_kernel: 'dense' cannot run"),
+        ("embeddings.tables.item.compute_kernel=fused_uvm_caching",
+         "embeddings.tables.item.compute_kernel: 'fused_uvm_caching' cannot run"),
+    ],
+)
+def test_cpu_refuses_kernels_that_cannot_run_an_embedding_collection(override: str, needle: str) -> None:
+    cfg = load_job_config(str(DEMO), [override])
+    with pytest.raises(ConfigError, match=needle):
+        check_compute_kernels_device(cfg.embeddings, torch.device("cpu"))
+    check_compute_kernels_device(cfg.embeddings, torch.device("cuda"))
+    check_compute_kernels_device(load_job_config(str(DEMO), []).embeddings, torch.device("cpu"))
+
+
+def test_cli_refuses_data_parallel_on_cpu_before_sharding() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "hytrec_torchrec.training.cli", "--config", str(DEMO),
+         "embeddings.tables.item.sharding_type=data_parallel", "train.device=cpu"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "embeddings.tables.item.sharding_type: 'data_parallel' cannot run" in res.stderr
 
 def _cfg(data: Path, run: Path, **train: object) -> JobConfig:
     return from_dict(JobConfig, {

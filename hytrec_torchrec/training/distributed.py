@@ -81,6 +81,9 @@ def shard_model(
 ) -> tuple[Any, Any]:
     """Plan and apply sharding with ``DistributedModelParallel``.
 
+    Raises ``ConfigError`` first for a compute kernel the device cannot run
+    (:func:`~hytrec_torchrec.training.sharding.check_compute_kernels_device`).
+
     The model's ``EmbeddingCollection`` must be on the meta device (its optimizer already attached
     with ``apply_optimizer_in_backward`` if training); dense modules on ``env.device``.
 
@@ -92,8 +95,13 @@ def shard_model(
         DistributedModelParallel,
     )
 
-    from hytrec_torchrec.training.sharding import make_planner, sharders
+    from hytrec_torchrec.training.sharding import (
+        check_compute_kernels_device,
+        make_planner,
+        sharders,
+    )
 
+    check_compute_kernels_device(emb_cfg, env.device)
     planner = make_planner(
         emb_cfg,
         world_size=env.world_size,

@@ -47,7 +47,11 @@ from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from hytrec_torchrec.training.config import JobConfig
 from hytrec_torchrec.training.distributed import DistEnv, format_plan, init_distributed, shard_model
-from hytrec_torchrec.training.sharding import check_sparse_optimizer_device, sparse_optimizer
+from hytrec_torchrec.training.sharding import (
+    check_compute_kernels_device,
+    check_sparse_optimizer_device,
+    sparse_optimizer,
+)
 
 __all__ = ["Trainer", "train", "build_model", "read_item_counts", "NonFiniteLossError"]
 
@@ -118,6 +122,7 @@ class Trainer:
         self.cfg = cfg
         self.env = env or init_distributed(cfg.train.backend, cfg.train.device)
         check_sparse_optimizer_device(cfg.embeddings, self.env.device)
+        check_compute_kernels_device(cfg.embeddings, self.env.device)  # again in shard_model
         self.meta = read_meta(cfg.data.path)
         self.vocab_sizes = {k: int(v) for k, v in self.meta.vocab_sizes.items()}
         model = build_model(cfg, self.vocab_sizes, self.env.device, torch.device("meta"))

@@ -46,6 +46,10 @@ SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
 #: the fused optimizers fbgemm's CPU embedding kernels implement (``adam`` needs CUDA).
 CPU_SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
 
+#: compute kernels that cannot serve an ``EmbeddingCollection`` on CPU
+#: (:func:`check_compute_kernels_device`).
+CPU_UNUSABLE_KERNELS = ("dense", "fused_uvm", "fused_uvm_caching")
+
 
 @dataclass
 class TableConfig:
@@ -54,8 +58,10 @@ class TableConfig:
     Attributes:
         sharding_type: one of ``row_wise``, ``column_wise``, ``table_wise``, ``table_row_wise``,
             ``table_column_wise``, ``data_parallel``; ``None`` lets the planner choose.
-        compute_kernel: ``fused`` (optimizer fused into backward; default), ``dense``, or the
-            GPU-only ``fused_uvm``/``fused_uvm_caching``; ``None`` lets the planner choose.
+        compute_kernel: ``fused`` (optimizer fused into backward; default), ``dense`` (the only
+            kernel for ``data_parallel``), or ``fused_uvm``/``fused_uvm_caching``; ``None`` lets
+            the planner choose. On CPU only ``fused`` works with an ``EmbeddingCollection``
+            (:func:`check_compute_kernels_device`).
         min_partition: smallest column-shard width for column-wise sharding.
     """
 
@@ -174,6 +180,35 @@ def check_sparse_optimizer_device(cfg: EmbeddingsConfig, device: torch.device) -
             f"embeddings.optimizer: {cfg.optimizer!r} has no fused fbgemm kernel on CPU "
             f"(CPU supports {list(CPU_SPARSE_OPTIMIZERS)}); train on CUDA or pick one of those"
         )
+
+
+def check_compute_kernels_device(cfg: EmbeddingsConfig, device: torch.device) -> None:
+    """Raise ``ConfigError`` (key ``embeddings.tables.<table>.compute_kernel``) for a kernel that
+    cannot look up an ``EmbeddingCollection`` on ``device``.
+
+    On CPU: ``fused_uvm``/``fused_uvm_caching`` need CUDA unified memory, and ``dense`` (the
+    only kernel TorchRec allows with ``data_parallel``) runs fbgemm's
+    ``DenseTableBatchedEmbeddingBagsCodegen``, whose CPU path ignores ``PoolingMode.NONE`` and
+    returns one pooled row per bag instead of one row per ID (fbgemm-gpu-cpu 1.8.0), so the
+    sequence lookup would fail later in ``construct_jagged_tensors`` with a ``split_with_sizes``
+    shape error. Checked before planning, for training, evaluation and export alike.
+    """
+    if device.type != "cpu":
+        return
+    for name, t in cfg.tables.items():
+        if t.sharding_type == "data_parallel":
+            raise ConfigError(
+                f"embeddings.tables.{name}.sharding_type: 'data_parallel' cannot run an "
+                "EmbeddingCollection on CPU (TorchRec gives data-parallel tables only the 'dense' "
+                "kernel, and fbgemm's CPU dense kernel pools sequence lookups); pick another "
+                "sharding type or train on CUDA"
+            )
+        if t.compute_kernel in CPU_UNUSABLE_KERNELS:
+            raise ConfigError(
+                f"embeddings.tables.{name}.compute_kernel: {t.compute_kernel!r} cannot run an "
+                "EmbeddingCollection on CPU (fbgemm's CPU dense kernel pools sequence lookups; "
+                "the uvm kernels need CUDA); use 'fused', or train on CUDA"
+            )
 
 
 def parameter_constraints(cfg: EmbeddingsConfig) -> dict[str, Any]:
