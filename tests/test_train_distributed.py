@@ -1,8 +1,8 @@
 """Distributed training tested distributed (2 gloo processes on CPU).
 
-- the sharded model (row-wise, column-wise, table-wise tables in turn, and row-wise with
-  all-position training) gives the same losses and parameters after 3 steps as the unsharded
-  single-process model on the same batches;
+- the sharded model (row-wise, column-wise, table-wise tables in turn, row-wise with
+  all-position training, and row-wise under a warm-up + cosine lr schedule) gives the same losses
+  and parameters after 3 steps as the unsharded single-process model on the same batches;
 - a run stopped after its step-2 checkpoint and resumed ends with exactly the parameters of an
   uninterrupted run; a 2-rank checkpoint resumes on 1 rank.
 """
@@ -20,9 +20,11 @@ from hytrec_torchrec.data.loader import make_dataloader
 from hytrec_torchrec.data.testing import random_sequences, write_prepared
 from hytrec_torchrec.testing import run_distributed
 from hytrec_torchrec.training.config import JobConfig
+from hytrec_torchrec.training.schedule import lr_multiplier
 
 
-def _cfg(data: Path, run: Path, sharding: str, all_positions: bool = False, **train: object) -> JobConfig:
+def _cfg(data: Path, run: Path, sharding: str, all_positions: bool = False,
+         schedule: dict | None = None, **train: object) -> JobConfig:
     tables = {t: {"sharding_type": sharding} for t in ("item", "attribution", "category", "behavior")}
     optimizer = "rowwise_adagrad"
     if sharding == "column_wise":
@@ -39,7 +41,7 @@ def _cfg(data: Path, run: Path, sharding: str, all_positions: bool = False, **tr
                        "optimizer": optimizer},
         "model": {"embedding_dim": 16, "short_len": 8, "long_pattern": "TS", "heads": 2,
                   "short_heads": 2, "fusion": {"num_experts": 2}},
-        "optim": {"lr": 0.01, "grad_clip": 0.5},
+        "optim": {"lr": 0.01, "grad_clip": 0.5, "schedule": schedule or {}},
         "train": {"max_steps": 3, "validate_every": 0, "checkpoint_every": 0, "val_batches": 2,
                   "pipeline": "sparse_dist", **train},
     })
@@ -92,7 +94,11 @@ def _reference(cfg: JobConfig, init: dict, world: int) -> tuple[dict, torch.Tens
                                   weight_decay=o.weight_decay)
     loaders = [iter(make_dataloader(cfg.data, r, world, 0, "train")) for r in range(world)]
     losses = []
-    for _ in range(cfg.train.max_steps):
+    for step in range(1, cfg.train.max_steps + 1):
+        f = lr_multiplier(step, cfg.train.max_steps, cfg.optim.schedule)
+        for opt, base in ((sparse_opt, cfg.embeddings.lr), (dense_opt, o.lr)):
+            for g in opt.param_groups:
+                g["lr"] = base * f
         sparse_opt.zero_grad()
         dense_opt.zero_grad()
         total = 0.0
@@ -109,12 +115,18 @@ def _reference(cfg: JobConfig, init: dict, world: int) -> tuple[dict, torch.Tens
     return model.state_dict(), torch.tensor(losses, dtype=torch.float64).t()
 
 
-@pytest.mark.parametrize("sharding, all_positions", [
-    ("row_wise", False), ("column_wise", False), ("table_wise", False),
-    ("row_wise", True),  # all-position training (data.all_positions)
+# warm-up then cosine decay over the 3 steps: multipliers 0.5, 1.0, 0.1 for both optimizers
+WARMUP_COSINE = {"name": "cosine", "warmup_steps": 2, "min_lr_ratio": 0.1}
+
+
+@pytest.mark.parametrize("sharding, all_positions, schedule", [
+    ("row_wise", False, None), ("column_wise", False, None), ("table_wise", False, None),
+    ("row_wise", True, None),  # all-position training (data.all_positions)
+    ("row_wise", False, WARMUP_COSINE),  # the fused sparse lr follows the schedule step by step
 ])
-def test_sharded_equals_unsharded(prepared: Path, tmp_path: Path, sharding: str, all_positions: bool) -> None:
-    cfg = _cfg(prepared, tmp_path / "run", sharding, all_positions)
+def test_sharded_equals_unsharded(prepared: Path, tmp_path: Path, sharding: str, all_positions: bool,
+                                  schedule: dict | None) -> None:
+    cfg = _cfg(prepared, tmp_path / "run", sharding, all_positions, schedule)
     from hytrec_torchrec.config import to_dict
 
     run_distributed(_train_body, 2, (to_dict(cfg), str(tmp_path)))
@@ -135,17 +147,23 @@ def test_sharded_equals_unsharded(prepared: Path, tmp_path: Path, sharding: str,
     assert moved > 1e-4
 
 
+# lr multipliers 1/3, 2/3 (warm-up; where the interrupted job stops), 1, 0.5 (decay)
+STAGED = {"name": "linear", "warmup_steps": 3, "decay_steps": 1, "min_lr_ratio": 0.5}
+
+
 def _assert_resume_is_exact(prepared: Path, tmp_path: Path, all_positions: bool) -> dict:
     """Train 4 steps on 2 ranks uninterrupted (``tmp_path/full``) and with a stop after the step-2
-    checkpoint and a resume (``tmp_path/part``); assert the final states are identical and
-    return the uninterrupted run's final state."""
+    checkpoint and a resume (``tmp_path/part``), both under the :data:`STAGED` lr schedule; assert
+    the final states are identical and return the uninterrupted run's final state."""
     from hytrec_torchrec.config import to_dict
 
-    full = _cfg(prepared, tmp_path / "full", "row_wise", all_positions, max_steps=4, checkpoint_every=2)
+    full = _cfg(prepared, tmp_path / "full", "row_wise", all_positions, STAGED, max_steps=4,
+                checkpoint_every=2)
     run_distributed(_train_body, 2, (to_dict(full), str(tmp_path / "full")))
     # interrupted after the step-2 checkpoint, then resumed to step 4
     for steps in (2, 4):
-        part = _cfg(prepared, tmp_path / "part", "row_wise", all_positions, max_steps=steps, checkpoint_every=2)
+        part = _cfg(prepared, tmp_path / "part", "row_wise", all_positions, STAGED, max_steps=steps,
+                    checkpoint_every=2)
         run_distributed(_train_body, 2, (to_dict(part), str(tmp_path / "part")))
     a = torch.load(tmp_path / "full" / "result.pt", weights_only=True)["final"]
     b = torch.load(tmp_path / "part" / "result.pt", weights_only=True)["final"]

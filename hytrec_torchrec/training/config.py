@@ -19,6 +19,7 @@ from typing import Optional
 from hytrec_torchrec.config import ConfigError, check_choice, check_range, load_config
 from hytrec_torchrec.data.config import DataConfig
 from hytrec_torchrec.modules.config import TowerConfig
+from hytrec_torchrec.training.schedule import ScheduleConfig
 from hytrec_torchrec.training.sharding import EmbeddingsConfig
 
 __all__ = ["RunConfig", "OptimConfig", "TrainConfig", "JobConfig", "load_job_config"]
@@ -50,13 +51,18 @@ class RunConfig:
 
 @dataclass
 class OptimConfig:
-    """Dense (tower) optimizer: AdamW, with gradient-norm clipping of the dense parameters."""
+    """Dense (tower) optimizer: AdamW, with gradient-norm clipping of the dense parameters.
+
+    ``schedule`` (:class:`~hytrec_torchrec.training.schedule.ScheduleConfig`) scales this ``lr``
+    and ``embeddings.lr`` alike, step by step (warm-up, then constant, cosine or linear decay).
+    """
 
     lr: float = 1e-3
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     grad_clip: Optional[float] = 1.0
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def validate(self) -> None:
         check_range("lr", self.lr, 0.0, lo_open=True)
@@ -128,6 +134,8 @@ class JobConfig:
     def validate(self) -> None:
         if not self.data.path:
             raise ConfigError("data.path: required (the prepared dataset directory)")
+        if self.train.max_steps is not None and self.train.epochs is None:
+            self.optim.schedule.check_total(self.train.max_steps)
         if self.model.embedding_dim != self.embeddings.dim:
             raise ConfigError(
                 f"model.embedding_dim: {self.model.embedding_dim} must equal embeddings.dim "

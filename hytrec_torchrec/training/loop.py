@@ -7,7 +7,8 @@ Run through ``hytrec-train --config FILE [key=value ...]`` (one process) or Torc
    with its ``EmbeddingCollection`` on the meta device;
 2. attaches the fused sparse optimizer (``apply_optimizer_in_backward``), plans and shards the
    tables with ``DistributedModelParallel`` (plan logged on rank 0), and combines the fused
-   optimizer with the dense AdamW (gradient-norm clipped) in one keyed optimizer;
+   optimizer with the dense AdamW (gradient-norm clipped) in one keyed optimizer, whose learning
+   rates follow ``optim.schedule`` step by step (:mod:`~hytrec_torchrec.training.schedule`);
 3. resumes from ``run.dir``'s latest checkpoint when there is one (exactly: model, optimizers,
    loader position, RNG);
 4. trains with ``TrainPipelineSparseDist`` (or a plain loop), validating (HR@10, NDCG@10 over the
@@ -47,6 +48,7 @@ from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from hytrec_torchrec.training.config import JobConfig
 from hytrec_torchrec.training.distributed import DistEnv, format_plan, init_distributed, shard_model
+from hytrec_torchrec.training.schedule import lr_multiplier
 from hytrec_torchrec.training.sharding import (
     check_compute_kernels_device,
     check_sparse_optimizer_device,
@@ -135,6 +137,10 @@ class Trainer:
         if isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
             ddp.register_comm_hook(None, _sum_allreduce_hook)
         self.optimizer = self._make_optimizer()
+        # the configured learning rate of every param group (dense AdamW, then the fused sparse
+        # groups); the schedule scales these, so they are never read back from a checkpoint
+        self._base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
+        self._total = 0
         self.shard = load_shard(cfg.data, self.env.rank, self.env.world_size)
         self.step = 0
         self.epoch = 0
@@ -313,6 +319,18 @@ class Trainer:
                 cands.append((self.step // every + 1) * every)
         return min(cands)
 
+    def lr_multiplier(self, step: int) -> float:
+        """``optim.schedule``'s multiplier for optimizer step ``step`` (1-based) of this job."""
+        return lr_multiplier(step, self._total, self.cfg.optim.schedule)
+
+    def _set_lrs(self, step: int) -> None:
+        """Set every param group's lr for optimizer step ``step``. The fused sparse optimizer
+        hands its lr to the fbgemm kernel in ``zero_grad()``, which both the pipeline and the
+        plain loop call before the backward that applies the sparse update."""
+        f = self.lr_multiplier(step)
+        for g, base in zip(self.optimizer.param_groups, self._base_lrs):
+            g["lr"] = base * f
+
     def _segment(self, batches: Iterator[Batch]) -> Iterator[Dict[str, torch.Tensor]]:
         """Train on every batch of ``batches``, yielding each step's outputs.
 
@@ -328,6 +346,7 @@ class Trainer:
                                                execute_all_batches=True, custom_model_fwd=fwd)
             try:
                 while True:
+                    self._set_lrs(self.step + 1)  # fit() advances self.step after each yield
                     try:
                         out = pipeline.progress(batches)
                     except StopIteration:
@@ -338,6 +357,7 @@ class Trainer:
             return
         for batch in batches:
             batch = batch.to(self.env.device)
+            self._set_lrs(self.step + 1)
             self.optimizer.zero_grad()
             loss, out = fwd(batch)
             loss.backward()
@@ -350,6 +370,8 @@ class Trainer:
         env = self.env
         self.maybe_resume()
         total = self._total_steps()
+        cfg.optim.schedule.check_total(total)
+        self._total = total
         if env.is_main:
             Path(cfg.run.dir).mkdir(parents=True, exist_ok=True)
             (Path(cfg.run.dir) / "sharding_plan.txt").write_text(self.plan_text() + "\n")
@@ -393,8 +415,11 @@ class Trainer:
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss_v:.4f}", tok_s=f"{tps:,.0f}")
                     elif env.is_main:  # no bar (run.progress: false, e.g. batch jobs): a log line
-                        log.info("step %d/%d loss %.4f %.0f tok/s", self.step, total, loss_v, tps)
+                        log.info("step %d/%d loss %.4f %.0f tok/s lr x%.3g", self.step, total,
+                                 loss_v, tps, self.lr_multiplier(self.step))
                     if self._tb is not None:
+                        self._tb.add_scalar("train/lr_multiplier", self.lr_multiplier(self.step),
+                                            self.step)
                         self._tb.add_scalar("train/loss", loss_v, self.step)
                         self._tb.add_scalar("train/tokens_per_s", tps, self.step)
                 if bar is not None:
