@@ -165,6 +165,26 @@ def test_shared_negatives_loss_matches_a_direct_reference() -> None:
     assert float(empty) == 0.0
 
 
+
+def test_whole_catalog_negatives_give_the_exact_softmax() -> None:
+    """``data.num_negatives: -1``: every known item is a negative, the log-Q term cancels and the
+    shared-negatives loss is the plain cross-entropy over the catalog (items 2..V-1)."""
+    from hytrec_torchrec.data.collate import sample_negatives
+    from hytrec_torchrec.modules.loss import uniform_log_q
+
+    gen = torch.Generator().manual_seed(7)
+    p, d, v, tau = 9, 6, 12, 0.05
+    user = torch.nn.functional.normalize(torch.randn(p, d, generator=gen), dim=-1)
+    table = torch.nn.functional.normalize(torch.randn(v, d, generator=gen), dim=-1)
+    pos_ids = torch.randint(2, v, (p,), generator=gen)
+    neg_ids = torch.from_numpy(sample_negatives(np.random.default_rng(0), -1, v))
+    assert neg_ids.tolist() == list(range(2, v))
+    got = shared_negatives_loss(user, pos_ids, table[pos_ids], neg_ids, table[neg_ids], uniform_log_q(v), tau)
+    want = torch.nn.functional.cross_entropy(user @ table[2:].t() / tau, pos_ids - 2)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-6)
+    with pytest.raises(ConfigError, match="num_negatives: -2 must be >= -1"):
+        DataConfig(path="x", num_negatives=-2).validate()
+
 def test_training_windows_tile_every_training_target_once() -> None:
     cfg = DataConfig(path="x", max_len=4, all_positions=True, cutoffs_per_user=0)
     length = np.array([2, 3, 5, 11, 12], dtype=np.int64)

@@ -15,11 +15,16 @@ __all__ = ["PackedBatch", "build_packed", "build_batch", "sample_negatives"]
 
 
 def sample_negatives(rng: np.random.Generator, num: int, item_vocab_size: int) -> np.ndarray:
-    """[num] int64 uniform over known item indices ``2 .. item_vocab_size - 1``."""
+    """[num] int64 uniform draws (with replacement) over known item indices
+    ``2 .. item_vocab_size - 1``; ``num == -1``: every known item once, in index order
+    ([item_vocab_size - 2], no draw), which turns the sampled softmax into the exact softmax over
+    the catalog."""
     if num == 0:
         return np.zeros(0, np.int64)
     if item_vocab_size <= 2:
         raise ValueError("cannot sample negatives: the item vocabulary has no known items")
+    if num == -1:
+        return np.arange(2, item_vocab_size, dtype=np.int64)
     return rng.integers(2, item_vocab_size, size=num, dtype=np.int64)
 
 

@@ -41,7 +41,10 @@ class DataConfig:
         min_history: smallest history length (events before the cutoff) an example may have.
             0 allows empty histories (cold-start examples with no history at all).
         batch_size: examples per batch (B).
-        num_negatives: R uniform negatives per batch over known item indices 2..V-1.
+        num_negatives: R uniform negatives per batch (drawn with replacement) over known item
+            indices 2..V-1; ``-1``: every known item, every batch (R = V - 2; the log-Q
+            correction is then 0 and the all-position loss is the exact softmax over the
+            catalog; sensible for catalogs of thousands of items, e.g. MovieLens).
         group_window: length grouping: examples are shuffled, then sorted by history length within
             windows of ``group_window * batch_size`` examples and cut into batches; 0 = no
             grouping (batches are plain shuffled chunks).
@@ -89,7 +92,7 @@ class DataConfig:
             raise ConfigError(f"min_history: {self.min_history} must be 0 or 1 when all_positions is true "
                               "(every position of a window is supervised, the first with 1 event of history)")
         check_range("batch_size", self.batch_size, 1)
-        check_range("num_negatives", self.num_negatives, 0)
+        check_range("num_negatives", self.num_negatives, -1)
         check_range("group_window", self.group_window, 0)
         check_range("num_workers", self.num_workers, 0)
         check_range("seed", self.seed, 0)
