@@ -102,10 +102,15 @@ class RetrievalLoss(nn.Module):
         item_counts: [V] event count per item index.
         cosine: L2-normalise the item rows (``similarity: cosine``; the tower normalises the user).
         temperature: logits are scores / temperature.
+        in_batch: use other examples' targets as negatives; ``False`` when the uniform negatives
+            are the whole catalog (``data.num_negatives: -1``), which makes the loss the exact
+            softmax (in-batch candidates would count items twice).
     """
 
-    def __init__(self, item_counts: torch.Tensor, cosine: bool = False, temperature: float = 1.0) -> None:
+    def __init__(self, item_counts: torch.Tensor, cosine: bool = False, temperature: float = 1.0,
+                 in_batch: bool = True) -> None:
         super().__init__()
+        self.in_batch = in_batch
         all_items = torch.arange(item_counts.numel())
         self.register_buffer("item_log_q", log_q_from_counts(item_counts, all_items), persistent=False)
         self.neg_log_q = uniform_log_q(int(item_counts.numel()))
@@ -139,6 +144,7 @@ class RetrievalLoss(nn.Module):
             neg_emb=scoring_vectors(negatives.values(), self.cosine),
             neg_log_q=self.neg_log_q,
             temperature=self.temperature,
+            in_batch=self.in_batch,
         )
 
 
@@ -197,6 +203,9 @@ class HyTRecModel(nn.Module):
         embedding_device: device of the embedding tables; ``meta`` when DMP will shard them.
         all_positions: in training mode, supervise every history position (``data.all_positions``;
             docs/training.md); evaluation mode always scores one user embedding per example.
+        whole_catalog_negatives: the batches' uniform negatives are every known item
+            (``data.num_negatives: -1``); the per-example loss then leaves out in-batch negatives
+            and is the exact softmax.
     """
 
     def __init__(
@@ -207,6 +216,7 @@ class HyTRecModel(nn.Module):
         item_counts: torch.Tensor,
         embedding_device: Optional[torch.device] = None,
         all_positions: bool = False,
+        whole_catalog_negatives: bool = False,
     ) -> None:
         super().__init__()
         self.all_positions = all_positions
@@ -217,7 +227,8 @@ class HyTRecModel(nn.Module):
         self.embeddings = EmbeddingCollection(tables=tables, device=embedding_device)
         self.tower = UserTower(tower_cfg)
         self.cosine = tower_cfg.similarity == "cosine"
-        self.loss = RetrievalLoss(item_counts, self.cosine, tower_cfg.temperature)
+        self.loss = RetrievalLoss(item_counts, self.cosine, tower_cfg.temperature,
+                                  in_batch=not whole_catalog_negatives)
         self.all_positions_loss = AllPositionsLoss(int(vocab_sizes["item"]), self.cosine, tower_cfg.temperature)
         self.num_items = int(vocab_sizes["item"])
 

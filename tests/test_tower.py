@@ -189,6 +189,32 @@ def test_sampled_softmax_matches_slow_transcription():
     assert abs(float(got) - want) < 1e-5
 
 
+def test_whole_catalog_without_in_batch_is_the_exact_softmax():
+    """``data.num_negatives: -1`` in the per-example loss: ``in_batch=False`` and the whole catalog
+    as uniform negatives give the catalog cross-entropy, each example's other positives masked."""
+    from hytrec_torchrec.modules.loss import uniform_log_q
+
+    gen = torch.Generator().manual_seed(3)
+    v, tau = 12, 0.5
+    user = torch.randn(4, 6, generator=gen)
+    table = torch.randn(v, 6, generator=gen)
+    pos_ids = torch.tensor([3, 7, 5, 3, 9])  # example 0 has positives 3 and 7
+    t2e = torch.tensor([0, 0, 1, 2, 3])
+    catalog = torch.arange(2, v)
+    pos_log_q = torch.full((5,), 5.0)  # ignored without in-batch candidates
+    got = sampled_softmax_loss(user, pos_ids, table[pos_ids], t2e, pos_log_q, catalog, table[catalog],
+                               uniform_log_q(v), temperature=tau, in_batch=False)
+    logits = user[t2e] @ table[2:].t() / tau  # [T, V-2]
+    logits[0, 7 - 2] = float("-inf")  # target 3 of example 0: its other positive 7 is masked
+    logits[1, 3 - 2] = float("-inf")
+    want = torch.nn.functional.cross_entropy(logits, pos_ids - 2)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-6)
+    # the in-batch default differs: item 3 is scored twice and log-Q shifts the positive
+    default = sampled_softmax_loss(user, pos_ids, table[pos_ids], t2e, pos_log_q, catalog, table[catalog],
+                                   uniform_log_q(v), temperature=tau)
+    assert abs(float(default) - float(want)) > 1e-3
+
+
 def test_score_is_dot_product():
     u, items = torch.randn(3, 5), torch.randn(7, 5)
     torch.testing.assert_close(score(u, items), torch.einsum("bd,md->bm", u, items))

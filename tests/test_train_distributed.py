@@ -211,3 +211,27 @@ def test_all_positions_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
     AdamW never creates its state; resuming must still work and be exact (regression: the load
     used to fail with "Missing key in checkpoint state_dict: optim.state.dense...short.empty")."""
     _assert_resume_is_exact(prepared, tmp_path, all_positions=True)
+
+
+def test_whole_catalog_negatives_reach_the_per_example_loss(prepared: Path, tmp_path: Path) -> None:
+    """``data.num_negatives: -1`` makes the trained model's per-example loss the exact softmax: the
+    validation loss equals the catalog cross-entropy of the model's own user embeddings."""
+    import dataclasses
+
+    from hytrec_torchrec.data.reader import read_meta
+    from hytrec_torchrec.training.loop import build_model
+
+    base = _cfg(prepared, tmp_path, "row_wise")
+    sizes = {k: int(v) for k, v in read_meta(base.data.path).vocab_sizes.items()}
+    assert build_model(base, sizes, torch.device("cpu")).loss.in_batch
+    cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, num_negatives=-1))
+    model = build_model(cfg, sizes, torch.device("cpu")).eval()
+    batch = next(iter(make_dataloader(cfg.data, 0, 1, 0, "valid")))
+    with torch.no_grad():
+        _, out = model(batch)
+        user, emb = model.user_embedding(batch)
+        table = emb["negative_item"].values()  # items 2..V-1 in order
+        target = batch.features["target_item"].values()
+        want = torch.nn.functional.cross_entropy(user @ table.t() / model.loss.temperature, target - 2)
+    assert batch.features["negative_item"].values().tolist() == list(range(2, sizes["item"]))
+    torch.testing.assert_close(out["loss"], want, atol=1e-5, rtol=1e-5)

@@ -43,8 +43,9 @@ class DataConfig:
         batch_size: examples per batch (B).
         num_negatives: R uniform negatives per batch (drawn with replacement) over known item
             indices 2..V-1; ``-1``: every known item, every batch (R = V - 2; the log-Q
-            correction is then 0 and the all-position loss is the exact softmax over the
-            catalog; sensible for catalogs of thousands of items, e.g. MovieLens).
+            correction is then 0, the per-example loss leaves out in-batch negatives, and both
+            losses are the exact softmax over the catalog; sensible for catalogs of thousands
+            of items, e.g. MovieLens).
         group_window: length grouping: examples are shuffled, then sorted by history length within
             windows of ``group_window * batch_size`` examples and cut into batches; 0 = no
             grouping (batches are plain shuffled chunks).

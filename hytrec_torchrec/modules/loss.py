@@ -35,6 +35,7 @@ def sampled_softmax_loss(
     neg_emb: Optional[torch.Tensor] = None,
     neg_log_q: float = 0.0,
     temperature: float = 1.0,
+    in_batch: bool = True,
 ) -> torch.Tensor:
     r"""Sampled softmax over in-batch and shared uniform negatives, with log-Q correction.
 
@@ -56,10 +57,21 @@ def sampled_softmax_loss(
     ``neg_id_r`` is any positive id of example ``e``. The positive is candidate ``j = t``. Loss::
 
         L = mean_t [ −s_tt + logsumexp_j,r(s_tj, z_tr over unmasked candidates) ]
+
+    ``in_batch=False`` drops the in-batch candidates: each target is scored against its own
+    positive, ``s_t = u_e·p_t / τ`` (no correction; ``pos_log_q`` is unused), and the uniform
+    negatives only. With the whole catalog as negatives (``data.num_negatives: -1``: ``R = V − 2``,
+    ``neg_log_q = −log(V − 2)``, so the correction is 0) this is the exact softmax cross-entropy
+    over the catalog, the example's other positives masked.
     """
     t = pos_ids.shape[0]
     u = user[target_to_example] / temperature  # [T, D]
-    logits = u @ pos_emb.t() - (math.log(t) + pos_log_q).unsqueeze(0)  # [T, T]
+    if in_batch:
+        logits = u @ pos_emb.t() - (math.log(t) + pos_log_q).unsqueeze(0)  # [T, T]
+    else:  # only the positive: a [T, T] matrix whose off-diagonal is masked below
+        pos = (u * pos_emb).sum(-1)  # [T]
+        logits = torch.full((t, t), float("-inf"), dtype=pos.dtype, device=pos.device)
+        logits = logits.diagonal_scatter(pos)
     same_id = pos_ids.unsqueeze(1) == pos_ids.unsqueeze(0)  # [T, T]: id_i == id_j
     # example_has[e, j]: example e has a positive with id pos_ids[j]
     example_has = torch.zeros(user.shape[0], t, dtype=torch.bool, device=user.device)

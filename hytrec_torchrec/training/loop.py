@@ -83,7 +83,8 @@ def build_model(cfg: JobConfig, vocab_sizes: Dict[str, int], device: torch.devic
     counts = read_item_counts(cfg.data.path, int(vocab_sizes["item"]))
     torch.manual_seed(cfg.run.seed)
     model = HyTRecModel(cfg.model, cfg.embeddings, vocab_sizes, counts,
-                        embedding_device=embedding_device or device, all_positions=cfg.data.all_positions)
+                        embedding_device=embedding_device or device, all_positions=cfg.data.all_positions,
+                        whole_catalog_negatives=cfg.data.num_negatives == -1)
     model.tower.to(device)
     model.loss.to(device)
     return model
