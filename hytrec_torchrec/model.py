@@ -28,6 +28,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor
 from hytrec_torchrec.data.batch import Batch
 from hytrec_torchrec.modules.config import TowerConfig
 from hytrec_torchrec.modules.loss import (
+    catalog_softmax_loss,
     log_q_from_counts,
     sampled_softmax_loss,
     shared_negatives_loss,
@@ -157,13 +158,19 @@ class AllPositionsLoss(nn.Module):
     Args:
         num_items: V, rows of the item table.
         cosine, temperature: as :class:`RetrievalLoss`.
+        whole_catalog: the negatives are every known item in order (``data.num_negatives: -1``);
+            the loss is then computed by the equal but faster
+            :func:`~hytrec_torchrec.modules.loss.catalog_softmax_loss`.
     """
 
-    def __init__(self, num_items: int, cosine: bool = False, temperature: float = 1.0) -> None:
+    def __init__(self, num_items: int, cosine: bool = False, temperature: float = 1.0,
+                 whole_catalog: bool = False) -> None:
         super().__init__()
         self.neg_log_q = uniform_log_q(num_items)
+        self.num_items = num_items
         self.cosine = cosine
         self.temperature = temperature
+        self.whole_catalog = whole_catalog
 
     def forward(
         self,
@@ -187,8 +194,14 @@ class AllPositionsLoss(nn.Module):
         rows = next_event_rows(offsets, n)
         pos_emb = scoring_vectors(torch.cat([history.values(), targets.values()], 0)[rows], self.cosine)
         pos_ids = torch.cat([history_ids, target_ids], 0)[rows]
-        return shared_negatives_loss(user_rows, pos_ids, pos_emb, negative_ids,
-                                     scoring_vectors(negatives.values(), self.cosine), self.neg_log_q,
+        negs = scoring_vectors(negatives.values(), self.cosine)
+        if self.whole_catalog:
+            if negative_ids.numel() != self.num_items - 2 or not bool(
+                    torch.equal(negative_ids, torch.arange(2, self.num_items, device=negative_ids.device))):
+                raise ValueError(f"whole-catalog loss needs the negatives 2..{self.num_items - 1} in order, "
+                                 f"got {negative_ids.numel()} ids (data.num_negatives must be -1)")
+            return catalog_softmax_loss(user_rows, pos_ids, negs, self.temperature)
+        return shared_negatives_loss(user_rows, pos_ids, pos_emb, negative_ids, negs, self.neg_log_q,
                                      self.temperature)
 
 
@@ -229,7 +242,8 @@ class HyTRecModel(nn.Module):
         self.cosine = tower_cfg.similarity == "cosine"
         self.loss = RetrievalLoss(item_counts, self.cosine, tower_cfg.temperature,
                                   in_batch=not whole_catalog_negatives)
-        self.all_positions_loss = AllPositionsLoss(int(vocab_sizes["item"]), self.cosine, tower_cfg.temperature)
+        self.all_positions_loss = AllPositionsLoss(int(vocab_sizes["item"]), self.cosine, tower_cfg.temperature,
+                                                   whole_catalog=whole_catalog_negatives)
         self.num_items = int(vocab_sizes["item"])
 
     def user_embedding(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, JaggedTensor]]:

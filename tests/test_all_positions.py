@@ -185,6 +185,47 @@ def test_whole_catalog_negatives_give_the_exact_softmax() -> None:
     with pytest.raises(ConfigError, match="num_negatives: -2 must be >= -1"):
         DataConfig(path="x", num_negatives=-2).validate()
 
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+def test_whole_catalog_fast_path_equals_the_shared_negatives_loss(similarity: str) -> None:
+    """``AllPositionsLoss(whole_catalog=True)`` (one ``F.cross_entropy``) gives the loss and the
+    gradients of the reference :func:`shared_negatives_loss` over the same catalog negatives, and
+    refuses negatives that are not the whole catalog in order."""
+    from torchrec.sparse.jagged_tensor import JaggedTensor
+
+    from hytrec_torchrec.model import AllPositionsLoss
+    from hytrec_torchrec.modules.loss import catalog_softmax_loss
+
+    cosine = similarity == "cosine"
+    gen = torch.Generator().manual_seed(11)
+    b, n, d, v = 3, 9, 8, 15
+    off = torch.tensor([0, 4, 5, 9])
+    hist_ids = torch.randint(2, v, (n,), generator=gen)
+    tgt_ids = torch.randint(2, v, (b,), generator=gen)
+    neg_ids = torch.arange(2, v)
+    ones = torch.ones(b, dtype=torch.int64)
+    neg_len = torch.tensor([v - 2] + [0] * (b - 1))
+    rows0 = torch.randn(n, d, generator=gen)
+    table0 = torch.randn(v, d, generator=gen)
+
+    def run(whole: bool, negatives: torch.Tensor = neg_ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = rows0.clone().requires_grad_(True)
+        table = table0.clone().requires_grad_(True)
+        loss = AllPositionsLoss(v, cosine, 0.3, whole_catalog=whole)(
+            rows, off, JaggedTensor(values=table[hist_ids], lengths=off[1:] - off[:-1]), hist_ids,
+            JaggedTensor(values=table[tgt_ids], lengths=ones), tgt_ids,
+            JaggedTensor(values=table[negatives], lengths=neg_len), negatives)
+        loss.backward()
+        return loss.detach(), rows.grad, table.grad
+
+    fast, ref = run(True), run(False)
+    for got, want in zip(fast, ref):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="data.num_negatives must be -1"):
+        run(True, torch.flip(neg_ids, [0]))
+    empty = catalog_softmax_loss(rows0[:0], hist_ids[:0], table0[2:])
+    assert float(empty) == 0.0
+
+
 def test_training_windows_tile_every_training_target_once() -> None:
     cfg = DataConfig(path="x", max_len=4, all_positions=True, cutoffs_per_user=0)
     length = np.array([2, 3, 5, 11, 12], dtype=np.int64)

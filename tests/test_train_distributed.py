@@ -226,6 +226,7 @@ def test_whole_catalog_negatives_reach_the_per_example_loss(prepared: Path, tmp_
     assert build_model(base, sizes, torch.device("cpu")).loss.in_batch
     cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, num_negatives=-1))
     model = build_model(cfg, sizes, torch.device("cpu")).eval()
+    assert model.all_positions_loss.whole_catalog and not base.data.num_negatives == -1
     batch = next(iter(make_dataloader(cfg.data, 0, 1, 0, "valid")))
     with torch.no_grad():
         _, out = model(batch)

@@ -6,8 +6,10 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["sampled_softmax_loss", "shared_negatives_loss", "log_q_from_counts", "uniform_log_q"]
+__all__ = ["sampled_softmax_loss", "shared_negatives_loss", "catalog_softmax_loss", "log_q_from_counts",
+           "uniform_log_q"]
 
 
 def log_q_from_counts(counts: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -124,3 +126,27 @@ def shared_negatives_loss(
     z = u @ neg_emb.t() - (math.log(max(neg_ids.shape[0], 1)) + neg_log_q)  # [P, R]
     z = z.masked_fill(pos_ids.unsqueeze(1) == neg_ids.unsqueeze(0), float("-inf"))
     return (torch.logsumexp(torch.cat([pos, z], dim=1), dim=1) - pos.squeeze(1)).mean()
+
+
+def catalog_softmax_loss(
+    user: torch.Tensor,
+    pos_ids: torch.Tensor,
+    catalog_emb: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    r"""Exact softmax cross-entropy of each row's positive over the whole catalog.
+
+    The fast path of :func:`shared_negatives_loss` when the negatives are every known item in
+    order (``data.num_negatives: -1``): the positive is then one of the catalog's columns, so one
+    fused ``F.cross_entropy`` over ``[P, V − 2]`` logits replaces the mask, the concatenation and
+    the log-sum-exp over ``[P, V − 1]`` (about 2× less time on CPU for ML-1M sizes, and one large
+    temporary instead of several). ``tests/test_all_positions.py`` checks that the two agree.
+
+    Shapes: ``user [P, D]``, ``pos_ids [P]`` item indices in ``2..V-1``, ``catalog_emb [V − 2, D]``
+    (row ``j`` = item ``j + 2``). Logits ``u_p·c_j / τ``; ``L = mean_p [−logit_p,pos + lse_j]``.
+    Returns 0 (with a graph) when ``P == 0``.
+    """
+    if user.shape[0] == 0:
+        return (user * 0.0).sum()
+    logits = (user / temperature) @ catalog_emb.t()  # [P, V-2]
+    return F.cross_entropy(logits, pos_ids - 2)
