@@ -192,15 +192,14 @@ class AllPositionsLoss(nn.Module):
         """
         n = user_rows.shape[0]
         rows = next_event_rows(offsets, n)
-        pos_emb = scoring_vectors(torch.cat([history.values(), targets.values()], 0)[rows], self.cosine)
         pos_ids = torch.cat([history_ids, target_ids], 0)[rows]
         negs = scoring_vectors(negatives.values(), self.cosine)
-        if self.whole_catalog:
-            if negative_ids.numel() != self.num_items - 2 or not bool(
-                    torch.equal(negative_ids, torch.arange(2, self.num_items, device=negative_ids.device))):
+        if self.whole_catalog:  # the positive is a catalog column: its embedding is not needed
+            if not torch.equal(negative_ids, torch.arange(2, self.num_items, device=negative_ids.device)):
                 raise ValueError(f"whole-catalog loss needs the negatives 2..{self.num_items - 1} in order, "
                                  f"got {negative_ids.numel()} ids (data.num_negatives must be -1)")
             return catalog_softmax_loss(user_rows, pos_ids, negs, self.temperature)
+        pos_emb = scoring_vectors(torch.cat([history.values(), targets.values()], 0)[rows], self.cosine)
         return shared_negatives_loss(user_rows, pos_ids, pos_emb, negative_ids, negs, self.neg_log_q,
                                      self.temperature)
 

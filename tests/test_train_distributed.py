@@ -223,10 +223,11 @@ def test_whole_catalog_negatives_reach_the_per_example_loss(prepared: Path, tmp_
 
     base = _cfg(prepared, tmp_path, "row_wise")
     sizes = {k: int(v) for k, v in read_meta(base.data.path).vocab_sizes.items()}
-    assert build_model(base, sizes, torch.device("cpu")).loss.in_batch
+    sampled = build_model(base, sizes, torch.device("cpu"))
+    assert sampled.loss.in_batch and not sampled.all_positions_loss.whole_catalog
     cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, num_negatives=-1))
     model = build_model(cfg, sizes, torch.device("cpu")).eval()
-    assert model.all_positions_loss.whole_catalog and not base.data.num_negatives == -1
+    assert model.all_positions_loss.whole_catalog and not model.loss.in_batch
     batch = next(iter(make_dataloader(cfg.data, 0, 1, 0, "valid")))
     with torch.no_grad():
         _, out = model(batch)
