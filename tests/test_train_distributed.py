@@ -1,10 +1,12 @@
 """Distributed training tested distributed (2 gloo processes on CPU).
 
 - the sharded model (row-wise, column-wise, table-wise tables in turn, row-wise with
-  all-position training, and row-wise under a warm-up + cosine lr schedule) gives the same losses
-  and parameters after 3 steps as the unsharded single-process model on the same batches;
+  all-position training, row-wise under a warm-up + cosine lr schedule, and data-parallel tables
+  stepped by Adam and by SGD) gives the same losses and parameters after 3 steps as the unsharded
+  single-process model on the same batches;
 - a run stopped after its step-2 checkpoint and resumed ends with exactly the parameters of an
-  uninterrupted run; a 2-rank checkpoint resumes on 1 rank.
+  uninterrupted run (row-wise tables; data-parallel tables with Adam); a 2-rank checkpoint
+  resumes on 1 rank.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from hytrec_torchrec.training.schedule import lr_multiplier
 
 
 def _cfg(data: Path, run: Path, sharding: str, all_positions: bool = False,
-         schedule: dict | None = None, **train: object) -> JobConfig:
+         schedule: dict | None = None, dp_optimizer: str = "adam", **train: object) -> JobConfig:
     tables = {t: {"sharding_type": sharding} for t in ("item", "attribution", "category", "behavior")}
     optimizer = "rowwise_adagrad"
     if sharding == "column_wise":
@@ -33,6 +35,11 @@ def _cfg(data: Path, run: Path, sharding: str, all_positions: bool = False,
         # shard's columns), a different optimizer from unsharded row-wise Adagrad; elementwise
         # Adagrad is sharding-invariant, so it is the one compared here (docs/training.md).
         optimizer = "adagrad"
+    if sharding == "data_parallel":
+        # replicated tables on the dense kernel: a plain torch optimizer steps them, so Adam runs
+        # on CPU (training/dense_lookup.py makes their lookup work there)
+        tables = {t: {"sharding_type": "data_parallel", "compute_kernel": "dense"} for t in tables}
+        optimizer = dp_optimizer
     return from_dict(JobConfig, {
         "run": {"dir": str(run), "seed": 3, "tensorboard": False, "progress": False},
         "data": {"path": str(data), "batch_size": 4, "num_negatives": 8, "max_len": 60,
@@ -86,6 +93,10 @@ def _reference(cfg: JobConfig, init: dict, world: int) -> tuple[dict, torch.Tens
     dense = [p for n, p in model.named_parameters() if not n.startswith("embeddings.")]
     if cfg.embeddings.optimizer == "rowwise_adagrad":
         sparse_opt = RowWiseAdagrad(emb_params, lr=cfg.embeddings.lr, eps=cfg.embeddings.eps)
+    elif cfg.embeddings.optimizer == "adam":
+        sparse_opt = torch.optim.Adam(emb_params, lr=cfg.embeddings.lr, eps=cfg.embeddings.eps)
+    elif cfg.embeddings.optimizer == "sgd":
+        sparse_opt = torch.optim.SGD(emb_params, lr=cfg.embeddings.lr)
     else:
         assert cfg.embeddings.optimizer == "adagrad"
         sparse_opt = torch.optim.Adagrad(emb_params, lr=cfg.embeddings.lr, eps=cfg.embeddings.eps)
@@ -119,14 +130,17 @@ def _reference(cfg: JobConfig, init: dict, world: int) -> tuple[dict, torch.Tens
 WARMUP_COSINE = {"name": "cosine", "warmup_steps": 2, "min_lr_ratio": 0.1}
 
 
-@pytest.mark.parametrize("sharding, all_positions, schedule", [
-    ("row_wise", False, None), ("column_wise", False, None), ("table_wise", False, None),
-    ("row_wise", True, None),  # all-position training (data.all_positions)
-    ("row_wise", False, WARMUP_COSINE),  # the fused sparse lr follows the schedule step by step
+@pytest.mark.parametrize("sharding, all_positions, schedule, dp_optimizer", [
+    ("row_wise", False, None, ""), ("column_wise", False, None, ""), ("table_wise", False, None, ""),
+    ("row_wise", True, None, ""),  # all-position training (data.all_positions)
+    ("row_wise", False, WARMUP_COSINE, ""),  # the fused sparse lr follows the schedule step by step
+    # replicated tables stepped by a plain torch optimizer, gradients all-reduced: Adam, and SGD,
+    # which unlike Adam sees the gradient's scale (a mean instead of a sum over ranks fails it)
+    ("data_parallel", True, WARMUP_COSINE, "adam"), ("data_parallel", False, None, "sgd"),
 ])
 def test_sharded_equals_unsharded(prepared: Path, tmp_path: Path, sharding: str, all_positions: bool,
-                                  schedule: dict | None) -> None:
-    cfg = _cfg(prepared, tmp_path / "run", sharding, all_positions, schedule)
+                                  schedule: dict | None, dp_optimizer: str) -> None:
+    cfg = _cfg(prepared, tmp_path / "run", sharding, all_positions, schedule, dp_optimizer or "adam")
     from hytrec_torchrec.config import to_dict
 
     run_distributed(_train_body, 2, (to_dict(cfg), str(tmp_path)))
@@ -151,18 +165,19 @@ def test_sharded_equals_unsharded(prepared: Path, tmp_path: Path, sharding: str,
 STAGED = {"name": "linear", "warmup_steps": 3, "decay_steps": 1, "min_lr_ratio": 0.5}
 
 
-def _assert_resume_is_exact(prepared: Path, tmp_path: Path, all_positions: bool) -> dict:
+def _assert_resume_is_exact(prepared: Path, tmp_path: Path, all_positions: bool,
+                            sharding: str = "row_wise") -> dict:
     """Train 4 steps on 2 ranks uninterrupted (``tmp_path/full``) and with a stop after the step-2
     checkpoint and a resume (``tmp_path/part``), both under the :data:`STAGED` lr schedule; assert
     the final states are identical and return the uninterrupted run's final state."""
     from hytrec_torchrec.config import to_dict
 
-    full = _cfg(prepared, tmp_path / "full", "row_wise", all_positions, STAGED, max_steps=4,
+    full = _cfg(prepared, tmp_path / "full", sharding, all_positions, STAGED, max_steps=4,
                 checkpoint_every=2)
     run_distributed(_train_body, 2, (to_dict(full), str(tmp_path / "full")))
     # interrupted after the step-2 checkpoint, then resumed to step 4
     for steps in (2, 4):
-        part = _cfg(prepared, tmp_path / "part", "row_wise", all_positions, STAGED, max_steps=steps,
+        part = _cfg(prepared, tmp_path / "part", sharding, all_positions, STAGED, max_steps=steps,
                     checkpoint_every=2)
         run_distributed(_train_body, 2, (to_dict(part), str(tmp_path / "part")))
     a = torch.load(tmp_path / "full" / "result.pt", weights_only=True)["final"]
@@ -211,6 +226,12 @@ def test_all_positions_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
     AdamW never creates its state; resuming must still work and be exact (regression: the load
     used to fail with "Missing key in checkpoint state_dict: optim.state.dense...short.empty")."""
     _assert_resume_is_exact(prepared, tmp_path, all_positions=True)
+
+
+def test_data_parallel_adam_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
+    """Replicated tables stepped by Adam: their optimizer state (two moments per weight, the step
+    count) is in the checkpoint, so a resumed run ends where an uninterrupted one does."""
+    _assert_resume_is_exact(prepared, tmp_path, all_positions=False, sharding="data_parallel")
 
 
 def test_whole_catalog_negatives_reach_the_per_example_loss(prepared: Path, tmp_path: Path) -> None:

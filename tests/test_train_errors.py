@@ -2,8 +2,9 @@
 
 - job-config errors (unknown key, wrong type, invalid sharding type) name the dotted key and
   the file, and ``hytrec-train`` exits with status 2;
-- settings the CPU cannot run (``adam``; ``data_parallel``/``dense``/uvm kernels) are config
-  errors before sharding, with exit status 2;
+- settings the CPU cannot run (``adam`` on a fused table; the uvm kernels) and a
+  ``data_parallel`` table without the ``dense`` kernel (or the reverse) are config errors before
+  sharding, with exit status 2;
 - resuming a run on a dataset whose vocabulary sizes differ from the checkpoint's is refused;
 - a non-finite loss stops the job naming the step and batch, and the last good checkpoint stays
   intact and loadable.
@@ -61,14 +62,26 @@ def test_cli_reports_config_error_and_exits_2() -> None:
     assert "configs/demo.yaml" in res.stderr
 
 
+ALL_DATA_PARALLEL = [f"embeddings.tables.{t}.{k}={v}" for t in ("item", "attribution", "category", "behavior")
+                     for k, v in (("sharding_type", "data_parallel"), ("compute_kernel", "dense"))]
+
+
 def test_cpu_refuses_a_sparse_optimizer_fbgemm_has_no_cpu_kernel_for() -> None:
     cfg = load_job_config(str(DEMO), ["embeddings.optimizer=adam"])
-    with pytest.raises(ConfigError, match=r"embeddings.optimizer: 'adam' has no fused fbgemm kernel on CPU"):
+    with pytest.raises(ConfigError, match=r"embeddings.optimizer: 'adam' has no fused fbgemm kernel on CPU"
+                                          r".*tables \['attribution', 'behavior', 'category', 'item'\]"):
         check_sparse_optimizer_device(cfg.embeddings, torch.device("cpu"))
     check_sparse_optimizer_device(cfg.embeddings, torch.device("cuda"))  # fbgemm has CUDA Adam
     for name in ("rowwise_adagrad", "adagrad", "sgd"):
         check_sparse_optimizer_device(load_job_config(str(DEMO), [f"embeddings.optimizer={name}"]).embeddings,
                                       torch.device("cpu"))
+    # data_parallel tables take any optimizer (a plain torch one steps them), so Adam is fine on
+    # CPU once every table is data_parallel, and refused while one is not
+    check_sparse_optimizer_device(load_job_config(str(DEMO), ["embeddings.optimizer=adam", *ALL_DATA_PARALLEL]
+                                                  ).embeddings, torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"tables \['behavior'\] use a fused kernel"):
+        check_sparse_optimizer_device(load_job_config(str(DEMO), ["embeddings.optimizer=adam", *ALL_DATA_PARALLEL[:6]]
+                                                      ).embeddings, torch.device("cpu"))
     res = subprocess.run(  # the job says so before it shards anything, and exits 2
         [sys.executable, "-m", "hytrec_torchrec.training.cli", "--config", str(DEMO),
          "embeddings.optimizer=adam", "train.device=cpu"],
@@ -78,11 +91,10 @@ def test_cpu_refuses_a_sparse_optimizer_fbgemm_has_no_cpu_kernel_for() -> None:
     assert "embeddings.optimizer: 'adam' has no fused fbgemm kernel on CPU" in res.stderr
 
 
-
 def test_fbgemm_cpu_dense_kernel_still_pools_sequence_lookups() -> None:
-    """Why ``data_parallel``/``dense`` is refused on CPU: fbgemm's CPU dense table-batched
+    """Why :mod:`hytrec_torchrec.training.dense_lookup` exists: fbgemm's CPU dense table-batched
     embedding ignores ``PoolingMode.NONE`` and returns one pooled row per bag. If an fbgemm
-    upgrade fixes this (5 rows come back), lift :func:`check_compute_kernels_device`."""
+    upgrade fixes this (5 rows come back), the patch can go."""
     from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
     from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
         DenseTableBatchedEmbeddingBagsCodegen,
@@ -93,33 +105,35 @@ def test_fbgemm_cpu_dense_kernel_still_pools_sequence_lookups() -> None:
     assert out.shape == (2, 4)  # pooled per bag, not one row per ID
 
 
-@pytest.mark.parametrize(
-    "override,needle",
-    [
-        ("embeddings.tables.item.sharding_type=data_parallel",
-         "embeddings.tables.item.sharding_type: 'data_parallel' cannot run an EmbeddingCollection on CPU"),
-        ("embeddings.tables.category.compute_kernel=dense",
-         "embeddings.tables.category.compute_kernel: 'dense' cannot run"),
-        ("embeddings.tables.item.compute_kernel=fused_uvm_caching",
-         "embeddings.tables.item.compute_kernel: 'fused_uvm_caching' cannot run"),
-    ],
-)
-def test_cpu_refuses_kernels_that_cannot_run_an_embedding_collection(override: str, needle: str) -> None:
-    cfg = load_job_config(str(DEMO), [override])
+@pytest.mark.parametrize("overrides,needle", [
+    (["embeddings.tables.item.sharding_type=data_parallel"],
+     "embeddings.tables.item.compute_kernel: 'fused' with sharding_type 'data_parallel'"),
+    (["embeddings.tables.category.compute_kernel=dense"],
+     "embeddings.tables.category.compute_kernel: 'dense' with sharding_type 'table_wise'"),
+])
+def test_data_parallel_and_the_dense_kernel_go_together(overrides: list[str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
+        load_job_config(str(DEMO), overrides)
+    load_job_config(str(DEMO), ALL_DATA_PARALLEL)
+
+
+def test_cpu_refuses_kernels_that_cannot_run_an_embedding_collection() -> None:
+    cfg = load_job_config(str(DEMO), ["embeddings.tables.item.compute_kernel=fused_uvm_caching"])
+    with pytest.raises(ConfigError, match="embeddings.tables.item.compute_kernel: 'fused_uvm_caching' cannot run"):
         check_compute_kernels_device(cfg.embeddings, torch.device("cpu"))
     check_compute_kernels_device(cfg.embeddings, torch.device("cuda"))
     check_compute_kernels_device(load_job_config(str(DEMO), []).embeddings, torch.device("cpu"))
+    check_compute_kernels_device(load_job_config(str(DEMO), ALL_DATA_PARALLEL).embeddings, torch.device("cpu"))
 
 
-def test_cli_refuses_data_parallel_on_cpu_before_sharding() -> None:
+def test_cli_refuses_uvm_kernels_on_cpu_before_sharding() -> None:
     res = subprocess.run(
         [sys.executable, "-m", "hytrec_torchrec.training.cli", "--config", str(DEMO),
-         "embeddings.tables.item.sharding_type=data_parallel", "train.device=cpu"],
+         "embeddings.tables.item.compute_kernel=fused_uvm", "train.device=cpu"],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert res.returncode == 2, res.stderr[-2000:]
-    assert "embeddings.tables.item.sharding_type: 'data_parallel' cannot run" in res.stderr
+    assert "embeddings.tables.item.compute_kernel: 'fused_uvm' cannot run" in res.stderr
 
 def _cfg(data: Path, run: Path, **train: object) -> JobConfig:
     return from_dict(JobConfig, {

@@ -47,6 +47,7 @@ from hytrec_torchrec.evaluation.scoring import batch_target_ranks, item_blocks
 from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from hytrec_torchrec.training.config import JobConfig
+from hytrec_torchrec.training.dense_lookup import data_parallel_lookups
 from hytrec_torchrec.training.distributed import DistEnv, format_plan, init_distributed, shard_model
 from hytrec_torchrec.training.schedule import lr_multiplier
 from hytrec_torchrec.training.sharding import (
@@ -137,6 +138,8 @@ class Trainer:
         ddp = getattr(self.model, "_dmp_wrapped_module", None)
         if isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
             ddp.register_comm_hook(None, _sum_allreduce_hook)
+        for table_ddp in data_parallel_lookups(self.model):  # data_parallel tables
+            table_ddp.register_comm_hook(None, _sum_allreduce_hook)
         self.optimizer = self._make_optimizer()
         # the configured learning rate of every param group (dense AdamW, then the fused sparse
         # groups); the schedule scales these, so they are never read back from a checkpoint
@@ -158,16 +161,27 @@ class Trainer:
 
         o = self.cfg.optim
         dense_params = dict(in_backward_optimizer_filter(self.model.named_parameters()))
+        # tables on the "dense" kernel (data_parallel) have ordinary gradients: step them with the
+        # configured embedding optimizer, unclipped like the fused tables
+        table_params = {n: dense_params.pop(n) for n in list(dense_params) if n.startswith("embeddings.")}
+        parts: list[tuple[str, Any]] = [("sparse", self.model.fused_optimizer)]
+        self._lazy: list[Any] = []  # optimizers whose state appears on their first step
+        if table_params:
+            opt_cls, opt_kwargs = sparse_optimizer(self.cfg.embeddings)
+            tables = KeyedOptimizerWrapper(table_params, lambda params: opt_cls(params, **opt_kwargs))
+            parts.append(("tables", tables))
+            self._lazy.append(tables)
         self._dense_inner = KeyedOptimizerWrapper(
             dense_params,
             lambda params: torch.optim.AdamW(
                 params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
             ),
         )
+        self._lazy.append(self._dense_inner)
         dense: Any = self._dense_inner
         if o.grad_clip is not None:
             dense = GradientClippingOptimizer(dense, GradientClipping.NORM, max_gradient=o.grad_clip)
-        return CombinedOptimizer([("sparse", self.model.fused_optimizer), ("dense", dense)])
+        return CombinedOptimizer(parts + [("dense", dense)])
 
     def plan_text(self) -> str:
         return format_plan(self.plan)
@@ -206,11 +220,12 @@ class Trainer:
                 f"the dataset {self.cfg.data.path} ({self.vocab_sizes}); use the prepared "
                 "directory the run was trained on"
             )
-        # AdamW creates its state lazily on the first step; DCP loads in place, so materialise the
-        # state first (a dummy zero-gradient step; the parameters it touches are overwritten by
-        # the load right after).
-        self._dense_inner.init_state()
-        self._dense_inner.zero_grad(set_to_none=True)
+        # AdamW (and a plain optimizer over data_parallel tables) creates its state lazily on the
+        # first step; DCP loads in place, so materialise the state first (a dummy zero-gradient
+        # step; the parameters it touches are overwritten by the load right after).
+        for opt in self._lazy:
+            opt.init_state()
+            opt.zero_grad(set_to_none=True)
         state, rank_state = load_checkpoint(path, self.model, self.optimizer)
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])

@@ -5,7 +5,9 @@ The four ID tables (item, attribution, category, behavior) live in one TorchRec
 (:class:`EmbeddingsConfig`); the planner (``EmbeddingShardingPlanner``) places the shards, and
 ``DistributedModelParallel`` applies the plan. The sparse optimizer is fused into the backward
 pass of the embedding kernels (``apply_optimizer_in_backward``), so embedding gradients are never
-materialised.
+materialised; ``data_parallel`` tables (replicated, ``dense`` kernel) are the exception: their
+gradients are ordinary tensors, all-reduced, and the trainer steps them with the same configured
+optimizer (:mod:`~hytrec_torchrec.training.dense_lookup` makes their lookup work on CPU).
 
 Example::
 
@@ -43,12 +45,13 @@ SHARDING_TYPES = (
 COMPUTE_KERNELS = ("fused", "dense", "fused_uvm", "fused_uvm_caching")
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
 
-#: the fused optimizers fbgemm's CPU embedding kernels implement (``adam`` needs CUDA).
+#: the fused optimizers fbgemm's CPU embedding kernels implement (``adam`` needs CUDA, or every
+#: table on ``data_parallel``: :func:`check_sparse_optimizer_device`).
 CPU_SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
 
 #: compute kernels that cannot serve an ``EmbeddingCollection`` on CPU
 #: (:func:`check_compute_kernels_device`).
-CPU_UNUSABLE_KERNELS = ("dense", "fused_uvm", "fused_uvm_caching")
+CPU_UNUSABLE_KERNELS = ("fused_uvm", "fused_uvm_caching")
 
 
 @dataclass
@@ -59,9 +62,9 @@ class TableConfig:
         sharding_type: one of ``row_wise``, ``column_wise``, ``table_wise``, ``table_row_wise``,
             ``table_column_wise``, ``data_parallel``; ``None`` lets the planner choose.
         compute_kernel: ``fused`` (optimizer fused into backward; default), ``dense`` (the only
-            kernel for ``data_parallel``), or ``fused_uvm``/``fused_uvm_caching``; ``None`` lets
-            the planner choose. On CPU only ``fused`` works with an ``EmbeddingCollection``
-            (:func:`check_compute_kernels_device`).
+            kernel for ``data_parallel``; trained by ``embeddings.optimizer`` as a plain torch
+            optimizer), or ``fused_uvm``/``fused_uvm_caching`` (CUDA only:
+            :func:`check_compute_kernels_device`); ``None`` lets the planner choose.
         min_partition: smallest column-shard width for column-wise sharding.
     """
 
@@ -74,6 +77,14 @@ class TableConfig:
             check_choice("sharding_type", self.sharding_type, SHARDING_TYPES)
         if self.compute_kernel is not None:
             check_choice("compute_kernel", self.compute_kernel, COMPUTE_KERNELS)
+        dp = self.sharding_type == "data_parallel"
+        if self.compute_kernel is not None and dp != (self.compute_kernel == "dense"):
+            raise ConfigError(
+                f"compute_kernel: {self.compute_kernel!r} with sharding_type "
+                f"{self.sharding_type!r}: TorchRec runs data_parallel tables, and only them, on "
+                "the 'dense' kernel; set both (sharding_type: data_parallel, compute_kernel: dense) "
+                "or neither"
+            )
         if self.min_partition is not None:
             check_range("min_partition", self.min_partition, 1)
 
@@ -95,8 +106,10 @@ class EmbeddingsConfig:
         dim: embedding dimension of every table (the tower's model width).
         tables: per-table sharding constraints, keyed by table name
             (``item``, ``attribution``, ``category``, ``behavior``).
-        optimizer: fused sparse optimizer: ``rowwise_adagrad`` (default), ``adagrad``, ``sgd``,
-            ``adam`` (CUDA only: fbgemm has no CPU Adam kernel; :func:`check_sparse_optimizer_device`).
+        optimizer: sparse optimizer: ``rowwise_adagrad`` (default), ``adagrad``, ``sgd``,
+            ``adam`` (fbgemm has no fused CPU Adam: on CPU every table must be ``data_parallel``;
+            :func:`check_sparse_optimizer_device`). Fused into the backward of sharded tables;
+            a plain torch optimizer over ``data_parallel`` tables.
         lr: sparse learning rate.
         eps: optimizer epsilon (Adagrad family and Adam).
         weight_decay: sparse weight decay.
@@ -172,42 +185,44 @@ def sparse_optimizer(cfg: EmbeddingsConfig) -> tuple[type[torch.optim.Optimizer]
 
 
 def check_sparse_optimizer_device(cfg: EmbeddingsConfig, device: torch.device) -> None:
-    """Raise ``ConfigError`` (key ``embeddings.optimizer``) when the fused optimizer has no kernel
-    on ``device``: fbgemm's CPU table-batched embeddings implement only the Adagrad family and
-    SGD, and would otherwise fail deep inside sharding with an assertion."""
-    if device.type == "cpu" and cfg.optimizer not in CPU_SPARSE_OPTIMIZERS:
+    """Raise ``ConfigError`` (key ``embeddings.optimizer``) when a table would need a fused
+    optimizer that has no kernel on ``device``.
+
+    fbgemm's CPU table-batched embeddings implement only the Adagrad family and SGD. Tables on
+    ``data_parallel`` (the ``dense`` kernel) take any optimizer on any device: their gradients
+    are ordinary tensors and the trainer steps them with ``embeddings.optimizer``
+    (:mod:`~hytrec_torchrec.training.dense_lookup`). So ``adam`` on CPU needs every table on
+    ``data_parallel``; otherwise the job would fail deep inside sharding with an assertion.
+    """
+    if device.type != "cpu" or cfg.optimizer in CPU_SPARSE_OPTIMIZERS:
+        return
+    fused = sorted(n for n, t in cfg.tables.items() if t.sharding_type != "data_parallel")
+    if fused:
         raise ConfigError(
             f"embeddings.optimizer: {cfg.optimizer!r} has no fused fbgemm kernel on CPU "
-            f"(CPU supports {list(CPU_SPARSE_OPTIMIZERS)}); train on CUDA or pick one of those"
+            f"(CPU supports {list(CPU_SPARSE_OPTIMIZERS)}); tables {fused} use a fused kernel: "
+            "set embeddings.tables.<table>.sharding_type=data_parallel for them (replicated, any "
+            "optimizer), train on CUDA, or pick one of those"
         )
 
 
 def check_compute_kernels_device(cfg: EmbeddingsConfig, device: torch.device) -> None:
     """Raise ``ConfigError`` (key ``embeddings.tables.<table>.compute_kernel``) for a kernel that
-    cannot look up an ``EmbeddingCollection`` on ``device``.
-
-    On CPU: ``fused_uvm``/``fused_uvm_caching`` need CUDA unified memory, and ``dense`` (the
-    only kernel TorchRec allows with ``data_parallel``) runs fbgemm's
-    ``DenseTableBatchedEmbeddingBagsCodegen``, whose CPU path ignores ``PoolingMode.NONE`` and
-    returns one pooled row per bag instead of one row per ID (fbgemm-gpu-cpu 1.8.0), so the
-    sequence lookup would fail later in ``construct_jagged_tensors`` with a ``split_with_sizes``
-    shape error. Checked before planning, for training, evaluation and export alike.
+    cannot look up an ``EmbeddingCollection`` on ``device``: on CPU, ``fused_uvm`` and
+    ``fused_uvm_caching`` (they need CUDA unified memory). The ``dense`` kernel (the one TorchRec
+    gives ``data_parallel`` tables) runs on CPU through
+    :func:`~hytrec_torchrec.training.dense_lookup.patch_dense_sequence_lookups`, which
+    :func:`~hytrec_torchrec.training.distributed.shard_model` applies. Checked before planning, for
+    training, evaluation and export alike.
     """
     if device.type != "cpu":
         return
     for name, t in cfg.tables.items():
-        if t.sharding_type == "data_parallel":
-            raise ConfigError(
-                f"embeddings.tables.{name}.sharding_type: 'data_parallel' cannot run an "
-                "EmbeddingCollection on CPU (TorchRec gives data-parallel tables only the 'dense' "
-                "kernel, and fbgemm's CPU dense kernel pools sequence lookups); pick another "
-                "sharding type or train on CUDA"
-            )
         if t.compute_kernel in CPU_UNUSABLE_KERNELS:
             raise ConfigError(
                 f"embeddings.tables.{name}.compute_kernel: {t.compute_kernel!r} cannot run an "
-                "EmbeddingCollection on CPU (fbgemm's CPU dense kernel pools sequence lookups; "
-                "the uvm kernels need CUDA); use 'fused', or train on CUDA"
+                "EmbeddingCollection on CPU (the uvm kernels need CUDA unified memory); use "
+                "'fused', or train on CUDA"
             )
 
 
