@@ -400,3 +400,31 @@ def test_two_rank_topk_equals_single_process(two_ranks: Path) -> None:
     # with the top-5 items as history removed, the 8th item ranks 3rd, on 2 ranks as on 1
     got = torch.cat([torch.load(tmp_path / f"hist{r}.pt") for r in range(2)])
     assert got.tolist() == [3] * 11
+
+
+def test_data_parallel_checkpoint_evaluates_like_its_export(tmp_path: Path) -> None:
+    """A checkpoint whose tables are data-parallel (dense kernel, Adam; trained on 2 ranks) is
+    evaluated on 2 ranks with the CPU sequence lookup (training/dense_lookup.py) and gives the
+    numbers of its unsharded TorchScript export on 1 rank."""
+    from hytrec_torchrec.serving.export import export_checkpoint
+
+    data = write_prepared(tmp_path / "prep", random_sequences(17, 60, 50, seed=6, min_events=3), num_items=50)
+    job = _job(data, tmp_path / "run")
+    job["embeddings"]["optimizer"] = "adam"
+    job["embeddings"]["lr"] = 0.01
+    for table in job["embeddings"]["tables"].values():
+        table.update(sharding_type="data_parallel", compute_kernel="dense")
+    run_distributed(_train, 2, (job,))
+    export_checkpoint(tmp_path / "run", tmp_path / "export", pt2=False)
+    out = tmp_path / "report"
+    argv = ["--checkpoint", str(tmp_path / "run"), "--data", str(data), "--out", str(out), *OVERRIDES]
+    run_distributed(_cli_body, 2, (argv, str(tmp_path / "cli")))
+    assert (tmp_path / "cli.rc0").read_text() == "0"
+    argv = ["--model", str(tmp_path / "export" / "model.pt"), "--data", str(data), "--out",
+            str(tmp_path / "exported"), *OVERRIDES]
+    run_distributed(_cli_body, 1, (argv, str(tmp_path / "cli1")))
+    ckpt = json.loads((out / "metrics.json").read_text())
+    exported = json.loads((tmp_path / "exported" / "metrics.json").read_text())
+    assert ckpt["overall"]["examples"] == 17 == exported["overall"]["examples"]
+    for key, v in ckpt["overall"].items():
+        assert exported["overall"][key] == pytest.approx(v, abs=1e-9), key
