@@ -141,8 +141,8 @@ class Trainer:
         for table_ddp in data_parallel_lookups(self.model):  # data_parallel tables
             table_ddp.register_comm_hook(None, _sum_allreduce_hook)
         self.optimizer = self._make_optimizer()
-        # the configured learning rate of every param group (dense AdamW, then the fused sparse
-        # groups); the schedule scales these, so they are never read back from a checkpoint
+        # the configured learning rate of every param group (fused sparse, data-parallel tables,
+        # dense AdamW); the schedule scales these, so they are never read back from a checkpoint
         self._base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         self._total = 0
         self.shard = load_shard(cfg.data, self.env.rank, self.env.world_size)
