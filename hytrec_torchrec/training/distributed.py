@@ -117,10 +117,9 @@ def shard_model(
     dmp = DistributedModelParallel(
         model, device=env.device, plan=plan, sharders=shs, data_parallel_wrapper=wrapper
     )
-    if env.device.type == "cpu":
-        from hytrec_torchrec.training.dense_lookup import patch_dense_sequence_lookups
+    from hytrec_torchrec.training.dense_lookup import patch_dense_sequence_lookups
 
-        patch_dense_sequence_lookups(dmp)  # tables on the "dense" kernel (no-op otherwise)
+    patch_dense_sequence_lookups(dmp)  # CPU tables on the "dense" kernel (no-op otherwise)
     return dmp, plan
 
 
