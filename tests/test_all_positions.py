@@ -242,6 +242,12 @@ def test_training_windows_tile_every_training_target_once() -> None:
     capped = make_examples(DataConfig(path="x", max_len=4, all_positions=True, cutoffs_per_user=1),
                            "train", 0, user, length, np.zeros_like(length))
     assert capped.cutoff.tolist() == (length - 3)[length > 3].tolist()  # the most recent window
+    # train_on_valid: the validation event (position L - 2) is a training target too
+    tov = make_examples(DataConfig(path="x", max_len=4, all_positions=True, cutoffs_per_user=0,
+                                   train_on_valid=True), "train", 0, user, length, np.zeros_like(length))
+    for u, n in enumerate(length):
+        targets = [t for c in tov.cutoff[tov.row == u] for t in range(max(c - 4, 0) + 1, c + 1)]
+        assert sorted(targets) == list(range(1, n - 1)), (u, targets)
 
 
 @pytest.mark.parametrize("kw, key", [

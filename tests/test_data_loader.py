@@ -36,7 +36,8 @@ def _region(cfg: DataConfig, stage: str, seq: dict) -> tuple[int, int, int] | No
     L = len(seq["item"])
     if cfg.split == "leave_last_out":
         if stage == "train":
-            lo, hi, end = cfg.min_history, L - 2, L - 2
+            last = L - 1 if cfg.train_on_valid else L - 2  # train_on_valid: through the valid event
+            lo, hi, end = cfg.min_history, last, last
         elif stage == "valid":
             lo, hi, end = L - 2, L - 1, L - 1
         else:
@@ -47,7 +48,8 @@ def _region(cfg: DataConfig, stage: str, seq: dict) -> tuple[int, int, int] | No
             if t < cfg.split_time:
                 nb += 1
         if stage == "train":
-            lo, hi, end = cfg.min_history, nb - 1, nb - 1
+            last = nb if cfg.train_on_valid else nb - 1
+            lo, hi, end = cfg.min_history, last, last
         elif stage == "valid":
             lo, hi, end = nb - 1, nb, nb
         else:
@@ -203,9 +205,11 @@ CASES = [
     dict(stage="train", num_targets=3, max_len=4, min_history=0),
     dict(stage="train", cutoffs_per_user=0, group_window=0, drop_last=False),
     dict(stage="train", shuffle=False, world=3, rank=2),
+    dict(stage="train", train_on_valid=True, num_targets=2),
     dict(stage="valid", num_targets=2),
     dict(stage="test", world=2, rank=1, num_targets=2),
     dict(stage="train", split="time", split_time=1_001_500, num_targets=2),
+    dict(stage="train", split="time", split_time=1_001_500, train_on_valid=True, cutoffs_per_user=0),
     dict(stage="valid", split="time", split_time=1_001_500),
     dict(stage="test", split="time", split_time=1_001_500, num_targets=3, min_history=0, world=2),
 ]

@@ -207,6 +207,8 @@ def test_eval_config_validation_and_routing() -> None:
     with pytest.raises(ConfigError, match=r"plot_metrics\[0\]: 'hr@3' is not a computed metric"):
         load_eval_config(None, ["plot_metrics=[hr@3]"])
     assert load_eval_config("configs/eval/default.yaml", [])[0] == EvalConfig()
+    # generative-recommenders' protocol: the default with the model-input history left out
+    assert load_eval_config("configs/eval/published.yaml", [])[0] == EvalConfig(remove_history=True)
 
 
 # ---------------------------------------------------------------- checkpoints, 1 vs 2 ranks

@@ -43,6 +43,7 @@ DEMO = ROOT / "configs" / "demo.yaml"
         (["embeddings.tables.video.sharding_type=row_wise"], "embeddings.tables.video"),
         (["train.pipeline=turbo"], "train.pipeline"),
         (["data.max_len=0"], "data.max_len"),
+        (["data.train_on_valid=true", "train.validate_every=5"], "train.validate_every: 5 must be 0"),
     ],
 )
 def test_config_errors_name_the_key(overrides: list[str], needle: str) -> None:

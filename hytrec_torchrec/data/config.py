@@ -25,6 +25,10 @@ class DataConfig:
         split: ``leave_last_out`` (test = last event, valid = second last, train before) or
             ``time`` (global cut at ``split_time``; see docs/data_loader.md).
         split_time: seconds since epoch; required for ``split=time``, unused otherwise.
+        train_on_valid: training also uses the validation event as a target (the training region
+            ends one event later), as generative-recommenders' ML-1M recipe trains on every
+            event but each user's last. The validation split is then no longer held out, so the
+            trainer does not validate (``train.validate_every`` must be 0). Test is unchanged.
         max_len: history truncation, keeps the most recent ``max_len`` events.
         num_targets: m, positives per example: the event at the cutoff and the next m-1 events
             (fewer only where the split's region ends).
@@ -59,6 +63,7 @@ class DataConfig:
     path: str = ""
     split: str = "leave_last_out"
     split_time: Optional[int] = None
+    train_on_valid: bool = False
     max_len: int = 10000
     num_targets: int = 1
     cutoffs_per_user: int = 4

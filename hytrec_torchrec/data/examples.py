@@ -16,6 +16,8 @@ time test              nb                       nb + 1                  L
 
 ``nb`` = number of the user's events with timestamp < ``split_time``. A user is eligible for a
 stage when ``lo >= min_history`` and ``lo < hi``; others are counted (never silently dropped).
+With ``train_on_valid`` the training ``hi`` and ``end`` are one larger (L - 1, resp. nb): the
+validation event becomes a training target.
 
 Training samples ``k = min(cutoffs_per_user, hi - lo)`` cutoffs per user per epoch (all
 positions when ``cutoffs_per_user == 0``), *stratified*: the region is cut into k near-equal
@@ -93,8 +95,8 @@ def stage_region(cfg: DataConfig, stage: str, length: np.ndarray, n_before: np.n
     tail = pivot - 2 if cfg.split == "leave_last_out" else pivot - 1
     if stage == "train":
         lo = np.full_like(L, cfg.min_history)
-        hi = tail
-        end = tail
+        hi = tail + 1 if cfg.train_on_valid else tail
+        end = hi
     elif stage == "valid":
         lo, hi, end = tail, tail + 1, tail + 1
     elif stage == "test":

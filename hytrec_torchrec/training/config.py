@@ -136,6 +136,11 @@ class JobConfig:
             raise ConfigError("data.path: required (the prepared dataset directory)")
         if self.train.max_steps is not None and self.train.epochs is None:
             self.optim.schedule.check_total(self.train.max_steps)
+        if self.data.train_on_valid and self.train.validate_every:
+            raise ConfigError(
+                f"train.validate_every: {self.train.validate_every} must be 0 when data.train_on_valid "
+                "is true (the validation event is a training target, so nothing is held out to validate on)"
+            )
         if self.model.embedding_dim != self.embeddings.dim:
             raise ConfigError(
                 f"model.embedding_dim: {self.model.embedding_dim} must equal embeddings.dim "

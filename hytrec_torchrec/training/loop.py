@@ -441,7 +441,8 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
             end = self.step >= total
-            if (cfg.train.validate_every and self.step % cfg.train.validate_every == 0) or end:
+            due = bool(cfg.train.validate_every) and self.step % cfg.train.validate_every == 0
+            if (due or end) and not cfg.data.train_on_valid:  # train_on_valid: nothing held out
                 last_val = self.validate(cfg.train.val_batches)
                 self.history.append({"step": self.step, **last_val})
                 if env.is_main:
