@@ -247,6 +247,12 @@ def _eval_body(rank: int, world: int, ckpt: str, data: str, out: str, overrides:
         res["no_eligible_error"] = None
     except NoEligibleUsersError as exc:
         res["no_eligible_error"] = str(exc)
+    # a model trained through its validation events has no held-out validation split
+    try:
+        evaluate_checkpoint(ckpt, data, EvalConfig(split="valid"), env, job + ["data.train_on_valid=true"])
+        res["train_on_valid_error"] = None
+    except ConfigError as exc:
+        res["train_on_valid_error"] = str(exc)
     if rank == 0:
         Path(out).write_text(json.dumps(res))
     _topk_body(rank, world, str(Path(out).parent))
@@ -321,6 +327,8 @@ def test_one_and_two_ranks_identical_and_report(trained: tuple[Path, Path], two_
     assert "| a |" in report and "| b |" in report and "len[5,20)" in report
     assert re.fullmatch(r".*prep: split 'leave_last_out' stage 'test' has no eligible users \(23 users, "
                         r"23 ineligible with data.min_history=1000.*", two["no_eligible_error"])
+    assert two["train_on_valid_error"] and two["train_on_valid_error"].startswith(
+        "split: 'valid' is not held out for this model: it was trained with data.train_on_valid=true")
     png = (out / "length_buckets.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 

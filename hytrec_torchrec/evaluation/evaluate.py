@@ -183,8 +183,16 @@ def _open_split(data_cfg: Any, ecfg: EvalConfig, env: Any, data_path: str | Path
 
     Raises:
         NoEligibleUsersError: when no user of the split has an eligible example.
+        ConfigError: ``split: valid`` for a model trained with ``data.train_on_valid`` (its
+            validation events were training targets).
     """
     from hytrec_torchrec.data.loader import load_shard, make_dataloader
+
+    if ecfg.split == "valid" and getattr(data_cfg, "train_on_valid", False):
+        raise ConfigError(
+            "split: 'valid' is not held out for this model: it was trained with "
+            "data.train_on_valid=true (every validation event was a training target); evaluate "
+            "split=test, or override data.train_on_valid=false to score the validation events anyway")
 
     shard = load_shard(data_cfg, env.rank, env.world_size)
     loader = make_dataloader(data_cfg, env.rank, env.world_size, 0, ecfg.split, shard=shard)
