@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["free_port", "run_distributed", "shutdown_distributed"]
+__all__ = ["fit_job", "free_port", "run_distributed", "shutdown_distributed"]
 
 
 def free_port() -> int:
@@ -100,3 +100,19 @@ def run_distributed(
     bad = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode != 0]
     if bad:
         raise RuntimeError(f"ranks exited abnormally (rank, exitcode): {bad}")
+
+
+def fit_job(rank: int, world_size: int, cfg_dict: dict) -> None:
+    """Train one job on this gloo rank: a ``run_distributed`` body.
+
+    ``cfg_dict`` is a :class:`~hytrec_torchrec.training.config.JobConfig` as a plain dict
+    (``to_dict``), so it pickles into the spawned processes::
+
+        run_distributed(fit_job, 2, (to_dict(job_config),))
+    """
+    from hytrec_torchrec.config import from_dict
+    from hytrec_torchrec.training.config import JobConfig
+    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.training.loop import Trainer
+
+    Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu")).fit()

@@ -20,7 +20,7 @@ from hytrec_torchrec.evaluation.evaluate import EvalConfig, load_eval_config
 from hytrec_torchrec.evaluation.metrics import SegmentedRankingMetric, ranking_metrics
 from hytrec_torchrec.evaluation.ranks import ranked_catalog_sizes, target_ranks
 from hytrec_torchrec.evaluation.segments import SegmentConfig, segment_flags
-from hytrec_torchrec.testing import run_distributed
+from hytrec_torchrec.testing import fit_job, run_distributed
 from hytrec_torchrec.training.config import JobConfig
 
 KS = (1, 10, 50, 100, 200, 500)
@@ -225,13 +225,6 @@ def _job(data: Path, run: Path) -> dict:
     }))
 
 
-def _train(rank: int, world: int, cfg: dict) -> None:
-    from hytrec_torchrec.training.distributed import init_distributed
-    from hytrec_torchrec.training.loop import Trainer
-
-    Trainer(from_dict(JobConfig, cfg), init_distributed("gloo", "cpu")).fit()
-
-
 def _eval_body(rank: int, world: int, ckpt: str, data: str, out: str, overrides: list) -> None:
     from hytrec_torchrec.evaluation.evaluate import evaluate_checkpoint
     from hytrec_torchrec.training.distributed import init_distributed
@@ -268,7 +261,7 @@ def _cli_body(rank: int, world: int, argv: list, out: str) -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("evalrun")
     data = write_prepared(root / "prep", random_sequences(23, 60, 50, seed=4, min_events=3), num_items=50)
-    run_distributed(_train, 1, (_job(data, root / "run"),))  # written by 1 rank, read by 1 and 2
+    run_distributed(fit_job, 1, (_job(data, root / "run"),))  # written by 1 rank, read by 1 and 2
     from hytrec_torchrec.serving.export import export_checkpoint
 
     export_checkpoint(root / "run", root / "export", pt2=False)
@@ -424,7 +417,7 @@ def test_data_parallel_checkpoint_evaluates_like_its_export(tmp_path: Path) -> N
     job["embeddings"]["lr"] = 0.01
     for table in job["embeddings"]["tables"].values():
         table.update(sharding_type="data_parallel", compute_kernel="dense")
-    run_distributed(_train, 2, (job,))
+    run_distributed(fit_job, 2, (job,))
     export_checkpoint(tmp_path / "run", tmp_path / "export", pt2=False)
     out = tmp_path / "report"
     argv = ["--checkpoint", str(tmp_path / "run"), "--data", str(data), "--out", str(out), *OVERRIDES]

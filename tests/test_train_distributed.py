@@ -20,7 +20,7 @@ import torch
 from hytrec_torchrec.config import from_dict, to_dict
 from hytrec_torchrec.data.loader import make_dataloader
 from hytrec_torchrec.data.testing import random_sequences, write_prepared
-from hytrec_torchrec.testing import run_distributed
+from hytrec_torchrec.testing import fit_job, run_distributed
 from hytrec_torchrec.training.config import JobConfig
 from hytrec_torchrec.training.schedule import lr_multiplier
 
@@ -260,13 +260,6 @@ def test_whole_catalog_negatives_reach_the_per_example_loss(prepared: Path, tmp_
     torch.testing.assert_close(out["loss"], want, atol=1e-5, rtol=1e-5)
 
 
-def _fit_summary(rank: int, world: int, cfg_dict: dict) -> None:
-    from hytrec_torchrec.training.distributed import init_distributed
-    from hytrec_torchrec.training.loop import Trainer
-
-    Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu")).fit()
-
-
 @pytest.mark.parametrize("train_on_valid", [False, True])
 def test_train_on_valid_skips_the_validation(prepared: Path, tmp_path: Path, train_on_valid: bool) -> None:
     """With ``data.train_on_valid`` the validation event is a training target, so the end-of-run
@@ -275,7 +268,7 @@ def test_train_on_valid_skips_the_validation(prepared: Path, tmp_path: Path, tra
 
     base = _cfg(prepared, tmp_path, "row_wise", all_positions=True)
     cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, train_on_valid=train_on_valid))
-    run_distributed(_fit_summary, 1, (to_dict(cfg),))
+    run_distributed(fit_job, 1, (to_dict(cfg),))
     valid = json.loads((tmp_path / "summary.json").read_text())["valid"]
     if train_on_valid:
         assert valid == {}

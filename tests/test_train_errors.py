@@ -22,7 +22,7 @@ import torch
 
 from hytrec_torchrec.config import ConfigError, from_dict, to_dict
 from hytrec_torchrec.data.testing import random_sequences, write_prepared
-from hytrec_torchrec.testing import run_distributed
+from hytrec_torchrec.testing import fit_job, run_distributed
 from hytrec_torchrec.training.config import JobConfig, load_job_config
 from hytrec_torchrec.training.sharding import (
     check_compute_kernels_device,
@@ -149,13 +149,6 @@ def _cfg(data: Path, run: Path, **train: object) -> JobConfig:
     })
 
 
-def _fit(rank: int, world: int, cfg_dict: dict) -> None:
-    from hytrec_torchrec.training.distributed import init_distributed
-    from hytrec_torchrec.training.loop import Trainer
-
-    Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu")).fit()
-
-
 def _resume_on_other_data(rank: int, world: int, cfg_dict: dict, out: str) -> None:
     from hytrec_torchrec.training.distributed import init_distributed
     from hytrec_torchrec.training.loop import Trainer
@@ -198,7 +191,7 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_resume_with_other_vocabulary_is_refused(datasets: tuple[Path, Path], tmp_path: Path) -> None:
     a, b = datasets
-    run_distributed(_fit, 1, (to_dict(_cfg(a, tmp_path / "run")),))
+    run_distributed(fit_job, 1, (to_dict(_cfg(a, tmp_path / "run")),))
     msg_file = tmp_path / "msg.txt"
     run_distributed(_resume_on_other_data, 1, (to_dict(_cfg(b, tmp_path / "run")), str(msg_file)))
     msg = msg_file.read_text()
