@@ -188,7 +188,7 @@ def _open_split(data_cfg: Any, ecfg: EvalConfig, env: Any, data_path: str | Path
     """
     from hytrec_torchrec.data.loader import load_shard, make_dataloader
 
-    if ecfg.split == "valid" and getattr(data_cfg, "train_on_valid", False):
+    if ecfg.split == "valid" and data_cfg.train_on_valid:
         raise ConfigError(
             "split: 'valid' is not held out for this model: it was trained with "
             "data.train_on_valid=true (every validation event was a training target); evaluate "
