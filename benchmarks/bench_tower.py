@@ -111,15 +111,16 @@ def branch_case(pattern: str, impl: str, b: int, length: int, h: int, d: int, de
     offsets = (torch.arange(b + 1, dtype=torch.int64) * length).to(device)
     x = torch.randn(b * length, dim, device=device, dtype=dtype, requires_grad=True)
     tau = torch.rand(b * length, device=device, dtype=dtype)
+    ts = torch.arange(b * length, dtype=torch.int64, device=device)  # read only with a time bias
 
     def run(backward: bool) -> None:
         x.grad = None
         branch.zero_grad(set_to_none=True)
         if backward:
-            branch(x, offsets, tau).sum().backward()
+            branch(x, offsets, tau, ts).sum().backward()
         else:
             with torch.no_grad():
-                branch(x, offsets, tau)
+                branch(x, offsets, tau, ts)
 
     return run
 

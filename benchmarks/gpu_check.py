@@ -165,9 +165,10 @@ def throughput(h: int, d: int, batches: List[int]) -> None:
                 off = (torch.arange(b + 1, dtype=torch.int64) * length).cuda()
                 x = torch.randn(b * length, dim, device="cuda", requires_grad=True)
                 tau = torch.rand(b * length, device="cuda")
+                ts = torch.arange(b * length, dtype=torch.int64, device="cuda")
 
-                def run(br=br, x=x, off=off, tau=tau):
-                    br(x, off, tau).sum().backward()
+                def run(br=br, x=x, off=off, tau=tau, ts=ts):
+                    br(x, off, tau, ts).sum().backward()
 
                 t = timed(run)
                 emit(f"long branch {pattern} (D=64, 2 heads) impl={impl:8s} fp32 B={b:3d}: "

@@ -16,7 +16,7 @@ from hytrec_torchrec.data.config import DataConfig
 from hytrec_torchrec.data.examples import make_examples
 from hytrec_torchrec.model import next_event_rows
 from hytrec_torchrec.modules import HyTRecTower, TowerConfig
-from hytrec_torchrec.modules.layers import SoftmaxMixer
+from hytrec_torchrec.modules.layers import SoftmaxMixer, time_gap_bucket
 from hytrec_torchrec.modules.loss import shared_negatives_loss
 from hytrec_torchrec.ops.jagged import segment_ids, segment_prefix_mean
 
@@ -46,12 +46,14 @@ def _batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
     dict(long_pattern="", short_len=4),        # short-only
     dict(long_pattern="SS", short_len=4),      # softmax long branch + short branch + fusion
     dict(long_pattern="SS", short_len=4, position_bias=6),  # with relative-position biases
+    dict(long_pattern="SS", short_len=4, position_bias=6, time_bias=24),  # and time-gap biases
+    dict(long_pattern="S", short_len=0, time_bias=40),  # time-gap biases alone
 ])
 def test_rows_equal_the_per_cutoff_tower_without_tadn(kw: dict) -> None:
     torch.manual_seed(0)
     tower = HyTRecTower(_cfg(**kw)).eval()
     for name, p in tower.named_parameters():
-        if name.endswith("rel_bias"):  # zero at initialisation: make them matter
+        if name.endswith(("rel_bias", "time_bias")):  # zero at initialisation: make them matter
             torch.nn.init.normal_(p)
     x, off, ts, tc = _batch(LENGTHS)
     rows, _ = tower.forward_all_positions({"item": x}, off, ts, tc)
@@ -63,10 +65,13 @@ def test_rows_equal_the_per_cutoff_tower_without_tadn(kw: dict) -> None:
             torch.testing.assert_close(rows[a + r], want[0], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("pattern", ["TTTS", "T"])
-def test_rows_never_depend_on_later_rows(pattern: str) -> None:
+@pytest.mark.parametrize("pattern,time_bias", [("TTTS", 0), ("T", 0), ("TTTS", 24)])
+def test_rows_never_depend_on_later_rows(pattern: str, time_bias: int) -> None:
     torch.manual_seed(1)
-    tower = HyTRecTower(_cfg(long_pattern=pattern)).eval()
+    tower = HyTRecTower(_cfg(long_pattern=pattern, time_bias=time_bias)).eval()
+    for name, p in tower.named_parameters():
+        if name.endswith("time_bias"):
+            torch.nn.init.normal_(p)
     x, off, ts, tc = _batch(LENGTHS, seed=2)
     rows, _ = tower.forward_all_positions({"item": x}, off, ts, tc)
     b, r = 3, 7  # change every row after row r of example 3
@@ -115,24 +120,44 @@ def test_sliding_window_softmax_rows_equal_last_only_on_each_window() -> None:
             torch.testing.assert_close(full[a + r], want[0], atol=1e-5, rtol=0)
 
 
-def test_position_bias_matches_a_dense_reference() -> None:
+def test_time_gap_bucket_values() -> None:
+    gaps = torch.tensor([-5, 0, 1, 60, 3600, 86400, 30 * 86400, 365 * 86400, 10**12])
+    assert time_gap_bucket(gaps, 64).tolist() == [0, 0, 2, 11, 23, 32, 42, 49, 63]
+    assert time_gap_bucket(gaps, 12).tolist() == [0, 0, 2, 11, 11, 11, 11, 11, 11]
+    # bucket b starts at gap 2^(b/2) - 1: the boundaries of buckets 2 and 3 are at 1 s and 1.83 s
+    assert time_gap_bucket(torch.tensor([[1, 2], [3, 4]]), 64).tolist() == [[2, 3], [4, 4]]
+
+
+@pytest.mark.parametrize("max_distance,time_buckets", [(3, 0), (0, 30), (3, 30)])
+def test_position_and_time_bias_match_a_dense_reference(max_distance: int, time_buckets: int) -> None:
     torch.manual_seed(7)
-    mixer = SoftmaxMixer(8, 2, group_waste=0.0, max_distance=3).eval()
-    torch.nn.init.normal_(mixer.rel_bias)
-    lengths = [5, 0, 7, 1]
+    mixer = SoftmaxMixer(8, 2, group_waste=0.0, max_distance=max_distance, time_buckets=time_buckets).eval()
+    for p in (mixer.rel_bias, mixer.time_bias):
+        if p is not None:
+            torch.nn.init.normal_(p)
+    lengths = [5, 0, 7, 1, 3]
     off = torch.tensor([0] + lengths).cumsum(0)
     x = torch.randn(sum(lengths), 8)
+    ts = T0 + torch.randint(0, 10**6, (x.shape[0],)).sort().values
     seg = segment_ids(off, x.shape[0])
-    full = mixer(x, off, seg, x.new_zeros(x.shape[0]), False)
-    last = mixer(x, off, seg, x.new_zeros(x.shape[0]), True)
+    full = mixer(x, off, seg, x.new_zeros(x.shape[0]), False, False, ts)
+    last = mixer(x, off, seg, x.new_zeros(x.shape[0]), True, False, ts)
     for s, n in enumerate(lengths):
         a = int(off[s])
         if n == 0:
             continue
         q, k, v = mixer.qkv(x[a:a + n]).view(n, 3, 2, 4).unbind(1)
-        i = torch.arange(n)
-        dist = i.unsqueeze(1) - i.unsqueeze(0)
-        att = torch.einsum("ihd,jhd->hij", q, k) / 2.0 + mixer.rel_bias[:, dist.clamp(0, 2)]
+        att = torch.einsum("ihd,jhd->hij", q, k) / 2.0
+        dist = torch.zeros(n, n, dtype=torch.int64)
+        for i in range(n):  # pair by pair, from the definitions
+            for j in range(n):
+                dist[i, j] = i - j
+                if max_distance > 0:
+                    att[:, i, j] += mixer.rel_bias[:, min(max(i - j, 0), max_distance - 1)]
+                if time_buckets > 0:
+                    gap = max(int(ts[a + i] - ts[a + j]), 0)
+                    bucket = min(math.floor(2 * math.log2(1 + gap)), time_buckets - 1)
+                    att[:, i, j] += mixer.time_bias[:, bucket]
         att = att.masked_fill(dist < 0, float("-inf")).softmax(-1)
         ref = mixer.out(torch.einsum("hij,jhd->ihd", att, v).reshape(n, 8))
         torch.testing.assert_close(full[a:a + n], ref, atol=1e-5, rtol=0)

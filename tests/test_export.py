@@ -341,9 +341,9 @@ def test_pass_bounds_group_requests_by_token_budget() -> None:
 
 
 def test_cosine_similarity_export_matches_the_training_model(run, training) -> None:
-    """``model.similarity: cosine`` (with ``position_bias``): the exported scores are cosines (unit
-    user vectors) and equal the training model's evaluation scores; the trained weights are reused
-    under the new settings, the new position biases drawn at random."""
+    """``model.similarity: cosine`` (with ``position_bias`` and ``time_bias``): the exported scores
+    are cosines (unit user vectors) and equal the training model's evaluation scores; the trained
+    weights are reused under the new settings, the new position and time biases drawn at random."""
     from hytrec_torchrec.config import from_dict as build
     from hytrec_torchrec.serving.export import build_serving, read_vocabs
     from hytrec_torchrec.training.loop import build_model
@@ -353,11 +353,13 @@ def test_cosine_similarity_export_matches_the_training_model(run, training) -> N
     d["model"]["similarity"] = "cosine"
     d["model"]["temperature"] = 0.05
     d["model"]["position_bias"] = 4
+    d["model"]["time_bias"] = 40
     cos_cfg = build(JobConfig, d)
     sizes = {k: int(v) for k, v in state["vocab_sizes"].items()}
     cos_model = build_model(cos_cfg, sizes, torch.device("cpu"))
     missing, unexpected = cos_model.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.endswith("rel_bias") for k in missing), (missing, unexpected)
+    assert not unexpected and missing, (missing, unexpected)
+    assert {k.rsplit(".", 1)[1] for k in missing} == {"rel_bias", "time_bias"}, missing
     for k in missing:
         torch.nn.init.normal_(cos_model.get_parameter(k))
     cos_model.eval()

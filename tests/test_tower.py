@@ -124,6 +124,8 @@ def test_model_config_examples_cover_the_baselines():
         (dict(long_pattern="", short_len=0), "long_pattern"),
         (dict(features=["item", "price"]), "features[1]"),
         (dict(tadn=dict(decay=3.0)), "tadn.decay"),
+        (dict(time_bias=-1), "time_bias"),
+        (dict(time_bias=500), "time_bias"),
     ],
 )
 def test_config_errors_name_the_key(override, key):

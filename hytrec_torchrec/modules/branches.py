@@ -41,12 +41,13 @@ class LongBranch(nn.Module):
 
     Only the last row of each sequence leaves the branch, so the final block runs in
     ``last_only`` mode (a final S layer costs O(L), not O(L²); a final TADN layer skips the
-    per-row outputs). Forward: ``x [N, D]``, ``offsets [B+1]``, ``tau [N]`` → ``[B, D]``.
+    per-row outputs). Forward: ``x [N, D]``, ``offsets [B+1]``, ``tau [N]``, ``ts [N]`` int64 event
+timestamps (for the softmax layers' time-gap bias) → ``[B, D]``.
     """
 
     def __init__(self, dim: int, pattern: str, heads: int, ffn_mult: int, dropout: float,
                  alpha: float, learn_alpha: bool, temporal_gate: bool, chunk_size: int, impl: str,
-                 group_waste: float, position_bias: int = 0) -> None:
+                 group_waste: float, position_bias: int = 0, time_bias: int = 0) -> None:
         super().__init__()
         if not pattern:
             raise ValueError("LongBranch needs a non-empty pattern")
@@ -55,7 +56,7 @@ class LongBranch(nn.Module):
             if ch == "T":
                 mixer: nn.Module = TADNMixer(dim, heads, alpha, learn_alpha, temporal_gate, chunk_size, impl)
             elif ch == "S":
-                mixer = SoftmaxMixer(dim, heads, group_waste, dropout, 0, position_bias)
+                mixer = SoftmaxMixer(dim, heads, group_waste, dropout, 0, position_bias, time_bias)
             else:
                 raise ValueError(f"unknown layer letter {ch!r} in pattern {pattern!r}")
             blocks.append(Block(mixer, dim, ffn_mult, dropout))
@@ -64,18 +65,20 @@ class LongBranch(nn.Module):
         self.empty = nn.Parameter(torch.zeros(dim))
         self.num_blocks = len(blocks)
 
-    def forward(self, x: torch.Tensor, offsets: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor, tau: torch.Tensor,
+                ts: torch.Tensor) -> torch.Tensor:
         nonempty, sel, off = _drop_empty(offsets)
         if sel.numel() == 0:
             return self.empty.unsqueeze(0).expand(nonempty.shape[0], x.shape[1])
         seg = segment_ids(off, x.shape[0])
         i = 0
         for blk in self.blocks:
-            x = blk(x, off, seg, tau, i == self.num_blocks - 1)
+            x = blk(x, off, seg, tau, i == self.num_blocks - 1, False, ts)
             i += 1
         return _restore_empty(self.norm(x), nonempty, sel, self.empty)
 
-    def forward_rows(self, x: torch.Tensor, offsets: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    def forward_rows(self, x: torch.Tensor, offsets: torch.Tensor, tau: torch.Tensor,
+                     ts: torch.Tensor) -> torch.Tensor:
         """Every row's output ``[N, D]`` (all-position training): row ``r`` is the branch's output
         for the prefix ending at ``r``. Exact for softmax layers; TADN layers take h̄ as the
         running mean (``prefix_mean``), which differs from :meth:`forward` on that prefix, where
@@ -85,40 +88,41 @@ class LongBranch(nn.Module):
             return self.norm(x)
         seg = segment_ids(off, x.shape[0])
         for blk in self.blocks:
-            x = blk(x, off, seg, tau, False, True)
+            x = blk(x, off, seg, tau, False, True, ts)
         return self.norm(x)
 
 
 class ShortBranch(nn.Module):
     """Multi-head softmax self-attention over the last K events; the last event is the query.
 
-    Forward: ``x [N_short, D]`` (the last ≤K rows of each sequence), ``offsets [B+1]`` → ``[B, D]``.
+    Forward: ``x [N_short, D]`` (the last ≤K rows of each sequence), ``offsets [B+1]``, ``ts [N_short]``
+    int64 event timestamps → ``[B, D]``.
     The attention has a sliding window of K rows, so :meth:`forward_rows` over whole histories
     gives every row exactly the output :meth:`forward` gives for the K events ending there.
     """
 
     def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float, window: int,
-                 position_bias: int = 0) -> None:
+                 position_bias: int = 0, time_bias: int = 0) -> None:
         super().__init__()
         # group_waste = inf: K is small, so one padded [B, K] group is cheapest.
-        mixer = SoftmaxMixer(dim, heads, float("inf"), dropout, window, min(position_bias, window))
+        mixer = SoftmaxMixer(dim, heads, float("inf"), dropout, window, min(position_bias, window), time_bias)
         self.block = Block(mixer, dim, ffn_mult, dropout)
         self.norm = nn.LayerNorm(dim)
         self.empty = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         nonempty, sel, off = _drop_empty(offsets)
         if sel.numel() == 0:
             return self.empty.unsqueeze(0).expand(nonempty.shape[0], x.shape[1])
         seg = segment_ids(off, x.shape[0])
-        y = self.block(x, off, seg, x.new_zeros(x.shape[0]), True)
+        y = self.block(x, off, seg, x.new_zeros(x.shape[0]), True, False, ts)
         return _restore_empty(self.norm(y), nonempty, sel, self.empty)
 
-    def forward_rows(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    def forward_rows(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         """Every row's output ``[N, D]`` over whole histories ``x [N, D]``: row ``r`` attends to the
         K rows ending at ``r`` (exactly :meth:`forward` for a history ending at ``r``)."""
         _, _, off = _drop_empty(offsets)
         if x.shape[0] == 0:
             return self.norm(x)
         seg = segment_ids(off, x.shape[0])
-        return self.norm(self.block(x, off, seg, x.new_zeros(x.shape[0]), False))
+        return self.norm(self.block(x, off, seg, x.new_zeros(x.shape[0]), False, False, ts))

@@ -81,6 +81,10 @@ class TowerConfig:
     """M > 0: every softmax layer (long-branch S layers and the short branch) adds a learned
     per-head bias for the query-key distance (distances >= M share one); 0 = no position signal
     beyond causality and the TADN recurrence."""
+    time_bias: int = 0
+    """B > 0: every softmax layer adds a learned per-head bias for the time gap between the query's
+    and the key's events, in B log-scale buckets of √2 (``time_gap_bucket``: 1 min → 11, 1 day →
+    32, 1 year → 49; gaps past the last bucket share it); 0 = softmax layers see no time."""
     softmax_group_waste: float = 0.25
     """Softmax layers pad per group of similar lengths; max padding fraction within a group."""
     similarity: str = "dot"
@@ -118,5 +122,6 @@ class TowerConfig:
         check_range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
         check_range("softmax_group_waste", self.softmax_group_waste, 0.0)
         check_range("position_bias", self.position_bias, 0)
+        check_range("time_bias", self.time_bias, 0, 128)
         check_choice("similarity", self.similarity, ("dot", "cosine"))
         check_range("temperature", self.temperature, 0.0, lo_open=True)

@@ -6,7 +6,8 @@ of each row, :func:`hytrec_torchrec.ops.jagged.segment_ids`), ``tau [N]`` (tempo
 TADN only) and ``last_only``: when True it returns only each sequence's last row ``[B, D]``
 (all sequences must be non-empty then), computing only what that row needs, and
 ``prefix_mean`` (TADN only): h̄ is the running mean of the rows up to each row instead of the
-whole sequence's mean, so that no row sees a later one (all-position training, docs/training.md).
+whole sequence's mean, so that no row sees a later one (all-position training, docs/training.md),
+and ``ts [N]`` int64 event timestamps (read by softmax layers with a time-gap bias only).
 All modules are TorchScript-scriptable.
 """
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from hytrec_torchrec.ops.jagged import (
     jagged_to_padded,
+    jagged_to_padded_1d,
     segment_prefix_mean,
     last_index,
     length_groups,
@@ -30,7 +32,8 @@ from hytrec_torchrec.ops.jagged import (
 )
 from hytrec_torchrec.ops.tadn import _chunked_core, delta_rule
 
-__all__ = ["TemporalGate", "TADNMixer", "SoftmaxMixer", "FeedForward", "Block", "temporal_decay"]
+__all__ = ["TemporalGate", "TADNMixer", "SoftmaxMixer", "FeedForward", "Block", "temporal_decay",
+           "time_gap_bucket"]
 
 
 def temporal_decay(timestamps: torch.Tensor, t_current: torch.Tensor, seg: torch.Tensor,
@@ -42,6 +45,14 @@ def temporal_decay(timestamps: torch.Tensor, t_current: torch.Tensor, seg: torch
     """
     delta = (t_current[seg] - timestamps).clamp(min=0)
     return torch.exp(-(delta.to(torch.float64) / decay_period)).to(dtype)
+
+
+def time_gap_bucket(gap: torch.Tensor, num_buckets: int) -> torch.Tensor:
+    """Log-scale bucket of a time gap in seconds (int64, any shape; negative gaps count as 0):
+    ``min(⌊2·log2(1 + gap)⌋, num_buckets − 1)``, so a bucket spans a factor of √2 (0 s → 0,
+    1 min → 11, 1 h → 23, 1 day → 32, 30 days → 42, 1 year → 49). Same shape, int64."""
+    g = gap.clamp(min=0).to(torch.float64)
+    return torch.floor(2.0 * torch.log2(1.0 + g)).to(torch.int64).clamp(max=num_buckets - 1)
 
 
 class TemporalGate(nn.Module):
@@ -126,7 +137,10 @@ class TADNMixer(nn.Module):
         return h_tilde, g
 
     def forward(self, h: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
-                last_only: bool, prefix_mean: bool = False) -> torch.Tensor:
+                last_only: bool, prefix_mean: bool = False,
+                ts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``ts`` (event timestamps) is accepted for a uniform block interface; TADN reads time
+        through ``tau`` only."""
         n = h.shape[0]
         h_tilde, g = self.gates(h, offsets, seg, tau, prefix_mean)
         qkv = self.qkv(h_tilde).view(n, 3, self.heads, self.head_dim)
@@ -156,13 +170,19 @@ class SoftmaxMixer(nn.Module):
     to the logit of query row i and key row j (M = ``max_distance``; zero at initialisation).
     It depends only on the distance, so per-cutoff and all-position outputs stay equal; without
     it the layer sees order only through causality.
+    ``time_buckets`` > 0 adds a learned per-head bias ``c[h, bucket(t_i − t_j)]`` for the time gap
+    between the query's and the key's events (:func:`time_gap_bucket`, seconds, log scale; zero
+    at initialisation). It needs the event timestamps ``ts [N]`` int64 in ``forward``; like the
+    position bias it depends only on the two rows, not on ``t_current``.
     """
 
     max_distance: Final[int]
+    time_buckets: Final[int]
     rel_bias: Optional[torch.Tensor]
+    time_bias: Optional[torch.Tensor]
 
     def __init__(self, dim: int, heads: int, group_waste: float, dropout: float = 0.0,
-                 window: int = 0, max_distance: int = 0) -> None:
+                 window: int = 0, max_distance: int = 0, time_buckets: int = 0) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} not divisible by heads {heads}")
@@ -178,22 +198,41 @@ class SoftmaxMixer(nn.Module):
         self.max_distance = max_distance
         # registered only when used, so checkpoints of models without it keep their keys
         self.rel_bias = nn.Parameter(torch.zeros(heads, max_distance)) if max_distance > 0 else None
+        self.time_buckets = time_buckets
+        self.time_bias = nn.Parameter(torch.zeros(heads, time_buckets)) if time_buckets > 0 else None
 
-    def _mask(self, dist: torch.Tensor) -> torch.Tensor:
+    def _mask(self, dist: torch.Tensor, gap: Optional[torch.Tensor]) -> torch.Tensor:
         """Attention mask for query-minus-key distances ``dist`` (any shape S; negative = later
-        key or padding): bool ``S`` (True = attend), or with the position bias float ``[H, *S]``
-        (the bias, −inf where not attended)."""
+        key or padding): bool ``S`` (True = attend), or with a bias float ``[H, *S']`` (the
+        position and time biases, −inf where not attended). ``gap``: query-minus-key time gaps
+        (int64 seconds, shape S' that ``S`` broadcasts to), used when ``time_buckets`` > 0."""
         keep = dist >= 0
         if self.window > 0:
             keep = keep & (dist < self.window)
-        bias = self.rel_bias
+        bias: Optional[torch.Tensor] = None
+        rel = self.rel_bias
+        if rel is not None:
+            bias = rel[:, dist.clamp(0, self.max_distance - 1)]
+        tb = self.time_bias
+        if tb is not None and gap is not None:
+            t = tb[:, time_gap_bucket(gap, self.time_buckets)]
+            if bias is None:
+                bias = t
+            else:
+                while bias.dim() < t.dim():  # [H, *S] against [H, g, *S]: align the leading H
+                    bias = bias.unsqueeze(1)
+                bias = bias + t
         if bias is not None:
-            b = bias[:, dist.clamp(0, self.max_distance - 1)]
-            return b.masked_fill(~keep.unsqueeze(0), float("-inf"))
+            return bias.masked_fill(~keep.unsqueeze(0), float("-inf"))
         return keep
 
     def forward(self, h: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
-                last_only: bool, prefix_mean: bool = False) -> torch.Tensor:
+                last_only: bool, prefix_mean: bool = False,
+                ts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``h [N, D]`` → ``[N, D]`` (``[B, D]`` with ``last_only``); ``ts [N]`` int64 event
+        timestamps, required when ``time_buckets`` > 0 (``tau`` and ``prefix_mean`` unused)."""
+        if self.time_buckets > 0 and ts is None:
+            raise ValueError("SoftmaxMixer with time_buckets > 0 needs the event timestamps ts")
         n, dim = h.shape
         b = offsets.numel() - 1
         lengths = offsets[1:] - offsets[:-1]
@@ -203,6 +242,9 @@ class SoftmaxMixer(nn.Module):
         sseg = segment_ids(soff, n)
         perm = offsets[:-1][order][sseg] + (torch.arange(n, device=h.device) - soff[:-1][sseg])
         qkv = self.qkv(h[perm])  # rows in length-sorted sequence order
+        sts: Optional[torch.Tensor] = None
+        if ts is not None and self.time_buckets > 0:
+            sts = ts[perm]
         slen_list: List[int] = slen.tolist()
         soff_list: List[int] = soff.tolist()
         bounds = length_groups(slen_list, self.group_waste)
@@ -218,18 +260,29 @@ class SoftmaxMixer(nn.Module):
             padded = jagged_to_padded(qkv[r0:r1], goff, lmax)  # [g, lmax, 3D]
             padded = padded.view(g1 - g0, lmax, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = padded[0], padded[1], padded[2]  # [g, H, lmax, d]
+            gts: Optional[torch.Tensor] = None
+            if sts is not None:
+                gts = jagged_to_padded_1d(sts[r0:r1], goff, lmax)  # [g, lmax] timestamps
             if last_only:
                 glen = slen[g0:g1]
                 rows = torch.arange(g1 - g0, device=h.device)
                 ql = q[rows, :, glen - 1].unsqueeze(2)  # [g, H, 1, d]
                 pos = torch.arange(lmax, device=h.device).unsqueeze(0)
-                m = self._mask(glen.unsqueeze(1) - 1 - pos)  # [g, lmax] or [H, g, lmax]
+                gap: Optional[torch.Tensor] = None
+                if gts is not None:
+                    gap = gts[rows, glen - 1].unsqueeze(1) - gts  # [g, lmax]
+                m = self._mask(glen.unsqueeze(1) - 1 - pos, gap)  # [g, lmax] or [H, g, lmax]
                 m = m.transpose(0, 1).unsqueeze(2) if m.dim() == 3 else m.view(g1 - g0, 1, 1, lmax)
                 o = F.scaled_dot_product_attention(ql, k, v, attn_mask=m, dropout_p=p)
                 outs.append(o.reshape(g1 - g0, dim))
-            elif self.window > 0 or self.max_distance > 0:
+            elif self.window > 0 or self.max_distance > 0 or gts is not None:
                 pos = torch.arange(lmax, device=h.device)
-                m = self._mask(pos.unsqueeze(1) - pos.unsqueeze(0))  # query row - key row
+                gap2: Optional[torch.Tensor] = None
+                if gts is not None:
+                    gap2 = gts.unsqueeze(2) - gts.unsqueeze(1)  # [g, lmax, lmax] query - key
+                m = self._mask(pos.unsqueeze(1) - pos.unsqueeze(0), gap2)  # query row - key row
+                if m.dim() == 4:  # [H, g, lmax, lmax] (time bias) -> [g, H, lmax, lmax]
+                    m = m.transpose(0, 1)
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=p)
                 outs.append(padded_to_jagged(o.transpose(1, 2).reshape(g1 - g0, lmax, dim), goff, r1 - r0))
             else:
@@ -276,8 +329,9 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
-                last_only: bool, prefix_mean: bool = False) -> torch.Tensor:
-        y = self.mixer(self.norm1(x), offsets, seg, tau, last_only, prefix_mean)
+                last_only: bool, prefix_mean: bool = False,
+                ts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        y = self.mixer(self.norm1(x), offsets, seg, tau, last_only, prefix_mean, ts)
         if last_only:
             x = x[last_index(offsets)]
         x = x + self.drop(y)

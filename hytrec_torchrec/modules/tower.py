@@ -88,10 +88,12 @@ class HyTRecTower(nn.Module):
         t = cfg.tadn
         self.long = (
             LongBranch(d, cfg.long_pattern, cfg.heads, cfg.ffn_mult, cfg.dropout, t.alpha, t.learn_alpha,
-                       t.temporal_gate, t.chunk_size, t.impl, cfg.softmax_group_waste, cfg.position_bias)
+                       t.temporal_gate, t.chunk_size, t.impl, cfg.softmax_group_waste, cfg.position_bias,
+                       cfg.time_bias)
             if self.has_long else nn.Identity()
         )
-        self.short = (ShortBranch(d, cfg.short_heads, cfg.ffn_mult, cfg.dropout, cfg.short_len, cfg.position_bias)
+        self.short = (ShortBranch(d, cfg.short_heads, cfg.ffn_mult, cfg.dropout, cfg.short_len, cfg.position_bias,
+                                  cfg.time_bias)
                       if self.has_short else nn.Identity())
         n_branches = int(self.has_long) + int(self.has_short)
         self.fusion = MoEFusion(n_branches, d, cfg.fusion.num_experts, cfg.fusion.hidden_dim or d)
@@ -123,9 +125,9 @@ class HyTRecTower(nn.Module):
         if self.has_long:
             seg = segment_ids(offsets, n)
             tau = temporal_decay(timestamps, t_current, seg, self.decay_period, h.dtype)
-            branches.append(self.long(h[head_rows], head_off, tau[head_rows]))
+            branches.append(self.long(h[head_rows], head_off, tau[head_rows], timestamps[head_rows]))
         if self.has_short:
-            branches.append(self.short(h[tail_rows], tail_off))
+            branches.append(self.short(h[tail_rows], tail_off, timestamps[tail_rows]))
         user, balance = self.fusion(branches)
         return scoring_vectors(user, self.cosine), balance * self.load_balance_weight
 
@@ -153,13 +155,13 @@ class HyTRecTower(nn.Module):
             else:
                 head_rows = torch.arange(n, device=h.device)
                 head_off = offsets
-            rows = self.long.forward_rows(h[head_rows], head_off, tau[head_rows])
+            rows = self.long.forward_rows(h[head_rows], head_off, tau[head_rows], timestamps[head_rows])
             # head row m of a history feeds the prefix ending K rows later
             long_out = self.long.empty.unsqueeze(0).expand(n, self.dim)
             long_out = long_out.index_copy(0, head_rows + self.short_len, rows)
             branches.append(long_out)
         if self.has_short:
-            branches.append(self.short.forward_rows(h, offsets))
+            branches.append(self.short.forward_rows(h, offsets, timestamps))
         user, balance = self.fusion(branches)
         return scoring_vectors(user, self.cosine), balance * self.load_balance_weight
 

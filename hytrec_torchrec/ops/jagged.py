@@ -26,6 +26,7 @@ __all__ = [
     "lengths_to_offsets",
     "segment_ids",
     "jagged_to_padded",
+    "jagged_to_padded_1d",
     "padded_to_jagged",
     "segment_mean",
     "segment_prefix_mean",
@@ -79,6 +80,15 @@ def jagged_to_padded(values: torch.Tensor, offsets: torch.Tensor, max_len: int) 
     if values.shape[0] == 0:
         return values.new_zeros(offsets.numel() - 1, max_len, values.shape[1])
     return values[idx] * mask.unsqueeze(-1).to(values.dtype)
+
+
+def jagged_to_padded_1d(values: torch.Tensor, offsets: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Packed per-row scalars ``values [N]`` (any dtype, e.g. int64 timestamps) → zero-padded
+    ``[B, max_len]``. Not differentiable; ``offsets[0]`` must be 0."""
+    idx, mask = _padded_index(offsets, max_len)
+    if values.shape[0] == 0:
+        return values.new_zeros(offsets.numel() - 1, max_len)
+    return torch.where(mask, values[idx], torch.zeros_like(idx).to(values.dtype))
 
 
 def padded_to_jagged(padded: torch.Tensor, offsets: torch.Tensor, total: int) -> torch.Tensor:

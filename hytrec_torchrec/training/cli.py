@@ -44,18 +44,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("hytrec").setLevel(logging.INFO)
     from hytrec_torchrec.training.config import load_job_config
-
-    try:
-        cfg = load_job_config(args.config, list(args.overrides))
-    except ConfigError as exc:
-        print(f"hytrec-train: config error: {exc}", file=sys.stderr)
-        return 2
     from hytrec_torchrec.training.loop import NonFiniteLossError, Trainer
 
     try:
+        # ConfigError: a bad key or value, or a setting this machine cannot run (adam on CPU).
+        cfg = load_job_config(args.config, list(args.overrides))
         trainer = Trainer(cfg)
         summary = trainer.fit()
-    except ConfigError as exc:  # a setting the machine cannot run (e.g. adam on CPU)
+    except ConfigError as exc:
         print(f"hytrec-train: config error: {exc}", file=sys.stderr)
         return 2
     except NonFiniteLossError as exc:
