@@ -84,7 +84,9 @@ class TowerConfig:
     time_bias: int = 0
     """B > 0: every softmax layer adds a learned per-head bias for the time gap between the query's
     and the key's events, in B log-scale buckets of √2 (``time_gap_bucket``: 1 min → 11, 1 day →
-    32, 1 year → 49; gaps past the last bucket share it); 0 = softmax layers see no time."""
+    32, 1 year → 49; gaps past the last bucket share it); 0 = softmax layers see no time.
+    Costs a ``[B, H, L, L]`` bias per softmax layer (benchmarks/bench_time_bias.py: 1.2–1.9× the
+    tower's training time at L = 100–800): for windows of hundreds of events, not 10k."""
     softmax_group_waste: float = 0.25
     """Softmax layers pad per group of similar lengths; max padding fraction within a group."""
     similarity: str = "dot"

@@ -1,0 +1,100 @@
+"""Benchmark: cost of ``model.time_bias`` (log-bucketed time-gap bias in every softmax layer).
+
+For each history length L, the all-position tower pass used in training
+(``HyTRecTower.forward_all_positions`` + backward, train mode, dropout 0.2, ``position_bias``
+on as in ``configs/ml1m_ap.yaml``) runs with ``time_bias: 0`` and ``time_bias: 64`` side by side:
+each repeat round runs both (alternating which goes first) and the median is reported, with the
+ratio. Two towers: HyTRec (``TTTS``, short branch K=64) and SASRec-like (``SS``, no short branch).
+
+    .venv/bin/python benchmarks/bench_time_bias.py [--lengths 100,200,400,800] [--batch 32]
+
+The time bias turns the softmax layers' attention mask from ``[H, L, L]`` (shared by the batch)
+into ``[B, H, L, L]`` plus ``[B, L, L]`` int64 gaps per length group, so its memory and time
+grow as B·L²: it is meant for windows of hundreds of events (ML-1M's 200, the short branch), not
+for softmax layers over 10k-event histories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hytrec_torchrec.config import from_dict  # noqa: E402
+from hytrec_torchrec.modules import HyTRecTower, TowerConfig  # noqa: E402
+
+TOWERS = {"TTTS+K64": ("TTTS", 64), "SS": ("SS", 0)}
+
+
+def tower_case(pattern: str, short: int, time_bias: int, b: int, length: int) -> Callable[[], None]:
+    """Return fn() running one forward_all_positions + backward on B histories of length L."""
+    cfg = from_dict(TowerConfig, dict(
+        embedding_dim=64, features=["item"], heads=2, short_len=short, long_pattern=pattern,
+        position_bias=200, time_bias=time_bias, dropout=0.2, similarity="cosine",
+        tadn=dict(decay_period=2592000.0)))
+    torch.manual_seed(0)
+    tower = HyTRecTower(cfg).train()
+    n = b * length
+    offsets = torch.arange(b + 1, dtype=torch.int64) * length
+    x = torch.randn(n, 64, requires_grad=True)
+    gen = torch.Generator().manual_seed(1)
+    # gaps of 0 s to a day, sorted within each history
+    ts = (10**9 + torch.randint(0, 86_400, (b, length), generator=gen).sort(dim=1).values).flatten()
+    tc = torch.full((b,), 10**9 + 86_400, dtype=torch.int64)
+
+    def run() -> None:
+        x.grad = None
+        tower.zero_grad(set_to_none=True)
+        rows, bal = tower.forward_all_positions({"item": x}, offsets, ts, tc)
+        (rows.sum() + bal).backward()
+
+    return run
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lengths", default="100,200,400,800")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    lines: List[str] = []
+
+    def emit(s: str) -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    emit(f"# bench_time_bias  {time.strftime('%Y-%m-%d %H:%M:%S')}  torch {torch.__version__}  "
+         f"threads {torch.get_num_threads()}  {platform.machine()}  B={args.batch}  "
+         f"repeats={args.repeats} (median, both settings interleaved per round)")
+    emit(f"{'tower':>9} {'L':>5} {'time_bias 0 (ms)':>17} {'time_bias 64 (ms)':>18} {'ratio':>6}")
+    for name, (pattern, short) in TOWERS.items():
+        for length in [int(v) for v in args.lengths.split(",")]:
+            cases = {tb: tower_case(pattern, short, tb, args.batch, length) for tb in (0, 64)}
+            for fn in cases.values():  # warm-up
+                fn()
+            times: Dict[int, List[float]] = {0: [], 64: []}
+            for r in range(args.repeats):
+                for tb in ((0, 64) if r % 2 == 0 else (64, 0)):
+                    t0 = time.perf_counter()
+                    cases[tb]()
+                    times[tb].append(time.perf_counter() - t0)
+            a, c = statistics.median(times[0]), statistics.median(times[64])
+            emit(f"{name:>9} {length:5d} {a * 1e3:17.1f} {c * 1e3:18.1f} {c / a:6.2f}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
