@@ -227,6 +227,10 @@ def test_int8_within_documented_tolerance(run, fp32) -> None:
         return sum(b.numel() * b.element_size() for n, b in m.named_buffers() if ".table." in n)
 
     assert table_bytes(int8) < 0.5 * table_bytes(fp32)  # D=16: 16 + 8 bytes per row vs 64
+    # the file's block-by-block int8 scoring equals scoring its dequantized table
+    users = int8.user_embedding(*req)
+    want = users @ int8.item_embeddings().t()  # normalised rows under cosine
+    torch.testing.assert_close(int8.scores(*req)[:, 2:], want[:, 2:], atol=1e-4, rtol=1e-5)
 
 
 def test_loads_and_answers_without_package_torchrec_or_fbgemm(run) -> None:
@@ -405,6 +409,21 @@ def test_token_budgeted_passes_equal_one_pass(run, training) -> None:
             ids, top = module(*req, 5)
             assert torch.equal(ids, want_ids)
             torch.testing.assert_close(top, want_top, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("block", [7, 50, 16_384])
+def test_int8_block_scoring_equals_the_dequantized_table(monkeypatch, block: int) -> None:
+    from hytrec_torchrec.serving import quant
+
+    monkeypatch.setattr(quant, "SCORE_BLOCK_ROWS", block)
+    w = torch.randn(50, 8) * torch.linspace(0.01, 3, 50).unsqueeze(1)
+    user = torch.randn(3, 8)
+    table = quant.ServingTable(w, int8=True)
+    want = user @ table.rows().t()
+    torch.testing.assert_close(table.score(user), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.jit.script(table).score(user), want, atol=1e-5, rtol=1e-5)
+    fp = quant.ServingTable(w)
+    torch.testing.assert_close(fp.score(user), user @ w.t(), atol=0, rtol=0)
 
 
 def test_idmap_and_int8_rows() -> None:

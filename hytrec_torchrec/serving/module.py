@@ -240,10 +240,14 @@ class HyTRecServing(nn.Module):
         """Scores ``[B, V]`` of every item index; columns 0 (pad) and 1 (unknown) are ``-inf``.
 
         Equals ``user @ item_embeddings().T``; under cosine the item norms are the ones cached at
-        construction (``item_inv_norm [V]``), so a request never normalises the table.
+        construction (``item_inv_norm [V]``), so a request never normalises the table, and an int8
+        table is scored block by block (``ServingTable.score``), never dequantized whole.
         """
         user = self.user_embedding(values, lengths, request_time)
-        s = user @ self._item_rows().t()
+        s = torch.zeros(0)
+        for name, feature in self.inputs.items():
+            if name == "item":
+                s = feature.table.score(user)  # int8: block by block, no dequantized table
         if self.tower.cosine:
             s = s * self.item_inv_norm
         s[:, :2] = float("-inf")

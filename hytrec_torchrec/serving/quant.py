@@ -15,7 +15,10 @@ from typing import Final, Tuple
 import torch
 from torch import nn
 
-__all__ = ["quantize_rows", "dequantize_rows", "ServingTable"]
+__all__ = ["SCORE_BLOCK_ROWS", "quantize_rows", "dequantize_rows", "ServingTable"]
+
+#: int8 rows converted to float32 at a time when scoring (a 4 MiB temporary at D = 64).
+SCORE_BLOCK_ROWS = 16_384
 
 
 def quantize_rows(weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -48,10 +51,12 @@ class ServingTable(nn.Module):
     """
 
     quantized: Final[bool]
+    block_rows: Final[int]
 
     def __init__(self, weight: torch.Tensor, int8: bool = False) -> None:
         super().__init__()
         self.quantized = int8
+        self.block_rows = SCORE_BLOCK_ROWS
         self.num_rows = int(weight.shape[0])
         self.dim = int(weight.shape[1])
         if int8:
@@ -75,3 +80,26 @@ class ServingTable(nn.Module):
         if self.quantized:
             return dequantize_rows(self.weight, self.scale, self.bias)
         return self.weight
+
+    @torch.jit.export
+    def score(self, user: torch.Tensor) -> torch.Tensor:
+        """Dot products ``user [B, D]`` float32 → ``[B, V]`` with every row: ``user @ rows().T``.
+
+        For int8 the table is never dequantized as a whole: per block of ``block_rows``
+        (:data:`SCORE_BLOCK_ROWS`) rows, ``u · (q·scale + bias) = (u · q)·scale + (Σ_d u_d)·bias``,
+        so the only float32 temporary is one block ``[block_rows, D]``.
+
+        Example::
+
+            table = ServingTable(torch.randn(100_000, 64), int8=True)
+            s = table.score(torch.randn(8, 64))   # [8, 100_000]
+        """
+        if not self.quantized:
+            return user @ self.weight.t()
+        out = user.new_empty(user.shape[0], self.num_rows)
+        usum = user.sum(dim=1, keepdim=True)  # [B, 1]
+        for a in range(0, self.num_rows, self.block_rows):
+            b = min(a + self.block_rows, self.num_rows)
+            dots = user @ self.weight[a:b].to(torch.float32).t()  # [B, b - a]
+            out[:, a:b] = dots * self.scale[a:b] + usum * self.bias[a:b]
+        return out
