@@ -42,16 +42,19 @@ def local_item_blocks(table: torch.Tensor, owner_only: bool = True) -> List[Item
 
     Args:
         table: a ``ShardedTensor`` (from a DMP state dict) or a plain tensor (unsharded or
-            data-parallel; then only rank 0 reports it when ``owner_only``, so rows are counted
-            once).
+            data-parallel, the same on every rank). With ``owner_only`` (distributed), rank r
+            of W reports only rows ``[V·r/W, V·(r+1)/W)`` of a plain tensor, so every row is
+            counted once and the ranks share the scoring work, as with a row-wise table.
     """
     if hasattr(table, "local_shards"):
         return [
             (int(s.metadata.shard_offsets[0]), int(s.metadata.shard_offsets[1]), s.tensor)
             for s in table.local_shards()
         ]
-    if owner_only and dist.is_initialized() and dist.get_rank() != 0:
-        return []
+    if owner_only and dist.is_initialized():
+        world, rank, n = dist.get_world_size(), dist.get_rank(), int(table.shape[0])
+        lo, hi = n * rank // world, n * (rank + 1) // world
+        return [(lo, 0, table[lo:hi])] if hi > lo else []
     return [(0, 0, table)]
 
 

@@ -32,8 +32,9 @@ def unwrap(model: torch.nn.Module) -> Any:
 
 
 def item_blocks(model: torch.nn.Module) -> List[ItemBlock]:
-    """This rank's pieces of the item table (whole table only on rank 0 when unsharded), rows as
-    they enter a score (L2-normalised when the model's ``similarity`` is cosine)."""
+    """This rank's pieces of the item table (an equal row slice per rank when the table is
+    data-parallel or unsharded: :func:`local_item_blocks`), rows as they enter a score
+    (L2-normalised when the model's ``similarity`` is cosine)."""
     sd = model.state_dict()
     key = ITEM_TABLE_KEY if ITEM_TABLE_KEY in sd else ITEM_TABLE_KEY.replace("embeddings.", "", 1)
     cosine = bool(getattr(unwrap(model), "cosine", False))
