@@ -3,8 +3,8 @@
 For each history length L, the all-position tower pass used in training
 (``HyTRecTower.forward_all_positions`` + backward, train mode, dropout 0.2, ``position_bias``
 on as in ``configs/ml1m_ap.yaml``) runs with ``time_bias: 0`` and ``time_bias: 64`` side by side:
-each repeat round runs both (alternating which goes first) and the median is reported, with the
-ratio. Two towers: HyTRec (``TTTS``, short branch K=64) and SASRec-like (``SS``, no short branch).
+each repeat round runs both (alternating which goes first; ``bench_tower.interleaved_medians``)
+and the median is reported, with the ratio. Two towers: HyTRec (``TTTS``, short branch K=64) and SASRec-like (``SS``, no short branch).
 
     .venv/bin/python benchmarks/bench_time_bias.py [--lengths 100,200,400,800] [--batch 32]
 
@@ -18,24 +18,25 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_tower import interleaved_medians  # noqa: E402
 from hytrec_torchrec.config import from_dict  # noqa: E402
 from hytrec_torchrec.modules import HyTRecTower, TowerConfig  # noqa: E402
 
 TOWERS = {"TTTS+K64": ("TTTS", 64), "SS": ("SS", 0)}
 
 
-def tower_case(pattern: str, short: int, time_bias: int, b: int, length: int) -> Callable[[], None]:
-    """Return fn() running one forward_all_positions + backward on B histories of length L."""
+def tower_case(pattern: str, short: int, time_bias: int, b: int, length: int) -> Callable[[bool], None]:
+    """Return fn(backward) running one forward_all_positions (+ backward) on B histories of length L."""
     cfg = from_dict(TowerConfig, dict(
         embedding_dim=64, features=["item"], heads=2, short_len=short, long_pattern=pattern,
         position_bias=200, time_bias=time_bias, dropout=0.2, similarity="cosine",
@@ -50,11 +51,13 @@ def tower_case(pattern: str, short: int, time_bias: int, b: int, length: int) ->
     ts = (10**9 + torch.randint(0, 86_400, (b, length), generator=gen).sort(dim=1).values).flatten()
     tc = torch.full((b,), 10**9 + 86_400, dtype=torch.int64)
 
-    def run() -> None:
+    def run(backward: bool) -> None:
         x.grad = None
         tower.zero_grad(set_to_none=True)
-        rows, bal = tower.forward_all_positions({"item": x}, offsets, ts, tc)
-        (rows.sum() + bal).backward()
+        with torch.set_grad_enabled(backward):
+            rows, bal = tower.forward_all_positions({"item": x}, offsets, ts, tc)
+        if backward:
+            (rows.sum() + bal).backward()
 
     return run
 
@@ -80,16 +83,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     emit(f"{'tower':>9} {'L':>5} {'time_bias 0 (ms)':>17} {'time_bias 64 (ms)':>18} {'ratio':>6}")
     for name, (pattern, short) in TOWERS.items():
         for length in [int(v) for v in args.lengths.split(",")]:
-            cases = {tb: tower_case(pattern, short, tb, args.batch, length) for tb in (0, 64)}
-            for fn in cases.values():  # warm-up
-                fn()
-            times: Dict[int, List[float]] = {0: [], 64: []}
-            for r in range(args.repeats):
-                for tb in ((0, 64) if r % 2 == 0 else (64, 0)):
-                    t0 = time.perf_counter()
-                    cases[tb]()
-                    times[tb].append(time.perf_counter() - t0)
-            a, c = statistics.median(times[0]), statistics.median(times[64])
+            cases = {str(tb): tower_case(pattern, short, tb, args.batch, length) for tb in (0, 64)}
+            med = interleaved_medians(cases, args.repeats, torch.device("cpu"), modes=(True,))
+            a, c = med["0"]["fwdbwd"], med["64"]["fwdbwd"]
             emit(f"{name:>9} {length:5d} {a * 1e3:17.1f} {c * 1e3:18.1f} {c / a:6.2f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

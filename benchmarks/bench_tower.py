@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +133,25 @@ def time_once(fn: Callable[[bool], None], backward: bool, device: torch.device) 
     return time.perf_counter() - t0
 
 
+def interleaved_medians(cases: Dict[str, Callable[[bool], None]], rounds: int, device: torch.device,
+                        modes: Sequence[bool] = (False, True)) -> Dict[str, Dict[str, float]]:
+    """Time ``cases`` side by side: one warm-up call each (with backward), then ``rounds`` rounds
+    that run every case once per mode (``False`` = forward only, ``True`` = forward+backward),
+    rotating which case goes first each round. Returns ``{name: {"fwd"|"fwdbwd": median s}}``."""
+    names = list(cases)
+    for name in names:  # warm-up
+        cases[name](True)
+    times: Dict[str, Dict[str, List[float]]] = {
+        n: {("fwdbwd" if m else "fwd"): [] for m in modes} for n in names
+    }
+    for r in range(rounds):
+        rot = names[r % len(names):] + names[: r % len(names)]
+        for name in rot:
+            for m in modes:
+                times[name]["fwdbwd" if m else "fwd"].append(time_once(cases[name], m, device))
+    return {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", default="1024,2048,3072,4096,8192,12288")
@@ -186,17 +205,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         for pt in patterns:
             cases[f"branch-{pt}"] = branch_case(pt, args.branch_impl, b, length, h, d, device, dtype)
         names = list(cases)
-        for name in names:  # warm-up
-            cases[name](True)
         reps = args.repeats if length <= 4096 else max(3, args.repeats // 2)
-        times: Dict[str, Dict[str, List[float]]] = {n: {"fwd": [], "fwdbwd": []} for n in names}
-        for r in range(reps):
-            rot = names[r % len(names):] + names[: r % len(names)]
-            for name in rot:
-                times[name]["fwd"].append(time_once(cases[name], False, device))
-                times[name]["fwdbwd"].append(time_once(cases[name], True, device))
+        medians = interleaved_medians(cases, reps, device)
         for name in names:
-            results[name][length] = {k: statistics.median(v) for k, v in times[name].items()}
+            results[name][length] = medians[name]
             if name == "tadn-naive":
                 measured_naive_max = max(measured_naive_max, length)
         row = "  ".join(
