@@ -16,7 +16,7 @@ from hytrec_torchrec.data.config import DataConfig
 from hytrec_torchrec.data.examples import make_examples
 from hytrec_torchrec.model import next_event_rows
 from hytrec_torchrec.modules import HyTRecTower, TowerConfig
-from hytrec_torchrec.modules.layers import SoftmaxMixer, time_gap_bucket
+from hytrec_torchrec.modules.layers import SoftmaxMixer, time_gap_bucket, time_gap_edges
 from hytrec_torchrec.modules.loss import shared_negatives_loss
 from hytrec_torchrec.ops.jagged import segment_ids, segment_prefix_mean
 
@@ -128,6 +128,24 @@ def test_time_gap_bucket_values() -> None:
     assert time_gap_bucket(torch.tensor([[1, 2], [3, 4]]), 64).tolist() == [[2, 3], [4, 4]]
 
 
+@pytest.mark.parametrize("num_buckets", [1, 2, 12, 64, 128])
+def test_integer_bucket_edges_match_the_log_definition(num_buckets: int) -> None:
+    """The layers' integer bucketing (``time_gap_edges`` + ``torch.bucketize``) equals the
+    floating-point definition at every edge, one second on either side, and on random gaps."""
+    edges = time_gap_edges(num_buckets)
+    assert edges.shape == (num_buckets - 1,)
+    # below 2^40 s (~35,000 years): past ~10^14 s the float64 log2 rounds 1 + g = 2^49 - 1 up to
+    # 2^49 and the reference, not the integer edges, is one bucket off
+    near = edges[edges < 2**40]
+    gaps = torch.cat([near - 1, near, near + 1, torch.tensor([-7, 0, 1, 2, 3, 10**12]),
+                      torch.randint(0, 10**9, (2000,), generator=torch.Generator().manual_seed(0))])
+    fast = torch.bucketize(gaps.clamp(min=0), edges, right=True)
+    assert torch.equal(fast, time_gap_bucket(gaps, num_buckets))
+    if num_buckets == 64:  # hand values: bucket b starts at ceil(2^(b/2)) - 1 s (bucket 1 is empty)
+        assert edges[:7].tolist() == [1, 1, 2, 3, 5, 7, 11]
+        assert edges[22:24].tolist() == [2896, 4095]  # buckets 23 (holds 1 h = 3600 s) and 24
+
+
 @pytest.mark.parametrize("max_distance,time_buckets", [(3, 0), (0, 30), (3, 30)])
 def test_position_and_time_bias_match_a_dense_reference(max_distance: int, time_buckets: int) -> None:
     torch.manual_seed(7)
@@ -138,7 +156,11 @@ def test_position_and_time_bias_match_a_dense_reference(max_distance: int, time_
     lengths = [5, 0, 7, 1, 3]
     off = torch.tensor([0] + lengths).cumsum(0)
     x = torch.randn(sum(lengths), 8)
-    ts = T0 + torch.randint(0, 10**6, (x.shape[0],)).sort().values
+    # steps of 0-3 s put many pairwise gaps exactly on bucket edges (1, 2, 3, 5, 7, 11 s ...);
+    # one jump of up to 10^6 s per sequence covers the far buckets
+    steps = torch.randint(0, 4, (x.shape[0],))
+    steps[off[:-1][torch.tensor(lengths) > 2] + 2] = torch.randint(0, 10**6, (1,)).item()
+    ts = T0 + steps.cumsum(0)
     seg = segment_ids(off, x.shape[0])
     full = mixer(x, off, seg, x.new_zeros(x.shape[0]), False, False, ts)
     last = mixer(x, off, seg, x.new_zeros(x.shape[0]), True, False, ts)
