@@ -18,7 +18,7 @@ from hytrec_torchrec.model import next_event_rows
 from hytrec_torchrec.modules import HyTRecTower, TowerConfig
 from hytrec_torchrec.modules.layers import SoftmaxMixer, time_gap_bucket, time_gap_edges
 from hytrec_torchrec.modules.loss import shared_negatives_loss
-from hytrec_torchrec.ops.jagged import segment_ids, segment_prefix_mean
+from hytrec_torchrec.ops.jagged import next_event_times, segment_ids, segment_prefix_mean
 
 T0 = 1_700_000_000
 LENGTHS = [9, 1, 0, 14, 5]
@@ -48,6 +48,9 @@ def _batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
     dict(long_pattern="SS", short_len=4, position_bias=6),  # with relative-position biases
     dict(long_pattern="SS", short_len=4, position_bias=6, time_bias=24),  # and time-gap biases
     dict(long_pattern="S", short_len=0, time_bias=40),  # time-gap biases alone
+    # gaps measured from the predicted event's time (HSTU's choice), both branches and one
+    dict(long_pattern="SS", short_len=4, position_bias=6, time_bias=24, time_query="next"),
+    dict(long_pattern="S", short_len=0, time_bias=40, time_query="next"),
 ])
 def test_rows_equal_the_per_cutoff_tower_without_tadn(kw: dict) -> None:
     torch.manual_seed(0)
@@ -60,15 +63,18 @@ def test_rows_equal_the_per_cutoff_tower_without_tadn(kw: dict) -> None:
     assert rows.shape == (sum(LENGTHS), 16)
     for b, n in enumerate(LENGTHS):
         a = int(off[b])
-        for r in range(n):  # the prefix a .. a+r as its own one-example batch
-            want = tower({"item": x[a:a + r + 1]}, torch.tensor([0, r + 1]), ts[a:a + r + 1], tc[b:b + 1])
+        for r in range(n):  # the prefix a .. a+r as its own one-example batch, whose target
+            # (request time t_current) is the next event, or the example's target after the last row
+            t_next = ts[a + r + 1:a + r + 2] if r + 1 < n else tc[b:b + 1]
+            want = tower({"item": x[a:a + r + 1]}, torch.tensor([0, r + 1]), ts[a:a + r + 1], t_next)
             torch.testing.assert_close(rows[a + r], want[0], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("pattern,time_bias", [("TTTS", 0), ("T", 0), ("TTTS", 24)])
-def test_rows_never_depend_on_later_rows(pattern: str, time_bias: int) -> None:
+@pytest.mark.parametrize("pattern,time_bias,query", [("TTTS", 0, "event"), ("T", 0, "event"),
+                                                     ("TTTS", 24, "event"), ("TTTS", 24, "next")])
+def test_rows_never_depend_on_later_rows(pattern: str, time_bias: int, query: str) -> None:
     torch.manual_seed(1)
-    tower = HyTRecTower(_cfg(long_pattern=pattern, time_bias=time_bias)).eval()
+    tower = HyTRecTower(_cfg(long_pattern=pattern, time_bias=time_bias, time_query=query)).eval()
     for name, p in tower.named_parameters():
         if name.endswith("time_bias"):
             torch.nn.init.normal_(p)
@@ -82,6 +88,32 @@ def test_rows_never_depend_on_later_rows(pattern: str, time_bias: int) -> None:
     torch.testing.assert_close(rows2[: a + r + 1], rows[: a + r + 1], atol=1e-5, rtol=0)
     torch.testing.assert_close(rows2[a + n:], rows[a + n:], atol=1e-5, rtol=0)
     assert (rows2[a + r + 1:a + n] - rows[a + r + 1:a + n]).abs().max() > 1e-3  # the change is seen
+
+
+@pytest.mark.parametrize("query", ["event", "next"])
+def test_the_predicted_event_time_reaches_only_its_own_row(query: str) -> None:
+    """With ``time_query: next`` row r's time bias measures from event r + 1 (the event it
+    predicts): moving that event's timestamp changes row r and leaves rows before it alone; with
+    ``event`` it cannot change row r. The request time t_current reaches the last row the same way."""
+    torch.manual_seed(6)
+    tower = HyTRecTower(_cfg(long_pattern="SS", short_len=4, time_bias=24, time_query=query)).eval()
+    for name, p in tower.named_parameters():
+        if name.endswith("time_bias"):
+            torch.nn.init.normal_(p)
+    x, off, ts, tc = _batch(LENGTHS, seed=3)
+    rows, _ = tower.forward_all_positions({"item": x}, off, ts, tc)
+    b, r = 3, 9
+    a, n = int(off[b]), LENGTHS[b]
+    ts2 = ts.clone()
+    ts2[a + r + 1:] += 5_000_000  # event r + 1 and everything after it happen ~2 months later
+    rows2, _ = tower.forward_all_positions({"item": x}, off, ts2, tc + 5_000_000)
+    torch.testing.assert_close(rows2[: a + r], rows[: a + r], atol=1e-5, rtol=0)
+    moved = (rows2[a + r] - rows[a + r]).abs().max().item()
+    assert moved > 1e-3 if query == "next" else moved < 1e-5
+    now = ts[a + n - 1:a + n] + 1  # a request right after the last event, then two months later
+    last = tower({"item": x[a:a + n]}, torch.tensor([0, n]), ts[a:a + n], now)
+    later = tower({"item": x[a:a + n]}, torch.tensor([0, n]), ts[a:a + n], now + 5_000_000)
+    assert ((later - last).abs().max().item() > 1e-3) == (query == "next")
 
 
 def test_rows_with_tadn_at_the_last_position_differ_only_by_the_running_mean() -> None:
@@ -128,6 +160,14 @@ def test_time_gap_bucket_values() -> None:
     assert time_gap_bucket(torch.tensor([[1, 2], [3, 4]]), 64).tolist() == [[2, 3], [4, 4]]
 
 
+def test_next_event_times() -> None:
+    ts = torch.tensor([10, 20, 30, 40, 41])
+    off = torch.tensor([0, 2, 2, 5])  # histories of 2, 0 and 3 events
+    got = next_event_times(ts, off, torch.tensor([25, 99, 50]))
+    assert got.tolist() == [20, 25, 40, 41, 50]
+    assert next_event_times(ts[:0], torch.tensor([0, 0]), torch.tensor([7])).tolist() == []
+
+
 @pytest.mark.parametrize("num_buckets", [1, 2, 12, 64, 128])
 def test_integer_bucket_edges_match_the_log_definition(num_buckets: int) -> None:
     """The layers' integer bucketing (``time_gap_edges`` + ``torch.bucketize``) equals the
@@ -146,8 +186,10 @@ def test_integer_bucket_edges_match_the_log_definition(num_buckets: int) -> None
         assert edges[22:24].tolist() == [2896, 4095]  # buckets 23 (holds 1 h = 3600 s) and 24
 
 
-@pytest.mark.parametrize("max_distance,time_buckets", [(3, 0), (0, 30), (3, 30)])
-def test_position_and_time_bias_match_a_dense_reference(max_distance: int, time_buckets: int) -> None:
+@pytest.mark.parametrize("max_distance,time_buckets,query", [(3, 0, False), (0, 30, False), (3, 30, False),
+                                                             (3, 30, True)])
+def test_position_and_time_bias_match_a_dense_reference(max_distance: int, time_buckets: int,
+                                                        query: bool) -> None:
     torch.manual_seed(7)
     mixer = SoftmaxMixer(8, 2, group_waste=0.0, max_distance=max_distance, time_buckets=time_buckets).eval()
     for p in (mixer.rel_bias, mixer.time_bias):
@@ -161,9 +203,12 @@ def test_position_and_time_bias_match_a_dense_reference(max_distance: int, time_
     steps = torch.randint(0, 4, (x.shape[0],))
     steps[off[:-1][torch.tensor(lengths) > 2] + 2] = torch.randint(0, 10**6, (1,)).item()
     ts = T0 + steps.cumsum(0)
+    # query times: each row's own time plus 0-3 s or 0-3 x 10^5 s, as the next event's time would be
+    qts = ts + torch.randint(0, 4, ts.shape) * torch.tensor([1, 100_000])[torch.randint(0, 2, ts.shape)]
+    qts = qts if query else ts
     seg = segment_ids(off, x.shape[0])
-    full = mixer(x, off, seg, x.new_zeros(x.shape[0]), False, False, ts)
-    last = mixer(x, off, seg, x.new_zeros(x.shape[0]), True, False, ts)
+    full = mixer(x, off, seg, x.new_zeros(x.shape[0]), False, False, ts, qts if query else None)
+    last = mixer(x, off, seg, x.new_zeros(x.shape[0]), True, False, ts, qts if query else None)
     for s, n in enumerate(lengths):
         a = int(off[s])
         if n == 0:
@@ -177,7 +222,7 @@ def test_position_and_time_bias_match_a_dense_reference(max_distance: int, time_
                 if max_distance > 0:
                     att[:, i, j] += mixer.rel_bias[:, min(max(i - j, 0), max_distance - 1)]
                 if time_buckets > 0:
-                    gap = max(int(ts[a + i] - ts[a + j]), 0)
+                    gap = max(int(qts[a + i] - ts[a + j]), 0)
                     bucket = min(math.floor(2 * math.log2(1 + gap)), time_buckets - 1)
                     att[:, i, j] += mixer.time_bias[:, bucket]
         att = att.masked_fill(dist < 0, float("-inf")).softmax(-1)

@@ -344,10 +344,12 @@ def test_pass_bounds_group_requests_by_token_budget() -> None:
     assert pass_bounds(torch.tensor([0, 0, 0, 7]), 2) == [0, 2, 3]  # empty histories cost nothing
 
 
-def test_cosine_similarity_export_matches_the_training_model(run, training) -> None:
-    """``model.similarity: cosine`` (with ``position_bias`` and ``time_bias``): the exported scores
-    are cosines (unit user vectors) and equal the training model's evaluation scores; the trained
-    weights are reused under the new settings, the new position and time biases drawn at random."""
+@pytest.mark.parametrize("time_query", ["event", "next"])
+def test_cosine_similarity_export_matches_the_training_model(run, training, time_query: str) -> None:
+    """``model.similarity: cosine`` (with ``position_bias`` and ``time_bias``, gaps measured from
+    each event or from the predicted event / request time): the exported scores are cosines (unit
+    user vectors) and equal the training model's evaluation scores; the trained weights are reused
+    under the new settings, the new position and time biases drawn at random."""
     from hytrec_torchrec.config import from_dict as build
     from hytrec_torchrec.serving.export import build_serving, read_vocabs
     from hytrec_torchrec.training.loop import build_model
@@ -358,6 +360,7 @@ def test_cosine_similarity_export_matches_the_training_model(run, training) -> N
     d["model"]["temperature"] = 0.05
     d["model"]["position_bias"] = 4
     d["model"]["time_bias"] = 40
+    d["model"]["time_query"] = time_query
     cos_cfg = build(JobConfig, d)
     sizes = {k: int(v) for k, v in state["vocab_sizes"].items()}
     cos_model = build_model(cos_cfg, sizes, torch.device("cpu"))

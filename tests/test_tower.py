@@ -126,6 +126,7 @@ def test_model_config_examples_cover_the_baselines():
         (dict(tadn=dict(decay=3.0)), "tadn.decay"),
         (dict(time_bias=-1), "time_bias"),
         (dict(time_bias=500), "time_bias"),
+        (dict(time_query="target"), "time_query"),
     ],
 )
 def test_config_errors_name_the_key(override, key):

@@ -5,7 +5,7 @@ a sequence whose part is empty gets a learned "empty" vector (so empty histories
 """
 
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -42,7 +42,8 @@ class LongBranch(nn.Module):
     Only the last row of each sequence leaves the branch, so the final block runs in
     ``last_only`` mode (a final S layer costs O(L), not O(L²); a final TADN layer skips the
     per-row outputs). Forward: ``x [N, D]``, ``offsets [B+1]``, ``tau [N]``, ``ts [N]`` int64 event
-timestamps (for the softmax layers' time-gap bias) → ``[B, D]``.
+    timestamps (for the softmax layers' time-gap bias) and optional ``qts [N]`` int64 query times
+    (default ``ts``; :class:`~hytrec_torchrec.modules.layers.SoftmaxMixer`) → ``[B, D]``.
     """
 
     def __init__(self, dim: int, pattern: str, heads: int, ffn_mult: int, dropout: float,
@@ -66,19 +67,19 @@ timestamps (for the softmax layers' time-gap bias) → ``[B, D]``.
         self.num_blocks = len(blocks)
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, tau: torch.Tensor,
-                ts: torch.Tensor) -> torch.Tensor:
+                ts: torch.Tensor, qts: Optional[torch.Tensor] = None) -> torch.Tensor:
         nonempty, sel, off = _drop_empty(offsets)
         if sel.numel() == 0:
             return self.empty.unsqueeze(0).expand(nonempty.shape[0], x.shape[1])
         seg = segment_ids(off, x.shape[0])
         i = 0
         for blk in self.blocks:
-            x = blk(x, off, seg, tau, i == self.num_blocks - 1, False, ts)
+            x = blk(x, off, seg, tau, i == self.num_blocks - 1, False, ts, qts)
             i += 1
         return _restore_empty(self.norm(x), nonempty, sel, self.empty)
 
     def forward_rows(self, x: torch.Tensor, offsets: torch.Tensor, tau: torch.Tensor,
-                     ts: torch.Tensor) -> torch.Tensor:
+                     ts: torch.Tensor, qts: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Every row's output ``[N, D]`` (all-position training): row ``r`` is the branch's output
         for the prefix ending at ``r``. Exact for softmax layers; TADN layers take h̄ as the
         running mean (``prefix_mean``), which differs from :meth:`forward` on that prefix, where
@@ -88,7 +89,7 @@ timestamps (for the softmax layers' time-gap bias) → ``[B, D]``.
             return self.norm(x)
         seg = segment_ids(off, x.shape[0])
         for blk in self.blocks:
-            x = blk(x, off, seg, tau, False, True, ts)
+            x = blk(x, off, seg, tau, False, True, ts, qts)
         return self.norm(x)
 
 
@@ -96,7 +97,7 @@ class ShortBranch(nn.Module):
     """Multi-head softmax self-attention over the last K events; the last event is the query.
 
     Forward: ``x [N_short, D]`` (the last ≤K rows of each sequence), ``offsets [B+1]``, ``ts [N_short]``
-    int64 event timestamps → ``[B, D]``.
+    int64 event timestamps and optional query times ``qts [N_short]`` → ``[B, D]``.
     The attention has a sliding window of K rows, so :meth:`forward_rows` over whole histories
     gives every row exactly the output :meth:`forward` gives for the K events ending there.
     """
@@ -110,19 +111,21 @@ class ShortBranch(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.empty = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor,
+                qts: Optional[torch.Tensor] = None) -> torch.Tensor:
         nonempty, sel, off = _drop_empty(offsets)
         if sel.numel() == 0:
             return self.empty.unsqueeze(0).expand(nonempty.shape[0], x.shape[1])
         seg = segment_ids(off, x.shape[0])
-        y = self.block(x, off, seg, x.new_zeros(x.shape[0]), True, False, ts)
+        y = self.block(x, off, seg, x.new_zeros(x.shape[0]), True, False, ts, qts)
         return _restore_empty(self.norm(y), nonempty, sel, self.empty)
 
-    def forward_rows(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    def forward_rows(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor,
+                     qts: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Every row's output ``[N, D]`` over whole histories ``x [N, D]``: row ``r`` attends to the
         K rows ending at ``r`` (exactly :meth:`forward` for a history ending at ``r``)."""
         _, _, off = _drop_empty(offsets)
         if x.shape[0] == 0:
             return self.norm(x)
         seg = segment_ids(off, x.shape[0])
-        return self.norm(self.block(x, off, seg, x.new_zeros(x.shape[0]), False, False, ts))
+        return self.norm(self.block(x, off, seg, x.new_zeros(x.shape[0]), False, False, ts, qts))

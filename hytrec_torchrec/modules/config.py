@@ -87,6 +87,12 @@ class TowerConfig:
     32, 1 year → 49; gaps past the last bucket share it); 0 = softmax layers see no time.
     Costs a ``[B, H, L, L]`` bias per softmax layer (benchmarks/bench_time_bias.py: 1.2–1.9× the
     tower's training time at L = 100–800): for windows of hundreds of events, not 10k."""
+    time_query: str = "event"
+    """Which time the time-gap bias measures from, for query row i (used when ``time_bias`` > 0):
+    ``event`` = the row's own event (gap t_i − t_j); ``next`` = the time of the event the row's
+    output predicts, t_{i+1}, and for the last row ``t_current`` (the request time; offline, the
+    target's timestamp), as HSTU's relative time bias does. With ``next`` the user embedding
+    depends on how long ago each history event was at request time, not at the last event."""
     softmax_group_waste: float = 0.25
     """Softmax layers pad per group of similar lengths; max padding fraction within a group."""
     similarity: str = "dot"
@@ -125,5 +131,6 @@ class TowerConfig:
         check_range("softmax_group_waste", self.softmax_group_waste, 0.0)
         check_range("position_bias", self.position_bias, 0)
         check_range("time_bias", self.time_bias, 0, 128)
+        check_choice("time_query", self.time_query, ("event", "next"))
         check_choice("similarity", self.similarity, ("dot", "cosine"))
         check_range("temperature", self.temperature, 0.0, lo_open=True)

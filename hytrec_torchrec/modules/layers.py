@@ -163,9 +163,9 @@ class TADNMixer(nn.Module):
 
     def forward(self, h: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
                 last_only: bool, prefix_mean: bool = False,
-                ts: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``ts`` (event timestamps) is accepted for a uniform block interface; TADN reads time
-        through ``tau`` only."""
+                ts: Optional[torch.Tensor] = None, qts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``ts``, ``qts`` (event and query timestamps) are accepted for a uniform block interface;
+        TADN reads time through ``tau`` only."""
         n = h.shape[0]
         h_tilde, g = self.gates(h, offsets, seg, tau, prefix_mean)
         qkv = self.qkv(h_tilde).view(n, 3, self.heads, self.head_dim)
@@ -256,9 +256,11 @@ class SoftmaxMixer(nn.Module):
 
     def forward(self, h: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
                 last_only: bool, prefix_mean: bool = False,
-                ts: Optional[torch.Tensor] = None) -> torch.Tensor:
+                ts: Optional[torch.Tensor] = None, qts: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``h [N, D]`` → ``[N, D]`` (``[B, D]`` with ``last_only``); ``ts [N]`` int64 event
-        timestamps, required when ``time_buckets`` > 0 (``tau`` and ``prefix_mean`` unused)."""
+        timestamps, required when ``time_buckets`` > 0; ``qts [N]`` int64 query times (default
+        ``ts``): the time bias of query row i and key row j is on ``qts[i] − ts[j]``
+        (``tau`` and ``prefix_mean`` unused)."""
         if self.time_buckets > 0 and ts is None:
             raise ValueError("SoftmaxMixer with time_buckets > 0 needs the event timestamps ts")
         n, dim = h.shape
@@ -271,8 +273,10 @@ class SoftmaxMixer(nn.Module):
         perm = offsets[:-1][order][sseg] + (torch.arange(n, device=h.device) - soff[:-1][sseg])
         qkv = self.qkv(h[perm])  # rows in length-sorted sequence order
         sts: Optional[torch.Tensor] = None
+        sqts: Optional[torch.Tensor] = None
         if ts is not None and self.time_buckets > 0:
             sts = ts[perm]
+            sqts = sts if qts is None else qts[perm]
         slen_list: List[int] = slen.tolist()
         soff_list: List[int] = soff.tolist()
         bounds = length_groups(slen_list, self.group_waste)
@@ -289,16 +293,18 @@ class SoftmaxMixer(nn.Module):
             padded = padded.view(g1 - g0, lmax, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = padded[0], padded[1], padded[2]  # [g, H, lmax, d]
             gts: Optional[torch.Tensor] = None
-            if sts is not None:
-                gts = jagged_to_padded_1d(sts[r0:r1], goff, lmax)  # [g, lmax] timestamps
+            gqts: Optional[torch.Tensor] = None
+            if sts is not None and sqts is not None:
+                gts = jagged_to_padded_1d(sts[r0:r1], goff, lmax)  # [g, lmax] key timestamps
+                gqts = gts if qts is None else jagged_to_padded_1d(sqts[r0:r1], goff, lmax)
             if last_only:
                 glen = slen[g0:g1]
                 rows = torch.arange(g1 - g0, device=h.device)
                 ql = q[rows, :, glen - 1].unsqueeze(2)  # [g, H, 1, d]
                 pos = torch.arange(lmax, device=h.device).unsqueeze(0)
                 gap: Optional[torch.Tensor] = None
-                if gts is not None:
-                    gap = gts[rows, glen - 1].unsqueeze(1) - gts  # [g, lmax]
+                if gts is not None and gqts is not None:
+                    gap = gqts[rows, glen - 1].unsqueeze(1) - gts  # [g, lmax]
                 m = self._mask(glen.unsqueeze(1) - 1 - pos, gap)  # [g, lmax] or [H, g, lmax]
                 m = m.transpose(0, 1).unsqueeze(2) if m.dim() == 3 else m.view(g1 - g0, 1, 1, lmax)
                 o = F.scaled_dot_product_attention(ql, k, v, attn_mask=m, dropout_p=p)
@@ -306,8 +312,8 @@ class SoftmaxMixer(nn.Module):
             elif self.window > 0 or self.max_distance > 0 or gts is not None:
                 pos = torch.arange(lmax, device=h.device)
                 gap2: Optional[torch.Tensor] = None
-                if gts is not None:
-                    gap2 = gts.unsqueeze(2) - gts.unsqueeze(1)  # [g, lmax, lmax] query - key
+                if gts is not None and gqts is not None:
+                    gap2 = gqts.unsqueeze(2) - gts.unsqueeze(1)  # [g, lmax, lmax] query - key
                 m = self._mask(pos.unsqueeze(1) - pos.unsqueeze(0), gap2)  # query row - key row
                 if m.dim() == 4:  # [H, g, lmax, lmax] (time bias) -> [g, H, lmax, lmax]
                     m = m.transpose(0, 1)
@@ -358,8 +364,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
                 last_only: bool, prefix_mean: bool = False,
-                ts: Optional[torch.Tensor] = None) -> torch.Tensor:
-        y = self.mixer(self.norm1(x), offsets, seg, tau, last_only, prefix_mean, ts)
+                ts: Optional[torch.Tensor] = None, qts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        y = self.mixer(self.norm1(x), offsets, seg, tau, last_only, prefix_mean, ts, qts)
         if last_only:
             x = x[last_index(offsets)]
         x = x + self.drop(y)

@@ -18,7 +18,7 @@ from hytrec_torchrec.modules.branches import LongBranch, ShortBranch
 from hytrec_torchrec.modules.config import TowerConfig
 from hytrec_torchrec.modules.fusion import MoEFusion
 from hytrec_torchrec.modules.layers import temporal_decay
-from hytrec_torchrec.ops.jagged import segment_ids, split_tail
+from hytrec_torchrec.ops.jagged import next_event_times, segment_ids, split_tail
 
 __all__ = ["FeatureCombiner", "HyTRecTower", "score", "scoring_vectors", "NORM_EPS"]
 
@@ -74,6 +74,7 @@ class HyTRecTower(nn.Module):
     has_long: Final[bool]
     has_short: Final[bool]
     cosine: Final[bool]
+    next_query: Final[bool]
 
     def __init__(self, cfg: TowerConfig, feature_dims: Optional[Dict[str, int]] = None) -> None:
         super().__init__()
@@ -99,6 +100,8 @@ class HyTRecTower(nn.Module):
         self.fusion = MoEFusion(n_branches, d, cfg.fusion.num_experts, cfg.fusion.hidden_dim or d)
         self.dim = d
         self.cosine = cfg.similarity == "cosine"
+        # time_query "next": softmax queries measure time gaps from the event they predict
+        self.next_query = cfg.time_bias > 0 and cfg.time_query == "next"
 
     def forward(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor, timestamps: torch.Tensor,
                 t_current: torch.Tensor) -> torch.Tensor:
@@ -122,12 +125,21 @@ class HyTRecTower(nn.Module):
             tail_rows = head_rows[:0]
             tail_off = torch.zeros_like(offsets)
         branches: List[torch.Tensor] = []
+        nt: Optional[torch.Tensor] = None
+        if self.next_query:
+            nt = next_event_times(timestamps, offsets, t_current)
         if self.has_long:
             seg = segment_ids(offsets, n)
             tau = temporal_decay(timestamps, t_current, seg, self.decay_period, h.dtype)
-            branches.append(self.long(h[head_rows], head_off, tau[head_rows], timestamps[head_rows]))
+            lq: Optional[torch.Tensor] = None
+            if nt is not None:  # head row m feeds the prediction made K rows later
+                lq = nt[head_rows + self.short_len] if self.has_short else nt
+            branches.append(self.long(h[head_rows], head_off, tau[head_rows], timestamps[head_rows], lq))
         if self.has_short:
-            branches.append(self.short(h[tail_rows], tail_off, timestamps[tail_rows]))
+            sq: Optional[torch.Tensor] = None
+            if nt is not None:
+                sq = nt[tail_rows]
+            branches.append(self.short(h[tail_rows], tail_off, timestamps[tail_rows], sq))
         user, balance = self.fusion(branches)
         return scoring_vectors(user, self.cosine), balance * self.load_balance_weight
 
@@ -147,6 +159,9 @@ class HyTRecTower(nn.Module):
         h = self.combine(features)
         n = h.shape[0]
         branches: List[torch.Tensor] = []
+        nt: Optional[torch.Tensor] = None
+        if self.next_query:
+            nt = next_event_times(timestamps, offsets, t_current)
         if self.has_long:
             seg = segment_ids(offsets, n)
             tau = temporal_decay(timestamps, t_current, seg, self.decay_period, h.dtype)
@@ -155,13 +170,16 @@ class HyTRecTower(nn.Module):
             else:
                 head_rows = torch.arange(n, device=h.device)
                 head_off = offsets
-            rows = self.long.forward_rows(h[head_rows], head_off, tau[head_rows], timestamps[head_rows])
+            lq: Optional[torch.Tensor] = None
+            if nt is not None:  # head row m feeds the prediction made K rows later
+                lq = nt[head_rows + self.short_len]
+            rows = self.long.forward_rows(h[head_rows], head_off, tau[head_rows], timestamps[head_rows], lq)
             # head row m of a history feeds the prefix ending K rows later
             long_out = self.long.empty.unsqueeze(0).expand(n, self.dim)
             long_out = long_out.index_copy(0, head_rows + self.short_len, rows)
             branches.append(long_out)
         if self.has_short:
-            branches.append(self.short.forward_rows(h, offsets, timestamps))
+            branches.append(self.short.forward_rows(h, offsets, timestamps, nt))
         user, balance = self.fusion(branches)
         return scoring_vectors(user, self.cosine), balance * self.load_balance_weight
 

@@ -32,6 +32,7 @@ __all__ = [
     "segment_prefix_mean",
     "split_tail",
     "last_index",
+    "next_event_times",
     "length_groups",
 ]
 
@@ -151,6 +152,24 @@ def split_tail(offsets: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tenso
 def last_index(offsets: torch.Tensor) -> torch.Tensor:
     """Packed row of the last element of each sequence ``[B]`` (clamped to 0 for empty ones)."""
     return (offsets[1:] - 1).clamp(min=0)
+
+
+def next_event_times(timestamps: torch.Tensor, offsets: torch.Tensor,
+                     t_current: torch.Tensor) -> torch.Tensor:
+    """Time of the event each row predicts ``[N]`` int64: row ``r`` of a sequence gets the
+    timestamp of row ``r + 1``, the last row gets its sequence's ``t_current [B]`` (the request
+    time: the target's timestamp). ``timestamps [N]``, ``offsets [B+1]``.
+
+    Example: timestamps ``[10, 20, 30]``, offsets ``[0, 2, 2, 3]``, t_current ``[25, 99, 40]``
+    → ``[20, 25, 40]``.
+    """
+    n = timestamps.shape[0]
+    if n == 0:
+        return timestamps
+    nxt = torch.cat([timestamps[1:], timestamps[:1]])
+    lengths = offsets[1:] - offsets[:-1]
+    has = torch.nonzero(lengths > 0).flatten()
+    return nxt.index_copy(0, offsets[1:][has] - 1, t_current[has].to(timestamps.dtype))
 
 
 def length_groups(sorted_lengths: List[int], max_waste: float) -> List[int]:
