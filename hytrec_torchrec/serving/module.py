@@ -222,11 +222,7 @@ class HyTRecServing(nn.Module):
 
     def _item_rows(self) -> torch.Tensor:
         """The stored item table ``[V, D]`` float32 (dequantized for int8, not normalised)."""
-        out = torch.zeros(0)
-        for name, feature in self.inputs.items():
-            if name == "item":
-                out = feature.table.rows()
-        return out
+        return self.inputs["item"].table.rows()
 
     @torch.jit.export
     def item_embeddings(self) -> torch.Tensor:
@@ -244,10 +240,7 @@ class HyTRecServing(nn.Module):
         table is scored block by block (``ServingTable.score``), never dequantized whole.
         """
         user = self.user_embedding(values, lengths, request_time)
-        s = torch.zeros(0)
-        for name, feature in self.inputs.items():
-            if name == "item":
-                s = feature.table.score(user)  # int8: block by block, no dequantized table
+        s = self.inputs["item"].table.score(user)  # int8: block by block, no dequantized table
         if self.tower.cosine:
             s = s * self.item_inv_norm
         s[:, :2] = float("-inf")
@@ -256,11 +249,7 @@ class HyTRecServing(nn.Module):
     @torch.jit.export
     def item_ids(self, index: torch.Tensor) -> torch.Tensor:
         """Item indices → raw item IDs (or the indices when the item ID space is ``index``)."""
-        out = index
-        for name, feature in self.inputs.items():
-            if name == "item":
-                out = feature.ids.to_raw(index)
-        return out
+        return self.inputs["item"].ids.to_raw(index)
 
     def forward(self, values: Dict[str, torch.Tensor], lengths: Dict[str, torch.Tensor],
                 request_time: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
