@@ -109,6 +109,16 @@ class HyTRecTower(nn.Module):
         int64 seconds; t_current ``[B]`` int64 seconds. Returns the user embedding ``[B, D]``."""
         return self.forward_with_aux(features, offsets, timestamps, t_current)[0]
 
+    def _split(self, offsets: torch.Tensor, n: int,
+               device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(head_rows, head_offsets, tail_rows, tail_offsets)`` of :func:`split_tail` at
+        ``short_len``; without a short branch every one of the ``n`` rows is a head row and the
+        tail is empty."""
+        if self.has_short:
+            return split_tail(offsets, self.short_len)
+        rows = torch.arange(n, device=device)
+        return rows, offsets, rows[:0], torch.zeros_like(offsets)
+
     @torch.jit.export
     def forward_with_aux(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
                          timestamps: torch.Tensor, t_current: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -117,13 +127,7 @@ class HyTRecTower(nn.Module):
         The user embedding is L2-normalised when ``similarity`` is cosine (:func:`scoring_vectors`)."""
         h = self.combine(features)
         n = h.shape[0]
-        if self.has_short:
-            head_rows, head_off, tail_rows, tail_off = split_tail(offsets, self.short_len)
-        else:
-            head_rows = torch.arange(n, device=h.device)
-            head_off = offsets
-            tail_rows = head_rows[:0]
-            tail_off = torch.zeros_like(offsets)
+        head_rows, head_off, tail_rows, tail_off = self._split(offsets, n, h.device)
         branches: List[torch.Tensor] = []
         nt: Optional[torch.Tensor] = None
         if self.next_query:
@@ -165,11 +169,7 @@ class HyTRecTower(nn.Module):
         if self.has_long:
             seg = segment_ids(offsets, n)
             tau = temporal_decay(timestamps, t_current, seg, self.decay_period, h.dtype)
-            if self.has_short:
-                head_rows, head_off, _, _ = split_tail(offsets, self.short_len)
-            else:
-                head_rows = torch.arange(n, device=h.device)
-                head_off = offsets
+            head_rows, head_off, _, _ = self._split(offsets, n, h.device)
             lq: Optional[torch.Tensor] = None
             if nt is not None:  # head row m feeds the prediction made K rows later
                 lq = nt[head_rows + self.short_len]
