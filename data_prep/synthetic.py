@@ -1,6 +1,7 @@
 """Synthetic raw events with known ground truth (SPEC §3.4).
 
     python -m data_prep.synthetic --events N --out DIR [--seed S] [--max-len 12288] [--k 64]
+        [--min-len 20] [--alpha 1.2]
 
 Writes ``DIR/events/part-CCCCC.parquet`` (raw schema, one file per chunk of users),
 ``DIR/ground_truth.parquet`` (one row per user) and ``DIR/synthetic.json`` (the parameters).
@@ -341,14 +342,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--n-items", type=int, default=0)
     ap.add_argument("--n-categories", type=int, default=0)
     ap.add_argument("--n-targets", type=int, default=1)
+    ap.add_argument("--min-len", type=int, default=20, help="shortest history (power-law scale)")
+    ap.add_argument("--alpha", type=float, default=1.2,
+                    help="power-law exponent of history lengths (> 1; smaller: more long histories)")
     ns = ap.parse_args(argv)
     if ns.events < 100:
         ap.error("--events must be >= 100")
-    summary = generate(
-        SynthParams(events=ns.events, seed=ns.seed, max_len=ns.max_len, k=ns.k, n_items=ns.n_items,
-                    n_categories=ns.n_categories, n_targets=ns.n_targets),
-        ns.out,
-    )
+    if ns.alpha <= 1.0:
+        ap.error("--alpha must be > 1 (the mean history length is min_len * alpha / (alpha - 1))")
+    try:
+        params = SynthParams(events=ns.events, seed=ns.seed, max_len=ns.max_len, k=ns.k,
+                             n_items=ns.n_items, n_categories=ns.n_categories,
+                             n_targets=ns.n_targets, min_len=ns.min_len, alpha=ns.alpha).resolved()
+    except ValueError as e:
+        ap.error(str(e))
+    summary = generate(params, ns.out)
     print(json.dumps({k: v for k, v in summary.items() if k != "params"}))
     return 0
 

@@ -88,3 +88,28 @@ def test_prepare_catches_planted_scalpers_and_silent_users(tmp_path: Path) -> No
     assert f["scalper_accounts"]["users_removed"] == pc.sum(scalpers).as_py()
     silent_not_scalper = pc.and_(gt.column("silent"), pc.invert(scalpers))
     assert f["inactive_users"]["users_removed"] == pc.sum(silent_not_scalper).as_py()
+
+
+def test_cli_length_distribution_flags(tmp_path: Path, capsys) -> None:
+    """``--min-len`` / ``--alpha`` reach the generator: every history is at least ``min_len``
+    long (the long-history experiment of docs/results.md uses them), and bad values are errors
+    naming the flag."""
+    import json
+
+    import pytest
+
+    from data_prep.synthetic import main
+
+    out = tmp_path / "long"
+    assert main(["--events", "20000", "--out", str(out), "--max-len", "600", "--min-len", "200",
+                 "--alpha", "1.5"]) == 0
+    params = json.loads((out / "synthetic.json").read_text())["params"]
+    assert (params["min_len"], params["alpha"], params["max_len"]) == (200, 1.5, 600)
+    gt = pq.read_table(out / "ground_truth.parquet", columns=["n_events", "kind"]).to_pydict()
+    lens = np.array(gt["n_events"])
+    scalper = np.array(gt["kind"]) == "scalper"  # planted with 5000+ events whatever max_len is
+    assert lens.sum() == 20000 and lens.min() >= 200 and lens[~scalper].max() <= 600
+    for bad, flag in ((["--alpha", "1.0"], "--alpha"), (["--min-len", "1"], "min_len")):
+        with pytest.raises(SystemExit):
+            main(["--events", "20000", "--out", str(tmp_path / "bad")] + bad)
+        assert flag in capsys.readouterr().err
