@@ -26,6 +26,12 @@ The last ``n_targets`` events of a user are its targets. For ``long_term`` users
 ``p_long_target`` of users with at least ``2k + 16`` events) the targets are favourite items, and
 the ``k`` events before the first target contain no item of any long-term category: a model that
 sees only the last ``k`` events cannot predict them, one that sees the whole history can.
+With ``returns > 0`` (off by default) every long-term user also *returns* to its favourites
+inside its history, up to ``returns`` times: a stretch of ``k`` events with no item of a
+long-term category, then one of its favourites (avoiding the planted copies of the target), so the
+training events themselves contain the pattern the long-term targets test. Without it, no
+training event ever has a favourite right after ``k`` events without one, and what a model
+predicts for long-term targets is an extrapolation rather than something it was trained on.
 ``short_term`` users have burst items as targets. ``scalper`` users (a share ``p_scalper``) have
 5000+ events, all ``click``, never ``pay``. ``silent`` users stopped 120-300 days before the end.
 """
@@ -69,6 +75,7 @@ class SynthParams:
     p_long: float = 0.2
     p_long_target: float = 0.5
     p_burst: float = 0.5
+    returns: int = 0  # return episodes per long-term user (module docstring)
     p_scalper: float = 0.0005
     p_silent: float = 0.03
     days: int = 365
@@ -81,6 +88,8 @@ class SynthParams:
         p.n_categories = p.n_categories or int(np.clip(p.n_items // 100, 20, 2000))
         if p.max_len < 2 * p.k + 16 or p.min_len < p.n_targets + 1:
             raise ValueError("need max_len >= 2k + 16 and min_len > n_targets")
+        if p.returns < 0:
+            raise ValueError("need returns >= 0")
         return p
 
 
@@ -180,7 +189,10 @@ def _users(
             "silent": silent, "end": end.astype(np.int64), "start": (end - dur).astype(np.int64)}
 
 
-def _chunk(p: SynthParams, w: _World, u: dict[str, np.ndarray], lo: int, hi: int, rng: np.random.Generator) -> pa.Table:
+def _chunk(
+    p: SynthParams, w: _World, u: dict[str, np.ndarray], lo: int, hi: int, rng: np.random.Generator
+) -> tuple[pa.Table, int]:
+    """Users ``lo .. hi - 1`` as an event table, and the number of return episodes planted."""
     lens = u["lens"][lo:hi]
     n_ev = int(lens.sum())
     uid = np.repeat(np.arange(lo, hi), lens)
@@ -227,6 +239,10 @@ def _chunk(p: SynthParams, w: _World, u: dict[str, np.ndarray], lo: int, hi: int
         for f in (0.1, 0.4, 0.7):
             at = base + (f * hist).astype(np.int64) + jt
             item[at] = u["fav"][long_users, (u["tfav"][long_users] + jt) % N_FAV]
+    n_returns = 0
+    if p.returns:
+        rrng = np.random.default_rng([p.seed, 3 << 20, lo])
+        n_returns = _plant_returns(p, w, u, item, first[long_users - lo], long_users, hist, rrng)
     cat = w.item_cat[item]
     beh = np.searchsorted(np.cumsum(_BEH_P), rng.random(n_ev) * _BEH_P.sum()).astype(np.int8)
     beh = np.minimum(beh, len(BEHAVIORS) - 1)
@@ -257,7 +273,45 @@ def _chunk(p: SynthParams, w: _World, u: dict[str, np.ndarray], lo: int, hi: int
             "attribution_id": pa.array(attr.astype(np.int64)),
             "category_id": pa.array(cat.astype(np.int64) + 1),
         }
-    )
+    ), n_returns
+
+
+def _plant_returns(p: SynthParams, w: _World, u: dict[str, np.ndarray], item: np.ndarray, first: np.ndarray,
+                   users: np.ndarray, hist: np.ndarray, rng: np.random.Generator) -> int:
+    """Plant up to ``p.returns`` return episodes per long-term user into ``item``; returns how many.
+
+    ``item``: [n_ev] internal item IDs of the chunk; ``users``: [n] the chunk's long-term users
+    (global indices); ``first``: [n] offset of each one's first event in ``item``; ``hist``: [n]
+    their number of events before the last-k window. An episode ending at history position ``e``
+    makes events ``e - k .. e - 1`` free of long-term categories and event ``e`` a random
+    favourite. Its ``k + 1`` positions avoid the planted copies of the target (10/40/70 % of
+    ``hist``) and earlier episodes, so a user without that much room gets fewer episodes or none.
+    """
+    k, planted = p.k, 0
+    for uid, base, h in zip(users.tolist(), first.tolist(), hist.tolist()):
+        lt = u["lt"][uid]
+        busy = np.zeros(h, bool)
+        for jt in range(p.n_targets):
+            for f in (0.1, 0.4, 0.7):
+                busy[min(int(f * h) + jt, h - 1)] = True
+        for _ in range(p.returns):
+            c = np.concatenate([[0], np.cumsum(busy)])
+            ends = np.arange(k, h)
+            free = ends[(c[ends + 1] - c[ends - k]) == 0]  # positions e - k .. e all free
+            if len(free) == 0:
+                break
+            e = int(free[rng.integers(0, len(free))])
+            gap = np.arange(base + e - k, base + e)
+            for _ in range(20):
+                bad = gap[np.isin(w.item_cat[item[gap]], lt)]
+                if len(bad) == 0:
+                    break
+                item[bad] = _item_in(w, rng, _cats(w, rng, len(bad)))
+            item[gap[np.isin(w.item_cat[item[gap]], lt)]] = u["burst_items"][uid, 0]
+            item[base + e] = u["fav"][uid, rng.integers(0, N_FAV)]
+            busy[e - k : e + 1] = True
+            planted += 1
+    return planted
 
 
 def _ground_truth(p: SynthParams, w: _World, u: dict[str, np.ndarray], targets: np.ndarray, t_ts: np.ndarray) -> pa.Table:
@@ -297,11 +351,12 @@ def generate(params: SynthParams, out: str | Path) -> dict:
     targets = np.zeros((n_users, p.n_targets), np.int64)
     t_ts = np.zeros(n_users, np.int64)
     cum = np.cumsum(u["lens"])
-    lo, c, total = 0, 0, 0
+    lo, c, total, returns = 0, 0, 0, 0
     while lo < n_users:
         hi = max(lo + 1, int(np.searchsorted(cum, (cum[lo - 1] if lo else 0) + p.chunk_events, side="right")))
         hi = min(hi, n_users)
-        tbl = _chunk(p, w, u, lo, hi, np.random.default_rng([p.seed, c]))
+        tbl, n_ret = _chunk(p, w, u, lo, hi, np.random.default_rng([p.seed, c]))
+        returns += n_ret
         # the targets are the last n_targets events of each user in this chunk
         ends = np.cumsum(u["lens"][lo:hi])
         item_raw = tbl.column("item_id").to_numpy()
@@ -323,6 +378,7 @@ def generate(params: SynthParams, out: str | Path) -> dict:
         "users": n_users,
         "users_by_kind": {"long_term": int(kinds[0]), "short_term": int(kinds[1]), "scalper": int(kinds[2])},
         "silent_users": int(u["silent"].sum()),
+        "return_episodes": returns,
         "max_history": int(u["lens"].max()),
         "files": c,
         "seconds": round(time.time() - t0, 2),
@@ -343,17 +399,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--n-categories", type=int, default=0)
     ap.add_argument("--n-targets", type=int, default=1)
     ap.add_argument("--min-len", type=int, default=20, help="shortest history (power-law scale)")
+    ap.add_argument("--returns", type=int, default=0,
+                    help="return episodes per long-term user: k events without its long-term "
+                         "categories, then a favourite (0: none)")
     ap.add_argument("--alpha", type=float, default=1.2,
                     help="power-law exponent of history lengths (> 1; smaller: more long histories)")
     ns = ap.parse_args(argv)
     if ns.events < 100:
         ap.error("--events must be >= 100")
+    if ns.returns < 0:
+        ap.error("--returns must be >= 0")
     if ns.alpha <= 1.0:
         ap.error("--alpha must be > 1 (the mean history length is min_len * alpha / (alpha - 1))")
     try:
         params = SynthParams(events=ns.events, seed=ns.seed, max_len=ns.max_len, k=ns.k,
                              n_items=ns.n_items, n_categories=ns.n_categories,
-                             n_targets=ns.n_targets, min_len=ns.min_len, alpha=ns.alpha).resolved()
+                             n_targets=ns.n_targets, min_len=ns.min_len, alpha=ns.alpha,
+                             returns=ns.returns).resolved()
     except ValueError as e:
         ap.error(str(e))
     summary = generate(params, ns.out)

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -96,8 +97,6 @@ def test_cli_length_distribution_flags(tmp_path: Path, capsys) -> None:
     naming the flag."""
     import json
 
-    import pytest
-
     from data_prep.synthetic import main
 
     out = tmp_path / "long"
@@ -113,3 +112,51 @@ def test_cli_length_distribution_flags(tmp_path: Path, capsys) -> None:
         with pytest.raises(SystemExit):
             main(["--events", "20000", "--out", str(tmp_path / "bad")] + bad)
         assert flag in capsys.readouterr().err
+
+
+def _returns_per_user(out: Path, k: int) -> tuple[dict, list[int]]:
+    """Ground truth, and per long-term user the number of history positions (before the last-k
+    window) holding a favourite right after k events without a long-term category."""
+    ev = pq.read_table(out / "events")
+    gt = pq.read_table(out / "ground_truth.parquet").to_pydict()
+    user, item, cat, ts = (ev.column(c).to_numpy() for c in ("user_id", "item_id", "category_id", "timestamp"))
+    order = np.lexsort((ts, user))
+    user, item, cat = user[order], item[order], cat[order]
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    ends = np.r_[starts[1:], len(user)]
+    counts = []
+    for i, kind in enumerate(gt["kind"]):
+        if kind != "long_term":
+            continue
+        s0, e0 = starts[i], ends[i]
+        h = e0 - 1 - k - s0  # events before the window (one target)
+        fav = np.isin(item[s0 : s0 + h], gt["long_term_items"][i])
+        lt = np.r_[0, np.cumsum(np.isin(cat[s0 : s0 + h], gt["long_term_categories"][i]))]
+        e = np.arange(k, h)
+        counts.append(int((fav[e] & (lt[e] - lt[e - k] == 0)).sum()))
+        # the long-term target keeps its properties: absent from the window, 3+ copies before it
+        target = gt["target_items"][i][0]
+        assert target not in set(item[e0 - 1 - k : e0 - 1].tolist())
+        assert (item[s0 : s0 + h] == target).sum() >= 3
+    return gt, counts
+
+
+def test_return_episodes_put_the_long_term_pattern_into_training_events(tmp_path: Path) -> None:
+    """Without ``returns`` no history event is a favourite right after k events without a
+    long-term category, so the long-term targets test a pattern no training event shows; with
+    ``returns=3`` each long-term user with room gets up to 3 such episodes, counted in the
+    summary, and the planted target copies survive."""
+    k = 64
+    base = dict(events=120_000, seed=3, max_len=1000, min_len=150, alpha=1.5, k=k, chunk_events=40_000)
+    generate(SynthParams(**base), tmp_path / "off")
+    _, off = _returns_per_user(tmp_path / "off", k)
+    assert len(off) > 50 and sum(off) == 0
+    s = generate(SynthParams(**base, returns=3), tmp_path / "on")
+    gt, on = _returns_per_user(tmp_path / "on", k)
+    assert sum(on) == s["return_episodes"] > len(on)  # more than one per long-term user on average
+    assert max(on) <= 3
+    n_long = [n for n, kd in zip(gt["n_events"], gt["kind"]) if kd == "long_term"]
+    # room for 3 episodes of k + 1 events between the planted copies: every user this long has 3
+    assert all(c == 3 for c, n in zip(on, n_long) if n - 1 - k >= 8 * (k + 2))
+    with pytest.raises(ValueError, match="returns"):
+        SynthParams(events=1000, returns=-1).resolved()
