@@ -89,7 +89,7 @@ class SynthParams:
         if p.max_len < 2 * p.k + 16 or p.min_len < p.n_targets + 1:
             raise ValueError("need max_len >= 2k + 16 and min_len > n_targets")
         if p.returns < 0:
-            raise ValueError("need returns >= 0")
+            raise ValueError(f"need returns >= 0, got {p.returns}")
         return p
 
 
@@ -219,13 +219,7 @@ def _chunk(
     item[idx] = u["burst_items"][uid[idx], rng.integers(0, N_BURST, len(idx))]
     # long-term-target users: no long-term category anywhere in the window
     guard = np.flatnonzero(in_window & (kind == 0) & ~burst_ev)
-    for _ in range(20):
-        bad = guard[~_not_in(w.item_cat[item[guard]], u["lt"][uid[guard]])]
-        if len(bad) == 0:
-            break
-        item[bad] = _item_in(w, rng, _cats(w, rng, len(bad)))
-    bad = guard[~_not_in(w.item_cat[item[guard]], u["lt"][uid[guard]])]
-    item[bad] = u["burst_items"][uid[bad], 0]
+    _clear_long_term(w, rng, item, guard, u["lt"][uid[guard]], u["burst_items"][uid[guard], 0])
     # targets: the last n_targets events. Long-term targets are favourites that recur (planted at
     # 10 %, 40 % and 70 % of the history before the window) but never appear in the window.
     idx = np.flatnonzero(is_target)
@@ -235,14 +229,14 @@ def _chunk(
     long_users = np.flatnonzero(u["kind"][lo:hi] == 0) + lo
     hist = u["lens"][long_users] - p.n_targets - p.k
     base = first[long_users - lo]
-    for jt in range(p.n_targets):
-        for f in (0.1, 0.4, 0.7):
-            at = base + (f * hist).astype(np.int64) + jt
-            item[at] = u["fav"][long_users, (u["tfav"][long_users] + jt) % N_FAV]
+    # [n_long, 3 * n_targets] history positions of the planted copies, target by target
+    plants = np.stack([(f * hist).astype(np.int64) + jt for jt in range(p.n_targets) for f in (0.1, 0.4, 0.7)], 1)
+    for i in range(plants.shape[1]):
+        item[base + plants[:, i]] = u["fav"][long_users, (u["tfav"][long_users] + i // 3) % N_FAV]
     n_returns = 0
     if p.returns:
         rrng = np.random.default_rng([p.seed, 3 << 20, lo])
-        n_returns = _plant_returns(p, w, u, item, first[long_users - lo], long_users, hist, rrng)
+        n_returns = _plant_returns(p, w, u, item, base, long_users, hist, plants, rrng)
     cat = w.item_cat[item]
     beh = np.searchsorted(np.cumsum(_BEH_P), rng.random(n_ev) * _BEH_P.sum()).astype(np.int8)
     beh = np.minimum(beh, len(BEHAVIORS) - 1)
@@ -276,38 +270,47 @@ def _chunk(
     ), n_returns
 
 
+def _clear_long_term(w: _World, rng: np.random.Generator, item: np.ndarray, pos: np.ndarray, lt: np.ndarray,
+                     fallback: np.ndarray) -> None:
+    """Re-draw ``item[pos]`` (in place) until no event is in its user's long-term categories.
+
+    ``pos``: [m] event positions; ``lt``: [m, N_LT] each event's user's long-term categories;
+    ``fallback``: [m] the item (outside those categories) for events still inside after 20 draws.
+    """
+    for _ in range(20):
+        bad = ~_not_in(w.item_cat[item[pos]], lt)
+        if not bad.any():
+            break
+        item[pos[bad]] = _item_in(w, rng, _cats(w, rng, int(bad.sum())))
+    bad = ~_not_in(w.item_cat[item[pos]], lt)
+    item[pos[bad]] = fallback[bad]
+
+
 def _plant_returns(p: SynthParams, w: _World, u: dict[str, np.ndarray], item: np.ndarray, first: np.ndarray,
-                   users: np.ndarray, hist: np.ndarray, rng: np.random.Generator) -> int:
+                   users: np.ndarray, hist: np.ndarray, plants: np.ndarray, rng: np.random.Generator) -> int:
     """Plant up to ``p.returns`` return episodes per long-term user into ``item``; returns how many.
 
     ``item``: [n_ev] internal item IDs of the chunk; ``users``: [n] the chunk's long-term users
     (global indices); ``first``: [n] offset of each one's first event in ``item``; ``hist``: [n]
-    their number of events before the last-k window. An episode ending at history position ``e``
-    makes events ``e - k .. e - 1`` free of long-term categories and event ``e`` a random
-    favourite. Its ``k + 1`` positions avoid the planted copies of the target (10/40/70 % of
-    ``hist``) and earlier episodes, so a user without that much room gets fewer episodes or none.
+    their number of events before the last-k window; ``plants``: [n, 3 * n_targets] history
+    positions of the planted target copies. An episode ending at history position ``e`` makes
+    events ``e - k .. e - 1`` free of long-term categories and event ``e`` a random favourite. Its
+    ``k + 1`` positions avoid the planted copies and earlier episodes, so a user without that much
+    room gets fewer episodes or none.
     """
     k, planted = p.k, 0
-    for uid, base, h in zip(users.tolist(), first.tolist(), hist.tolist()):
-        lt = u["lt"][uid]
+    for uid, base, h, at in zip(users.tolist(), first.tolist(), hist.tolist(), plants):
         busy = np.zeros(h, bool)
-        for jt in range(p.n_targets):
-            for f in (0.1, 0.4, 0.7):
-                busy[min(int(f * h) + jt, h - 1)] = True
+        busy[at[at < h]] = True
+        ends = np.arange(k, h)
         for _ in range(p.returns):
             c = np.concatenate([[0], np.cumsum(busy)])
-            ends = np.arange(k, h)
             free = ends[(c[ends + 1] - c[ends - k]) == 0]  # positions e - k .. e all free
             if len(free) == 0:
                 break
             e = int(free[rng.integers(0, len(free))])
-            gap = np.arange(base + e - k, base + e)
-            for _ in range(20):
-                bad = gap[np.isin(w.item_cat[item[gap]], lt)]
-                if len(bad) == 0:
-                    break
-                item[bad] = _item_in(w, rng, _cats(w, rng, len(bad)))
-            item[gap[np.isin(w.item_cat[item[gap]], lt)]] = u["burst_items"][uid, 0]
+            _clear_long_term(w, rng, item, np.arange(base + e - k, base + e),
+                             np.broadcast_to(u["lt"][uid], (k, N_LT)), np.full(k, u["burst_items"][uid, 0]))
             item[base + e] = u["fav"][uid, rng.integers(0, N_FAV)]
             busy[e - k : e + 1] = True
             planted += 1
@@ -407,8 +410,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     ns = ap.parse_args(argv)
     if ns.events < 100:
         ap.error("--events must be >= 100")
-    if ns.returns < 0:
-        ap.error("--returns must be >= 0")
     if ns.alpha <= 1.0:
         ap.error("--alpha must be > 1 (the mean history length is min_len * alpha / (alpha - 1))")
     try:

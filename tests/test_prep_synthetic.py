@@ -35,20 +35,23 @@ def test_deterministic_given_seed(tmp_path: Path) -> None:
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
+def _events_by_user(out: Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ground truth and the events of a generated dataset in (user, time) order: user, item and
+    category columns [n_events], and each user's first / past-the-end event index [n_users]."""
+    ev = pq.read_table(out / "events")
+    gt = pq.read_table(out / "ground_truth.parquet").to_pydict()
+    user, item, cat, ts = (ev.column(c).to_numpy() for c in ("user_id", "item_id", "category_id", "timestamp"))
+    order = np.lexsort((ts, user))  # the generator writes users in time order already; be safe
+    user, item, cat = user[order], item[order], cat[order]
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    return gt, user, item, cat, starts, np.r_[starts[1:], len(user)]
+
+
 def test_long_term_targets_absent_from_last_k(tmp_path: Path) -> None:
     k = 64
     s = generate(SynthParams(events=200_000, seed=1, max_len=12288, k=k, chunk_events=50_000), tmp_path / "s")
     assert s["max_history"] >= 12_000 and s["files"] > 1
-    ev = pq.read_table(tmp_path / "s" / "events")
-    gt = pq.read_table(tmp_path / "s" / "ground_truth.parquet").to_pydict()
-    user = ev.column("user_id").to_numpy()
-    item = ev.column("item_id").to_numpy()
-    cat = ev.column("category_id").to_numpy()
-    ts = ev.column("timestamp").to_numpy()
-    order = np.lexsort((ts, user))  # the generator writes users in time order already; be safe
-    user, item, cat, ts = user[order], item[order], cat[order], ts[order]
-    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
-    ends = np.r_[starts[1:], len(user)]
+    gt, user, item, cat, starts, ends = _events_by_user(tmp_path / "s")
     n_long = 0
     for i, u in enumerate(gt["user_id"]):
         s0, e0 = starts[i], ends[i]
@@ -117,13 +120,7 @@ def test_cli_length_distribution_flags(tmp_path: Path, capsys) -> None:
 def _returns_per_user(out: Path, k: int) -> tuple[dict, list[int]]:
     """Ground truth, and per long-term user the number of history positions (before the last-k
     window) holding a favourite right after k events without a long-term category."""
-    ev = pq.read_table(out / "events")
-    gt = pq.read_table(out / "ground_truth.parquet").to_pydict()
-    user, item, cat, ts = (ev.column(c).to_numpy() for c in ("user_id", "item_id", "category_id", "timestamp"))
-    order = np.lexsort((ts, user))
-    user, item, cat = user[order], item[order], cat[order]
-    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
-    ends = np.r_[starts[1:], len(user)]
+    gt, _, item, cat, starts, ends = _events_by_user(out)
     counts = []
     for i, kind in enumerate(gt["kind"]):
         if kind != "long_term":
