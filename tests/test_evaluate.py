@@ -206,6 +206,8 @@ def test_eval_config_validation_and_routing() -> None:
         load_eval_config(None, ["split=train"])
     with pytest.raises(ConfigError, match=r"plot_metrics\[0\]: 'hr@3' is not a computed metric"):
         load_eval_config(None, ["plot_metrics=[hr@3]"])
+    with pytest.raises(ConfigError, match="threads: 0 must be >= 1"):
+        load_eval_config(None, ["threads=0"])
     assert load_eval_config("configs/eval/default.yaml", [])[0] == EvalConfig()
     # generative-recommenders' protocol: the default with the model-input history left out
     assert load_eval_config("configs/eval/published.yaml", [])[0] == EvalConfig(remove_history=True)
@@ -287,13 +289,15 @@ def test_one_and_two_ranks_identical_and_report(trained: tuple[Path, Path], two_
     # 1 rank through the CLI (report files), 2 ranks through the job function
     out = tmp_path / "report"
     argv = ["--checkpoint", str(run), "--checkpoint", str(run), "--model", str(run.parent / "export" / "model.pt"),
-            "--name", "a", "--name", "b", "--name", "exported", "--data", str(data), "--out", str(out), *overrides]
+            "--name", "a", "--name", "b", "--name", "exported", "--data", str(data), "--out", str(out),
+            *overrides, "threads=1"]
     run_distributed(_cli_body, 1, (argv, str(tmp_path / "cli")))
     assert (tmp_path / "cli.rc0").read_text() == "0"
     doc = json.loads((out / "metrics.json").read_text())
     two = json.loads((two_ranks / "two.json").read_text())
     one = doc["models"]["a"]
     assert one["timing"]["world_size"] == 1 and two["timing"]["world_size"] == 2
+    assert one["timing"]["threads"] == 1  # the `threads` key reached torch.set_num_threads
     assert one["overall"]["examples"] == 23 == two["counts"]["users_eligible"]
     # identical: the ranks are exact integers, so hit rates and counts are equal exactly; means of
     # ndcg/mrr/auc are float64 sums in another order across ranks (equal to ~1e-16)

@@ -10,8 +10,8 @@ mrr, auc), OUT_DIR/report.md (Markdown tables) and OUT_DIR/length_buckets.png (m
 history-length bucket, one line per model). Several --checkpoint arguments give one side-by-side
 report. Runs on one process or under torchrun/TorchX (``launch/components.py:evaluate``): the item
 table is row-wise sharded and every rank scores its own rows. Overrides: evaluation keys
-(``split=valid``, ``max_batches=10``, ``segments.side_file=users.parquet``,
-``segments.cold_start_max_history=10``) or the checkpoint's job config (``data.batch_size=256``).
+(``split=valid``, ``max_batches=10``, ``threads=1`` beside a training job,
+``segments.side_file=users.parquet``, ``segments.cold_start_max_history=10``) or the checkpoint's job config (``data.batch_size=256``).
 Exit codes: 0 ok, 2 bad config/arguments, 3 bad input (vocabulary mismatch, no eligible users,
 bad side file, missing checkpoint).
 """
@@ -67,6 +67,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"hytrec-eval: config error: {exc}", file=sys.stderr)
         return 2
+    if ecfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(ecfg.threads)
     from pathlib import Path
 
     names = args.name or ([model_name(c) for c in args.checkpoint]

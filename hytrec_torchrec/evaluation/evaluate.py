@@ -79,6 +79,10 @@ class EvalConfig:
         max_batches: evaluate at most this many batches per rank (``None``: the whole split).
         remove_history: leave the items of each user's (truncated, ``data.max_len``) history out
             of the ranking. Default false: the published HSTU/SASRec protocol keeps them.
+        threads: intra-op CPU threads per process (``torch.set_num_threads``; ``None``: torch's
+            default, or ``OMP_NUM_THREADS``). Set 1 when evaluating beside a training job on the
+            same cores: oversubscribed OpenMP threads spin-wait, and on the 2-core VM next to a
+            2-rank training job the default ran ~10x slower (docs/evaluation.md, "Threads").
         segments: segment thresholds and the optional side file (:class:`SegmentConfig`).
         plot_metrics: metrics drawn against the history-length bucket in the PNG plot.
         table_metrics: metrics of the per-segment Markdown table.
@@ -89,6 +93,7 @@ class EvalConfig:
     batch_size: Optional[int] = None
     max_batches: Optional[int] = None
     remove_history: bool = False
+    threads: Optional[int] = None
     segments: SegmentConfig = field(default_factory=SegmentConfig)
     plot_metrics: List[str] = field(default_factory=lambda: ["hr@10", "ndcg@10"])
     table_metrics: List[str] = field(default_factory=lambda: ["hr@10", "ndcg@10", "hr@200", "mrr", "auc"])
@@ -103,6 +108,8 @@ class EvalConfig:
             check_range("batch_size", self.batch_size, 1)
         if self.max_batches is not None:
             check_range("max_batches", self.max_batches, 1)
+        if self.threads is not None:
+            check_range("threads", self.threads, 1)
         known = {f"hr@{k}" for k in self.ks} | {f"ndcg@{k}" for k in self.ks} | {"mrr", "auc"}
         for key in ("plot_metrics", "table_metrics"):
             for i, m in enumerate(getattr(self, key)):
@@ -251,7 +258,7 @@ def _result(results: Dict[str, Any], counts: Dict[str, int], catalog: int, segme
         },
         "vocab_check": vocab_check,
         "side_file": side,
-        "timing": {"world_size": env.world_size, "load_s": round(t_load, 3), "eval_s": round(t_eval, 3),
+        "timing": {"world_size": env.world_size, "threads": torch.get_num_threads(), "load_s": round(t_load, 3), "eval_s": round(t_eval, 3),
                    "examples_per_s": round(examples / t_eval, 1) if t_eval > 0 else math.nan},
     }
 
