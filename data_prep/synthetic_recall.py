@@ -11,9 +11,11 @@ Every user has ``favourites`` items (F, distinct, user-specific, uniform over th
 visits in a fixed cyclic order, one every ``spacing`` (s) events: events ``phase, phase + s, ...``
 are favourite slots and slot ``j`` holds favourite ``(c0 + j) mod F``. With ``F * s > k`` a
 favourite's previous visit is ``F * s`` events back, outside the last ``k``: a model that sees only
-the last ``k`` events knows a favourite is due (the slots are regular) but not which one (the
-``k // s`` favourites in its window are exactly the ones that are *not* next); a model that sees
-the whole history can read it off. Every other event is background: half from the user's current
+the last ``k`` events cannot tell which favourite is next (the ``k // s`` favourites in its window
+are exactly the ones that are *not* next, and each appears there once, so nothing in the window
+marks them as favourites); a model that sees the whole history can read it off, but only by
+position: favourites are not the far history's most frequent items (popular and past-interest
+items are), their period is what identifies them (``benchmarks/recall_heuristics.py``). Every other event is background: half from the user's current
 interest (4 items, re-drawn every ``regime`` events; what a short window predicts) and half from a
 Zipf-like popularity over the catalog; a background draw that hits one of the user's favourites
 is re-drawn, so favourites occur only in their slots.

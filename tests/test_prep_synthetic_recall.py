@@ -91,3 +91,18 @@ def test_cli_rejects_a_window_that_holds_the_next_favourite(tmp_path: Path, caps
     assert "must exceed k = 64" in capsys.readouterr().err
     assert main(["--users", "10", "--out", str(tmp_path / "y"), "--min-len", "120", "--max-len", "150"]) == 0
     assert (tmp_path / "y" / "segments.parquet").exists()
+
+
+def test_reference_rankers_what_the_recall_target_needs(tmp_path: Path) -> None:
+    """benchmarks/recall_heuristics.py on a small sample: no count over the last k events finds a
+    recall target (it is never in the window), the generator's period finds every one in its top
+    10, and nothing periodic is predicted for background targets."""
+    from benchmarks.recall_heuristics import evaluate
+
+    generate(RecallParams(users=120, seed=5, min_len=200, max_len=400), tmp_path)  # >= 2 earlier visits
+    res = evaluate(tmp_path, k=64, period=96)
+    assert res["recall"]["window_freq"]["hr@10"] == 0.0
+    assert res["recall"]["periodic"]["hr@10"] == 1.0 and res["recall"]["periodic"]["hr@1"] > 0.5
+    assert res["other"]["periodic"]["hr@10"] == 0.0
+    assert res["other"]["window_freq"]["hr@10"] > 0.2  # the current interest, counted in the window
+    assert res["recall"]["window_freq"]["users"] + res["other"]["window_freq"]["users"] == 120
