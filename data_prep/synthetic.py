@@ -102,6 +102,33 @@ class _World:
     item_cat: np.ndarray
 
 
+def events_table(user_id: np.ndarray, item_id: np.ndarray, timestamp: np.ndarray, behavior: np.ndarray,
+                 attribution_id: np.ndarray, category_id: np.ndarray) -> pa.Table:
+    """Events in the raw schema (SPEC §3.1), one ``[N]`` array per column: raw IDs and Unix-second
+    timestamps (int64) and ``behavior`` as int8 codes into :data:`BEHAVIORS` (written
+    dictionary-encoded). Shared by the generators of this package."""
+    return pa.table({
+        "user_id": pa.array(user_id),
+        "item_id": pa.array(item_id),
+        "timestamp": pa.array(timestamp),
+        "behavior": pa.DictionaryArray.from_arrays(pa.array(behavior), pa.array(BEHAVIORS)),
+        "attribution_id": pa.array(attribution_id),
+        "category_id": pa.array(category_id),
+    })
+
+
+def list_column(a: np.ndarray) -> pa.Array:
+    """A ``[n, m]`` array as a list column of ``n`` rows of ``m`` values."""
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, a.size + 1, a.shape[1], dtype=np.int32)), pa.array(a.ravel()))
+
+
+def clear_events_dir(out: Path) -> None:
+    """Create ``out/events`` and remove ``part-*.parquet`` files a previous run left there."""
+    (out / "events").mkdir(parents=True, exist_ok=True)
+    for old in (out / "events").glob("part-*.parquet"):
+        old.unlink()
+
+
 def _world(p: SynthParams, rng: np.random.Generator) -> _World:
     c = p.n_categories
     pop = 1.0 / np.arange(1, c + 1) ** 0.8
@@ -258,16 +285,8 @@ def _chunk(
     lo_t = np.where(tail, split, start)
     hi_t = np.where(tail, end, split)
     ts = (lo_t + frac * (hi_t - lo_t)).astype(np.int64)
-    return pa.table(
-        {
-            "user_id": pa.array(uid.astype(np.int64) + 1),
-            "item_id": pa.array(w.item_raw[item]),
-            "timestamp": pa.array(ts),
-            "behavior": pa.DictionaryArray.from_arrays(pa.array(beh), pa.array(BEHAVIORS)),
-            "attribution_id": pa.array(attr.astype(np.int64)),
-            "category_id": pa.array(cat.astype(np.int64) + 1),
-        }
-    ), n_returns
+    return events_table(uid.astype(np.int64) + 1, w.item_raw[item], ts, beh, attr.astype(np.int64),
+                        cat.astype(np.int64) + 1), n_returns
 
 
 def _clear_long_term(w: _World, rng: np.random.Generator, item: np.ndarray, pos: np.ndarray, lt: np.ndarray,
@@ -319,21 +338,17 @@ def _plant_returns(p: SynthParams, w: _World, u: dict[str, np.ndarray], item: np
 
 def _ground_truth(p: SynthParams, w: _World, u: dict[str, np.ndarray], targets: np.ndarray, t_ts: np.ndarray) -> pa.Table:
     n = len(u["lens"])
-
-    def lists(a: np.ndarray) -> pa.Array:
-        return pa.ListArray.from_arrays(pa.array(np.arange(0, a.size + 1, a.shape[1], dtype=np.int32)), pa.array(a.ravel()))
-
     return pa.table(
         {
             "user_id": pa.array(np.arange(n, dtype=np.int64) + 1),
             "kind": pa.array(np.array(["long_term", "short_term", "scalper"])[u["kind"]]),
             "n_events": pa.array(u["lens"].astype(np.int64)),
             "silent": pa.array(u["silent"]),
-            "long_term_categories": lists(u["lt"].astype(np.int64) + 1),
-            "long_term_items": lists(w.item_raw[u["fav"]]),
+            "long_term_categories": list_column(u["lt"].astype(np.int64) + 1),
+            "long_term_items": list_column(w.item_raw[u["fav"]]),
             "burst_category": pa.array(u["burst"].astype(np.int64) + 1),
-            "burst_items": lists(w.item_raw[u["burst_items"]]),
-            "target_items": lists(w.item_raw[targets]),
+            "burst_items": list_column(w.item_raw[u["burst_items"]]),
+            "target_items": list_column(w.item_raw[targets]),
             "first_target_timestamp": pa.array(t_ts),
         }
     )
@@ -344,9 +359,7 @@ def generate(params: SynthParams, out: str | Path) -> dict:
     t0 = time.time()
     p = params.resolved()
     out = Path(out)
-    (out / "events").mkdir(parents=True, exist_ok=True)
-    for old in (out / "events").glob("part-*.parquet"):
-        old.unlink()
+    clear_events_dir(out)
     rng = np.random.default_rng([p.seed, 1 << 20])
     w = _world(p, rng)
     u = _users(p, w, *_lengths(p, rng), rng)

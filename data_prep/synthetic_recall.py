@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_prep.synthetic import BEHAVIORS, DAY, T_END
+from data_prep.synthetic import DAY, T_END, clear_events_dir, events_table, list_column
 
 __all__ = ["RecallParams", "generate"]
 
@@ -158,31 +158,23 @@ def generate(params: RecallParams, out: str | Path) -> dict:
     t0 = time.time()
     p = params.validate()
     out = Path(out)
-    (out / "events").mkdir(parents=True, exist_ok=True)
-    for old in (out / "events").glob("part-*.parquet"):
-        old.unlink()
+    clear_events_dir(out)
     rng = np.random.default_rng([p.seed, 7 << 20])
     e = _events(p, rng)
     n_ev = len(e["uid"])
     item_raw = e["item"].astype(np.int64) + 100_000
     beh = np.zeros(n_ev, np.int8)  # all clicks
     user_id = np.arange(p.users, dtype=np.int64) + 1
-    pq.write_table(pa.table({
-        "user_id": pa.array(e["uid"].astype(np.int64) + 1),
-        "item_id": pa.array(item_raw),
-        "timestamp": pa.array(e["ts"]),
-        "behavior": pa.DictionaryArray.from_arrays(pa.array(beh), pa.array(BEHAVIORS)),
-        "attribution_id": pa.array(np.zeros(n_ev, np.int64)),
-        "category_id": pa.array(e["item"].astype(np.int64) // 100 + 1),
-    }), out / "events" / "part-00000.parquet", compression="snappy")
+    pq.write_table(events_table(e["uid"].astype(np.int64) + 1, item_raw, e["ts"], beh, np.zeros(n_ev, np.int64),
+                                e["item"].astype(np.int64) // 100 + 1),
+                   out / "events" / "part-00000.parquet", compression="snappy")
     kind = np.where(e["recall"], "recall", "other")
     fav_raw = e["fav"].astype(np.int64) + 100_000
     pq.write_table(pa.table({
         "user_id": pa.array(user_id),
         "kind": pa.array(kind),
         "n_events": pa.array(e["lens"].astype(np.int64)),
-        "favourites": pa.ListArray.from_arrays(pa.array(np.arange(0, fav_raw.size + 1, p.favourites, dtype=np.int32)),
-                                               pa.array(fav_raw.ravel())),
+        "favourites": list_column(fav_raw),
         "target_item": pa.array(item_raw[e["last"]]),
     }), out / "ground_truth.parquet")
     pq.write_table(pa.table({"user_id": pa.array(user_id), "kind": pa.array(kind)}), out / "segments.parquet")
