@@ -84,7 +84,7 @@ def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str) -> 
             f"- **{r['name']}** (`{r['checkpoint']}`): {c['users_eligible']} eligible users of "
             f"{c['users_total']} ({c['users_ineligible']} ineligible), {c['examples_evaluated']} "
             f"evaluated, {c['examples_skipped_by_max_batches']} skipped by `max_batches`; "
-            f"{r['timing']['world_size']} rank(s) × {r['timing'].get('threads', '?')} thread(s), "
+            f"{r['timing']['world_size']} rank(s) × {r['timing']['threads']} thread(s), "
             f"{r['timing']['eval_s']:.1f} s "
             f"({r['timing']['examples_per_s']:.0f} users/s)")
         side = r.get("side_file") or {}
