@@ -33,9 +33,9 @@ from torch.nn.parallel import DistributedDataParallel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_time_bias import histories, ml1m_tower  # noqa: E402
 from bench_tower import interleaved_medians  # noqa: E402
-from hytrec_torchrec.config import from_dict  # noqa: E402
-from hytrec_torchrec.modules import HyTRecTower, TowerConfig  # noqa: E402
+from hytrec_torchrec.modules import HyTRecTower  # noqa: E402
 
 
 class AllPositions(torch.nn.Module):
@@ -53,16 +53,8 @@ class AllPositions(torch.nn.Module):
 
 def ddp_case(find_unused: bool, b: int, length: int) -> Callable[[bool], None]:
     """fn(backward): one DDP-wrapped all-position forward + backward on B histories of length L."""
-    cfg = from_dict(TowerConfig, dict(
-        embedding_dim=64, features=["item"], heads=2, short_len=0, long_pattern="SS",
-        position_bias=200, time_bias=64, dropout=0.2, similarity="cosine"))
-    torch.manual_seed(0)
-    ddp = DistributedDataParallel(AllPositions(HyTRecTower(cfg).train()), find_unused_parameters=find_unused)
-    offsets = torch.arange(b + 1, dtype=torch.int64) * length
-    x = torch.randn(b * length, 64)
-    gen = torch.Generator().manual_seed(1)
-    ts = (10**9 + torch.randint(0, 86_400, (b, length), generator=gen).sort(dim=1).values).flatten()
-    tc = torch.full((b,), 10**9 + 86_400, dtype=torch.int64)
+    ddp = DistributedDataParallel(AllPositions(ml1m_tower("SS", 0, 64)), find_unused_parameters=find_unused)
+    x, offsets, ts, tc = histories(b, length, requires_grad=False)
 
     def run(backward: bool) -> None:
         assert backward, "timed with backward only"

@@ -21,7 +21,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -35,21 +35,32 @@ from hytrec_torchrec.modules import HyTRecTower, TowerConfig  # noqa: E402
 TOWERS = {"TTTS+K64": ("TTTS", 64), "SS": ("SS", 0)}
 
 
-def tower_case(pattern: str, short: int, time_bias: int, b: int, length: int) -> Callable[[bool], None]:
-    """Return fn(backward) running one forward_all_positions (+ backward) on B histories of length L."""
+def ml1m_tower(pattern: str, short: int, time_bias: int) -> HyTRecTower:
+    """The tower of ``configs/ml1m_ap.yaml``'s shape (D=64, 2 heads, ``position_bias`` 200, dropout
+    0.2, cosine) with the given long pattern, short window and time bias; seeded, in train mode."""
     cfg = from_dict(TowerConfig, dict(
         embedding_dim=64, features=["item"], heads=2, short_len=short, long_pattern=pattern,
         position_bias=200, time_bias=time_bias, dropout=0.2, similarity="cosine",
         tadn=dict(decay_period=2592000.0)))
     torch.manual_seed(0)
-    tower = HyTRecTower(cfg).train()
-    n = b * length
+    return HyTRecTower(cfg).train()
+
+
+def histories(b: int, length: int, requires_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """B histories of L events: item rows ``x [B·L, 64]``, ``offsets [B+1]``, timestamps ``[B·L]``
+    (gaps of 0 s to a day, sorted within each history) and request times ``[B]``."""
     offsets = torch.arange(b + 1, dtype=torch.int64) * length
-    x = torch.randn(n, 64, requires_grad=True)
+    x = torch.randn(b * length, 64, requires_grad=requires_grad)
     gen = torch.Generator().manual_seed(1)
-    # gaps of 0 s to a day, sorted within each history
     ts = (10**9 + torch.randint(0, 86_400, (b, length), generator=gen).sort(dim=1).values).flatten()
     tc = torch.full((b,), 10**9 + 86_400, dtype=torch.int64)
+    return x, offsets, ts, tc
+
+
+def tower_case(pattern: str, short: int, time_bias: int, b: int, length: int) -> Callable[[bool], None]:
+    """Return fn(backward) running one forward_all_positions (+ backward) on B histories of length L."""
+    tower = ml1m_tower(pattern, short, time_bias)
+    x, offsets, ts, tc = histories(b, length, requires_grad=True)
 
     def run(backward: bool) -> None:
         x.grad = None
