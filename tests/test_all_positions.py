@@ -51,6 +51,9 @@ def _batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
     # gaps measured from the predicted event's time (HSTU's choice), both branches and one
     dict(long_pattern="SS", short_len=4, position_bias=6, time_bias=24, time_query="next"),
     dict(long_pattern="S", short_len=0, time_bias=40, time_query="next"),
+    # stacked sliding-window short branch: receptive field 3·(4−1)+1 = 10 < the 14-row history
+    dict(long_pattern="", short_len=4, short_layers=3),
+    dict(long_pattern="SS", short_len=4, short_layers=2, position_bias=6, time_bias=24, time_query="next"),
 ])
 def test_rows_equal_the_per_cutoff_tower_without_tadn(kw: dict) -> None:
     torch.manual_seed(0)
@@ -407,3 +410,19 @@ def test_epoch_stats_count_every_supervised_position(tmp_path) -> None:
     assert st["supervised_positions"] == st["history_events"] == expected
     per_cutoff = read_epoch(make_dataloader(cfg, shard=shard)).as_dict()  # counted as per-cutoff
     assert per_cutoff["supervised_positions"] == per_cutoff["target_events"] == per_cutoff["examples"]
+
+
+def test_a_stacked_short_branch_reads_exactly_its_receptive_field() -> None:
+    """With L short layers of window K the user embedding depends on the last L·(K−1)+1 events
+    (short-only tower): changing the event just outside that changes nothing, the one just
+    inside changes it."""
+    torch.manual_seed(7)
+    tower = HyTRecTower(_cfg(long_pattern="", short_len=4, short_layers=3)).eval()
+    x, off, ts, tc = _batch([14], seed=4)
+    base = tower({"item": x}, off, ts, tc)
+    reach = 3 * (4 - 1) + 1
+    for row, seen in ((14 - reach - 1, False), (14 - reach, True)):
+        x2 = x.clone()
+        x2[row] += torch.randn(16)  # not a constant shift, which the LayerNorms remove
+        moved = (tower({"item": x2}, off, ts, tc) - base).abs().max().item()
+        assert (moved > 1e-4) == seen, (row, moved)

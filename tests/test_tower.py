@@ -84,9 +84,10 @@ def test_timestamps_matter_only_through_the_temporal_gate():
         torch.testing.assert_close(plain(feats, off, ts, tc), plain(feats, off, ts - 50_000, tc))
 
 
-def test_scripted_tower_equals_eager():
+@pytest.mark.parametrize("kw", [dict(), dict(short_layers=3)], ids=["one_short_layer", "three_short_layers"])
+def test_scripted_tower_equals_eager(kw):
     torch.manual_seed(0)
-    tower = HyTRecTower(small_cfg(long_pattern="TTTS", feature_combine="concat")).eval()
+    tower = HyTRecTower(small_cfg(long_pattern="TTTS", feature_combine="concat", **kw)).eval()
     feats, off, ts, tc = batch([0, 3, 40, 17, 8], seed=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -127,6 +128,7 @@ def test_model_config_examples_cover_the_baselines():
         (dict(time_bias=-1), "time_bias"),
         (dict(time_bias=500), "time_bias"),
         (dict(time_query="target"), "time_query"),
+        (dict(short_layers=0), "short_layers"),
     ],
 )
 def test_config_errors_name_the_key(override, key):

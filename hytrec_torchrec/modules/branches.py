@@ -96,36 +96,60 @@ class LongBranch(nn.Module):
 class ShortBranch(nn.Module):
     """Multi-head softmax self-attention over the last K events; the last event is the query.
 
-    Forward: ``x [N_short, D]`` (the last ≤K rows of each sequence), ``offsets [B+1]``, ``ts [N_short]``
-    int64 event timestamps and optional query times ``qts [N_short]`` → ``[B, D]``.
-    The attention has a sliding window of K rows, so :meth:`forward_rows` over whole histories
-    gives every row exactly the output :meth:`forward` gives for the K events ending there.
+    Forward: ``x [N_short, D]`` (the last ≤R rows of each sequence, R = :attr:`receptive_field`),
+    ``offsets [B+1]``, ``ts [N_short]`` int64 event timestamps and optional query times
+    ``qts [N_short]`` → ``[B, D]``. Every layer's attention has a sliding window of K rows, so
+    :meth:`forward_rows` over whole histories gives every row exactly the output :meth:`forward`
+    gives for the R events ending there. With one layer (SPEC §4) R = K; each further layer
+    (``layers`` > 1) widens it by K − 1.
+
+    The first layer is ``block`` and any further ones ``extra_blocks`` (so checkpoints of
+    one-layer branches keep their parameter names).
     """
 
     def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float, window: int,
-                 position_bias: int = 0, time_bias: int = 0) -> None:
+                 position_bias: int = 0, time_bias: int = 0, layers: int = 1) -> None:
         super().__init__()
-        # group_waste = inf: K is small, so one padded [B, K] group is cheapest.
-        mixer = SoftmaxMixer(dim, heads, float("inf"), dropout, window, min(position_bias, window), time_bias)
-        self.block = Block(mixer, dim, ffn_mult, dropout)
+        if layers < 1:
+            raise ValueError(f"ShortBranch needs at least one layer, got {layers}")
+
+        def make() -> Block:
+            # group_waste = inf: K is small, so one padded [B, K] group is cheapest.
+            mixer = SoftmaxMixer(dim, heads, float("inf"), dropout, window, min(position_bias, window), time_bias)
+            return Block(mixer, dim, ffn_mult, dropout)
+
+        self.block = make()
+        self.extra_blocks = nn.ModuleList([make() for _ in range(layers - 1)])
         self.norm = nn.LayerNorm(dim)
         self.empty = nn.Parameter(torch.zeros(dim))
+        self.receptive_field = layers * (window - 1) + 1
+
+    def _run(self, x: torch.Tensor, off: torch.Tensor, ts: torch.Tensor, qts: Optional[torch.Tensor],
+             last_only: bool) -> torch.Tensor:
+        """All layers over non-empty sequences ``x [N, D]``; only the final one may be ``last_only``."""
+        seg = segment_ids(off, x.shape[0])
+        zeros = x.new_zeros(x.shape[0])
+        n_extra = len(self.extra_blocks)
+        x = self.block(x, off, seg, zeros, last_only and n_extra == 0, False, ts, qts)
+        i = 0
+        for blk in self.extra_blocks:
+            i += 1
+            x = blk(x, off, seg, zeros, last_only and i == n_extra, False, ts, qts)
+        return x
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor,
                 qts: Optional[torch.Tensor] = None) -> torch.Tensor:
         nonempty, sel, off = _drop_empty(offsets)
         if sel.numel() == 0:
             return self.empty.unsqueeze(0).expand(nonempty.shape[0], x.shape[1])
-        seg = segment_ids(off, x.shape[0])
-        y = self.block(x, off, seg, x.new_zeros(x.shape[0]), True, False, ts, qts)
+        y = self._run(x, off, ts, qts, True)
         return _restore_empty(self.norm(y), nonempty, sel, self.empty)
 
     def forward_rows(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor,
                      qts: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Every row's output ``[N, D]`` over whole histories ``x [N, D]``: row ``r`` attends to the
-        K rows ending at ``r`` (exactly :meth:`forward` for a history ending at ``r``)."""
+        """Every row's output ``[N, D]`` over whole histories ``x [N, D]``: row ``r`` depends on
+        the R rows ending at ``r`` only (exactly :meth:`forward` for a history ending at ``r``)."""
         _, _, off = _drop_empty(offsets)
         if x.shape[0] == 0:
             return self.norm(x)
-        seg = segment_ids(off, x.shape[0])
-        return self.norm(self.block(x, off, seg, x.new_zeros(x.shape[0]), False, False, ts, qts))
+        return self.norm(self._run(x, off, ts, qts, False))

@@ -72,6 +72,12 @@ class TowerConfig:
     short_len: int = 64
     """K: the short branch sees the last K events, the long branch the rest; 0 disables the short branch."""
     short_heads: int = 2
+    short_layers: int = 1
+    """Softmax layers in the short branch (SPEC §4: 1). Each attends over a sliding window of
+    ``short_len`` rows, so with L layers the branch output for the last event depends on its last
+    L·(K−1)+1 events (the receptive field), which :meth:`HyTRecTower.forward` feeds it; the long
+    branch still takes everything before the last K. L > 1 is a documented extension
+    (docs/tower.md "Deeper short branch"), not part of the paper's design."""
     long_pattern: str = "TTTS"
     """One letter per long-branch layer: T = TADN, S = causal softmax; empty disables the branch."""
     heads: int = 2
@@ -114,6 +120,7 @@ class TowerConfig:
         check_choice("feature_combine", self.feature_combine, ("sum", "concat"))
         check_range("short_len", self.short_len, 0)
         check_range("short_heads", self.short_heads, 1)
+        check_range("short_layers", self.short_layers, 1)
         bad = sorted(set(self.long_pattern) - {"T", "S"})
         if bad:
             raise ConfigError(f"long_pattern: {self.long_pattern!r} has letters {bad}; use only T (TADN) and S (softmax)")

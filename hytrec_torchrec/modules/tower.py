@@ -1,7 +1,8 @@
 """The HyTRec tower: jagged per-feature embeddings → user embedding ``[B, D]``.
 
 Pipeline: combine feature embeddings into tokens ``h [N, D]`` (sum, or concat + projection);
-split each history into long part (all but the last K events) and short part (the last K);
+split each history into long part (all but the last K events) and short part (the last K, or
+with ``short_layers`` L > 1 the last L·(K−1)+1 that the stacked sliding windows reach);
 long part → :class:`LongBranch` (TADN/softmax pattern, temporal decay τ from timestamps);
 short part → :class:`ShortBranch`; both → :class:`MoEFusion`. Pure PyTorch (no torchrec), and
 TorchScript-scriptable (``torch.jit.script(tower)``).
@@ -94,8 +95,10 @@ class HyTRecTower(nn.Module):
             if self.has_long else nn.Identity()
         )
         self.short = (ShortBranch(d, cfg.short_heads, cfg.ffn_mult, cfg.dropout, cfg.short_len, cfg.position_bias,
-                                  cfg.time_bias)
+                                  cfg.time_bias, cfg.short_layers)
                       if self.has_short else nn.Identity())
+        # rows the short branch reads: the last K, or its receptive field when it has several layers
+        self.short_input = cfg.short_layers * (cfg.short_len - 1) + 1 if self.has_short else 0
         n_branches = int(self.has_long) + int(self.has_short)
         self.fusion = MoEFusion(n_branches, d, cfg.fusion.num_experts, cfg.fusion.hidden_dim or d)
         self.dim = d
@@ -140,6 +143,8 @@ class HyTRecTower(nn.Module):
                 lq = nt[head_rows + self.short_len] if self.has_short else nt
             branches.append(self.long(h[head_rows], head_off, tau[head_rows], timestamps[head_rows], lq))
         if self.has_short:
+            if self.short_input > self.short_len:  # several short layers: their receptive field
+                _, _, tail_rows, tail_off = split_tail(offsets, self.short_input)
             sq: Optional[torch.Tensor] = None
             if nt is not None:
                 sq = nt[tail_rows]
