@@ -249,6 +249,7 @@ def _eval_body(rank: int, world: int, ckpt: str, data: str, out: str, overrides:
     except ConfigError as exc:
         res["train_on_valid_error"] = str(exc)
     if rank == 0:
+        res["example_ranks"] = {c: v.tolist() for c, v in res["example_ranks"].items()}
         Path(out).write_text(json.dumps(res))
     _topk_body(rank, world, str(Path(out).parent))
 
@@ -328,6 +329,22 @@ def test_one_and_two_ranks_identical_and_report(trained: tuple[Path, Path], two_
         "split: 'valid' is not held out for this model: it was trained with data.train_on_valid=true")
     png = (out / "length_buckets.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # per-example ranks: the 2-rank gather holds the 1-rank run's examples and ranks exactly
+    from hytrec_torchrec.evaluation.paired import align, read_ranks
+
+    ranks = read_ranks(out)
+    assert list(ranks) == ["a", "b", "exported"]
+    gathered = {c: np.asarray(v, dtype=np.int64) for c, v in two["example_ranks"].items()}
+    assert len(gathered["rank"]) == 23
+    ia, ib = align(ranks["a"], gathered)
+    for c in ("rank", "catalog"):
+        np.testing.assert_array_equal(ranks["a"][c][ia], gathered[c][ib])
+    assert one["overall"]["hr@10"] == pytest.approx(float((ranks["a"]["rank"] <= 10).mean()), abs=1e-12)
+    # b and the export are the same model as a: every paired difference is 0
+    assert [p["model"] for p in doc["paired"]] == ["b", "exported"]
+    for p in doc["paired"]:
+        assert p["hr@10"]["diff"] == 0 and p["hr@10"]["b_only"] == p["hr@10"]["a_only"] == 0
+    assert "## Paired differences" in report
 
 
 def test_bad_input_vocab_mismatch(trained: tuple[Path, Path], tmp_path: Path) -> None:

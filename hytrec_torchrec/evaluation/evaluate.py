@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -212,13 +213,28 @@ def _open_split(data_cfg: Any, ecfg: EvalConfig, env: Any, data_path: str | Path
     return loader, counts
 
 
+def _gather_examples(parts: Dict[str, List[torch.Tensor]]) -> Dict[str, np.ndarray]:
+    """This rank's per-example columns concatenated, then gathered from every rank (collective
+    under a process group): ``{column: [n_total] int64}``."""
+    local = {c: (torch.cat(v) if v else torch.zeros(0, dtype=torch.int64)).to(torch.int64).numpy()
+             for c, v in parts.items()}
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return local
+    gathered: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    return {c: np.concatenate([g[c] for g in gathered]) for c in local}
+
+
 def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: SegmentedRankingMetric,
-                ranks_of: Callable[[Any], torch.Tensor]) -> Tuple[Dict[str, Any], float]:
+                ranks_of: Callable[[Any], torch.Tensor]) -> Tuple[Dict[str, Any], float, Dict[str, np.ndarray]]:
     """Feed ``ranks_of(batch)`` ([B] CPU ranks) of the valid examples of up to
-    ``ecfg.max_batches`` batches into ``metric``; returns (synced results, seconds)."""
+    ``ecfg.max_batches`` batches into ``metric``; returns (synced results, seconds, every
+    rank's evaluated examples ``{"user", "cutoff", "rank", "catalog": [n] int64}`` for
+    :mod:`~hytrec_torchrec.evaluation.paired`)."""
     n_batches = len(loader) if ecfg.max_batches is None else min(len(loader), ecfg.max_batches)
     t1 = time.perf_counter()
     it = iter(loader)
+    parts: Dict[str, List[torch.Tensor]] = {c: [] for c in ("user", "cutoff", "rank", "catalog")}
     for _ in range(n_batches):
         batch = next(it)
         ranks = ranks_of(batch)
@@ -229,14 +245,21 @@ def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: Seg
             catalog = ranked_catalog_sizes(values.cpu(), lengths.cpu(), first_targets(batch).cpu(),
                                            metric.catalog_size + 2)[keep]
         metric.update(ranks[keep], segmenter.membership(batch)[keep], catalog)
-    return metric.compute(), time.perf_counter() - t1
+        parts["user"].append(batch.user.cpu()[keep])
+        parts["cutoff"].append(batch.cutoff.cpu()[keep])
+        parts["rank"].append(ranks[keep])
+        parts["catalog"].append(catalog if catalog is not None
+                                else torch.full((int(keep.sum()),), metric.catalog_size, dtype=torch.int64))
+    return metric.compute(), time.perf_counter() - t1, _gather_examples(parts)
 
 
 def _result(results: Dict[str, Any], counts: Dict[str, int], catalog: int, segmenter: Segmenter,
             env: Any, t_load: float, t_eval: float, vocab_check: Dict[str, bool],
-            **head: Any) -> Dict[str, Any]:
+            example_ranks: Dict[str, np.ndarray], **head: Any) -> Dict[str, Any]:
     """The result layout shared by checkpoints and exported models (``head`` goes first:
-    name, checkpoint, step, model); collective when a side file is used."""
+    name, checkpoint, step, model); collective when a side file is used. ``example_ranks``
+    (every evaluated example's user, cutoff, rank and catalog size, all ranks' together) is kept
+    under that key for ``ranks.parquet``; ``metrics.json`` leaves it out."""
     side = dict(segmenter.side_counts)
     if side:
         cols = list(segmenter.missing_counts())
@@ -260,6 +283,7 @@ def _result(results: Dict[str, Any], counts: Dict[str, int], catalog: int, segme
         "side_file": side,
         "timing": {"world_size": env.world_size, "threads": torch.get_num_threads(), "load_s": round(t_load, 3), "eval_s": round(t_eval, 3),
                    "examples_per_s": round(examples / t_eval, 1) if t_eval > 0 else math.nan},
+        "example_ranks": example_ranks,
     }
 
 
@@ -277,7 +301,8 @@ def evaluate_checkpoint(
     Returns (identical on every rank)::
 
         {"name", "checkpoint", "step", "model": {...}, "overall": {metric: value, "examples": n},
-         "segments": {segment: {...}}, "counts": {...}, "side_file": {...}, "timing": {...}}
+         "segments": {segment: {...}}, "counts": {...}, "side_file": {...}, "timing": {...},
+         "example_ranks": {"user", "cutoff", "rank", "catalog": [n] int64 arrays}}
     """
     from hytrec_torchrec.training.distributed import init_distributed
     from hytrec_torchrec.training.restore import checkpoint_config, load_sharded
@@ -303,7 +328,7 @@ def evaluate_checkpoint(
         on_device = batch.to(env.device)
         return batch_target_ranks(tower, on_device, blocks, num_items, ecfg.remove_history).cpu()
 
-    results, t_eval = _accumulate(loader, ecfg, segmenter, metric, ranks_of)
+    results, t_eval, examples = _accumulate(loader, ecfg, segmenter, metric, ranks_of)
     m = cfg.model
     return _result(
         results, counts, catalog, segmenter, env, t_load, t_eval,
@@ -314,6 +339,7 @@ def evaluate_checkpoint(
                "embedding_dim": m.embedding_dim, "features": list(m.features),
                "max_len": data_cfg.max_len, "history_removed": ecfg.remove_history},
         vocab_check=vocab_check,
+        example_ranks=examples,
     )
 
 
@@ -434,7 +460,7 @@ def evaluate_exported(
         hist = history_items(batch) if ecfg.remove_history else None
         return target_ranks(user, first_targets(batch), [(0, 0, items)], num_items, history=hist)
 
-    results, t_eval = _accumulate(loader, ecfg, segmenter, metric, ranks_of)
+    results, t_eval, examples = _accumulate(loader, ecfg, segmenter, metric, ranks_of)
     mcfg = card["config"].get("model", {})
     return _result(
         results, counts, num_items - 2, segmenter, env, t_load, t_eval,
@@ -447,4 +473,5 @@ def evaluate_exported(
                "max_len": data_cfg.max_len, "history_removed": ecfg.remove_history, "exported": True,
                "table_storage": card.get("tables", {}).get("storage")},
         vocab_check={"sizes_checked": True, "item_vocab_checked": True},
+        example_ranks=examples,
     )

@@ -13,6 +13,12 @@ give one side-by-side report. ``metrics.json`` layout::
       "config": {...}                              # the EvalConfig used
     }
 
+``ranks.parquet``: every evaluated example's target rank per model (``model``, ``user``,
+``cutoff``, ``rank``, ``catalog``), for paired comparisons across runs
+(:mod:`~hytrec_torchrec.evaluation.paired`, ``hytrec-compare``). With several models,
+``metrics.json`` has ``"paired"`` (each model against the first, on the ``plot_metrics``) and
+``report.md`` a table of those differences with their paired standard errors.
+
 Plots: ``length_buckets.png`` — each of ``plot_metrics`` against the history-length bucket, one
 line per model (matplotlib, Agg backend; empty buckets are gaps).
 """
@@ -49,6 +55,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
     return out
 
 
+def _paired(results: Sequence[Dict[str, Any]], metrics: Sequence[str]) -> List[Dict[str, Any]]:
+    """Each model after the first against the first (:func:`~hytrec_torchrec.evaluation.paired.compare`)."""
+    from hytrec_torchrec.evaluation.paired import compare
+
+    if len(results) < 2:
+        return []
+    return compare([(r["name"], r["example_ranks"]) for r in results], metrics)
+
+
 def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str) -> str:
     """The Markdown report text (overall table, per-segment table, counts, plot link)."""
     ks = list(ecfg.ks)
@@ -63,6 +78,11 @@ def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str) -> 
     lines += _table(["model", "step", "users"] + overall_cols,
                     [[r["name"], r["step"], r["overall"]["examples"]] + [r["overall"][c] for c in overall_cols]
                      for r in results])
+    paired = _paired(results, ecfg.plot_metrics)
+    if paired:
+        from hytrec_torchrec.evaluation.paired import markdown
+
+        lines += ["", "## Paired differences", "", markdown(paired, ecfg.plot_metrics).rstrip("\n")]
     seg_cols = list(ecfg.table_metrics)
     lines += ["", "## Segments", ""]
     lines += [f"Thresholds: cold-start ≤ {ecfg.segments.cold_start_max_history} history events; "
@@ -125,8 +145,9 @@ def plot_length_buckets(results: Sequence[Dict[str, Any]], metrics: Sequence[str
 
 
 def write_report(out_dir: str | Path, results: Sequence[Dict[str, Any]], ecfg: Any, data: str) -> Dict[str, Path]:
-    """Write ``metrics.json``, ``report.md`` and ``length_buckets.png`` under ``out_dir``."""
+    """Write ``metrics.json``, ``report.md``, ``ranks.parquet`` and ``length_buckets.png`` under ``out_dir``."""
     from hytrec_torchrec.config import to_dict
+    from hytrec_torchrec.evaluation.paired import RANKS_FILE, write_ranks
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,10 +161,13 @@ def write_report(out_dir: str | Path, results: Sequence[Dict[str, Any]], ecfg: A
         "catalog_size": results[0]["counts"]["catalog_size"] if results else None,
         "overall": results[0]["overall"] if results else {},
         "segments": results[0]["segments"] if results else {},
-        "models": {r["name"]: r for r in results},
+        "models": {r["name"]: {k: v for k, v in r.items() if k != "example_ranks"} for r in results},
+        "paired": _paired(results, ecfg.plot_metrics),
         "config": to_dict(ecfg),
     }
-    paths = {"metrics": out / "metrics.json", "report": out / "report.md", "plot": out / "length_buckets.png"}
+    paths = {"metrics": out / "metrics.json", "report": out / "report.md", "plot": out / "length_buckets.png",
+             "ranks": out / RANKS_FILE}
+    write_ranks(paths["ranks"], {r["name"]: r["example_ranks"] for r in results})
     paths["metrics"].write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
     paths["report"].write_text(markdown_report(results, ecfg, str(data)))
     plot_length_buckets(results, ecfg.plot_metrics, ecfg.segments.bucket_names(), paths["plot"])

@@ -1,0 +1,227 @@
+"""Paired comparison of models evaluated on the same examples (per-example target ranks).
+
+Two models' metrics on one test split are means over the *same* users, so their difference has a
+much smaller standard error than either mean: per example ``d_i = m_B(i) − m_A(i)`` (``m`` the
+per-example metric of :func:`~hytrec_torchrec.evaluation.metrics.per_example_metrics`), the
+difference is ``mean(d)`` and its standard error ``std(d) / √n`` (sample std, ``ddof=1``), the
+paired-sample (CLT) standard error; ``z = mean(d) / se``. For HR@K the counts of examples that
+only B hits and only A hits (the discordant pairs of McNemar's test) come with it.
+
+``hytrec-eval`` writes every evaluated example's rank to ``OUT/ranks.parquet`` (columns
+``model``, ``user``, ``cutoff``, ``rank``, ``catalog``; one row per example and model), so runs
+evaluated separately can be compared afterwards::
+
+    hytrec-compare runs/ml1m/eval_sasrec runs/ml1m/eval_hytrec:hytrec_tb4020/step_00004020 \\
+        --metrics hr@10 ndcg@10
+
+The first argument is the baseline; ``DIR:MODEL`` picks one model of a multi-model report
+(default: every model in DIR, in the file's order). Examples are matched on ``(user, cutoff)``;
+runs that evaluated different example sets (another dataset, split or ``max_batches``) are an
+error, not a silent intersection.
+
+Example::
+
+    >>> import numpy as np
+    >>> a = np.array([1, 20, 3, 40]); b = np.array([1, 2, 30, 4])
+    >>> row = paired_difference(a, b, np.full(4, 100), np.full(4, 100), ["hr@10"])["hr@10"]
+    >>> row["diff"], row["b_only"], row["a_only"]
+    (0.25, 2, 1)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from hytrec_torchrec.evaluation.metrics import per_example_metrics
+
+__all__ = ["RANKS_FILE", "PairingError", "write_ranks", "read_ranks", "align", "paired_difference", "compare", "main"]
+
+#: per-example ranks of every model of one ``hytrec-eval`` run, beside ``metrics.json``.
+RANKS_FILE = "ranks.parquet"
+RANK_COLUMNS = ("user", "cutoff", "rank", "catalog")
+
+
+class PairingError(ValueError):
+    """The compared runs did not evaluate the same examples, or a ranks file is missing/bad."""
+
+
+def write_ranks(path: str | Path, tables: Dict[str, Dict[str, np.ndarray]]) -> Path:
+    """Write ``{model: {"user", "cutoff", "rank", "catalog": [n] int64}}`` as one Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names: List[str] = []
+    cols: Dict[str, List[np.ndarray]] = {c: [] for c in RANK_COLUMNS}
+    for name, t in tables.items():
+        n = len(t["rank"])
+        names += [name] * n
+        for c in RANK_COLUMNS:
+            cols[c].append(np.asarray(t[c], dtype=np.int64))
+    arrays = {"model": pa.array(names, pa.string())}
+    for c in RANK_COLUMNS:
+        arrays[c] = pa.array(np.concatenate(cols[c]) if cols[c] else np.zeros(0, np.int64), pa.int64())
+    path = Path(path)
+    pq.write_table(pa.table(arrays), path)
+    return path
+
+
+def read_ranks(out_dir: str | Path) -> Dict[str, Dict[str, np.ndarray]]:
+    """``{model: {column: [n] int64}}`` from ``out_dir/ranks.parquet``, models in file order.
+
+    Raises:
+        PairingError: no ranks file (an evaluation from before ranks were written: run
+            ``hytrec-eval`` again) or a file without the expected columns.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(out_dir) / RANKS_FILE
+    if not path.is_file():
+        raise PairingError(f"{path}: no per-example ranks; evaluate the model again with hytrec-eval, "
+                           "which writes them beside metrics.json")
+    table = pq.read_table(path)
+    missing = [c for c in ("model",) + RANK_COLUMNS if c not in table.column_names]
+    if missing:
+        raise PairingError(f"{path}: columns {missing} missing (has {table.column_names})")
+    model = np.asarray(table.column("model").to_pylist(), dtype=object)
+    cols = {c: table.column(c).to_numpy().astype(np.int64) for c in RANK_COLUMNS}
+    out: Dict[str, Dict[str, np.ndarray]] = {}
+    for name in dict.fromkeys(model.tolist()):  # first-appearance order
+        sel = model == name
+        out[str(name)] = {c: v[sel] for c, v in cols.items()}
+    return out
+
+
+def align(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], name_a: str = "A",
+          name_b: str = "B") -> Tuple[np.ndarray, np.ndarray]:
+    """Index arrays ``(ia, ib)`` such that ``a[...][ia]`` and ``b[...][ib]`` are the same examples
+    (matched on ``(user, cutoff)``) in the same order.
+
+    Raises:
+        PairingError: the two example sets differ (counts of examples only in each), or one of
+            them lists an example twice.
+    """
+    keys = []
+    for t, name in ((a, name_a), (b, name_b)):
+        k = np.stack([t["user"], t["cutoff"]], axis=1)
+        if len(np.unique(k, axis=0)) != len(k):
+            raise PairingError(f"{name}: the same (user, cutoff) example appears more than once")
+        keys.append(k)
+    order = [np.lexsort((k[:, 1], k[:, 0])) for k in keys]
+    ka, kb = keys[0][order[0]], keys[1][order[1]]
+    if ka.shape != kb.shape or not np.array_equal(ka, kb):
+        sa = {tuple(r) for r in ka.tolist()}
+        sb = {tuple(r) for r in kb.tolist()}
+        raise PairingError(
+            f"{name_a} and {name_b} evaluated different examples ({len(sa - sb)} only in {name_a}, "
+            f"{len(sb - sa)} only in {name_b}, {len(sa & sb)} in both): compare evaluations of one "
+            "dataset, split and max_batches")
+    return order[0], order[1]
+
+
+def paired_difference(rank_a: np.ndarray, rank_b: np.ndarray, catalog_a: np.ndarray, catalog_b: np.ndarray,
+                      metrics: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """Per metric: ``a`` and ``b`` (means), ``diff`` = b − a, ``se`` (paired), ``z``, ``n``, and
+    ``b_only`` / ``a_only``: examples where B's value is above A's / below it (for HR@K the
+    examples only B / only A hits). Inputs: aligned ``[n]`` ranks and catalog sizes."""
+    ks = sorted({int(m.split("@")[1]) for m in metrics if "@" in m}) or [1]
+    va = per_example_metrics(torch.from_numpy(np.asarray(rank_a)), ks, torch.from_numpy(np.asarray(catalog_a)))
+    vb = per_example_metrics(torch.from_numpy(np.asarray(rank_b)), ks, torch.from_numpy(np.asarray(catalog_b)))
+    out: Dict[str, Dict[str, float]] = {}
+    for m in metrics:
+        if m not in va:
+            raise PairingError(f"metrics: unknown metric {m!r} (use hr@K, ndcg@K, mrr, auc)")
+        a, b = va[m].numpy(), vb[m].numpy()
+        d = b - a
+        n = len(d)
+        diff = float(d.mean()) if n else math.nan
+        se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        z = diff / se if se > 0 else (0.0 if diff == 0 else math.nan)
+        out[m] = {"a": float(a.mean()) if n else math.nan, "b": float(b.mean()) if n else math.nan,
+                  "diff": diff, "se": se, "z": z, "n": n,
+                  "b_only": int((d > 0).sum()), "a_only": int((d < 0).sum())}
+    return out
+
+
+def compare(models: Sequence[Tuple[str, Dict[str, np.ndarray]]],
+            metrics: Sequence[str]) -> List[Dict[str, object]]:
+    """Each model after the first against the first: ``[{"model", "baseline", metric: {...}}]``."""
+    (base_name, base), rows = models[0], []
+    for name, t in models[1:]:
+        ia, ib = align(base, t, base_name, name)
+        res = paired_difference(base["rank"][ia], t["rank"][ib], base["catalog"][ia], t["catalog"][ib], metrics)
+        rows.append({"model": name, "baseline": base_name, **res})
+    return rows
+
+
+def markdown(rows: Sequence[Dict[str, object]], metrics: Sequence[str]) -> str:
+    """A Markdown table of :func:`compare`'s rows: per metric ``b − a ± se (z)``."""
+    if not rows:
+        return ""
+    lines = [f"Paired differences against `{rows[0]['baseline']}` (same examples; ± one paired "
+             "standard error; z = difference / se; for HR@K, examples only the model hits / only "
+             "the baseline hits):", "",
+             "| model | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for r in rows:
+        cells = []
+        for m in metrics:
+            v = r[m]
+            assert isinstance(v, dict)
+            cell = f"{v['b']:.4f} − {v['a']:.4f} = {v['diff']:+.4f} ± {v['se']:.4f} (z {v['z']:+.1f})"
+            if m.startswith("hr@"):
+                cell += f", {v['b_only']} vs {v['a_only']}"
+            cells.append(cell)
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _load_arg(arg: str) -> List[Tuple[str, Dict[str, np.ndarray]]]:
+    """``DIR`` (every model in DIR/ranks.parquet) or ``DIR:MODEL`` (one)."""
+    directory, model = arg, None
+    if not Path(arg).is_dir() and ":" in arg:
+        directory, model = arg.rsplit(":", 1)
+    tables = read_ranks(directory)
+    if model is None:
+        return list(tables.items())
+    if model not in tables:
+        raise PairingError(f"{directory}/{RANKS_FILE}: no model {model!r} (has {list(tables)})")
+    return [(model, tables[model])]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hytrec-compare", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Paired differences between models evaluated by hytrec-eval on the same examples "
+                    "(the first model is the baseline). " + (__doc__ or "").split("\n\n")[1])
+    parser.add_argument("runs", nargs="+", help="hytrec-eval output directories, DIR or DIR:MODEL")
+    parser.add_argument("--metrics", nargs="+", default=["hr@10", "ndcg@10", "hr@50", "hr@200", "mrr"])
+    parser.add_argument("--json", help="also write the comparison as JSON to this file")
+    args = parser.parse_args(argv)
+    try:
+        models: List[Tuple[str, Dict[str, np.ndarray]]] = []
+        for arg in args.runs:
+            models += _load_arg(arg)
+        if len(models) < 2:
+            raise PairingError(f"need at least two models, got {[n for n, _ in models]}")
+        names = [n for n, _ in models]
+        if len(set(names)) != len(names):
+            models = [(f"{n}#{i + 1}", t) for i, (n, t) in enumerate(models)]
+        rows = compare(models, args.metrics)
+    except PairingError as exc:
+        print(f"hytrec-compare: {exc}", file=sys.stderr)
+        return 3
+    print(markdown(rows, args.metrics), end="")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

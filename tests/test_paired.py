@@ -1,0 +1,113 @@
+"""Paired comparison (``hytrec_torchrec.evaluation.paired``, ``hytrec-compare``): the difference and
+its standard error against a direct NumPy transcription, example matching and its errors, the
+ranks file round trip and the CLI. The 1-rank vs 2-rank ranks check is in tests/test_evaluate.py."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hytrec_torchrec.evaluation.paired import (PairingError, align, compare, main, paired_difference, read_ranks,
+                                               write_ranks)
+
+
+def _table(users: np.ndarray, ranks: np.ndarray, catalog: int = 500) -> dict:
+    return {"user": users, "cutoff": users * 7 + 3, "rank": ranks, "catalog": np.full(len(users), catalog)}
+
+
+def test_difference_and_standard_error_match_numpy() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    a = rng.integers(1, 300, n)
+    b = np.maximum(1, a + rng.integers(-40, 20, n))  # B ranks targets a little higher
+    cat = rng.integers(300, 500, n)
+    res = paired_difference(a, b, cat, cat, ["hr@10", "ndcg@10", "mrr", "auc"])
+    for m, f in {"hr@10": lambda r: (r <= 10).astype(float),
+                 "ndcg@10": lambda r: (r <= 10) / np.log2(r + 1.0),
+                 "mrr": lambda r: 1.0 / r,
+                 "auc": lambda r: 1.0 - (r - 1.0) / (cat - 1.0)}.items():
+        d = f(b) - f(a)
+        assert res[m]["diff"] == pytest.approx(d.mean(), abs=1e-12)
+        se = math.sqrt(((d - d.mean()) ** 2).sum() / (n - 1) / n)
+        assert res[m]["se"] == pytest.approx(se, rel=1e-9)
+        assert res[m]["z"] == pytest.approx(d.mean() / se, rel=1e-9)
+        assert res[m]["a"] == pytest.approx(f(a).mean()) and res[m]["b"] == pytest.approx(f(b).mean())
+        assert (res[m]["b_only"], res[m]["a_only"]) == (int((d > 0).sum()), int((d < 0).sum()))
+    assert res["hr@10"]["n"] == n and res["mrr"]["diff"] > 0
+
+
+def test_the_paired_error_is_smaller_than_the_unpaired_one_for_correlated_models() -> None:
+    """The point of pairing: two models that mostly agree per user differ with a standard error
+    far below the √(p(1−p)/n) of either hit rate."""
+    rng = np.random.default_rng(1)
+    a = rng.integers(1, 40, 2000)
+    b = a.copy()
+    flip = rng.choice(2000, 60, replace=False)
+    b[flip] = np.where(a[flip] <= 10, 25, 3)  # 60 users change sides of the top-10 cut
+    res = paired_difference(a, b, np.full(2000, 100), np.full(2000, 100), ["hr@10"])["hr@10"]
+    unpaired = math.sqrt(res["a"] * (1 - res["a"]) / 2000)
+    assert res["b_only"] + res["a_only"] == 60
+    assert res["se"] < unpaired / 2
+
+
+def test_identical_models_differ_by_zero() -> None:
+    r = np.array([1, 5, 50])
+    res = paired_difference(r, r, np.full(3, 9), np.full(3, 9), ["hr@10", "ndcg@10"])
+    assert res["hr@10"]["diff"] == 0 and res["hr@10"]["se"] == 0 and res["hr@10"]["z"] == 0
+
+
+def test_examples_are_matched_on_user_and_cutoff_not_on_order() -> None:
+    users = np.array([4, 1, 9, 2])
+    a = _table(users, np.array([1, 2, 3, 4]))
+    perm = np.array([2, 0, 3, 1])
+    b = {c: v[perm] for c, v in a.items()}
+    ia, ib = align(a, b)
+    np.testing.assert_array_equal(a["rank"][ia], b["rank"][ib])
+    rows = compare([("a", a), ("b", b)], ["hr@1", "mrr"])
+    assert rows[0]["mrr"]["diff"] == 0 and rows[0]["baseline"] == "a"
+
+
+def test_different_example_sets_are_an_error_with_counts() -> None:
+    a = _table(np.array([1, 2, 3]), np.array([1, 2, 3]))
+    b = _table(np.array([1, 2, 4, 5]), np.array([1, 2, 3, 4]))
+    with pytest.raises(PairingError, match=r"A and B evaluated different examples \(1 only in A, 2 only in B, 2 in both\)"):
+        align(a, b)
+    dup = _table(np.array([1, 1]), np.array([1, 2]))
+    with pytest.raises(PairingError, match="appears more than once"):
+        align(dup, dup)
+    with pytest.raises(PairingError, match="unknown metric 'recall@10'"):
+        paired_difference(np.ones(2), np.ones(2), np.full(2, 5), np.full(2, 5), ["recall@10"])
+
+
+def test_ranks_file_round_trip_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(2)
+    users = np.arange(50)
+    t1 = _table(users, rng.integers(1, 60, 50))
+    t2 = _table(users, rng.integers(1, 60, 50))
+    t3 = _table(users, rng.integers(1, 60, 50))
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    write_ranks(tmp_path / "one" / "ranks.parquet", {"base": t1})
+    write_ranks(tmp_path / "two" / "ranks.parquet", {"m2": t2, "m3": t3})
+    back = read_ranks(tmp_path / "two")
+    assert list(back) == ["m2", "m3"]
+    for c in t3:
+        np.testing.assert_array_equal(back["m3"][c], t3[c])
+    out = tmp_path / "cmp.json"
+    rc = main([str(tmp_path / "one"), f"{tmp_path / 'two'}:m3", "--metrics", "hr@10", "mrr", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| m3 |" in text and "| m2 |" not in text and "Paired differences against `base`" in text
+    rows = json.loads(out.read_text())
+    want = paired_difference(t1["rank"], t3["rank"], t1["catalog"], t3["catalog"], ["hr@10"])["hr@10"]
+    assert rows[0]["hr@10"]["diff"] == pytest.approx(want["diff"])
+    # bad input: a directory without ranks, an unknown model name
+    (tmp_path / "old").mkdir()
+    assert main([str(tmp_path / "one"), str(tmp_path / "old")]) == 3
+    assert "no per-example ranks" in capsys.readouterr().err
+    assert main([str(tmp_path / "one"), f"{tmp_path / 'two'}:m9"]) == 3
+    assert "no model 'm9' (has ['m2', 'm3'])" in capsys.readouterr().err
