@@ -111,3 +111,20 @@ def test_ranks_file_round_trip_and_cli(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no per-example ranks" in capsys.readouterr().err
     assert main([str(tmp_path / "one"), f"{tmp_path / 'two'}:m9"]) == 3
     assert "no model 'm9' (has ['m2', 'm3'])" in capsys.readouterr().err
+
+
+def test_a_report_records_models_it_cannot_pair_instead_of_failing() -> None:
+    """In one hytrec-eval run the checkpoints' own data configs (e.g. data.min_history) may pick
+    different eligible users: the report notes the model as not paired and keeps the others."""
+    from hytrec_torchrec.evaluation.paired import markdown
+
+    a = _table(np.array([1, 2, 3]), np.array([1, 2, 3]))
+    b = _table(np.array([1, 2]), np.array([1, 1]))
+    c = _table(np.array([3, 2, 1]), np.array([3, 2, 1]))
+    with pytest.raises(PairingError):
+        compare([("a", a), ("b", b), ("c", c)], ["hr@1"])
+    rows = compare([("a", a), ("b", b), ("c", c)], ["hr@1"], record_unpaired=True)
+    assert rows[0]["error"].startswith("a and b evaluated different examples (1 only in a")
+    assert rows[1]["hr@1"]["diff"] == 0
+    text = markdown(rows, ["hr@1"])
+    assert "| b | not paired: a and b evaluated different examples" in text and "| c | 0.3333" in text

@@ -150,12 +150,22 @@ def paired_difference(rank_a: np.ndarray, rank_b: np.ndarray, catalog_a: np.ndar
     return out
 
 
-def compare(models: Sequence[Tuple[str, Dict[str, np.ndarray]]],
-            metrics: Sequence[str]) -> List[Dict[str, object]]:
-    """Each model after the first against the first: ``[{"model", "baseline", metric: {...}}]``."""
+def compare(models: Sequence[Tuple[str, Dict[str, np.ndarray]]], metrics: Sequence[str],
+            record_unpaired: bool = False) -> List[Dict[str, object]]:
+    """Each model after the first against the first: ``[{"model", "baseline", metric: {...}}]``.
+
+    With ``record_unpaired`` a model whose examples differ from the baseline's gets
+    ``{"model", "baseline", "error": message}`` instead of stopping the comparison (the report
+    of a multi-model ``hytrec-eval`` run, whose checkpoints may select different eligible users)."""
     (base_name, base), rows = models[0], []
     for name, t in models[1:]:
-        ia, ib = align(base, t, base_name, name)
+        try:
+            ia, ib = align(base, t, base_name, name)
+        except PairingError as exc:
+            if not record_unpaired:
+                raise
+            rows.append({"model": name, "baseline": base_name, "error": str(exc)})
+            continue
         res = paired_difference(base["rank"][ia], t["rank"][ib], base["catalog"][ia], t["catalog"][ib], metrics)
         rows.append({"model": name, "baseline": base_name, **res})
     return rows
@@ -170,6 +180,9 @@ def markdown(rows: Sequence[Dict[str, object]], metrics: Sequence[str]) -> str:
              "the baseline hits):", "",
              "| model | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | not paired: {r['error']} |" + " |" * (len(metrics) - 1))
+            continue
         cells = []
         for m in metrics:
             v = r[m]

@@ -61,7 +61,7 @@ def _paired(results: Sequence[Dict[str, Any]], metrics: Sequence[str]) -> List[D
 
     if len(results) < 2:
         return []
-    return compare([(r["name"], r["example_ranks"]) for r in results], metrics)
+    return compare([(r["name"], r["example_ranks"]) for r in results], metrics, record_unpaired=True)
 
 
 def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str) -> str:
