@@ -116,7 +116,7 @@ def align(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], name_a: str = "A",
         keys.append(k)
     order = [np.lexsort((k[:, 1], k[:, 0])) for k in keys]
     ka, kb = keys[0][order[0]], keys[1][order[1]]
-    if ka.shape != kb.shape or not np.array_equal(ka, kb):
+    if not np.array_equal(ka, kb):
         sa = {tuple(r) for r in ka.tolist()}
         sb = {tuple(r) for r in kb.tolist()}
         raise PairingError(

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 __all__ = ["write_report", "markdown_report", "plot_length_buckets"]
 
@@ -64,8 +64,11 @@ def _paired(results: Sequence[Dict[str, Any]], metrics: Sequence[str]) -> List[D
     return compare([(r["name"], r["example_ranks"]) for r in results], metrics, record_unpaired=True)
 
 
-def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str) -> str:
-    """The Markdown report text (overall table, per-segment table, counts, plot link)."""
+def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str,
+                    paired: Optional[List[Dict[str, Any]]] = None) -> str:
+    """The Markdown report text (overall table, paired differences, per-segment table, counts,
+    plot link); ``paired``: the rows of ``_paired(results, ecfg.plot_metrics)`` when already
+    computed."""
     ks = list(ecfg.ks)
     overall_cols = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr", "auc"]
     lines = [f"# Offline evaluation: split `{ecfg.split}` of `{data}`", ""]
@@ -78,7 +81,8 @@ def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str) -> 
     lines += _table(["model", "step", "users"] + overall_cols,
                     [[r["name"], r["step"], r["overall"]["examples"]] + [r["overall"][c] for c in overall_cols]
                      for r in results])
-    paired = _paired(results, ecfg.plot_metrics)
+    if paired is None:
+        paired = _paired(results, ecfg.plot_metrics)
     if paired:
         from hytrec_torchrec.evaluation.paired import markdown
 
@@ -154,6 +158,7 @@ def write_report(out_dir: str | Path, results: Sequence[Dict[str, Any]], ecfg: A
     names = [r["name"] for r in results]
     if len(set(names)) != len(names):
         raise ValueError(f"model names must differ in one report: {names}")
+    paired = _paired(results, ecfg.plot_metrics)
     doc: Dict[str, Any] = {
         "split": ecfg.split,
         "data": str(data),
@@ -162,13 +167,13 @@ def write_report(out_dir: str | Path, results: Sequence[Dict[str, Any]], ecfg: A
         "overall": results[0]["overall"] if results else {},
         "segments": results[0]["segments"] if results else {},
         "models": {r["name"]: {k: v for k, v in r.items() if k != "example_ranks"} for r in results},
-        "paired": _paired(results, ecfg.plot_metrics),
+        "paired": paired,
         "config": to_dict(ecfg),
     }
     paths = {"metrics": out / "metrics.json", "report": out / "report.md", "plot": out / "length_buckets.png",
              "ranks": out / RANKS_FILE}
     write_ranks(paths["ranks"], {r["name"]: r["example_ranks"] for r in results})
     paths["metrics"].write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
-    paths["report"].write_text(markdown_report(results, ecfg, str(data)))
+    paths["report"].write_text(markdown_report(results, ecfg, str(data), paired))
     plot_length_buckets(results, ecfg.plot_metrics, ecfg.segments.bucket_names(), paths["plot"])
     return paths

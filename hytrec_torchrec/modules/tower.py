@@ -98,7 +98,7 @@ class HyTRecTower(nn.Module):
                                   cfg.time_bias, cfg.short_layers)
                       if self.has_short else nn.Identity())
         # rows the short branch reads: the last K, or its receptive field when it has several layers
-        self.short_input = cfg.short_layers * (cfg.short_len - 1) + 1 if self.has_short else 0
+        self.short_input = self.short.receptive_field if isinstance(self.short, ShortBranch) else 0
         n_branches = int(self.has_long) + int(self.has_short)
         self.fusion = MoEFusion(n_branches, d, cfg.fusion.num_experts, cfg.fusion.hidden_dim or d)
         self.dim = d
