@@ -24,22 +24,27 @@ root="${ML1M_DIR:-runs/ml1m}"
 # The 4020-step schedule: constant lr to 2010, cosine to 2% over the last 2010 steps.
 long4020="train.max_steps=4020 optim.schedule.decay_steps=2010"
 
-# NAME -> "CONFIG OVERRIDE ..." (run.dir is added by the caller). Every recipe is checked to load
-# and validate by tests/test_shipped_configs.py.
+# One line per recipe: NAME CONFIG OVERRIDE ... (run.dir is added by the caller). Every recipe is
+# checked to load and validate by tests/test_shipped_configs.py.
+recipes="\
+hytrec_tb      configs/ml1m_tb.yaml
+sasrec_tb      configs/ml1m_sasrec_tb.yaml
+hytrec_tb4020  configs/ml1m_tb.yaml $long4020 train.checkpoint_every=670 train.keep_last=10
+hytrec_tb4800  configs/ml1m_tb.yaml train.max_steps=4800 optim.schedule.decay_steps=2400 train.checkpoint_every=600 train.keep_last=10
+sasrec_tb4020  configs/ml1m_sasrec_tb.yaml $long4020 train.checkpoint_every=670 train.keep_last=10
+sasrec4_tb4020 configs/ml1m_sasrec_tb.yaml model.long_pattern=SSSS $long4020 train.checkpoint_every=335 train.keep_last=20
+hytrec_sl3     configs/ml1m_tb.yaml model.short_layers=3 $long4020 train.checkpoint_every=335 train.keep_last=20
+hytrec_sl4     configs/ml1m_tb.yaml model.short_layers=4 train.checkpoint_every=335 train.keep_last=10"
+
+names() { awk '{print $1}' <<< "$recipes"; }
+
+# NAME -> "CONFIG OVERRIDE ..."; an unknown NAME is an error listing the known ones.
 recipe() {
-    case "$1" in
-        hytrec_tb)      echo "configs/ml1m_tb.yaml" ;;
-        sasrec_tb)      echo "configs/ml1m_sasrec_tb.yaml" ;;
-        hytrec_tb4020)  echo "configs/ml1m_tb.yaml $long4020 train.checkpoint_every=670 train.keep_last=10" ;;
-        hytrec_tb4800)  echo "configs/ml1m_tb.yaml train.max_steps=4800 optim.schedule.decay_steps=2400 train.checkpoint_every=600 train.keep_last=10" ;;
-        sasrec_tb4020)  echo "configs/ml1m_sasrec_tb.yaml $long4020 train.checkpoint_every=670 train.keep_last=10" ;;
-        sasrec4_tb4020) echo "configs/ml1m_sasrec_tb.yaml model.long_pattern=SSSS $long4020 train.checkpoint_every=335 train.keep_last=20" ;;
-        hytrec_sl3)     echo "configs/ml1m_tb.yaml model.short_layers=3 $long4020 train.checkpoint_every=335 train.keep_last=20" ;;
-        hytrec_sl4)     echo "configs/ml1m_tb.yaml model.short_layers=4 train.checkpoint_every=335 train.keep_last=10" ;;
-        *) echo "unknown recipe '$1'; one of: $(names)" >&2; return 2 ;;
-    esac
+    local line
+    line="$(awk -v n="$1" '$1 == n {$1 = ""; sub(/^ +/, ""); print}' <<< "$recipes")"
+    [ -n "$line" ] || { echo "unknown recipe '$1'; one of: $(names | tr '\n' ' ')" >&2; return 2; }
+    echo "$line"
 }
-names() { echo hytrec_tb sasrec_tb hytrec_tb4020 hytrec_tb4800 sasrec_tb4020 sasrec4_tb4020 hytrec_sl3 hytrec_sl4; }
 
 activate() {
     bash scripts/setup.sh
@@ -97,10 +102,10 @@ evaluate() {
 cmd="${1:-}"; shift || true
 case "$cmd" in
     data) data ;;
-    list) names | tr ' ' '\n' ;;
+    list) names ;;
     flags) [ "$#" -eq 1 ] || { echo "usage: $0 flags NAME" >&2; exit 2; }; recipe "$1" ;;
     train) [ "$#" -ge 1 ] || { echo "usage: $0 train NAME [key=value ...]" >&2; exit 2; }; train "$@" ;;
     eval) evaluate "$@" ;;
     all) data; train hytrec_tb4020; train sasrec4_tb4020; evaluate hytrec_tb4020 sasrec4_tb4020 ;;
-    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
+    *) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
 esac
