@@ -102,25 +102,36 @@ def gemm_floor_case(b: int, length: int, h: int, d: int, device: torch.device, d
     return run
 
 
-def branch_case(pattern: str, impl: str, b: int, length: int, h: int, d: int, device: torch.device,
+def branch_case(spec: str, impl: str, b: int, length: int, h: int, d: int, device: torch.device,
                 dtype: torch.dtype):
-    """Return fn(backward) running a LongBranch of ``pattern`` (width H·d) on [B·L, D] rows."""
+    """Return fn(backward) running a LongBranch (width H·d) on [B·L, D] rows.
+
+    ``spec`` is a pattern (``TTTS``: the paper's TADN layers, last-row readout) or ``gd-PATTERN``:
+    gated-delta layers, time inputs and the intent readout (queried with a random ``[B, D]``)."""
     torch.manual_seed(0)
     dim = h * d
-    branch = LongBranch(dim, pattern, h, 2, 0.0, 0.5, False, True, 64, impl, 0.25).to(device, dtype)
+    gd = spec.startswith("gd-")
+    pattern = spec[3:] if gd else spec
+    extra = dict(gating="gated_delta", readout="intent", time_inputs=True) if gd else {}
+    branch = LongBranch(dim, pattern, h, 2, 0.0, 0.5, False, True, 64, impl, 0.25, **extra).to(device, dtype)
     offsets = (torch.arange(b + 1, dtype=torch.int64) * length).to(device)
     x = torch.randn(b * length, dim, device=device, dtype=dtype, requires_grad=True)
     tau = torch.rand(b * length, device=device, dtype=dtype)
-    ts = torch.arange(b * length, dtype=torch.int64, device=device)  # read only with a time bias
+    ts = torch.arange(b * length, dtype=torch.int64, device=device) * 60  # one event a minute
+    intent = torch.randn(b, dim, device=device, dtype=dtype) if gd else None
+    t_query = (ts[offsets[1:] - 1] + 60) if gd else None
+
+    def call() -> torch.Tensor:
+        return branch(x, offsets, tau, ts, None, intent, t_query)
 
     def run(backward: bool) -> None:
         x.grad = None
         branch.zero_grad(set_to_none=True)
         if backward:
-            branch(x, offsets, tau, ts).sum().backward()
+            call().sum().backward()
         else:
             with torch.no_grad():
-                branch(x, offsets, tau, ts)
+                call()
 
     return run
 
@@ -164,7 +175,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--impls", default="naive,chunked", help="delta-rule impls: naive,chunked,gpu; gemm-floor = only the chunkwise "
                    "form's matmuls (a lower bound on any chunkwise implementation's time)")
-    p.add_argument("--branches", default="TTTS,SSSS", help="long-branch patterns ('' for none)")
+    p.add_argument("--branches", default="TTTS,SSSS,gd-TTT", help="long-branch patterns ('' for none); gd-PATTERN = "
+                   "gated-delta layers + time inputs + intent readout")
     p.add_argument("--branch-impl", default="auto", help="delta-rule impl inside branches")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave default)")
     p.add_argument("--out", default="")
@@ -268,6 +280,9 @@ def main(argv: Optional[List[str]] = None) -> None:
             ("tadn-chunked", "tadn-gemm-floor", "chunked/gemm-floor"),
             ("tadn-chunked", "tadn-gpu", "chunked/gpu"),
             ("branch-SSSS", "branch-TTTS", "SSSS/TTTS"),
+            ("branch-gd-TTT", "branch-TTTS", "gd-TTT/TTTS"),
+            ("branch-SSSS", "branch-gd-TTT", "SSSS/gd-TTT"),
+            ("branch-gd-TTTS", "branch-TTTS", "gd-TTTS/TTTS"),
         ):
             for mode in ("fwd", "fwdbwd"):
                 val = ratio(num, den, lng, mode)

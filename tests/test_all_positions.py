@@ -54,12 +54,19 @@ def _batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
     # stacked sliding-window short branch: receptive field 3·(4−1)+1 = 10 < the 14-row history
     dict(long_pattern="", short_len=4, short_layers=3),
     dict(long_pattern="SS", short_len=4, short_layers=2, position_bias=6, time_bias=24, time_query="next"),
+    # the gated delta rule reads no request time or sequence mean: exact, with either readout
+    dict(long_pattern="TT", short_len=4, tadn=dict(chunk_size=4, gating="gated_delta")),
+    dict(long_pattern="TT", short_len=4, long_readout="intent", long_time_inputs=True,
+         tadn=dict(chunk_size=4, gating="gated_delta", key_dim=12)),
+    dict(long_pattern="TS", short_len=4, long_readout="intent", time_bias=24,
+         tadn=dict(chunk_size=3, gating="gated_delta")),
+    dict(long_pattern="S", short_len=0, long_time_inputs=True),
 ])
 def test_rows_equal_the_per_cutoff_tower_without_tadn(kw: dict) -> None:
     torch.manual_seed(0)
     tower = HyTRecTower(_cfg(**kw)).eval()
     for name, p in tower.named_parameters():
-        if name.endswith(("rel_bias", "time_bias")):  # zero at initialisation: make them matter
+        if name.endswith(("rel_bias", "time_bias", "gap_emb.weight", "log_gap_rate")):  # make them matter
             torch.nn.init.normal_(p)
     x, off, ts, tc = _batch(LENGTHS)
     rows, _ = tower.forward_all_positions({"item": x}, off, ts, tc)

@@ -84,10 +84,13 @@ def test_timestamps_matter_only_through_the_temporal_gate():
         torch.testing.assert_close(plain(feats, off, ts, tc), plain(feats, off, ts - 50_000, tc))
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(short_layers=3)], ids=["one_short_layer", "three_short_layers"])
+@pytest.mark.parametrize("kw", [dict(), dict(short_layers=3),
+                                dict(long_readout="intent", long_time_inputs=True,
+                                     tadn=dict(gating="gated_delta", chunk_size=8))],
+                         ids=["one_short_layer", "three_short_layers", "gated_delta_intent"])
 def test_scripted_tower_equals_eager(kw):
     torch.manual_seed(0)
-    tower = HyTRecTower(small_cfg(long_pattern="TTTS", feature_combine="concat", **kw)).eval()
+    tower = HyTRecTower(small_cfg(**{"long_pattern": "TTTS", "feature_combine": "concat", **kw})).eval()
     feats, off, ts, tc = batch([0, 3, 40, 17, 8], seed=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

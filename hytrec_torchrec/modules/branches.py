@@ -5,15 +5,20 @@ a sequence whose part is empty gets a learned "empty" vector (so empty histories
 """
 
 
-from typing import Optional, Tuple
+from typing import Final, Optional, Tuple
 
 import torch
 from torch import nn
 
 from hytrec_torchrec.ops.jagged import lengths_to_offsets, segment_ids
-from hytrec_torchrec.modules.layers import Block, SoftmaxMixer, TADNMixer
+from hytrec_torchrec.modules.layers import Block, SoftmaxMixer, TADNMixer, time_gap_bucket
+from hytrec_torchrec.modules.memory import GatedDeltaMixer, IntentReadout, previous_gap
 
-__all__ = ["LongBranch", "ShortBranch"]
+__all__ = ["LongBranch", "ShortBranch", "TIME_INPUT_BUCKETS"]
+
+#: log-scale buckets of the gap-to-previous-event embedding (``time_inputs``): √2 apart, so 64
+#: reaches about 136 years; gaps past the last bucket share it.
+TIME_INPUT_BUCKETS = 64
 
 
 
@@ -37,25 +42,39 @@ def _restore_empty(rows: torch.Tensor, nonempty: torch.Tensor, sel: torch.Tensor
     return torch.where(nonempty.unsqueeze(1), full, empty.unsqueeze(0).expand(b, rows.shape[1]))
 
 class LongBranch(nn.Module):
-    """N blocks from a pattern string (``T`` = TADN, ``S`` = causal softmax), final LayerNorm.
+    """N blocks from a pattern string (``T`` = TADN or gated delta rule per ``gating``, ``S`` =
+    causal softmax), final LayerNorm, then a readout.
 
-    Only the last row of each sequence leaves the branch, so the final block runs in
-    ``last_only`` mode (a final S layer costs O(L), not O(L²); a final TADN layer skips the
-    per-row outputs). Forward: ``x [N, D]``, ``offsets [B+1]``, ``tau [N]``, ``ts [N]`` int64 event
-    timestamps (for the softmax layers' time-gap bias) and optional ``qts [N]`` int64 query times
-    (default ``ts``; :class:`~hytrec_torchrec.modules.layers.SoftmaxMixer`) → ``[B, D]``.
+    ``readout="last"`` (the paper's form): only the last row of each sequence leaves the branch,
+    so the final block runs in ``last_only`` mode (a final S layer costs O(L), not O(L²)).
+    ``readout="intent"``: every block runs on every row and an
+    :class:`~hytrec_torchrec.modules.memory.IntentReadout` queries a memory of the rows with the
+    caller's ``intent [B, D]`` (the short branch's output) at time ``t_query [B]``.
+    ``time_inputs``: a learned embedding of the log-bucketed gap to the previous event is added to
+    every input row.
+
+    Forward: ``x [N, D]``, ``offsets [B+1]``, ``tau [N]``, ``ts [N]`` int64 event timestamps,
+    optional ``qts [N]`` int64 query times (softmax layers' time bias; default ``ts``), and for
+    the intent readout ``intent [B, D]`` and ``t_query [B]`` int64 → ``[B, D]``.
     """
+
+    readout_intent: Final[bool]
+    time_inputs: Final[bool]
 
     def __init__(self, dim: int, pattern: str, heads: int, ffn_mult: int, dropout: float,
                  alpha: float, learn_alpha: bool, temporal_gate: bool, chunk_size: int, impl: str,
-                 group_waste: float, position_bias: int = 0, time_bias: int = 0) -> None:
+                 group_waste: float, position_bias: int = 0, time_bias: int = 0, *,
+                 gating: str = "paper", key_dim: int = 0, readout: str = "last",
+                 time_inputs: bool = False) -> None:
         super().__init__()
         if not pattern:
             raise ValueError("LongBranch needs a non-empty pattern")
         blocks = []
         for ch in pattern:
-            if ch == "T":
-                mixer: nn.Module = TADNMixer(dim, heads, alpha, learn_alpha, temporal_gate, chunk_size, impl)
+            if ch == "T" and gating == "gated_delta":
+                mixer: nn.Module = GatedDeltaMixer(dim, heads, chunk_size, key_dim)
+            elif ch == "T":
+                mixer = TADNMixer(dim, heads, alpha, learn_alpha, temporal_gate, chunk_size, impl)
             elif ch == "S":
                 mixer = SoftmaxMixer(dim, heads, group_waste, dropout, 0, position_bias, time_bias)
             else:
@@ -65,32 +84,62 @@ class LongBranch(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.empty = nn.Parameter(torch.zeros(dim))
         self.num_blocks = len(blocks)
+        self.readout_intent = readout == "intent"
+        self.reader = IntentReadout(dim, heads, chunk_size, key_dim) if self.readout_intent else nn.Identity()
+        self.out_norm = nn.LayerNorm(dim) if self.readout_intent else nn.Identity()
+        self.time_inputs = time_inputs
+        self.time_buckets = TIME_INPUT_BUCKETS
+        self.gap_emb = nn.Embedding(TIME_INPUT_BUCKETS, dim) if time_inputs else nn.Identity()
+        if time_inputs:
+            nn.init.normal_(self.gap_emb.weight, std=0.02)
+
+    def _inputs(self, x: torch.Tensor, off: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        if self.time_inputs:
+            return x + self.gap_emb(time_gap_bucket(previous_gap(ts, off), self.time_buckets))
+        return x
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, tau: torch.Tensor,
-                ts: torch.Tensor, qts: Optional[torch.Tensor] = None) -> torch.Tensor:
+                ts: torch.Tensor, qts: Optional[torch.Tensor] = None,
+                intent: Optional[torch.Tensor] = None, t_query: Optional[torch.Tensor] = None) -> torch.Tensor:
         nonempty, sel, off = _drop_empty(offsets)
         if sel.numel() == 0:
             return self.empty.unsqueeze(0).expand(nonempty.shape[0], x.shape[1])
         seg = segment_ids(off, x.shape[0])
+        x = self._inputs(x, off, ts)
         i = 0
         for blk in self.blocks:
-            x = blk(x, off, seg, tau, i == self.num_blocks - 1, False, ts, qts)
+            last = i == self.num_blocks - 1 and not self.readout_intent
+            x = blk(x, off, seg, tau, last, False, ts, qts)
             i += 1
-        return _restore_empty(self.norm(x), nonempty, sel, self.empty)
+        x = self.norm(x)
+        if self.readout_intent:
+            if intent is None or t_query is None:
+                raise ValueError("LongBranch with the intent readout needs intent and t_query")
+            x = self.out_norm(self.reader(x, off, ts, intent[sel], t_query[sel]))
+        return _restore_empty(x, nonempty, sel, self.empty)
 
     def forward_rows(self, x: torch.Tensor, offsets: torch.Tensor, tau: torch.Tensor,
-                     ts: torch.Tensor, qts: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     ts: torch.Tensor, qts: Optional[torch.Tensor] = None,
+                     intent: Optional[torch.Tensor] = None, t_query: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Every row's output ``[N, D]`` (all-position training): row ``r`` is the branch's output
-        for the prefix ending at ``r``. Exact for softmax layers; TADN layers take h̄ as the
-        running mean (``prefix_mean``), which differs from :meth:`forward` on that prefix, where
-        every row of it uses the prefix's mean. Nothing in row ``r`` depends on a later row."""
+        for the prefix ending at ``r``; with the intent readout, ``intent [N, D]`` and ``t_query
+        [N]`` are the query of the prediction that reads the prefix ending at ``r``. Exact for
+        softmax and gated-delta layers; paper TADN layers take h̄ as the running mean
+        (``prefix_mean``) and τ against one request time, which differs from :meth:`forward` on
+        that prefix. Nothing in row ``r`` depends on a later row."""
         _, _, off = _drop_empty(offsets)  # empty sequences hold no rows
         if x.shape[0] == 0:
             return self.norm(x)
         seg = segment_ids(off, x.shape[0])
+        x = self._inputs(x, off, ts)
         for blk in self.blocks:
             x = blk(x, off, seg, tau, False, True, ts, qts)
-        return self.norm(x)
+        x = self.norm(x)
+        if self.readout_intent:
+            if intent is None or t_query is None:
+                raise ValueError("LongBranch with the intent readout needs intent and t_query")
+            x = self.out_norm(self.reader.forward_rows(x, off, ts, intent, t_query))
+        return x
 
 
 class ShortBranch(nn.Module):

@@ -36,6 +36,15 @@ class TADNConfig:
     chunk_size: int = 64
     impl: str = "auto"
     """auto | chunked | recurrent | gpu (gpu and auto fall back to chunked without the kernel)."""
+    gating: str = "paper"
+    """paper: the paper's TADN (erase g·β with the temporal gate g, write β; reads τ relative to the
+    request time and the sequence mean). gated_delta: the gated delta rule with a learned decay
+    driven by the gap to the previous event (:class:`~hytrec_torchrec.modules.memory.GatedDeltaMixer`;
+    exact in all-position training). decay_period, alpha, learn_alpha, temporal_gate and impl apply
+    to ``paper`` only."""
+    key_dim: int = 0
+    """Key/query width per head of ``gated_delta`` layers and of the intent readout; 0 = the head
+    width (embedding_dim / heads). Wider keys hold more associations before writes interfere."""
 
     def validate(self) -> None:
         check_range("decay_period", self.decay_period, 0.0, lo_open=True)
@@ -44,6 +53,8 @@ class TADNConfig:
             raise ConfigError(f"alpha: {self.alpha!r} must be strictly inside (0, 1) when learn_alpha is true")
         check_range("chunk_size", self.chunk_size, 1, 1024)
         check_choice("impl", self.impl, ("auto", "chunked", "recurrent", "gpu"))
+        check_choice("gating", self.gating, ("paper", "gated_delta"))
+        check_range("key_dim", self.key_dim, 0, 1024)
 
 
 @dataclass
@@ -80,6 +91,16 @@ class TowerConfig:
     (docs/tower.md "Deeper short branch"), not part of the paper's design."""
     long_pattern: str = "TTTS"
     """One letter per long-branch layer: T = TADN, S = causal softmax; empty disables the branch."""
+    long_readout: str = "last"
+    """How the long branch's answer is read: ``last`` (the paper's form: the final layer's output at
+    the last long row, K events before the query, computed without the current intent) or
+    ``intent`` (:class:`~hytrec_torchrec.modules.memory.IntentReadout`: a gated-delta memory over
+    the long branch's rows, queried with the short branch's output and the time since the last
+    long event; needs a short branch). With ``intent`` every long layer runs on every row, so an
+    S layer in ``long_pattern`` then costs O(L²); use T layers only for linear cost."""
+    long_time_inputs: bool = False
+    """Add a learned embedding of the log-bucketed gap to the previous event (64 buckets) to every
+    long-branch input row: time for the long layers, exact in all-position training."""
     heads: int = 2
     ffn_mult: int = 2
     dropout: float = 0.0
@@ -126,6 +147,10 @@ class TowerConfig:
             raise ConfigError(f"long_pattern: {self.long_pattern!r} has letters {bad}; use only T (TADN) and S (softmax)")
         if not self.long_pattern and self.short_len == 0:
             raise ConfigError("long_pattern: empty pattern and short_len 0 leave the tower with no branch")
+        check_choice("long_readout", self.long_readout, ("last", "intent"))
+        if self.long_readout == "intent" and self.long_pattern and self.short_len == 0:
+            raise ConfigError("long_readout: intent reads the long memory with the short branch's output; "
+                              "it needs short_len > 0")
         check_range("heads", self.heads, 1)
         if self.embedding_dim % self.heads:
             raise ConfigError(f"heads: embedding_dim {self.embedding_dim} is not divisible by heads {self.heads}")

@@ -76,6 +76,7 @@ class HyTRecTower(nn.Module):
     has_short: Final[bool]
     cosine: Final[bool]
     next_query: Final[bool]
+    long_intent: Final[bool]
 
     def __init__(self, cfg: TowerConfig, feature_dims: Optional[Dict[str, int]] = None) -> None:
         super().__init__()
@@ -91,9 +92,12 @@ class HyTRecTower(nn.Module):
         self.long = (
             LongBranch(d, cfg.long_pattern, cfg.heads, cfg.ffn_mult, cfg.dropout, t.alpha, t.learn_alpha,
                        t.temporal_gate, t.chunk_size, t.impl, cfg.softmax_group_waste, cfg.position_bias,
-                       cfg.time_bias)
+                       cfg.time_bias, gating=t.gating, key_dim=t.key_dim, readout=cfg.long_readout,
+                       time_inputs=cfg.long_time_inputs)
             if self.has_long else nn.Identity()
         )
+        # the long branch is read with the short branch's output (its intent readout)
+        self.long_intent = self.has_long and cfg.long_readout == "intent"
         self.short = (ShortBranch(d, cfg.short_heads, cfg.ffn_mult, cfg.dropout, cfg.short_len, cfg.position_bias,
                                   cfg.time_bias, cfg.short_layers)
                       if self.has_short else nn.Identity())
@@ -135,20 +139,27 @@ class HyTRecTower(nn.Module):
         nt: Optional[torch.Tensor] = None
         if self.next_query:
             nt = next_event_times(timestamps, offsets, t_current)
-        if self.has_long:
-            seg = segment_ids(offsets, n)
-            tau = temporal_decay(timestamps, t_current, seg, self.decay_period, h.dtype)
-            lq: Optional[torch.Tensor] = None
-            if nt is not None:  # head row m feeds the prediction made K rows later
-                lq = nt[head_rows + self.short_len] if self.has_short else nt
-            branches.append(self.long(h[head_rows], head_off, tau[head_rows], timestamps[head_rows], lq))
+        short_out: Optional[torch.Tensor] = None
         if self.has_short:
             if self.short_input > self.short_len:  # several short layers: their receptive field
                 _, _, tail_rows, tail_off = split_tail(offsets, self.short_input)
             sq: Optional[torch.Tensor] = None
             if nt is not None:
                 sq = nt[tail_rows]
-            branches.append(self.short(h[tail_rows], tail_off, timestamps[tail_rows], sq))
+            short_out = self.short(h[tail_rows], tail_off, timestamps[tail_rows], sq)
+        if self.has_long:
+            seg = segment_ids(offsets, n)
+            tau = temporal_decay(timestamps, t_current, seg, self.decay_period, h.dtype)
+            lq: Optional[torch.Tensor] = None
+            if nt is not None:  # head row m feeds the prediction made K rows later
+                lq = nt[head_rows + self.short_len] if self.has_short else nt
+            t_query: Optional[torch.Tensor] = None
+            if self.long_intent and n > 0:  # the time of each history's last event
+                t_query = timestamps[(offsets[1:] - 1).clamp(min=0)]
+            branches.append(self.long(h[head_rows], head_off, tau[head_rows], timestamps[head_rows], lq,
+                                      short_out, t_query))
+        if short_out is not None:
+            branches.append(short_out)
         user, balance = self.fusion(branches)
         return scoring_vectors(user, self.cosine), balance * self.load_balance_weight
 
@@ -171,6 +182,9 @@ class HyTRecTower(nn.Module):
         nt: Optional[torch.Tensor] = None
         if self.next_query:
             nt = next_event_times(timestamps, offsets, t_current)
+        short_rows: Optional[torch.Tensor] = None
+        if self.has_short:
+            short_rows = self.short.forward_rows(h, offsets, timestamps, nt)
         if self.has_long:
             seg = segment_ids(offsets, n)
             tau = temporal_decay(timestamps, t_current, seg, self.decay_period, h.dtype)
@@ -178,13 +192,19 @@ class HyTRecTower(nn.Module):
             lq: Optional[torch.Tensor] = None
             if nt is not None:  # head row m feeds the prediction made K rows later
                 lq = nt[head_rows + self.short_len]
-            rows = self.long.forward_rows(h[head_rows], head_off, tau[head_rows], timestamps[head_rows], lq)
+            intent_rows: Optional[torch.Tensor] = None
+            t_query: Optional[torch.Tensor] = None
+            if self.long_intent and short_rows is not None:  # the prediction K rows later reads row m
+                intent_rows = short_rows[head_rows + self.short_len]
+                t_query = timestamps[head_rows + self.short_len]
+            rows = self.long.forward_rows(h[head_rows], head_off, tau[head_rows], timestamps[head_rows], lq,
+                                          intent_rows, t_query)
             # head row m of a history feeds the prefix ending K rows later
             long_out = self.long.empty.unsqueeze(0).expand(n, self.dim)
             long_out = long_out.index_copy(0, head_rows + self.short_len, rows)
             branches.append(long_out)
-        if self.has_short:
-            branches.append(self.short.forward_rows(h, offsets, timestamps, nt))
+        if short_rows is not None:
+            branches.append(short_rows)
         user, balance = self.fusion(branches)
         return scoring_vectors(user, self.cosine), balance * self.load_balance_weight
 
