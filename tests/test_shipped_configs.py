@@ -77,3 +77,37 @@ def test_ml1m_script_recipes_load() -> None:
 def test_ml1m_script_rejects_unknown_recipe() -> None:
     res = _ml1m("flags", "no_such_recipe")
     assert res.returncode == 2 and "unknown recipe 'no_such_recipe'" in res.stderr
+
+
+LONGHIST_SCRIPT = CONFIGS.parent / "scripts" / "longhist.sh"
+
+
+def _longhist(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(LONGHIST_SCRIPT), *args], capture_output=True, text=True, check=False)
+
+
+def test_longhist_recipes_load_and_each_ablation_switches_one_part() -> None:
+    """Every recipe of scripts/longhist.sh validates on configs/synthetic_longhist.yaml, and each
+    abl_* recipe differs from ``hytrec`` in exactly one model key (one ablation at a time)."""
+    names = _longhist("list").stdout.split()
+    assert {"hytrec", "hytrec_paper", "short_only", "sasrec"} <= set(names)
+    models = {}
+    for name in names:
+        res = _longhist("flags", name)
+        assert res.returncode == 0, res.stderr
+        overrides = res.stdout.split()
+        cfg = to_dict(load_job_config(str(CONFIGS / "synthetic_longhist.yaml"), overrides))
+        models[name] = cfg["model"]
+    flat = {n: {**{k: v for k, v in m.items() if k != "tadn"}, **{f"tadn.{k}": v for k, v in m["tadn"].items()}}
+            for n, m in models.items()}
+    ref = flat["hytrec"]
+    assert (ref["tadn.gating"], ref["long_readout"], ref["long_time_inputs"]) == ("gated_delta", "intent", True)
+    for name in (n for n in names if n.startswith("abl_")):
+        diff = [k for k in ref if flat[name][k] != ref[k]]
+        assert len(diff) == 1, (name, diff)
+
+
+def test_longhist_script_rejects_unknown_names() -> None:
+    assert _longhist("flags", "no_such_recipe").returncode == 2
+    res = _longhist("train", "no_such_scenario", "hytrec")
+    assert res.returncode == 2 and "unknown scenario" in res.stderr

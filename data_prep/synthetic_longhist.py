@@ -1,0 +1,474 @@
+"""Learnable long-history benchmarks: stationary processes whose next item is often set by events
+older than the model's last ``k``.
+
+    python -m data_prep.synthetic_longhist --scenario {favourites,periodic,interleaved} --out DIR
+        [--users 2000] [--seed S] [--min-len 300] [--max-len 1000] [--k 64] [--n-items 3000]
+        [--far-fraction 0.5] [--min-prior 2] [--favourites 6] [--gap-min 150] [--gap-max 600]
+        [--periodic 4] [--period-min 100] [--period-max 800] [--interests 3] [--group-size 8]
+        [--session-min 80] [--session-max 200] [--p-session 0.75] [--regime 100] [--p-interest 0.5]
+
+Each user is one draw of a process that is the same at every position, so the pattern the test
+targets ask for is also what the training positions hold: a model trained on all positions sees
+many events whose evidence is far back. The process runs for ``max_len`` events; the history is
+cut after an end event chosen as below, and that end event is the test target (leave-last-out).
+``--scenario`` picks the process:
+
+* ``favourites``: every user has ``favourites`` (F) items (distinct, user-specific, uniform over
+  the catalog). Each one recurs after a gap drawn uniformly from ``[gap_min, gap_max]`` events
+  (a renewal process started ``2 * gap_max`` events before position 0, so position 0 is already
+  in its steady state); when two favourites fall due at once the later one waits for the next
+  free position, so a gap is at least ``gap_min`` and at most ``gap_max`` plus a few events.
+* ``periodic``: every user has ``periodic`` (P) items, each with its own period drawn uniformly
+  from ``[period_min, period_max]`` and a phase uniform in ``[0, period)``; item ``i`` takes
+  exactly the positions ``phase_i + m * period_i`` (periods and phases are re-drawn until no two
+  items want the same position).
+* ``interleaved``: every user has ``interests`` (I) disjoint groups of ``group_size`` items
+  (user-specific) visited in sessions of ``[session_min, session_max]`` events (uniform). The
+  interests cycle in a fixed user-specific order, so the interest of the next session is the one
+  visited longest ago; session 0 starts before position 0 (a uniform share of it is cut off). The
+  first event of a session is an item of its interest, later ones with probability ``p_session``
+  (uniform over the group), else popularity background.
+
+Background, in ``favourites`` and ``periodic`` every event that is not a pattern event: with
+probability ``p_interest`` one of the user's 4 current-interest items (re-drawn every ``regime``
+events), else a Zipf-like popularity draw (exponent 0.8) over ``n_items`` items. A background
+draw that hits one of the user's pattern items (favourites, periodic items, interest groups) is
+re-drawn, so those items occur only as pattern events.
+
+Kinds (``segments.parquet``, ``ground_truth.parquet``), from the test target ``y`` at position
+``L - 1`` of a history of ``L`` events: **far** when ``y`` does not occur in the last ``k``
+history events (positions ``L - 1 - k .. L - 2``) but occurs earlier; **recent** otherwise. The
+generator ends every history on one of two kinds of event, so that every recent target does occur
+in the last ``k`` events:
+
+* a far user (exactly ``round(far_fraction * users)`` users, chosen at random) ends on a *far
+  pattern event*: a favourite return, a periodic slot, or the first event of a session whose
+  ending interest had an earlier session (so the cycle order has been shown once), whose item
+  occurred at least ``min_prior`` times before and not in the last ``k`` events (``gap_min``,
+  ``period_min`` and ``session_min`` must exceed ``k``). With ``min_prior >= 2`` the far history
+  shows the item recurring (a favourite's spacing, a periodic item's period), which is what
+  tells it apart from a background item seen once;
+* a recent user ends on any event whose item occurs in the last ``k`` events before it.
+
+The end is drawn uniformly among the qualifying positions ``min_len - 1 .. max_len - 1`` of the
+user's process, so history lengths lie in ``[min_len, max_len]``; a user whose process has no
+qualifying position is drawn again (counted as ``redraws`` in ``synthetic.json``; this slightly
+favours short periods / sessions among far users).
+
+Parameters: ``scenario`` (above); ``users`` (default 2000); ``seed``; ``n_items`` catalog size
+(3000); ``min_len`` / ``max_len`` history length range (300 / 1000); ``k`` the model's short
+window (64); ``far_fraction`` share of far users (0.5); ``min_prior`` earlier occurrences a far
+target's item needs (2); ``favourites`` F (6), ``gap_min`` / ``gap_max`` (150 / 600);
+``periodic`` P (4), ``period_min`` / ``period_max`` (100 / 800); ``interests`` I (3),
+``group_size`` (8), ``session_min`` / ``session_max`` (80 / 200), ``p_session`` (0.75);
+``regime`` (100) and ``p_interest`` (0.5) for the background. Only the chosen scenario's own
+parameters are checked and used.
+
+Oracle (upper reference): ``benchmarks/longhist_heuristics.py RAW_DIR`` scores non-learned
+rankers on the test targets by kind: counts in the last ``k`` events (HR@10 exactly 0 on far
+targets: they are not in the window), counts over the whole history, and a scenario oracle that
+reads the generator's rule off the history, given its parameters (favourites: items absent from
+the window whose every gap is within ``[gap_min, gap_max]``, the most personal first, i.e. the
+fewest events over all users per visit here; periodic: exactly periodic items, the one due now
+first; interleaved: items of the interest visited longest ago, which is the next in the cycle).
+With the defaults (2,000 users, seed 0) the far targets' HR@10 is 0 / 0 / .971 (favourites),
+0 / 0 / 1.0 (periodic) and 0 / .203 / .978 (interleaved) for last-k counts / whole-history counts
+/ oracle, while last-k counts find .83-.86 of the recent targets.
+
+Outputs, as :mod:`data_prep.synthetic`: ``DIR/events/part-00000.parquet`` (raw schema, all
+clicks, category = item // 100), ``DIR/ground_truth.parquet`` (user_id, kind, n_events,
+target_item, pattern_target: the target is a pattern event, items: the user's pattern items —
+favourites, periodic items, or the interest groups one after the other in cycle order —, periodic
+also periods and phases, interleaved also session_start: the target is the first event of a
+session), ``DIR/segments.parquet`` (user_id, kind: a ``segments.side_file`` for ``hytrec-eval``)
+and ``DIR/synthetic.json`` (parameters and counts: ``pattern_events``;
+``far_recurrences_in_training``, pattern events at training positions (``<= L - 3``) whose item
+was last seen more than ``k`` events before; ``far_end_events_in_training``, those of them a far
+history could end on; ``redraws``). Deterministic given the arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_prep.synthetic import DAY, T_END, clear_events_dir, events_table, list_column
+
+__all__ = ["LongHistParams", "SCENARIOS", "generate"]
+
+SCENARIOS = ("favourites", "periodic", "interleaved")
+N_INTEREST = 4
+ZIPF = 0.8
+MAX_REDRAWS = 200
+
+
+@dataclass
+class LongHistParams:
+    """Generator parameters (module docstring)."""
+
+    scenario: str = "favourites"
+    users: int = 2000
+    seed: int = 0
+    n_items: int = 3000
+    min_len: int = 300
+    max_len: int = 1000
+    k: int = 64
+    far_fraction: float = 0.5
+    min_prior: int = 2
+    favourites: int = 6
+    gap_min: int = 150
+    gap_max: int = 600
+    periodic: int = 4
+    period_min: int = 100
+    period_max: int = 800
+    interests: int = 3
+    group_size: int = 8
+    session_min: int = 80
+    session_max: int = 200
+    p_session: float = 0.75
+    regime: int = 100
+    p_interest: float = 0.5
+
+    def n_pattern_items(self) -> int:
+        """How many pattern items a user of this scenario has."""
+        return {"favourites": self.favourites, "periodic": self.periodic,
+                "interleaved": self.interests * self.group_size}[self.scenario]
+
+    def validate(self) -> "LongHistParams":
+        """Raise ``ValueError`` naming the bad parameter; returns ``self``."""
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario: need one of {', '.join(SCENARIOS)}, got {self.scenario!r}")
+        if self.users < 1:
+            raise ValueError(f"users: need >= 1, got {self.users}")
+        if self.k < 1:
+            raise ValueError(f"k: need >= 1, got {self.k}")
+        if not self.k + 2 <= self.min_len <= self.max_len:
+            raise ValueError(f"min_len, max_len: need k + 2 <= min_len <= max_len, got {self.min_len}, {self.max_len}")
+        if self.min_prior < 1:
+            raise ValueError(f"min_prior: need >= 1, got {self.min_prior}")
+        if self.regime < 1:
+            raise ValueError(f"regime: need >= 1, got {self.regime}")
+        for name in ("far_fraction", "p_interest", "p_session"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name}: need a probability in [0, 1], got {v}")
+        if self.scenario == "favourites":
+            self._check_range("favourites", "gap_min", "gap_max", "a favourite's return")
+        elif self.scenario == "periodic":
+            self._check_range("periodic", "period_min", "period_max", "a periodic item's next slot")
+        else:
+            if self.interests < 2 or self.group_size < 1:
+                raise ValueError(f"interests, group_size: need >= 2 and >= 1, got {self.interests}, {self.group_size}")
+            self._check_range(None, "session_min", "session_max", "the next interest's items")
+            if self.interests * self.session_min > self.max_len - 1:
+                raise ValueError(f"max_len: need > interests * session_min = {self.interests * self.session_min} "
+                                 f"for a session start after a full cycle, got {self.max_len}")
+        n_pat = self.n_pattern_items()
+        if self.n_items <= n_pat + N_INTEREST:
+            raise ValueError(f"n_items: need > {n_pat} pattern items + {N_INTEREST}, got {self.n_items}")
+        return self
+
+    def _check_range(self, count: Optional[str], lo: str, hi: str, what: str) -> None:
+        if count is not None and getattr(self, count) < 1:
+            raise ValueError(f"{count}: need >= 1, got {getattr(self, count)}")
+        a, b = getattr(self, lo), getattr(self, hi)
+        if a <= self.k:
+            raise ValueError(f"{lo} = {a} must exceed k = {self.k}: otherwise {what} can be inside the last k events")
+        if b < a:
+            raise ValueError(f"{hi}: need >= {lo} = {a}, got {b}")
+        if count is not None and self.min_prior * a > self.max_len - 1:
+            raise ValueError(f"max_len: need > min_prior * {lo} = {self.min_prior * a} for a far target, "
+                             f"got {self.max_len}")
+
+
+@dataclass
+class _World:
+    pop_cdf: np.ndarray  # [n_items] Zipf-like popularity, cumulative
+    pop_item: np.ndarray  # [n_items] popularity rank -> item
+
+
+@dataclass
+class _Process:
+    """One user's process over ``max_len`` positions (internal item IDs)."""
+
+    item: np.ndarray  # [M]
+    pattern: np.ndarray  # [M] bool: favourite visit / periodic slot / first event of a session
+    far_ok: np.ndarray  # [M] bool: a pattern event that may end a far user's history
+    items: np.ndarray  # [n_pattern_items] the user's pattern items
+    extra: dict = field(default_factory=dict)  # periods, phases (periodic)
+
+
+@dataclass
+class _User:
+    """One user's history (the process cut after its end event) and facts about it."""
+
+    item: np.ndarray  # [L]
+    far: bool
+    pattern_target: bool
+    items: np.ndarray
+    extra: dict
+    pattern_events: int  # pattern events in the history
+    far_in_training: int  # far recurrences at training positions (<= L - 3)
+    ends_in_training: int  # of those, the ones a far user's history could end on
+    redraws: int
+
+
+def _zipf(w: _World, rng: np.random.Generator, n: int) -> np.ndarray:
+    return w.pop_item[np.minimum(np.searchsorted(w.pop_cdf, rng.random(n)), len(w.pop_item) - 1)]
+
+
+def _avoid(w: _World, rng: np.random.Generator, item: np.ndarray, mask: np.ndarray, pattern_items: np.ndarray) -> None:
+    """Re-draw ``item[mask]`` (in place) from popularity while it is one of ``pattern_items``."""
+    n_items = len(w.pop_item)
+    for _ in range(20):
+        bad = np.flatnonzero(mask & np.isin(item, pattern_items))
+        if len(bad) == 0:
+            return
+        item[bad] = _zipf(w, rng, len(bad))
+    for _ in range(len(pattern_items) + 1):  # deterministic fallback: the next item ID
+        bad = np.flatnonzero(mask & np.isin(item, pattern_items))
+        if len(bad) == 0:
+            return
+        item[bad] = (item[bad] + 1) % n_items
+
+
+def _background(p: LongHistParams, w: _World, rng: np.random.Generator) -> np.ndarray:
+    """[max_len] background items: current interest (4 items per regime) or popularity."""
+    m = p.max_len
+    n_reg = (m + p.regime - 1) // p.regime
+    interest = rng.integers(0, p.n_items, (n_reg, N_INTEREST))
+    use_int = rng.random(m) < p.p_interest
+    pick = interest[np.arange(m) // p.regime, rng.integers(0, N_INTEREST, m)]
+    return np.where(use_int, pick, _zipf(w, rng, m))
+
+
+def _favourites(p: LongHistParams, w: _World, rng: np.random.Generator) -> _Process:
+    m, f = p.max_len, p.favourites
+    fav = rng.choice(p.n_items, f, replace=False)
+    item = _background(p, w, rng)
+    pattern = np.zeros(m, bool)
+    # renewal per favourite, started 2 * gap_max before position 0; ties wait for the next free position
+    heap = [(int(-2 * p.gap_max + d), i) for i, d in enumerate(rng.integers(0, p.gap_max, f))]
+    heapq.heapify(heap)
+    last = -4 * p.gap_max
+    visits: list[tuple[int, int]] = []
+    while True:
+        due, i = heapq.heappop(heap)
+        pos = max(due, last + 1)
+        if pos >= m:
+            break
+        last = pos
+        if pos >= 0:
+            visits.append((pos, i))
+        heapq.heappush(heap, (pos + int(rng.integers(p.gap_min, p.gap_max + 1)), i))
+    at = np.array([v[0] for v in visits], np.int64)
+    which = np.array([v[1] for v in visits], np.int64)
+    _avoid(w, rng, item, np.ones(m, bool), fav)
+    item[at] = fav[which]
+    pattern[at] = True
+    return _Process(item, pattern, pattern.copy(), fav)
+
+
+def _periodic(p: LongHistParams, w: _World, rng: np.random.Generator) -> _Process:
+    m, n = p.max_len, p.periodic
+    per = rng.integers(p.period_min, p.period_max + 1, n)
+    phase = rng.integers(0, per)
+    for _ in range(MAX_REDRAWS):
+        slots = [np.arange(ph, m, t) for ph, t in zip(phase.tolist(), per.tolist())]
+        flat = np.concatenate(slots)
+        if len(np.unique(flat)) == len(flat):
+            break
+        per = rng.integers(p.period_min, p.period_max + 1, n)
+        phase = rng.integers(0, per)
+    else:
+        raise RuntimeError("periodic: no collision-free periods and phases; lower periodic or widen the periods")
+    items = rng.choice(p.n_items, n, replace=False)
+    item = _background(p, w, rng)
+    _avoid(w, rng, item, np.ones(m, bool), items)
+    pattern = np.zeros(m, bool)
+    for i, s in enumerate(slots):
+        item[s] = items[i]
+        pattern[s] = True
+    return _Process(item, pattern, pattern.copy(), items,
+                    {"periods": per.astype(np.int64), "phases": phase.astype(np.int64)})
+
+
+def _interleaved(p: LongHistParams, w: _World, rng: np.random.Generator) -> _Process:
+    m, n_int, g = p.max_len, p.interests, p.group_size
+    groups = rng.choice(p.n_items, n_int * g, replace=False)  # group j: groups[j*g:(j+1)*g], cycle j -> j+1
+    n_sess = m // p.session_min + 2
+    lens = rng.integers(p.session_min, p.session_max + 1, n_sess)
+    offset = int(rng.integers(0, lens[0]))  # events of session 0 before position 0
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]) - offset
+    pos = np.arange(m)
+    sess = np.searchsorted(starts, pos, side="right") - 1
+    interest = (int(rng.integers(0, n_int)) + sess) % n_int
+    first = (pos == starts[sess]) & (sess >= 1)
+    use = (rng.random(m) < p.p_session) | first
+    item = _zipf(w, rng, m)
+    _avoid(w, rng, item, ~use, groups)
+    item = np.where(use, groups[interest * g + rng.integers(0, g, m)], item)
+    # a far end: a session start whose ending session (sess - 1) had an earlier session of the same
+    # interest with an event in view (session 0 is cut and may show only background)
+    earlier = sess - 1 - n_int
+    shown = (earlier >= 1) | ((earlier == 0) & use[sess == 0].any())
+    return _Process(item, first, first & shown, groups)
+
+
+_PROCESS = {"favourites": _favourites, "periodic": _periodic, "interleaved": _interleaved}
+
+
+def _previous(item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each position: the previous position of the same item (-1: none) and how many earlier
+    positions hold it."""
+    order = np.argsort(item, kind="stable")
+    s = item[order]
+    same = np.r_[False, s[1:] == s[:-1]]
+    prev = np.full(len(item), -1, np.int64)
+    prev[order[same]] = order[np.flatnonzero(same) - 1]
+    grp_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(s))))
+    count = np.empty(len(item), np.int64)
+    count[order] = np.arange(len(s)) - grp_start
+    return prev, count
+
+
+def _far_events(p: LongHistParams, proc: _Process, prev: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """[M] bool: far pattern events (the end events a far user may have)."""
+    pos = np.arange(len(proc.item))
+    return proc.far_ok & (prev >= 0) & (pos - prev > p.k) & (count >= p.min_prior)
+
+
+def _user(p: LongHistParams, w: _World, rng: np.random.Generator, far: bool) -> _User:
+    for redraw in range(MAX_REDRAWS):
+        proc = _PROCESS[p.scenario](p, w, rng)
+        prev, count = _previous(proc.item)
+        pos = np.arange(p.max_len)
+        far_rec = proc.pattern & (prev >= 0) & (pos - prev > p.k)  # the far definition, at every position
+        far_ev = _far_events(p, proc, prev, count)
+        ok = far_ev if far else (prev >= 0) & (pos - prev <= p.k)
+        cand = np.flatnonzero(ok & (pos >= p.min_len - 1))
+        if len(cand):
+            end = int(cand[rng.integers(0, len(cand))])
+            return _User(item=proc.item[: end + 1], far=far, pattern_target=bool(proc.pattern[end]), items=proc.items,
+                         extra=proc.extra, pattern_events=int(proc.pattern[: end + 1].sum()),
+                         far_in_training=int(far_rec[: max(end - 1, 0)].sum()),
+                         ends_in_training=int(far_ev[: max(end - 1, 0)].sum()), redraws=redraw)
+    raise RuntimeError(f"{p.scenario}: no {'far' if far else 'recent'} end event in {MAX_REDRAWS} draws; "
+                       "widen min_len .. max_len")
+
+
+def generate(params: LongHistParams, out: str | Path) -> dict:
+    """Generate the dataset into ``out``; returns the summary written to ``synthetic.json``."""
+    t0 = time.time()
+    p = params.validate()
+    out = Path(out)
+    clear_events_dir(out)
+    rng = np.random.default_rng([p.seed, 11 << 20, SCENARIOS.index(p.scenario)])
+    pop = 1.0 / np.arange(1, p.n_items + 1) ** ZIPF
+    w = _World(pop_cdf=np.cumsum(pop / pop.sum()), pop_item=rng.permutation(p.n_items))
+    far = np.zeros(p.users, bool)
+    far[rng.permutation(p.users)[: int(round(p.far_fraction * p.users))]] = True
+    users = [_user(p, w, rng, bool(f)) for f in far]
+
+    lens = np.array([len(u.item) for u in users], np.int64)
+    item = np.concatenate([u.item for u in users]).astype(np.int64)
+    uid = np.repeat(np.arange(p.users), lens)
+    n_ev = len(item)
+    # timestamps: gaps of minutes (80 %) or of hours to days (20 %), ending 0-2 days before T_END
+    gaps = 1.0 + np.where(rng.random(n_ev) < 0.8, rng.exponential(600.0, n_ev), rng.exponential(DAY / 2, n_ev))
+    cs = np.cumsum(gaps)
+    last = np.cumsum(lens) - 1
+    end = T_END - rng.uniform(0, 2 * DAY, p.users)
+    ts = (end[uid] - (cs[last[uid]] - cs)).astype(np.int64)
+    item_raw = item + 100_000
+    pq.write_table(events_table(uid.astype(np.int64) + 1, item_raw, ts, np.zeros(n_ev, np.int8),
+                                np.zeros(n_ev, np.int64), item // 100 + 1),
+                   out / "events" / "part-00000.parquet", compression="snappy")
+
+    user_id = np.arange(p.users, dtype=np.int64) + 1
+    kind = np.where(far, "far", "recent")
+    gt = {
+        "user_id": pa.array(user_id),
+        "kind": pa.array(kind),
+        "n_events": pa.array(lens),
+        "target_item": pa.array(item_raw[last]),
+        "pattern_target": pa.array(np.array([u.pattern_target for u in users], bool)),
+        "items": list_column(np.stack([u.items for u in users]).astype(np.int64) + 100_000),
+    }
+    if p.scenario == "periodic":
+        gt["periods"] = list_column(np.stack([u.extra["periods"] for u in users]))
+        gt["phases"] = list_column(np.stack([u.extra["phases"] for u in users]))
+    if p.scenario == "interleaved":
+        gt["session_start"] = gt["pattern_target"]
+    pq.write_table(pa.table(gt), out / "ground_truth.parquet")
+    pq.write_table(pa.table({"user_id": pa.array(user_id), "kind": pa.array(kind)}), out / "segments.parquet")
+    summary = {
+        "params": asdict(p),
+        "events": n_ev,
+        "users": p.users,
+        "users_by_kind": {"far": int(far.sum()), "recent": int((~far).sum())},
+        "pattern_events": int(sum(u.pattern_events for u in users)),
+        "far_recurrences_in_training": int(sum(u.far_in_training for u in users)),
+        "far_end_events_in_training": int(sum(u.ends_in_training for u in users)),
+        "redraws": int(sum(u.redraws for u in users)),
+        "mean_history": round(float(lens.mean()), 1),
+        "max_history": int(lens.max()),
+        "seconds": round(time.time() - t0, 2),
+    }
+    (out / "synthetic.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m data_prep.synthetic_longhist``."""
+    d = LongHistParams()
+    ap = argparse.ArgumentParser(prog="python -m data_prep.synthetic_longhist", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scenario", choices=SCENARIOS, required=True, help="which process (module docstring)")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--users", type=int, default=d.users, help="number of users")
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--n-items", type=int, default=d.n_items, help="catalog size")
+    ap.add_argument("--min-len", type=int, default=d.min_len, help="shortest history")
+    ap.add_argument("--max-len", type=int, default=d.max_len, help="longest history (and process length)")
+    ap.add_argument("--k", type=int, default=d.k, help="the model's short window; far targets are not in it")
+    ap.add_argument("--far-fraction", type=float, default=d.far_fraction, help="share of users ending on a far target")
+    ap.add_argument("--min-prior", type=int, default=d.min_prior,
+                    help="earlier occurrences a far target's item needs")
+    ap.add_argument("--favourites", type=int, default=d.favourites, help="favourites: items per user")
+    ap.add_argument("--gap-min", type=int, default=d.gap_min, help="favourites: shortest gap between visits")
+    ap.add_argument("--gap-max", type=int, default=d.gap_max, help="favourites: longest gap between visits")
+    ap.add_argument("--periodic", type=int, default=d.periodic, help="periodic: items per user")
+    ap.add_argument("--period-min", type=int, default=d.period_min, help="periodic: shortest period")
+    ap.add_argument("--period-max", type=int, default=d.period_max, help="periodic: longest period")
+    ap.add_argument("--interests", type=int, default=d.interests, help="interleaved: interests per user, cycled")
+    ap.add_argument("--group-size", type=int, default=d.group_size, help="interleaved: items per interest")
+    ap.add_argument("--session-min", type=int, default=d.session_min, help="interleaved: shortest session")
+    ap.add_argument("--session-max", type=int, default=d.session_max, help="interleaved: longest session")
+    ap.add_argument("--p-session", type=float, default=d.p_session,
+                    help="interleaved: share of session events from its interest")
+    ap.add_argument("--regime", type=int, default=d.regime, help="background: events per current interest")
+    ap.add_argument("--p-interest", type=float, default=d.p_interest,
+                    help="background: share from the current interest")
+    ns = ap.parse_args(argv)
+    kw = {k: v for k, v in vars(ns).items() if k != "out"}
+    try:
+        params = LongHistParams(**kw).validate()
+    except ValueError as err:
+        ap.error(str(err))
+    summary = generate(params, ns.out)
+    print(json.dumps({k: v for k, v in summary.items() if k != "params"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

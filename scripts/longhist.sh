@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Long-history benchmark runs of docs/results.md, by name: the data of one scenario of
+# data_prep.synthetic_longhist, each model recipe trained on it, their paired evaluation.
+#
+#   bash scripts/longhist.sh data SCENARIO          # generate + prepare (favourites | periodic | interleaved)
+#   bash scripts/longhist.sh list                   # recipe names, one line each
+#   bash scripts/longhist.sh flags NAME             # the overrides NAME trains with
+#   bash scripts/longhist.sh train SCENARIO NAME [key=value ...]
+#                                                   # torchx run -j 1x2 into $LONGHIST_DIR/SCENARIO/NAME
+#   bash scripts/longhist.sh eval SCENARIO NAME [NAME ...]
+#                                                   # hytrec-eval with the scenario's far/recent side
+#                                                   # file; several names give one report with paired
+#                                                   # differences (the first name is the reference)
+#   bash scripts/longhist.sh all SCENARIO           # data, every recipe, one evaluation of all
+#
+# Environment: LONGHIST_DIR (default runs/longhist). Every recipe is configs/synthetic_longhist.yaml
+# (300 steps: 30 warm-up, cosine over the last 150) plus its overrides; tests/test_shipped_configs.py
+# checks that each loads and validates. On 2 CPU cores a run takes 5-12 minutes.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+root="${LONGHIST_DIR:-runs/longhist}"
+config="${LONGHIST_CONFIG:-configs/synthetic_longhist.yaml}"
+
+gd="model.tadn.gating=gated_delta"
+# One line per recipe: NAME OVERRIDE ... ("-" = none). hytrec is the long-memory tower
+# (gated delta rule, time inputs, intent readout); the abl_* rows switch one of its parts back.
+recipes="\
+hytrec            model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true
+hytrec_paper      model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false
+short_only        model.long_pattern=
+sasrec            model.short_len=0 model.long_pattern=SS model.long_readout=last
+abl_last_readout  model.long_pattern=TTT $gd model.long_readout=last model.long_time_inputs=true
+abl_paper_gating  model.long_pattern=TTT model.tadn.gating=paper model.long_readout=intent model.long_time_inputs=true
+abl_no_time       model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=false"
+
+names() { awk '{print $1}' <<< "$recipes"; }
+
+recipe() {
+    local line
+    line="$(awk -v n="$1" '$1 == n {$1 = ""; sub(/^ +/, ""); print}' <<< "$recipes")"
+    [ -n "$line" ] || { echo "unknown recipe '$1'; one of: $(names | tr '\n' ' ')" >&2; return 2; }
+    [ "$line" = "-" ] && line=""
+    echo "$line"
+}
+
+scenario_ok() {
+    case "$1" in
+        favourites|periodic|interleaved) ;;
+        *) echo "unknown scenario '$1'; one of: favourites periodic interleaved" >&2; exit 2 ;;
+    esac
+}
+
+activate() {
+    bash scripts/setup.sh
+    export PATH="${HYTREC_VENV:-$here/.venv}/bin:$PATH"
+    export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
+}
+
+data() {
+    local sc="$1"; scenario_ok "$sc"; activate
+    local dir="$root/$sc"
+    if [ -f "$dir/prepared/meta.json" ]; then
+        echo "[longhist] $dir/prepared exists (delete it to prepare again)"
+        return
+    fi
+    python -m data_prep.synthetic_longhist --scenario "$sc" --out "$dir/raw" --seed 1
+    hytrec-prep "$dir/raw/events" "$dir/prepared" --config configs/prep/synthetic.yaml
+    python benchmarks/longhist_heuristics.py "$dir/raw" || true
+}
+
+train() {
+    local sc="$1" name="$2"; shift 2; scenario_ok "$sc"
+    local spec; spec="$(recipe "$name")"
+    [ -f "$root/$sc/prepared/meta.json" ] || { echo "[longhist] no prepared data: run '$0 data $sc' first" >&2; exit 2; }
+    activate
+    # shellcheck disable=SC2086  # the recipe is a word list on purpose
+    set -- --config "$config" $spec "run.dir=$root/$sc/$name" "data.path=$root/$sc/prepared" "$@"
+    echo "[longhist] torchx run -s local_cwd launch/components.py:train -j 1x2 $*"
+    torchx run -s local_cwd launch/components.py:train -j 1x2 "$@"
+}
+
+evaluate() {
+    local sc="$1"; shift; scenario_ok "$sc"
+    [ "$#" -ge 1 ] || { echo "usage: $0 eval SCENARIO NAME ..." >&2; exit 2; }
+    activate
+    local args=() tag="" name
+    for name in "$@"; do
+        recipe "$name" > /dev/null
+        [ -e "$root/$sc/$name" ] || { echo "[longhist] no run $root/$sc/$name" >&2; exit 2; }
+        args+=(--checkpoint "$root/$sc/$name")
+        tag="${tag:+${tag}+}${name}"
+    done
+    local out="$root/$sc/eval/$tag"
+    hytrec-eval "${args[@]}" --data "$root/$sc/prepared" --out "$out" \
+        "segments.side_file=$root/$sc/raw/segments.parquet" data.batch_size=64 threads=1
+    echo "[longhist] report: $out/report.md"
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+    data) [ "$#" -eq 1 ] || { echo "usage: $0 data SCENARIO" >&2; exit 2; }; data "$1" ;;
+    list) names ;;
+    flags) [ "$#" -eq 1 ] || { echo "usage: $0 flags NAME" >&2; exit 2; }; recipe "$1" ;;
+    train) [ "$#" -ge 2 ] || { echo "usage: $0 train SCENARIO NAME [key=value ...]" >&2; exit 2; }; train "$@" ;;
+    eval) evaluate "$@" ;;
+    all)
+        [ "$#" -eq 1 ] || { echo "usage: $0 all SCENARIO" >&2; exit 2; }
+        data "$1"
+        for n in $(names); do train "$1" "$n"; done
+        # shellcheck disable=SC2046
+        evaluate "$1" $(names)
+        ;;
+    *) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || [ "$cmd" = help ] || [ "$cmd" = -h ] || exit 2 ;;
+esac
