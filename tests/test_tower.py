@@ -257,3 +257,15 @@ def test_tiny_model_overfits_fixed_set():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+def test_configs_stored_before_the_long_memory_options_rebuild_the_paper_tower():
+    from hytrec_torchrec.modules.config import fill_pre_memory_keys
+
+    stored = {"long_pattern": "TTTS", "tadn": {"alpha": 0.5}}
+    filled = fill_pre_memory_keys(stored)
+    assert sorted(filled) == ["long_readout", "long_time_inputs", "tadn.gating", "tadn.key_dim"]
+    cfg = from_dict(TowerConfig, stored)
+    assert (cfg.long_readout, cfg.long_time_inputs, cfg.tadn.gating) == ("last", False, "paper")
+    newer = {"long_readout": "intent", "tadn": {"gating": "gated_delta", "key_dim": 64}, "long_time_inputs": True}
+    assert fill_pre_memory_keys(newer) == [] and newer["tadn"]["gating"] == "gated_delta"

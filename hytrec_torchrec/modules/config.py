@@ -17,7 +17,7 @@ from typing import List
 
 from hytrec_torchrec.config import ConfigError, check_choice, check_range
 
-__all__ = ["TADNConfig", "FusionConfig", "TowerConfig", "FEATURES"]
+__all__ = ["TADNConfig", "FusionConfig", "TowerConfig", "FEATURES", "fill_pre_memory_keys"]
 
 FEATURES = ("item", "attribution", "category", "behavior")
 
@@ -166,3 +166,25 @@ class TowerConfig:
         check_choice("time_query", self.time_query, ("event", "next"))
         check_choice("similarity", self.similarity, ("dot", "cosine"))
         check_range("temperature", self.temperature, 0.0, lo_open=True)
+
+
+#: the values of the long-memory keys that every tower had before they existed (the paper's form)
+PRE_MEMORY_KEYS = {"long_readout": "last", "long_time_inputs": False}
+PRE_MEMORY_TADN_KEYS = {"gating": "paper", "key_dim": 0}
+
+
+def fill_pre_memory_keys(model: dict) -> List[str]:
+    """Fill, in place, the long-memory keys missing from a stored ``model`` config dict with the
+    values the tower had before they existed, so that a checkpoint written then rebuilds the same
+    tower whatever today's defaults are. Returns the dotted keys it filled."""
+    filled = []
+    for key, value in PRE_MEMORY_KEYS.items():
+        if key not in model:
+            model[key] = value
+            filled.append(key)
+    tadn = model.setdefault("tadn", {})
+    for key, value in PRE_MEMORY_TADN_KEYS.items():
+        if key not in tadn:
+            tadn[key] = value
+            filled.append("tadn." + key)
+    return filled

@@ -23,6 +23,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from hytrec_torchrec.config import ConfigError, apply_overrides, from_dict, to_dict
+from hytrec_torchrec.modules.config import fill_pre_memory_keys
 from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.training.checkpoint import latest_checkpoint, read_train_state
 from hytrec_torchrec.training.config import JobConfig
@@ -57,7 +58,10 @@ def checkpoint_config(path: str | Path, overrides: Sequence[str] = ()) -> Tuple[
         raise ValueError(f"{ckpt}/train_state.json has no 'config' (written by an older version)")
     import copy
 
-    raw = apply_overrides(copy.deepcopy(state["config"]), list(overrides))
+    stored = copy.deepcopy(state["config"])
+    # written before the long-memory options existed: rebuild the tower it trained (paper form)
+    fill_pre_memory_keys(stored.setdefault("model", {}))
+    raw = apply_overrides(stored, list(overrides))
     try:
         cfg = from_dict(JobConfig, raw)
     except ConfigError as exc:
