@@ -8,7 +8,8 @@ evaluates an exported TorchScript model: every rank holds the whole model and sc
 Writes OUT_DIR/metrics.json (overall and per segment: hr@K, ndcg@K for K in 1,10,50,100,200,500,
 mrr, auc), OUT_DIR/report.md (Markdown tables) and OUT_DIR/length_buckets.png (metric against
 history-length bucket, one line per model). Several --checkpoint arguments give one side-by-side
-report. Runs on one process or under torchrun/TorchX (``launch/components.py:evaluate``): the item
+report. Long-history diagnostics (does the model use events older than its short window?) are
+computed on rank 0 for a sample of the users (``diagnostics.users=256``, 0 disables; docs/evaluation.md). Runs on one process or under torchrun/TorchX (``launch/components.py:evaluate``): the item
 table is row-wise sharded and every rank scores its own rows. Overrides: evaluation keys
 (``split=valid``, ``max_batches=10``, ``threads=1`` beside a training job,
 ``segments.side_file=users.parquet``, ``segments.cold_start_max_history=10``) or the checkpoint's job config (``data.batch_size=256``).

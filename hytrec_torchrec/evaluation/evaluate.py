@@ -11,7 +11,9 @@ Every rank runs :func:`evaluate_checkpoint` (one process is a world of 1):
    reshards whatever world size wrote it);
 4. each batch's user embeddings are ranked against the full catalog, each rank scoring only its
    own rows of the row-wise sharded item table (:func:`~hytrec_torchrec.evaluation.scoring.batch_target_ranks`);
-5. per-example metrics are summed per segment in a ``torchmetrics.Metric`` and synced across ranks.
+5. per-example metrics are summed per segment in a ``torchmetrics.Metric`` and synced across ranks;
+6. on a seeded sample of the evaluated examples, rank 0 computes the long-history diagnostics
+   (:mod:`~hytrec_torchrec.evaluation.diagnostics`) on the unsharded model and broadcasts them.
 
 The numbers do not depend on the world size (each user is one example, seen exactly once; ranks
 are exact integers), which is tested (1 rank == 2 ranks).
@@ -35,6 +37,8 @@ import torch
 import torch.distributed as dist
 
 from hytrec_torchrec.config import ConfigError, check_choice, check_range, load_config
+from hytrec_torchrec.evaluation.diagnostics import (DiagnosticsConfig, ExampleSampler, checkpoint_access,
+                                                    collect_diagnostics, exported_access)
 from hytrec_torchrec.evaluation.metrics import DEFAULT_KS, SegmentedRankingMetric
 from hytrec_torchrec.evaluation.ranks import ranked_catalog_sizes
 from hytrec_torchrec.evaluation.scoring import (batch_target_ranks, first_targets, history_items,
@@ -87,6 +91,8 @@ class EvalConfig:
         segments: segment thresholds and the optional side file (:class:`SegmentConfig`).
         plot_metrics: metrics drawn against the history-length bucket in the PNG plot.
         table_metrics: metrics of the per-segment Markdown table.
+        diagnostics: long-history diagnostics on a sample of the evaluated users
+            (:class:`~hytrec_torchrec.evaluation.diagnostics.DiagnosticsConfig`; ``users: 0`` disables).
     """
 
     split: str = "test"
@@ -98,6 +104,7 @@ class EvalConfig:
     segments: SegmentConfig = field(default_factory=SegmentConfig)
     plot_metrics: List[str] = field(default_factory=lambda: ["hr@10", "ndcg@10"])
     table_metrics: List[str] = field(default_factory=lambda: ["hr@10", "ndcg@10", "hr@200", "mrr", "auc"])
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
     def validate(self) -> None:
         check_choice("split", self.split, ("test", "valid"))
@@ -226,11 +233,13 @@ def _gather_examples(parts: Dict[str, List[torch.Tensor]]) -> Dict[str, np.ndarr
 
 
 def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: SegmentedRankingMetric,
-                ranks_of: Callable[[Any], torch.Tensor]) -> Tuple[Dict[str, Any], float, Dict[str, np.ndarray]]:
+                ranks_of: Callable[[Any], torch.Tensor], sampler: Optional[ExampleSampler] = None
+                ) -> Tuple[Dict[str, Any], float, Dict[str, np.ndarray]]:
     """Feed ``ranks_of(batch)`` ([B] CPU ranks) of the valid examples of up to
     ``ecfg.max_batches`` batches into ``metric``; returns (synced results, seconds, every
     rank's evaluated examples ``{"user", "cutoff", "rank", "catalog": [n] int64}`` for
-    :mod:`~hytrec_torchrec.evaluation.paired`)."""
+    :mod:`~hytrec_torchrec.evaluation.paired`). ``sampler`` is offered every evaluated example
+    with its segment membership (diagnostics sample)."""
     n_batches = len(loader) if ecfg.max_batches is None else min(len(loader), ecfg.max_batches)
     t1 = time.perf_counter()
     it = iter(loader)
@@ -244,7 +253,10 @@ def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: Seg
             values, lengths = history_items(batch)
             catalog = ranked_catalog_sizes(values.cpu(), lengths.cpu(), first_targets(batch).cpu(),
                                            metric.catalog_size + 2)[keep]
-        metric.update(ranks[keep], segmenter.membership(batch)[keep], catalog)
+        member = segmenter.membership(batch)
+        metric.update(ranks[keep], member[keep], catalog)
+        if sampler is not None:
+            sampler.add(batch, member, keep)
         parts["user"].append(batch.user.cpu()[keep])
         parts["cutoff"].append(batch.cutoff.cpu()[keep])
         parts["rank"].append(ranks[keep])
@@ -255,9 +267,10 @@ def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: Seg
 
 def _result(results: Dict[str, Any], counts: Dict[str, int], catalog: int, segmenter: Segmenter,
             env: Any, t_load: float, t_eval: float, vocab_check: Dict[str, bool],
-            example_ranks: Dict[str, np.ndarray], **head: Any) -> Dict[str, Any]:
+            example_ranks: Dict[str, np.ndarray], diagnostics: Dict[str, Any], **head: Any) -> Dict[str, Any]:
     """The result layout shared by checkpoints and exported models (``head`` goes first:
-    name, checkpoint, step, model); collective when a side file is used. ``example_ranks``
+    name, checkpoint, step, model); collective when a side file is used. ``diagnostics``: the
+    result of :func:`~hytrec_torchrec.evaluation.diagnostics.collect_diagnostics`. ``example_ranks``
     (every evaluated example's user, cutoff, rank and catalog size, all ranks' together) is kept
     under that key for ``ranks.parquet``; ``metrics.json`` leaves it out."""
     side = dict(segmenter.side_counts)
@@ -283,6 +296,7 @@ def _result(results: Dict[str, Any], counts: Dict[str, int], catalog: int, segme
         "side_file": side,
         "timing": {"world_size": env.world_size, "threads": torch.get_num_threads(), "load_s": round(t_load, 3), "eval_s": round(t_eval, 3),
                    "examples_per_s": round(examples / t_eval, 1) if t_eval > 0 else math.nan},
+        "diagnostics": diagnostics,
         "example_ranks": example_ranks,
     }
 
@@ -302,7 +316,10 @@ def evaluate_checkpoint(
 
         {"name", "checkpoint", "step", "model": {...}, "overall": {metric: value, "examples": n},
          "segments": {segment: {...}}, "counts": {...}, "side_file": {...}, "timing": {...},
-         "example_ranks": {"user", "cutoff", "rank", "catalog": [n] int64 arrays}}
+         "diagnostics": {...}, "example_ranks": {"user", "cutoff", "rank", "catalog": [n] int64 arrays}}
+
+    The diagnostics run on rank 0 on the checkpoint loaded once more, unsharded (every table
+    gathered by DCP; the tower on this rank's device).
     """
     from hytrec_torchrec.training.distributed import init_distributed
     from hytrec_torchrec.training.restore import checkpoint_config, load_sharded
@@ -328,7 +345,11 @@ def evaluate_checkpoint(
         on_device = batch.to(env.device)
         return batch_target_ranks(tower, on_device, blocks, num_items, ecfg.remove_history).cpu()
 
-    results, t_eval, examples = _accumulate(loader, ecfg, segmenter, metric, ranks_of)
+    sampler = ExampleSampler(ecfg.diagnostics, segmenter.names) if ecfg.diagnostics.users > 0 else None
+    results, t_eval, examples = _accumulate(loader, ecfg, segmenter, metric, ranks_of, sampler)
+    diagnostics = collect_diagnostics(sampler, ecfg.diagnostics,
+                                      lambda: checkpoint_access(state["path"], job_overrides, env.device,
+                                                                ecfg.diagnostics.max_table_gb))
     m = cfg.model
     return _result(
         results, counts, catalog, segmenter, env, t_load, t_eval,
@@ -340,6 +361,7 @@ def evaluate_checkpoint(
                "max_len": data_cfg.max_len, "history_removed": ecfg.remove_history},
         vocab_check=vocab_check,
         example_ranks=examples,
+        diagnostics=diagnostics,
     )
 
 
@@ -403,7 +425,8 @@ def evaluate_exported(
     are summed across ranks. Requests are built from the prepared batches exactly as a client
     would (raw integer IDs for ``raw_int64`` tables, dense indices for ``index`` tables), and the
     target's rank is computed from ``user_embedding`` and ``item_embeddings`` with the same
-    pessimistic-tie rule as for checkpoints. Same result layout as :func:`evaluate_checkpoint`.
+    pessimistic-tie rule as for checkpoints. Same result layout as :func:`evaluate_checkpoint`;
+    the diagnostics (rank 0) use the exported tables and tower.
     """
     import json
 
@@ -460,7 +483,9 @@ def evaluate_exported(
         hist = history_items(batch) if ecfg.remove_history else None
         return target_ranks(user, first_targets(batch), [(0, 0, items)], num_items, history=hist)
 
-    results, t_eval, examples = _accumulate(loader, ecfg, segmenter, metric, ranks_of)
+    sampler = ExampleSampler(ecfg.diagnostics, segmenter.names) if ecfg.diagnostics.users > 0 else None
+    results, t_eval, examples = _accumulate(loader, ecfg, segmenter, metric, ranks_of, sampler)
+    diagnostics = collect_diagnostics(sampler, ecfg.diagnostics, lambda: exported_access(model, card, to_input))
     mcfg = card["config"].get("model", {})
     return _result(
         results, counts, num_items - 2, segmenter, env, t_load, t_eval,
@@ -474,4 +499,5 @@ def evaluate_exported(
                "table_storage": card.get("tables", {}).get("storage")},
         vocab_check={"sizes_checked": True, "item_vocab_checked": True},
         example_ranks=examples,
+        diagnostics=diagnostics,
     )

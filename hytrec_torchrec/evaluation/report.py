@@ -9,9 +9,15 @@ give one side-by-side report. ``metrics.json`` layout::
       "models": {NAME: {"overall": {"hr@10": ..., "ndcg@10": ..., "mrr": ..., "auc": ...,
                                     "examples": n},
                         "segments": {"cold_start": {...}, "len[10,20)": {...}, ...},
-                        "counts": {...}, "side_file": {...}, "timing": {...}, ...}},
+                        "counts": {...}, "side_file": {...}, "timing": {...},
+                        "diagnostics": {...}, ...}},
+      "diagnostics": {...},                        # the first model's, for one-model convenience
       "config": {...}                              # the EvalConfig used
     }
+
+``diagnostics`` (per model): the long-history diagnostics of
+:mod:`~hytrec_torchrec.evaluation.diagnostics` (``status`` ``ok``, ``skipped`` with a ``reason``,
+or ``disabled``); ``report.md`` has a "Long-history diagnostics" section with one row per model.
 
 ``ranks.parquet``: every evaluated example's target rank per model (``model``, ``user``,
 ``cutoff``, ``rank``, ``catalog``), for paired comparisons across runs
@@ -30,7 +36,27 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["write_report", "markdown_report", "plot_length_buckets"]
+__all__ = ["write_report", "markdown_report", "diagnostics_markdown", "plot_length_buckets"]
+
+#: one line per diagnostic number, shown above the diagnostics tables of report.md.
+DIAGNOSTICS_HELP = [
+    "- **swap sensitivity**: mean 1 − cos(u, u′) after replacing each user's history older than "
+    "the last K events by another sampled user's (K = `short_len`); near 0 means the model ignores "
+    "events older than the last K.",
+    "- **top-10 changed**: fraction of users whose top-10 recommendations (ordered, full catalog) "
+    "change under that swap; 0 means old events never change what is recommended.",
+    "- **skipped**: sampled users with at most K history events (nothing to swap or remove).",
+    "- **long contribution**: mean 1 − cos(u, u without the events older than the last K): how much "
+    "the far history moves the user embedding at all (0 for a model without a long branch); "
+    "top-10 changed (no far history): how often removing it changes the top-10.",
+    "- **gate**: mean softmax weight of each MoE fusion expert (E1, E2, …); one expert near 1 "
+    "means the fusion sends almost every user to it.",
+    "- **influence(d)**: size of the gradient of the user embedding with respect to the input "
+    "embeddings of the event d events back (d = 1: the last event before the target).",
+    "- **retention(d)** = influence(d) / influence(K+1) on the users with at least d events; "
+    "retention after 500 events = retention(K+500); near 0 means the model has forgotten events "
+    "that far back.",
+]
 
 
 def _fmt(v: Any) -> str:
@@ -101,7 +127,9 @@ def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str,
             s = r["segments"][seg]
             rows.append([seg, r["name"], s["examples"]] + [s[c] for c in seg_cols])
     lines += _table(["segment", "model", "users"] + seg_cols, rows)
-    lines += ["", "![metrics by history length](length_buckets.png)", "", "## Counts", ""]
+    lines += ["", "![metrics by history length](length_buckets.png)", ""]
+    lines += diagnostics_markdown(results, ecfg.diagnostics.distances if hasattr(ecfg, "diagnostics") else ())
+    lines += ["## Counts", ""]
     for r in results:
         c = r["counts"]
         lines.append(
@@ -118,6 +146,70 @@ def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str,
                 f"users (not in the dataset's user vocabulary; ignored; e.g. {side['unknown_examples']}), "
                 f"evaluated users without a value: {side.get('users_missing', {})}")
     return "\n".join(lines) + "\n"
+
+
+def _ret(group: Dict[str, Any], d: int) -> Any:
+    """retention(d) of one diagnostics summary, NaN when not available."""
+    return group.get("retention", {}).get(str(d), math.nan)
+
+
+def diagnostics_markdown(results: Sequence[Dict[str, Any]], distances: Sequence[int] = ()) -> List[str]:
+    """The "Long-history diagnostics" section of report.md (lines): what each number means, one
+    row per model overall, each model's retention profile (K+1, K+500 and ``distances``), and the
+    per-segment values. Models whose diagnostics were skipped or disabled get a line with the reason."""
+    diags = [(r["name"], r.get("diagnostics") or {"status": "disabled", "reason": "not computed"})
+             for r in results]
+    lines = ["## Long-history diagnostics", ""]
+    ok = [(n, d) for n, d in diags if d.get("status") == "ok"]
+    for n, d in diags:
+        if d.get("status") != "ok":
+            lines.append(f"- **{n}**: {d.get('status')} ({d.get('reason', '')})")
+    if not ok:
+        return lines + [""]
+    if len(ok) != len(diags):
+        lines.append("")
+    lines += ["On a seeded sample of evaluated users per model (`diagnostics.users`); K = the model's "
+              "`short_len`; distances d count events back from the most recent one. See "
+              "docs/evaluation.md, \"Long-history diagnostics\".", ""]
+    lines += DIAGNOSTICS_HELP + [""]
+
+    def gate(g: Any) -> str:
+        return " / ".join(f"{v:.3f}" for v in g) if g else "–"
+
+    rows = []
+    for n, d in ok:
+        o = d["overall"]
+        rows.append([n, d["short_len"], o["users"], o["swap_sensitivity"], o["swap_top10_changed"],
+                     o["swap_skipped"], o["long_contribution"], o["long_top10_changed"], gate(o["gate_mean"]),
+                     o["retention_after_500"]])
+    lines += _table(["model", "K", "users", "swap sensitivity", "top-10 changed (swap)", "skipped (≤ K events)",
+                     "long contribution", "top-10 changed (no far history)", "gate", "retention after 500"], rows)
+    fixed = [int(x) for x in distances]
+    header = ["model", "influence(K+1)", "retention(K+500)"] + [f"retention({x})" for x in fixed]
+    rows = []
+    for n, d in ok:
+        o = d["overall"]
+        rows.append([n, o["influence"].get(str(d["reference_distance"]), math.nan), _ret(o, d["distance_500"])]
+                    + [_ret(o, x) for x in fixed])
+    lines += ["", "Retention profile (users with at least d events; – : no sampled user that long):", ""]
+    lines += _table(header, rows)
+    rows = []
+    names = [s for s in (results[0]["segments"] if results else {})]
+    for seg in names:
+        for n, d in ok:
+            g = d["segments"].get(seg)
+            if g:
+                rows.append([seg, n, g["users"], g["swap_sensitivity"], g["swap_top10_changed"],
+                             g["long_contribution"], gate(g["gate_mean"]), g["retention_after_500"]])
+    if rows:
+        lines += ["", "Per segment (sampled users in each):", ""]
+        lines += _table(["segment", "model", "users", "swap sensitivity", "top-10 changed (swap)",
+                         "long contribution", "gate", "retention after 500"], rows)
+    notes = [(n, d["notes"]) for n, d in ok if d.get("notes")]
+    for n, nd in notes:
+        lines.append("")
+        lines += [f"- **{n}**: {k} not available: {v}" for k, v in nd.items()]
+    return lines + [""]
 
 
 def plot_length_buckets(results: Sequence[Dict[str, Any]], metrics: Sequence[str], buckets: Sequence[str],
@@ -168,6 +260,7 @@ def write_report(out_dir: str | Path, results: Sequence[Dict[str, Any]], ecfg: A
         "segments": results[0]["segments"] if results else {},
         "models": {r["name"]: {k: v for k, v in r.items() if k != "example_ranks"} for r in results},
         "paired": paired,
+        "diagnostics": results[0].get("diagnostics") if results else None,
         "config": to_dict(ecfg),
     }
     paths = {"metrics": out / "metrics.json", "report": out / "report.md", "plot": out / "length_buckets.png",
