@@ -24,12 +24,15 @@ config="${LONGHIST_CONFIG:-configs/synthetic_longhist.yaml}"
 
 gd="model.tadn.gating=gated_delta"
 # One line per recipe: NAME OVERRIDE ... ("-" = none). hytrec is the long-memory tower
-# (gated delta rule, time inputs, intent readout); the abl_* rows switch one of its parts back.
+# (gated delta rule, time inputs, intent readout); the abl_* rows switch one of its parts back;
+# *_copy add the repeat path in embedding space (model.far_copy).
 recipes="\
 hytrec            model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true
 hytrec_paper      model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false
 short_only        model.long_pattern=
 sasrec            model.short_len=0 model.long_pattern=SS model.long_readout=last
+hytrec_copy       model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.far_copy=true
+short_copy        model.long_pattern= model.far_copy=true
 abl_last_readout  model.long_pattern=TTT $gd model.long_readout=last model.long_time_inputs=true
 abl_paper_gating  model.long_pattern=TTT model.tadn.gating=paper model.long_readout=intent model.long_time_inputs=true
 abl_no_time       model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=false"

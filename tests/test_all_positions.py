@@ -61,6 +61,10 @@ def _batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
     dict(long_pattern="TS", short_len=4, long_readout="intent", time_bias=24,
          tadn=dict(chunk_size=3, gating="gated_delta")),
     dict(long_pattern="S", short_len=0, long_time_inputs=True),
+    # the copy path, with and without a long branch
+    dict(long_pattern="TT", short_len=4, long_readout="intent", far_copy=True,
+         tadn=dict(chunk_size=4, gating="gated_delta")),
+    dict(long_pattern="", short_len=4, far_copy=True, tadn=dict(chunk_size=3)),
 ])
 def test_rows_equal_the_per_cutoff_tower_without_tadn(kw: dict) -> None:
     torch.manual_seed(0)

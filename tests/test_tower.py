@@ -85,9 +85,9 @@ def test_timestamps_matter_only_through_the_temporal_gate():
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(short_layers=3),
-                                dict(long_readout="intent", long_time_inputs=True,
+                                dict(long_readout="intent", long_time_inputs=True, far_copy=True,
                                      tadn=dict(gating="gated_delta", chunk_size=8))],
-                         ids=["one_short_layer", "three_short_layers", "gated_delta_intent"])
+                         ids=["one_short_layer", "three_short_layers", "gated_delta_intent_copy"])
 def test_scripted_tower_equals_eager(kw):
     torch.manual_seed(0)
     tower = HyTRecTower(small_cfg(**{"long_pattern": "TTTS", "feature_combine": "concat", **kw})).eval()
@@ -264,8 +264,9 @@ def test_configs_stored_before_the_long_memory_options_rebuild_the_paper_tower()
 
     stored = {"long_pattern": "TTTS", "tadn": {"alpha": 0.5}}
     filled = fill_pre_memory_keys(stored)
-    assert sorted(filled) == ["long_readout", "long_time_inputs", "tadn.gating", "tadn.key_dim"]
+    assert sorted(filled) == ["far_copy", "long_readout", "long_time_inputs", "tadn.gating", "tadn.key_dim"]
     cfg = from_dict(TowerConfig, stored)
     assert (cfg.long_readout, cfg.long_time_inputs, cfg.tadn.gating) == ("last", False, "paper")
-    newer = {"long_readout": "intent", "tadn": {"gating": "gated_delta", "key_dim": 64}, "long_time_inputs": True}
+    newer = {"long_readout": "intent", "tadn": {"gating": "gated_delta", "key_dim": 64}, "long_time_inputs": True,
+             "far_copy": True}
     assert fill_pre_memory_keys(newer) == [] and newer["tadn"]["gating"] == "gated_delta"

@@ -101,6 +101,13 @@ class TowerConfig:
     long_time_inputs: bool = False
     """Add a learned embedding of the log-bucketed gap to the previous event (64 buckets) to every
     long-branch input row: time for the long layers, exact in all-position training."""
+    far_copy: bool = False
+    """A repeat path in embedding space: a gated-delta memory written with the embeddings of the
+    events before the last K (keys from them, values the embeddings themselves), read with the
+    short branch's output, and the answer (a weighted mix of far events' embeddings) added to the
+    user embedding with a learned scale, so a far item's own embedding reaches its score directly
+    (:class:`~hytrec_torchrec.modules.memory.IntentReadout` with ``copy``). Needs a short branch;
+    works with or without the long branch. O(L) per history, exact in all-position training."""
     heads: int = 2
     ffn_mult: int = 2
     dropout: float = 0.0
@@ -151,6 +158,8 @@ class TowerConfig:
         if self.long_readout == "intent" and self.long_pattern and self.short_len == 0:
             raise ConfigError("long_readout: intent reads the long memory with the short branch's output; "
                               "it needs short_len > 0")
+        if self.far_copy and self.short_len == 0:
+            raise ConfigError("far_copy: the copy path is read with the short branch's output; it needs short_len > 0")
         check_range("heads", self.heads, 1)
         if self.embedding_dim % self.heads:
             raise ConfigError(f"heads: embedding_dim {self.embedding_dim} is not divisible by heads {self.heads}")
@@ -169,7 +178,7 @@ class TowerConfig:
 
 
 #: the values of the long-memory keys that every tower had before they existed (the paper's form)
-PRE_MEMORY_KEYS = {"long_readout": "last", "long_time_inputs": False}
+PRE_MEMORY_KEYS = {"long_readout": "last", "long_time_inputs": False, "far_copy": False}
 PRE_MEMORY_TADN_KEYS = {"gating": "paper", "key_dim": 0}
 
 

@@ -121,12 +121,18 @@ class IntentReadout(nn.Module):
     query's last event (log buckets, :func:`~hytrec_torchrec.modules.layers.time_gap_bucket`).
     The answer ``o = Hᵀ q`` (per head, normalised) is projected back to D.
 
+    With ``copy`` the values are the rows themselves (no projection) and the answer is the raw
+    mix ``o``: a soft pointer over the far events' embeddings (the tower's ``far_copy`` path).
+
     :meth:`forward` scans each history once and queries its final state: O(L) for the scan, O(1)
     per query after it. :meth:`forward_rows` gives row ``m`` the answer of the memory after row
     ``m`` to the query of the prediction that reads it (all-position training; exact).
     """
 
-    def __init__(self, dim: int, heads: int, chunk_size: int, key_dim: int = 0, time_buckets: int = 64) -> None:
+    copy: Final[bool]
+
+    def __init__(self, dim: int, heads: int, chunk_size: int, key_dim: int = 0, time_buckets: int = 64,
+                 copy: bool = False) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} not divisible by heads {heads}")
@@ -144,12 +150,14 @@ class IntentReadout(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.chunk_size = chunk_size
         self.time_buckets = time_buckets
+        # copy: the values are the rows themselves and the answer is the raw mix of them
+        self.copy = copy
 
     def _memory(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         n = x.shape[0]
         k = F.normalize(self.k(x).view(n, self.heads, self.key_dim), dim=-1)
-        v = self.v(x).view(n, self.heads, self.head_dim)
+        v = (x if self.copy else self.v(x)).reshape(n, self.heads, self.head_dim)
         beta = torch.sigmoid(self.beta(x))
         log_decay = self.decay(x, previous_gap(ts, offsets))
         return k, v, beta, log_decay
@@ -159,6 +167,8 @@ class IntentReadout(nn.Module):
         return F.normalize(q.view(intent.shape[0], self.heads, self.key_dim), dim=-1)
 
     def _answer(self, o: torch.Tensor) -> torch.Tensor:
+        if self.copy:
+            return o.reshape(o.shape[0], -1)
         return self.out(F.layer_norm(o, [self.head_dim]).reshape(o.shape[0], -1))
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor, intent: torch.Tensor,

@@ -19,7 +19,8 @@ from hytrec_torchrec.modules.branches import LongBranch, ShortBranch
 from hytrec_torchrec.modules.config import TowerConfig
 from hytrec_torchrec.modules.fusion import MoEFusion
 from hytrec_torchrec.modules.layers import temporal_decay
-from hytrec_torchrec.ops.jagged import next_event_times, segment_ids, split_tail
+from hytrec_torchrec.modules.memory import IntentReadout
+from hytrec_torchrec.ops.jagged import lengths_to_offsets, next_event_times, segment_ids, split_tail
 
 __all__ = ["FeatureCombiner", "HyTRecTower", "score", "scoring_vectors", "NORM_EPS"]
 
@@ -77,6 +78,7 @@ class HyTRecTower(nn.Module):
     cosine: Final[bool]
     next_query: Final[bool]
     long_intent: Final[bool]
+    has_copy: Final[bool]
 
     def __init__(self, cfg: TowerConfig, feature_dims: Optional[Dict[str, int]] = None) -> None:
         super().__init__()
@@ -103,6 +105,11 @@ class HyTRecTower(nn.Module):
                       if self.has_short else nn.Identity())
         # rows the short branch reads: the last K, or its receptive field when it has several layers
         self.short_input = self.short.receptive_field if isinstance(self.short, ShortBranch) else 0
+        # far_copy: a soft pointer over the far events' embeddings, added to the user embedding
+        self.has_copy = cfg.far_copy and self.has_short
+        self.copy = (IntentReadout(d, cfg.heads, t.chunk_size, t.key_dim, copy=True)
+                     if self.has_copy else nn.Identity())
+        self.copy_scale = nn.Parameter(torch.ones(())) if self.has_copy else None
         n_branches = int(self.has_long) + int(self.has_short)
         self.fusion = MoEFusion(n_branches, d, cfg.fusion.num_experts, cfg.fusion.hidden_dim or d)
         self.dim = d
@@ -161,7 +168,24 @@ class HyTRecTower(nn.Module):
         if short_out is not None:
             branches.append(short_out)
         user, balance = self.fusion(branches)
+        scale = self.copy_scale
+        if self.has_copy and short_out is not None and scale is not None:
+            last = timestamps[(offsets[1:] - 1).clamp(min=0)] if n > 0 else offsets[1:]
+            user = user + scale * self._copy(h[head_rows], head_off, timestamps[head_rows], short_out, last)
         return scoring_vectors(user, self.cosine), balance * self.load_balance_weight
+
+    def _copy(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor, intent: torch.Tensor,
+              t_query: torch.Tensor) -> torch.Tensor:
+        """The copy path's answer ``[B, D]`` for the far rows ``x [N_l, D]`` of B histories
+        (``offsets [B+1]``, ``ts [N_l]``), read with ``intent [B, D]`` at ``t_query [B]``; zero for
+        a history with no far rows."""
+        lengths = offsets[1:] - offsets[:-1]
+        sel = torch.nonzero(lengths > 0).flatten()
+        out = intent.new_zeros(intent.shape[0], self.dim)
+        if sel.numel() == 0:
+            return out
+        off = lengths_to_offsets(lengths[sel])
+        return out.index_copy(0, sel, self.copy(x, off, ts, intent[sel], t_query[sel]))
 
     def forward_all_positions(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
                               timestamps: torch.Tensor, t_current: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +230,15 @@ class HyTRecTower(nn.Module):
         if short_rows is not None:
             branches.append(short_rows)
         user, balance = self.fusion(branches)
+        if self.has_copy and short_rows is not None and self.copy_scale is not None:
+            head_rows, head_off, _, _ = self._split(offsets, n, h.device)
+            lengths = head_off[1:] - head_off[:-1]
+            off = lengths_to_offsets(lengths[lengths > 0])  # empty far parts hold no rows
+            reader = self.copy.forward_rows(h[head_rows], off, timestamps[head_rows],
+                                            short_rows[head_rows + self.short_len],
+                                            timestamps[head_rows + self.short_len])
+            copied = h.new_zeros(n, self.dim).index_copy(0, head_rows + self.short_len, reader)
+            user = user + self.copy_scale * copied
         return scoring_vectors(user, self.cosine), balance * self.load_balance_weight
 
 
