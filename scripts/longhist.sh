@@ -33,6 +33,7 @@ short_only        model.long_pattern=
 sasrec            model.short_len=0 model.long_pattern=SS model.long_readout=last
 hytrec_copy       model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.far_copy=true
 short_copy        model.long_pattern= model.far_copy=true
+hytrec_copy_wide  model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.far_copy=true model.tadn.key_dim=128
 abl_last_readout  model.long_pattern=TTT $gd model.long_readout=last model.long_time_inputs=true
 abl_paper_gating  model.long_pattern=TTT model.tadn.gating=paper model.long_readout=intent model.long_time_inputs=true
 abl_no_time       model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=false"

@@ -132,6 +132,10 @@ def test_model_config_examples_cover_the_baselines():
         (dict(time_bias=500), "time_bias"),
         (dict(time_query="target"), "time_query"),
         (dict(short_layers=0), "short_layers"),
+        (dict(tadn=dict(gating="mamba")), "tadn.gating"),
+        (dict(long_readout="query"), "long_readout"),
+        (dict(long_readout="intent", short_len=0), "long_readout"),
+        (dict(far_copy=True, short_len=0), "far_copy"),
     ],
 )
 def test_config_errors_name_the_key(override, key):

@@ -26,7 +26,8 @@ from hytrec_torchrec.training.schedule import lr_multiplier
 
 
 def _cfg(data: Path, run: Path, sharding: str, all_positions: bool = False,
-         schedule: dict | None = None, dp_optimizer: str = "adam", **train: object) -> JobConfig:
+         schedule: dict | None = None, dp_optimizer: str = "adam", model: dict | None = None,
+         **train: object) -> JobConfig:
     tables = {t: {"sharding_type": sharding} for t in ("item", "attribution", "category", "behavior")}
     optimizer = "rowwise_adagrad"
     if sharding == "column_wise":
@@ -47,7 +48,7 @@ def _cfg(data: Path, run: Path, sharding: str, all_positions: bool = False,
         "embeddings": {"dim": 16, "lr": 0.05, "tables": tables, "init_std": 0.1,
                        "optimizer": optimizer},
         "model": {"embedding_dim": 16, "short_len": 8, "long_pattern": "TS", "heads": 2,
-                  "short_heads": 2, "fusion": {"num_experts": 2}},
+                  "short_heads": 2, "fusion": {"num_experts": 2}, **(model or {})},
         "optim": {"lr": 0.01, "grad_clip": 0.5, "schedule": schedule or {}},
         "train": {"max_steps": 3, "validate_every": 0, "checkpoint_every": 0, "val_batches": 2,
                   "pipeline": "sparse_dist", **train},
@@ -137,10 +138,17 @@ WARMUP_COSINE = {"name": "cosine", "warmup_steps": 2, "min_lr_ratio": 0.1}
     # replicated tables stepped by a plain torch optimizer, gradients all-reduced: Adam, and SGD,
     # which unlike Adam sees the gradient's scale (a mean instead of a sum over ranks fails it)
     ("data_parallel", True, WARMUP_COSINE, "adam"), ("data_parallel", False, None, "sgd"),
+    # the long-memory tower (gated delta rule, time inputs, intent readout, copy path)
+    ("row_wise", True, None, "memory"),
 ])
 def test_sharded_equals_unsharded(prepared: Path, tmp_path: Path, sharding: str, all_positions: bool,
                                   schedule: dict | None, dp_optimizer: str) -> None:
-    cfg = _cfg(prepared, tmp_path / "run", sharding, all_positions, schedule, dp_optimizer or "adam")
+    model = None
+    if dp_optimizer == "memory":
+        model = {"long_pattern": "TT", "long_readout": "intent", "long_time_inputs": True, "far_copy": True,
+                 "tadn": {"gating": "gated_delta", "chunk_size": 8}}
+        dp_optimizer = ""
+    cfg = _cfg(prepared, tmp_path / "run", sharding, all_positions, schedule, dp_optimizer or "adam", model)
     from hytrec_torchrec.config import to_dict
 
     run_distributed(_train_body, 2, (to_dict(cfg), str(tmp_path)))
