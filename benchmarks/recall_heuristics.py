@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
+
+from data_prep.synthetic import kind_histories as histories
 
 Ranker = Callable[[Sequence[int]], List[int]]
 
@@ -57,22 +58,6 @@ def rankers(k: int, period: int) -> Dict[str, Ranker]:
 
     return {"window_freq": window_freq, "far_freq": far_freq, "far_not_window": far_not_window,
             "periodic": periodic}
-
-
-def histories(raw_dir: Path) -> Dict[str, List[np.ndarray]]:
-    """Kind → per-user item sequences (timestamp order; the last item is the test target)."""
-    ev = pq.read_table(raw_dir / "events", columns=["user_id", "item_id", "timestamp"])
-    seg = pq.read_table(raw_dir / "segments.parquet").to_pydict()
-    kind = dict(zip(seg["user_id"], seg["kind"]))
-    u = ev.column("user_id").to_numpy()
-    items = ev.column("item_id").to_numpy()
-    order = np.lexsort((ev.column("timestamp").to_numpy(), u))
-    u, items = u[order], items[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(u)) + 1]
-    out: Dict[str, List[np.ndarray]] = {}
-    for s, e in zip(starts, np.r_[starts[1:], len(u)]):
-        out.setdefault(kind[int(u[s])], []).append(items[s:e])
-    return out
 
 
 def evaluate(raw_dir: Path, k: int = 64, period: int = 96) -> Dict[str, Dict[str, Dict[str, float]]]:

@@ -44,13 +44,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["SynthParams", "generate", "BEHAVIORS"]
+__all__ = ["SynthParams", "generate", "BEHAVIORS", "kind_histories"]
 
 BEHAVIORS = ("click", "redirect", "activation", "wakeup", "product_click", "stay", "collect", "add_to_cart", "pay")
 _BEH_P = np.array([0.55, 0.05, 0.02, 0.02, 0.15, 0.08, 0.04, 0.05, 0.04])
@@ -401,6 +401,22 @@ def generate(params: SynthParams, out: str | Path) -> dict:
     }
     (out / "synthetic.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def kind_histories(raw_dir: Path) -> Dict[str, List[np.ndarray]]:
+    """Kind → per-user item sequences (timestamp order; the last item is the test target)."""
+    ev = pq.read_table(raw_dir / "events", columns=["user_id", "item_id", "timestamp"])
+    seg = pq.read_table(raw_dir / "segments.parquet").to_pydict()
+    kind = dict(zip(seg["user_id"], seg["kind"]))
+    u = ev.column("user_id").to_numpy()
+    items = ev.column("item_id").to_numpy()
+    order = np.lexsort((ev.column("timestamp").to_numpy(), u))
+    u, items = u[order], items[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(u)) + 1]
+    out: Dict[str, List[np.ndarray]] = {}
+    for s, e in zip(starts, np.r_[starts[1:], len(u)]):
+        out.setdefault(kind[int(u[s])], []).append(items[s:e])
+    return out
 
 
 def main(argv: Optional[list[str]] = None) -> int:

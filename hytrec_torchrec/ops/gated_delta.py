@@ -41,7 +41,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from hytrec_torchrec.ops.tadn import _check, _chunk_pad, _chunk_plan
+from hytrec_torchrec.ops.tadn import _check, _chunk_pad, _chunk_plan, _chunk_states
 
 __all__ = ["gated_delta_rule_recurrent", "gated_delta_rule_chunked", "gated_chunked_core"]
 
@@ -138,22 +138,10 @@ def gated_chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_de
     m_mat = torch.exp(lam_end) * eye_k - ktsol[..., :dk]
     mb = torch.cat([m_mat, ktsol[..., dk:]], dim=-1).transpose(0, 1)  # [NC, H, dk, dk+dv]
 
-    # Inter-chunk recurrence (as in ops.tadn): sequences still running at step j are a prefix of
-    # the step-major order, whose step 0 lists every non-empty sequence by decreasing chunk count.
+    # Inter-chunk recurrence: step 0 of the step-major order lists every non-empty sequence by
+    # decreasing chunk count (ops.tadn._chunk_plan), so its initial states are init in that order.
     order = torch.argsort(n_chunks, descending=True, stable=True)
-    mb_blocks = torch.split(mb[step_major], step_counts)
-    state = init[order[:step_counts[0]]]
-    states: List[torch.Tensor] = [state]
-    for j in range(len(step_counts) - 1):
-        nxt = step_counts[j + 1]
-        blk = mb_blocks[j][:nxt].reshape(nxt * h, dk, dk + dv)
-        state = torch.baddbmm(blk[..., dk:], blk[..., :dk], state[:nxt].reshape(nxt * h, dk, dv))
-        state = state.view(nxt, h, dk, dv)
-        states.append(state)
-    h0_s = torch.cat(states, 0)
-    inv = torch.empty_like(step_major)
-    inv[step_major] = torch.arange(nc, device=q.device)
-    h0_chunks = h0_s[inv]  # [NC, H, dk, dv] in chunk order
+    h0_chunks = _chunk_states(mb, step_major, step_counts, init[order[:step_counts[0]]])
 
     # Final state: one more transition out of each sequence's last chunk.
     nonempty = n_chunks > 0

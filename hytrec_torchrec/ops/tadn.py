@@ -141,6 +141,32 @@ def _chunk_pad(x: torch.Tensor, dest: torch.Tensor, rows: int) -> torch.Tensor:
     return x.new_zeros(shape).index_copy(1, dest, x)
 
 
+def _chunk_states(mb: torch.Tensor, step_major: torch.Tensor, step_counts: List[int],
+                  init: torch.Tensor) -> torch.Tensor:
+    """Initial state of every chunk ``[NC, H, dk, dv]`` (chunk order) from the per-chunk
+    transitions ``mb [NC, H, dk, dk+dv] = [M | Bm]`` by ``H_{j+1} = M_j H_j + Bm_j``, one batched
+    step per chunk index; ``init [step_counts[0], H, dk, dv]`` are the first chunks' states in
+    step-major order (:func:`_chunk_plan`).
+
+    The transitions are split once (a single backward concatenation) instead of slicing the whole
+    tensor per step, whose backward would materialise a full-size zero gradient at every step."""
+    nc, h, dk = mb.shape[0], mb.shape[1], mb.shape[2]
+    dv = init.shape[-1]
+    mb_blocks = torch.split(mb[step_major], step_counts)
+    state = init
+    states: List[torch.Tensor] = [state]
+    for j in range(len(step_counts) - 1):
+        nxt = step_counts[j + 1]
+        blk = mb_blocks[j][:nxt].reshape(nxt * h, dk, dk + dv)
+        state = torch.baddbmm(blk[..., dk:], blk[..., :dk], state[:nxt].reshape(nxt * h, dk, dv))
+        state = state.view(nxt, h, dk, dv)
+        states.append(state)
+    h0_s = torch.cat(states, 0)  # initial state of each chunk, step-major order
+    inv = torch.empty_like(step_major)
+    inv[step_major] = torch.arange(nc, device=mb.device)
+    return h0_s[inv]
+
+
 def _chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
                   write: torch.Tensor, offsets: torch.Tensor, chunk_size: int, last_only: bool
                   ) -> torch.Tensor:
@@ -186,22 +212,7 @@ def _chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torc
     # Per-chunk transition, chunk-major for the loop: [NC, H, dk, dk+dv] = [M | Bm]
     mb = torch.cat([eye_k - ktsol[..., :dk], ktsol[..., dk:]], dim=-1).transpose(0, 1)
 
-    # Inter-chunk recurrence H_{j+1} = M_j H_j + Bm_j, one batched step per chunk index.
-    # Split once (a single backward concatenation) instead of slicing the whole tensor per step,
-    # whose backward would materialise a full-size zero gradient at every step (quadratic).
-    mb_blocks = torch.split(mb[step_major], step_counts)
-    state = q.new_zeros(step_counts[0], h, dk, dv)
-    states: List[torch.Tensor] = [state]
-    for j in range(len(step_counts) - 1):
-        nxt = step_counts[j + 1]
-        blk = mb_blocks[j][:nxt].reshape(nxt * h, dk, dk + dv)
-        state = torch.baddbmm(blk[..., dk:], blk[..., :dk], state[:nxt].reshape(nxt * h, dk, dv))
-        state = state.view(nxt, h, dk, dv)
-        states.append(state)
-    h0_s = torch.cat(states, 0)  # initial state of each chunk, step-major order
-    inv = torch.empty_like(step_major)
-    inv[step_major] = torch.arange(nc, device=q.device)
-    h0 = h0_s[inv].transpose(0, 1)  # [H, NC, dk, dv] in chunk order
+    h0 = _chunk_states(mb, step_major, step_counts, q.new_zeros(step_counts[0], h, dk, dv)).transpose(0, 1)
 
     if last_only:
         lengths = offsets[1:] - offsets[:-1]
