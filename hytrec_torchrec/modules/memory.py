@@ -173,11 +173,14 @@ class IntentReadout(nn.Module):
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor, intent: torch.Tensor,
                 t_query: torch.Tensor) -> torch.Tensor:
-        """``x [N_l, D]`` long rows of B non-empty sequences, ``offsets [B+1]``, ``ts [N_l]``
-        int64, ``intent [B, D]``, ``t_query [B]`` int64 (the query's last event) → ``[B, D]``."""
+        """``x [N_l, D]`` long rows of B sequences, ``offsets [B+1]``, ``ts [N_l]`` int64,
+        ``intent [B, D]``, ``t_query [B]`` int64 (the query's last event) → ``[B, D]``. A sequence
+        with no rows reads an empty (zero) memory: ``_answer`` of a zero vector."""
         k, v, beta, log_decay = self._memory(x, offsets, ts)
         _, final = gated_chunked_core(k, k, v, log_decay, beta, beta, offsets, self.chunk_size, None, False)
-        q = self._query(intent, t_query - ts[last_index(offsets)])
+        # an empty sequence's memory is zero, so the time its query is built with does not matter
+        last_ts = ts[last_index(offsets)] if ts.shape[0] > 0 else t_query
+        q = self._query(intent, t_query - last_ts)
         return self._answer(torch.einsum("bhk,bhkv->bhv", q, final))
 
     def forward_rows(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor, intent: torch.Tensor,

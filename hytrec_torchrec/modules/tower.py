@@ -20,7 +20,7 @@ from hytrec_torchrec.modules.config import TowerConfig
 from hytrec_torchrec.modules.fusion import MoEFusion
 from hytrec_torchrec.modules.layers import temporal_decay
 from hytrec_torchrec.modules.memory import IntentReadout
-from hytrec_torchrec.ops.jagged import lengths_to_offsets, next_event_times, segment_ids, split_tail
+from hytrec_torchrec.ops.jagged import last_index, next_event_times, segment_ids, split_tail
 
 __all__ = ["FeatureCombiner", "HyTRecTower", "score", "scoring_vectors", "NORM_EPS"]
 
@@ -142,6 +142,8 @@ class HyTRecTower(nn.Module):
         h = self.combine(features)
         n = h.shape[0]
         head_rows, head_off, tail_rows, tail_off = self._split(offsets, n, h.device)
+        # the time of each history's last event: the intent readout's and the copy path's query time
+        t_last = timestamps[last_index(offsets)] if n > 0 else t_current
         branches: List[torch.Tensor] = []
         nt: Optional[torch.Tensor] = None
         if self.next_query:
@@ -160,32 +162,15 @@ class HyTRecTower(nn.Module):
             lq: Optional[torch.Tensor] = None
             if nt is not None:  # head row m feeds the prediction made K rows later
                 lq = nt[head_rows + self.short_len] if self.has_short else nt
-            t_query: Optional[torch.Tensor] = None
-            if self.long_intent and n > 0:  # the time of each history's last event
-                t_query = timestamps[(offsets[1:] - 1).clamp(min=0)]
             branches.append(self.long(h[head_rows], head_off, tau[head_rows], timestamps[head_rows], lq,
-                                      short_out, t_query))
+                                      short_out, t_last))
         if short_out is not None:
             branches.append(short_out)
         user, balance = self.fusion(branches)
         scale = self.copy_scale
         if self.has_copy and short_out is not None and scale is not None:
-            last = timestamps[(offsets[1:] - 1).clamp(min=0)] if n > 0 else offsets[1:]
-            user = user + scale * self._copy(h[head_rows], head_off, timestamps[head_rows], short_out, last)
+            user = user + scale * self.copy(h[head_rows], head_off, timestamps[head_rows], short_out, t_last)
         return scoring_vectors(user, self.cosine), balance * self.load_balance_weight
-
-    def _copy(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor, intent: torch.Tensor,
-              t_query: torch.Tensor) -> torch.Tensor:
-        """The copy path's answer ``[B, D]`` for the far rows ``x [N_l, D]`` of B histories
-        (``offsets [B+1]``, ``ts [N_l]``), read with ``intent [B, D]`` at ``t_query [B]``; zero for
-        a history with no far rows."""
-        lengths = offsets[1:] - offsets[:-1]
-        sel = torch.nonzero(lengths > 0).flatten()
-        out = intent.new_zeros(intent.shape[0], self.dim)
-        if sel.numel() == 0:
-            return out
-        off = lengths_to_offsets(lengths[sel])
-        return out.index_copy(0, sel, self.copy(x, off, ts, intent[sel], t_query[sel]))
 
     def forward_all_positions(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
                               timestamps: torch.Tensor, t_current: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -209,10 +194,10 @@ class HyTRecTower(nn.Module):
         short_rows: Optional[torch.Tensor] = None
         if self.has_short:
             short_rows = self.short.forward_rows(h, offsets, timestamps, nt)
+        head_rows, head_off, _, _ = self._split(offsets, n, h.device)
         if self.has_long:
             seg = segment_ids(offsets, n)
             tau = temporal_decay(timestamps, t_current, seg, self.decay_period, h.dtype)
-            head_rows, head_off, _, _ = self._split(offsets, n, h.device)
             lq: Optional[torch.Tensor] = None
             if nt is not None:  # head row m feeds the prediction made K rows later
                 lq = nt[head_rows + self.short_len]
@@ -231,10 +216,7 @@ class HyTRecTower(nn.Module):
             branches.append(short_rows)
         user, balance = self.fusion(branches)
         if self.has_copy and short_rows is not None and self.copy_scale is not None:
-            head_rows, head_off, _, _ = self._split(offsets, n, h.device)
-            lengths = head_off[1:] - head_off[:-1]
-            off = lengths_to_offsets(lengths[lengths > 0])  # empty far parts hold no rows
-            reader = self.copy.forward_rows(h[head_rows], off, timestamps[head_rows],
+            reader = self.copy.forward_rows(h[head_rows], head_off, timestamps[head_rows],
                                             short_rows[head_rows + self.short_len],
                                             timestamps[head_rows + self.short_len])
             copied = h.new_zeros(n, self.dim).index_copy(0, head_rows + self.short_len, reader)
