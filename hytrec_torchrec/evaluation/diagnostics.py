@@ -54,6 +54,7 @@ import torch.distributed as dist
 from torch import nn
 
 from hytrec_torchrec.config import ConfigError, check_range
+from hytrec_torchrec.ops.jagged import lengths_to_offsets, pass_bounds
 
 __all__ = [
     "TOP_K",
@@ -342,16 +343,13 @@ def cosine_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((a - b) ** 2).sum(-1)
 
 
-def _passes(lengths: Sequence[int], budget: int) -> Iterator[Tuple[int, int]]:
-    """Consecutive ``[a, b)`` groups of sequences with at most ``budget`` events each."""
-    a, total = 0, 0
-    for i, n in enumerate(lengths):
-        if i > a and total + n > budget:
-            yield a, i
-            a, total = i, 0
-        total += n
-    if a < len(lengths):
-        yield a, len(lengths)
+def _passes(lengths: Sequence[int], budget: int) -> List[Tuple[int, int]]:
+    """Consecutive ``[a, b)`` groups of sequences with at most ``budget`` events each (a longer
+    sequence runs alone; :func:`~hytrec_torchrec.ops.jagged.pass_bounds`); none for no sequences."""
+    if len(lengths) == 0:
+        return []
+    bounds = pass_bounds(lengths_to_offsets(torch.tensor(list(lengths), dtype=torch.int64)), budget)
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _pack(access: TowerAccess, hist: Sequence[History], t_current: Sequence[int], leaf: bool

@@ -34,6 +34,7 @@ __all__ = [
     "last_index",
     "next_event_times",
     "length_groups",
+    "pass_bounds",
 ]
 
 
@@ -194,4 +195,27 @@ def length_groups(sorted_lengths: List[int], max_waste: float) -> List[int]:
             j += 1
         bounds.append(j)
         i = j
+    return bounds
+
+
+def pass_bounds(offsets: torch.Tensor, max_tokens: int) -> List[int]:
+    """Request boundaries ``[0, b1, ..., B]`` of consecutive groups holding at most ``max_tokens``
+    events each (a longer request forms its own group; ``max_tokens`` 0: one group).
+
+    ``offsets``: ``[B+1]`` int64 packed offsets of the (truncated) histories. A batch of no
+    requests gives ``[0, 0]`` (one empty pass, so the tower still defines the output shape).
+
+    Example::
+
+        pass_bounds(torch.tensor([0, 3, 5, 9, 10]), 5)  # [0, 2, 4]: requests {0, 1} and {2, 3}
+    """
+    b = offsets.numel() - 1
+    if max_tokens <= 0 or b <= 1 or int(offsets[-1]) <= max_tokens:
+        return [0, b]
+    ends: List[int] = offsets.tolist()
+    bounds: List[int] = [0]
+    for i in range(1, b):
+        if ends[i + 1] - ends[bounds[-1]] > max_tokens:
+            bounds.append(i)
+    bounds.append(b)
     return bounds

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from hytrec_torchrec.modules.tower import NORM_EPS, HyTRecTower, scoring_vectors
+from hytrec_torchrec.ops.jagged import pass_bounds  # re-exported: part of this module's API
 from hytrec_torchrec.serving.idmap import IdMap, Vocab
 from hytrec_torchrec.serving.quant import ServingTable
 
@@ -90,29 +91,6 @@ def truncate_rows(lengths: torch.Tensor, max_len: int) -> Tuple[torch.Tensor, to
     seg = torch.repeat_interleave(torch.arange(keep.numel(), device=lengths.device), keep, output_size=n)
     rows = starts[seg] + torch.arange(n, device=lengths.device) - offsets[:-1][seg]
     return rows, offsets
-
-
-def pass_bounds(offsets: torch.Tensor, max_tokens: int) -> List[int]:
-    """Request boundaries ``[0, b1, ..., B]`` of consecutive groups holding at most ``max_tokens``
-    events each (a longer request forms its own group; ``max_tokens`` 0: one group).
-
-    ``offsets``: ``[B+1]`` int64 packed offsets of the (truncated) histories. A batch of no
-    requests gives ``[0, 0]`` (one empty pass, so the tower still defines the output shape).
-
-    Example::
-
-        pass_bounds(torch.tensor([0, 3, 5, 9, 10]), 5)  # [0, 2, 4]: requests {0, 1} and {2, 3}
-    """
-    b = offsets.numel() - 1
-    if max_tokens <= 0 or b <= 1 or int(offsets[-1]) <= max_tokens:
-        return [0, b]
-    ends: List[int] = offsets.tolist()
-    bounds: List[int] = [0]
-    for i in range(1, b):
-        if ends[i + 1] - ends[bounds[-1]] > max_tokens:
-            bounds.append(i)
-    bounds.append(b)
-    return bounds
 
 
 class HyTRecServing(nn.Module):
