@@ -39,7 +39,7 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from data_prep.synthetic import kind_histories as histories
+from data_prep.synthetic import kind_histories as histories, ranker_hit_rates
 
 Ranker = Callable[[Sequence[int]], List[int]]
 BURST = 3  # interleaved oracle: occurrences within k events that mark an item as an interest item
@@ -112,17 +112,7 @@ def evaluate(raw_dir: Path) -> Dict[str, Dict[str, Dict[str, float]]]:
         for s in seqs:
             counts.update(s[:-1].tolist())
     fns = rankers(params, counts)
-    result: Dict[str, Dict[str, Dict[str, float]]] = {}
-    for kind, seqs in sorted(hists.items()):
-        result[kind] = {}
-        for name, fn in fns.items():
-            top = [(fn(s[:-1].tolist()), int(s[-1])) for s in seqs]
-            result[kind][name] = {
-                "users": len(seqs),
-                "hr@1": round(sum(t[:1] == [y] for t, y in top) / len(seqs), 4),
-                "hr@10": round(sum(y in t for t, y in top) / len(seqs), 4),
-            }
-    return result
+    return ranker_hit_rates(hists, fns)
 
 
 def table(res: Dict[str, Dict[str, Dict[str, float]]]) -> str:

@@ -28,9 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
-import numpy as np
-
-from data_prep.synthetic import kind_histories as histories
+from data_prep.synthetic import kind_histories as histories, ranker_hit_rates
 
 Ranker = Callable[[Sequence[int]], List[int]]
 
@@ -62,18 +60,7 @@ def rankers(k: int, period: int) -> Dict[str, Ranker]:
 
 def evaluate(raw_dir: Path, k: int = 64, period: int = 96) -> Dict[str, Dict[str, Dict[str, float]]]:
     """``{kind: {ranker: {"users", "hr@1", "hr@10"}}}`` over every user's last event."""
-    result: Dict[str, Dict[str, Dict[str, float]]] = {}
-    fns = rankers(k, period)
-    for kind, seqs in sorted(histories(raw_dir).items()):
-        result[kind] = {}
-        for name, fn in fns.items():
-            top = [(fn(s[:-1].tolist()), int(s[-1])) for s in seqs]
-            result[kind][name] = {
-                "users": len(seqs),
-                "hr@1": round(sum(t[:1] == [y] for t, y in top) / len(seqs), 4),
-                "hr@10": round(sum(y in t for t, y in top) / len(seqs), 4),
-            }
-    return result
+    return ranker_hit_rates(histories(raw_dir), rankers(k, period))
 
 
 def main() -> None:

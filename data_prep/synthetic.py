@@ -44,13 +44,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["SynthParams", "generate", "BEHAVIORS", "kind_histories"]
+__all__ = ["SynthParams", "generate", "BEHAVIORS", "kind_histories", "ranker_hit_rates"]
 
 BEHAVIORS = ("click", "redirect", "activation", "wakeup", "product_click", "stay", "collect", "add_to_cart", "pay")
 _BEH_P = np.array([0.55, 0.05, 0.02, 0.02, 0.15, 0.08, 0.04, 0.05, 0.04])
@@ -417,6 +417,23 @@ def kind_histories(raw_dir: Path) -> Dict[str, List[np.ndarray]]:
     for s, e in zip(starts, np.r_[starts[1:], len(u)]):
         out.setdefault(kind[int(u[s])], []).append(items[s:e])
     return out
+
+
+def ranker_hit_rates(hists: Dict[str, List[np.ndarray]],
+                     rankers: Dict[str, Callable[[List[int]], List[int]]]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """``{kind: {ranker: {"users", "hr@1", "hr@10"}}}`` of non-learned rankers (history items →
+    best-first item list) on every user's last event, for :func:`kind_histories`' output."""
+    result: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for kind, seqs in sorted(hists.items()):
+        result[kind] = {}
+        for name, fn in rankers.items():
+            top = [(fn(s[:-1].tolist()), int(s[-1])) for s in seqs]
+            result[kind][name] = {
+                "users": len(seqs),
+                "hr@1": round(sum(t[:1] == [y] for t, y in top) / len(seqs), 4),
+                "hr@10": round(sum(y in t for t, y in top) / len(seqs), 4),
+            }
+    return result
 
 
 def main(argv: Optional[list[str]] = None) -> int:
