@@ -34,6 +34,7 @@ from hytrec_torchrec.modules.loss import (
     shared_negatives_loss,
     uniform_log_q,
 )
+from hytrec_torchrec.modules.repeat import RepeatBonus, RepeatHead, dense_bonus, lookup_bonus
 from hytrec_torchrec.ops.jagged import last_index
 from hytrec_torchrec.modules.tower import HyTRecTower, scoring_vectors
 from hytrec_torchrec.training.sharding import EmbeddingsConfig, table_configs
@@ -125,16 +126,21 @@ class RetrievalLoss(nn.Module):
         target_ids: torch.Tensor,
         negatives: JaggedTensor,
         negative_ids: torch.Tensor,
+        bonus: Optional[RepeatBonus] = None,
     ) -> torch.Tensor:
         """Scalar loss.
 
         Args:
             user: [B, D]; targets: jagged [T, D] with lengths [B]; target_ids [T];
-            negatives: jagged [R, D]; negative_ids [R].
+            negatives: jagged [R, D]; negative_ids [R]; bonus: the repeat path's per-example
+            bonus (:class:`~hytrec_torchrec.modules.repeat.RepeatHead`), or None.
         """
         target_to_example = torch.repeat_interleave(
             torch.arange(user.shape[0], device=user.device), targets.lengths()
         )
+        example_bonus = None
+        if bonus is not None:
+            example_bonus = dense_bonus(bonus, user.shape[0], torch.cat([target_ids, negative_ids]))
         return sampled_softmax_loss(
             user=user,
             pos_ids=target_ids,
@@ -146,6 +152,7 @@ class RetrievalLoss(nn.Module):
             neg_log_q=self.neg_log_q,
             temperature=self.temperature,
             in_batch=self.in_batch,
+            example_bonus=example_bonus,
         )
 
 
@@ -182,13 +189,15 @@ class AllPositionsLoss(nn.Module):
         target_ids: torch.Tensor,
         negatives: JaggedTensor,
         negative_ids: torch.Tensor,
+        bonus: Optional[RepeatBonus] = None,
     ) -> torch.Tensor:
         """Scalar loss.
 
         Args:
             user_rows: [N, D], one user embedding per history row; offsets: [B+1];
             history: jagged item embeddings [N, D] and history_ids [N]; targets: jagged [B, D]
-            (one per example) and target_ids [B]; negatives: jagged [R, D], negative_ids [R].
+            (one per example) and target_ids [B]; negatives: jagged [R, D], negative_ids [R];
+            bonus: the repeat path's bonus per history row, or None.
         """
         n = user_rows.shape[0]
         rows = next_event_rows(offsets, n)
@@ -198,14 +207,18 @@ class AllPositionsLoss(nn.Module):
             if not torch.equal(negative_ids, torch.arange(2, self.num_items, device=negative_ids.device)):
                 raise ValueError(f"whole-catalog loss needs the negatives 2..{self.num_items - 1} in order, "
                                  f"got {negative_ids.numel()} ids (data.num_negatives must be -1)")
-            return catalog_softmax_loss(user_rows, pos_ids, negs, self.temperature)
+            return catalog_softmax_loss(user_rows, pos_ids, negs, self.temperature, bonus)
         pos_emb = scoring_vectors(torch.cat([history.values(), targets.values()], 0)[rows], self.cosine)
+        pos_bonus = neg_bonus = None
+        if bonus is not None:
+            pos_bonus = lookup_bonus(bonus, torch.arange(n, device=pos_ids.device), pos_ids)
+            neg_bonus = dense_bonus(bonus, n, negative_ids)
         return shared_negatives_loss(user_rows, pos_ids, pos_emb, negative_ids, negs, self.neg_log_q,
-                                     self.temperature)
+                                     self.temperature, pos_bonus=pos_bonus, neg_bonus=neg_bonus)
 
 
 class HyTRecModel(nn.Module):
-    """Embeddings + HyTRec tower + sampled-softmax loss.
+    """Embeddings + HyTRec tower (+ the repeat path, ``model.repeat``) + sampled-softmax loss.
 
     Args:
         tower_cfg: tower configuration (``model:`` section).
@@ -244,6 +257,8 @@ class HyTRecModel(nn.Module):
         self.all_positions_loss = AllPositionsLoss(int(vocab_sizes["item"]), self.cosine, tower_cfg.temperature,
                                                    whole_catalog=whole_catalog_negatives)
         self.num_items = int(vocab_sizes["item"])
+        self.repeat = (RepeatHead(tower_cfg.embedding_dim, train_rows=tower_cfg.repeat_rows)
+                       if tower_cfg.repeat else None)
 
     def user_embedding(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, JaggedTensor]]:
         """User embeddings [B, D] and the looked-up embeddings of every feature."""
@@ -251,6 +266,15 @@ class HyTRecModel(nn.Module):
         offsets = batch.history_offsets().to(torch.int64)
         user, _ = self.tower(emb, offsets, batch.timestamps, batch.t_current)
         return user, emb
+
+    def repeat_bonus(self, batch: Batch, user: torch.Tensor, all_positions: bool = False) -> Optional[RepeatBonus]:
+        """The repeat path's bonus of the batch's history items for ``user`` ([B, D], or [N, D]
+        per history row with ``all_positions``); None without ``model.repeat``."""
+        if self.repeat is None:
+            return None
+        offsets = batch.history_offsets().to(torch.int64)
+        return self.repeat(user, batch.features["history_item"].values().to(torch.int64), offsets,
+                           batch.timestamps, all_positions)
 
     def forward(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Loss (sampled softmax + weighted load balancing) and detached outputs for one batch.
@@ -272,6 +296,7 @@ class HyTRecModel(nn.Module):
                 rows, offsets, emb["history_item"], batch.features["history_item"].values(),
                 emb["target_item"], batch.features["target_item"].values(),
                 emb["negative_item"], batch.features["negative_item"].values(),
+                bonus=self.repeat_bonus(batch, rows, all_positions=True),
             )
         else:
             user, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current)
@@ -281,6 +306,7 @@ class HyTRecModel(nn.Module):
                 batch.features["target_item"].values(),
                 emb["negative_item"],
                 batch.features["negative_item"].values(),
+                bonus=self.repeat_bonus(batch, user),
             )
         out = {"loss": loss.detach(), "aux": aux.detach(), "tokens": offsets[-1]}
         return loss + aux, out

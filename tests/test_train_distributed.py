@@ -138,15 +138,19 @@ WARMUP_COSINE = {"name": "cosine", "warmup_steps": 2, "min_lr_ratio": 0.1}
     # replicated tables stepped by a plain torch optimizer, gradients all-reduced: Adam, and SGD,
     # which unlike Adam sees the gradient's scale (a mean instead of a sum over ranks fails it)
     ("data_parallel", True, WARMUP_COSINE, "adam"), ("data_parallel", False, None, "sgd"),
-    # the long-memory tower (gated delta rule, time inputs, intent readout, copy path)
+    # the long-memory tower (gated delta rule, time inputs, intent readout, copy path) + repeat path
     ("row_wise", True, None, "memory"),
+    ("row_wise", False, None, "repeat"),  # the repeat path with the per-example (in-batch) loss
 ])
 def test_sharded_equals_unsharded(prepared: Path, tmp_path: Path, sharding: str, all_positions: bool,
                                   schedule: dict | None, dp_optimizer: str) -> None:
     model = None
     if dp_optimizer == "memory":
         model = {"long_pattern": "TT", "long_readout": "intent", "long_time_inputs": True, "far_copy": True,
-                 "tadn": {"gating": "gated_delta", "chunk_size": 8}}
+                 "repeat": True, "tadn": {"gating": "gated_delta", "chunk_size": 8}}
+        dp_optimizer = ""
+    elif dp_optimizer == "repeat":
+        model = {"repeat": True}
         dp_optimizer = ""
     cfg = _cfg(prepared, tmp_path / "run", sharding, all_positions, schedule, dp_optimizer or "adam", model)
     from hytrec_torchrec.config import to_dict
@@ -167,6 +171,8 @@ def test_sharded_equals_unsharded(prepared: Path, tmp_path: Path, sharding: str,
     # training moved the parameters (so the comparison is not vacuous)
     moved = (res["final"]["embeddings.embeddings.item.weight"] - res["init"]["embeddings.embeddings.item.weight"]).abs().max()
     assert moved > 1e-4
+    if model is not None and model.get("repeat"):  # the repeat path trained (its tables start at 0)
+        assert res["final"]["repeat.count.weight"].abs().max() > 1e-4
 
 
 # lr multipliers 1/3, 2/3 (warm-up; where the interrupted job stops), 1, 0.5 (decay)

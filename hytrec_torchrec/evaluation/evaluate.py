@@ -472,6 +472,7 @@ def evaluate_exported(
     segmenter = Segmenter(ecfg.segments, data_path)
     items = model.item_embeddings()
     num_items = int(items.shape[0])
+    has_repeat = bool(card["config"].get("model", {}).get("repeat", False))
     metric = SegmentedRankingMetric(ecfg.ks, num_items - 2, segmenter.names)
     t_load = time.perf_counter() - t0
 
@@ -479,9 +480,11 @@ def evaluate_exported(
         lengths = batch.history_lengths().to(torch.int64)
         values = {t: to_input[t][batch.features[f"history_{t}"].values().to(torch.int64)] for t in spaces}
         values["timestamp"] = batch.timestamps.to(torch.int64)
-        user = model.user_embedding(values, {k: lengths for k in values}, batch.t_current.to(torch.int64))
+        request = (values, {k: lengths for k in values}, batch.t_current.to(torch.int64))
+        user = model.user_embedding(*request)
         hist = history_items(batch) if ecfg.remove_history else None
-        return target_ranks(user, first_targets(batch), [(0, 0, items)], num_items, history=hist)
+        bonus = model.repeat_bonus(*request, user) if has_repeat else None
+        return target_ranks(user, first_targets(batch), [(0, 0, items)], num_items, history=hist, bonus=bonus)
 
     sampler = ExampleSampler(ecfg.diagnostics, segmenter.names) if ecfg.diagnostics.users > 0 else None
     results, t_eval, examples = _accumulate(loader, ecfg, segmenter, metric, ranks_of, sampler)

@@ -74,6 +74,7 @@ def target_ranks(
     exclude: torch.Tensor | None = None,
     reduce: bool = False,
     history: Tuple[torch.Tensor, torch.Tensor] | None = None,
+    bonus: Tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Rank of each target in the full catalog.
 
@@ -89,6 +90,9 @@ def target_ranks(
         history: optional ``(item values [N], lengths [B])`` of each example's history: these
             items are left out of the example's ranking (the target itself never is). Built per
             block as a ``[B, rows]`` mask, never ``[B, V]``.
+        bonus: optional ``(example [M], item [M], value [M])``: ``value`` is added to the score of
+            ``item`` for that example (the repeat path, :mod:`hytrec_torchrec.modules.repeat`);
+            pairs unique. Every process passes the same triples (all examples').
     Returns:
         [B] int64 ranks, 1 = best.
     """
@@ -110,6 +114,8 @@ def target_ranks(
             scored = [(0, full)] if dist.get_rank() == 0 else []
         else:
             scored = [(0, full)]
+    if bonus is not None:
+        scored = [(r0, _add_bonus(s.float(), bonus, r0)) for r0, s in scored]
     tscore = torch.zeros(B, dtype=torch.float32, device=dev)
     for r0, s in scored:
         inside = (targets >= r0) & (targets < r0 + s.shape[1])
@@ -145,6 +151,13 @@ def target_ranks(
     if reduce and dist.is_initialized():
         dist.all_reduce(count)
     return count + 1
+
+
+def _add_bonus(s: torch.Tensor, bonus: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], r0: int) -> torch.Tensor:
+    """``s [B, n]`` (scores of items ``r0 .. r0+n-1``) plus the bonus of the pairs inside it."""
+    ex, item, value = bonus
+    inside = (item >= r0) & (item < r0 + s.shape[1])
+    return s.index_put((ex[inside], item[inside] - r0), value[inside].to(s.dtype), accumulate=True)
 
 
 def _removable_history(values: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor
@@ -189,26 +202,35 @@ def target_ranks_distributed(
     blocks: Sequence[ItemBlock],
     num_items: int,
     history: Tuple[torch.Tensor, torch.Tensor] | None = None,
+    bonus: Tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Ranks for this process's examples, scored against every process's local item rows.
 
     All processes call this together (possibly with different B, including 0). Each gathers every
     process's users and targets, scores them against its local rows, and the counts are summed.
     ``history`` (``(item values, lengths)`` of this process's examples; all processes pass it or
-    none does) leaves each example's history items out of its ranking.
+    none does) leaves each example's history items out of its ranking. ``bonus`` (this process's
+    ``(example, item, value)`` repeat-path triples, example indices local; all processes pass it
+    or none does) is added to those scores.
 
     Returns:
         [B] int64 ranks of this process's examples.
     """
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return target_ranks(user, targets, blocks, num_items, history=history)
+        return target_ranks(user, targets, blocks, num_items, history=history, bonus=bonus)
     all_u, sizes = all_gather_rows(user.float())
     all_t, _ = all_gather_rows(targets)
     all_h = None
     if history is not None:  # the flag must agree on every rank (collectives below)
         all_h = (all_gather_rows(history[0].to(torch.int64))[0],
                  all_gather_rows(history[1].to(torch.int64))[0])
-    ranks = target_ranks(all_u, all_t, blocks, num_items, reduce=True, history=all_h)
+    all_b = None
+    if bonus is not None:  # example indices become indices into the gathered users
+        ex, ex_sizes = all_gather_rows(bonus[0].to(torch.int64))
+        shift = torch.tensor([sum(sizes[:r]) for r in range(len(sizes))], dtype=torch.int64, device=ex.device)
+        ex = ex + torch.repeat_interleave(shift, torch.tensor(ex_sizes, device=ex.device))
+        all_b = (ex, all_gather_rows(bonus[1].to(torch.int64))[0], all_gather_rows(bonus[2].float())[0])
+    ranks = target_ranks(all_u, all_t, blocks, num_items, reduce=True, history=all_h, bonus=all_b)
     start = sum(sizes[: dist.get_rank()])
     return ranks[start : start + user.shape[0]]
 

@@ -60,7 +60,9 @@ def batch_target_ranks(model: Any, batch: Batch, blocks: List[ItemBlock], num_it
     Collective when distributed: every rank calls it once per batch (the loaders yield the same
     number of batches on every rank). Includes eval padding examples; mask with ``batch.valid``.
     ``remove_history`` leaves the items of each example's (truncated) history out of its ranking.
+    A model with the repeat path (``model.repeat``) adds its bonus to the history items' scores.
     """
     user, _ = model.user_embedding(batch)
     hist = history_items(batch) if remove_history else None
-    return target_ranks_distributed(user, first_targets(batch), blocks, num_items, history=hist)
+    bonus = model.repeat_bonus(batch, user) if getattr(model, "repeat", None) is not None else None
+    return target_ranks_distributed(user, first_targets(batch), blocks, num_items, history=hist, bonus=bonus)

@@ -108,6 +108,15 @@ class TowerConfig:
     user embedding with a learned scale, so a far item's own embedding reaches its score directly
     (:class:`~hytrec_torchrec.modules.memory.IntentReadout` with ``copy``). Needs a short branch;
     works with or without the long branch. O(L) per history, exact in all-position training."""
+    repeat: bool = False
+    """The repeat path (:mod:`~hytrec_torchrec.modules.repeat`): a learned score bonus for the
+    items already in the history, from how often, how many events ago and how long ago each was
+    last seen, switched by the user embedding. Changes the score of history items in training,
+    evaluation and serving alike; O(L) per request."""
+    repeat_rows: int = 0
+    """All-position training with ``repeat``: only the last ``repeat_rows`` rows of each window get
+    the bonus (0 = every row; pairs then grow as L²/2 per window, which is cheap for L ≈ 1,000
+    and too many for 10k-event windows)."""
     heads: int = 2
     ffn_mult: int = 2
     dropout: float = 0.0
@@ -160,6 +169,7 @@ class TowerConfig:
                               "it needs short_len > 0")
         if self.far_copy and self.short_len == 0:
             raise ConfigError("far_copy: the copy path is read with the short branch's output; it needs short_len > 0")
+        check_range("repeat_rows", self.repeat_rows, 0)
         check_range("heads", self.heads, 1)
         if self.embedding_dim % self.heads:
             raise ConfigError(f"heads: embedding_dim {self.embedding_dim} is not divisible by heads {self.heads}")
@@ -178,7 +188,7 @@ class TowerConfig:
 
 
 #: the values of the long-memory keys that every tower had before they existed (the paper's form)
-PRE_MEMORY_KEYS = {"long_readout": "last", "long_time_inputs": False, "far_copy": False}
+PRE_MEMORY_KEYS = {"long_readout": "last", "long_time_inputs": False, "far_copy": False, "repeat": False}
 PRE_MEMORY_TADN_KEYS = {"gating": "paper", "key_dim": 0}
 
 

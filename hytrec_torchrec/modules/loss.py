@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ def sampled_softmax_loss(
     neg_log_q: float = 0.0,
     temperature: float = 1.0,
     in_batch: bool = True,
+    example_bonus: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     r"""Sampled softmax over in-batch and shared uniform negatives, with log-Q correction.
 
@@ -65,13 +66,24 @@ def sampled_softmax_loss(
     negatives only. With the whole catalog as negatives (``data.num_negatives: -1``: ``R = V − 2``,
     ``neg_log_q = −log(V − 2)``, so the correction is 0) this is the exact softmax cross-entropy
     over the catalog, the example's other positives masked.
+
+    ``example_bonus [B, T + R]`` (the repeat path, :mod:`~hytrec_torchrec.modules.repeat`) is added
+    to the scores, before the temperature: column ``j < T`` is in-batch candidate ``pos_ids[j]``,
+    column ``T + r`` uniform negative ``neg_ids[r]``, for the example's user.
     """
     t = pos_ids.shape[0]
     u = user[target_to_example] / temperature  # [T, D]
+    eb: Optional[torch.Tensor] = None
+    if example_bonus is not None:
+        eb = example_bonus[target_to_example] / temperature  # [T, T + R]
     if in_batch:
         logits = u @ pos_emb.t() - (math.log(t) + pos_log_q).unsqueeze(0)  # [T, T]
+        if eb is not None:
+            logits = logits + eb[:, :t]
     else:  # only the positive: a [T, T] matrix whose off-diagonal is masked below
         pos = (u * pos_emb).sum(-1)  # [T]
+        if eb is not None:
+            pos = pos + eb[:, :t].diagonal()
         logits = torch.full((t, t), float("-inf"), dtype=pos.dtype, device=pos.device)
         logits = logits.diagonal_scatter(pos)
     same_id = pos_ids.unsqueeze(1) == pos_ids.unsqueeze(0)  # [T, T]: id_i == id_j
@@ -85,6 +97,8 @@ def sampled_softmax_loss(
     if neg_ids is not None and neg_emb is not None and neg_ids.numel() > 0:
         r = neg_ids.shape[0]
         z = u @ neg_emb.t() - (math.log(r) + neg_log_q)  # [T, R]
+        if eb is not None:
+            z = z + eb[:, t:]
         neg_same = pos_ids.unsqueeze(1) == neg_ids.unsqueeze(0)  # [T, R]
         neg_has = torch.zeros(user.shape[0], r, dtype=torch.bool, device=user.device)
         neg_has = neg_has.index_put((target_to_example,), neg_same, accumulate=True)
@@ -102,6 +116,8 @@ def shared_negatives_loss(
     neg_emb: torch.Tensor,
     neg_log_q: float,
     temperature: float = 1.0,
+    pos_bonus: Optional[torch.Tensor] = None,
+    neg_bonus: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     r"""Sampled softmax of one positive per row against uniform negatives shared by all rows.
 
@@ -117,13 +133,18 @@ def shared_negatives_loss(
 
         L = mean_p [ −s_p + logsumexp(s_p, z_p·) ]
 
-    Returns 0 (with a graph) when ``P == 0``.
+    The repeat path's ``pos_bonus [P]`` and ``neg_bonus [P, R]`` are added to the scores before
+    the temperature. Returns 0 (with a graph) when ``P == 0``.
     """
     if user.shape[0] == 0:
         return (user * 0.0).sum()
     u = user / temperature
     pos = (u * pos_emb).sum(-1, keepdim=True)  # [P, 1]
     z = u @ neg_emb.t() - (math.log(max(neg_ids.shape[0], 1)) + neg_log_q)  # [P, R]
+    if pos_bonus is not None:
+        pos = pos + pos_bonus.unsqueeze(1) / temperature
+    if neg_bonus is not None:
+        z = z + neg_bonus / temperature
     z = z.masked_fill(pos_ids.unsqueeze(1) == neg_ids.unsqueeze(0), float("-inf"))
     return (torch.logsumexp(torch.cat([pos, z], dim=1), dim=1) - pos.squeeze(1)).mean()
 
@@ -133,6 +154,7 @@ def catalog_softmax_loss(
     pos_ids: torch.Tensor,
     catalog_emb: torch.Tensor,
     temperature: float = 1.0,
+    bonus: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
 ) -> torch.Tensor:
     r"""Exact softmax cross-entropy of each row's positive over the whole catalog.
 
@@ -144,9 +166,12 @@ def catalog_softmax_loss(
 
     Shapes: ``user [P, D]``, ``pos_ids [P]`` item indices in ``2..V-1``, ``catalog_emb [V − 2, D]``
     (row ``j`` = item ``j + 2``). Logits ``u_p·c_j / τ``; ``L = mean_p [−logit_p,pos + lse_j]``.
-    Returns 0 (with a graph) when ``P == 0``.
+    ``bonus`` (the repeat path: unique ``(row [M], item [M], value [M])`` triples, items in
+    ``2..V-1``) adds ``value / τ`` to logit ``(row, item)``. Returns 0 (with a graph) when ``P == 0``.
     """
     if user.shape[0] == 0:
         return (user * 0.0).sum()
     logits = (user / temperature) @ catalog_emb.t()  # [P, V-2]
+    if bonus is not None:
+        logits = logits.index_put((bonus[0], bonus[1] - 2), bonus[2] / temperature, accumulate=True)
     return F.cross_entropy(logits, pos_ids - 2)

@@ -104,7 +104,8 @@ def build_serving(model: torch.nn.Module, features: List[str], max_len: int,
     """The eager :class:`HyTRecServing` of an unsharded ``HyTRecModel`` (its weights copied)."""
     weights = {n: e.weight.detach().to("cpu", torch.float32) for n, e in model.embeddings.embeddings.items()}
     tower = copy.deepcopy(model.tower.net).to("cpu").eval()
-    return HyTRecServing(tower, weights, vocabs, features, max_len, int8, max_tokens_per_pass).eval()
+    repeat = copy.deepcopy(model.repeat).to("cpu").eval() if getattr(model, "repeat", None) is not None else None
+    return HyTRecServing(tower, weights, vocabs, features, max_len, int8, max_tokens_per_pass, repeat=repeat).eval()
 
 
 def example_request(vocabs: Dict[str, Vocab], lengths: List[int], t0: int = 1_700_000_000,

@@ -27,11 +27,12 @@ allowed (the tower's answer for no events); unknown IDs use the unknown row (ind
 input raises ``ValueError`` (``torch.jit.Error`` from a loaded file) naming the field.
 """
 
-from typing import Dict, Final, List, Tuple
+from typing import Dict, Final, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from hytrec_torchrec.modules.repeat import RepeatHead
 from hytrec_torchrec.modules.tower import NORM_EPS, HyTRecTower, scoring_vectors
 from hytrec_torchrec.ops.jagged import pass_bounds  # re-exported: part of this module's API
 from hytrec_torchrec.serving.idmap import IdMap, Vocab
@@ -105,6 +106,7 @@ class HyTRecServing(nn.Module):
         int8: row-wise int8 tables instead of float32.
         max_tokens_per_pass: history events per tower pass (a request is never split; one longer
             than this runs alone); 0 runs the whole batch in one pass.
+        repeat: the trained repeat path (``model.repeat``; copied by the caller), or None.
     """
 
     max_len: Final[int]
@@ -113,7 +115,8 @@ class HyTRecServing(nn.Module):
 
     def __init__(self, tower: HyTRecTower, weights: Dict[str, torch.Tensor], vocabs: Dict[str, Vocab],
                  features: List[str], max_len: int, int8: bool = False,
-                 max_tokens_per_pass: int = DEFAULT_MAX_TOKENS_PER_PASS) -> None:
+                 max_tokens_per_pass: int = DEFAULT_MAX_TOKENS_PER_PASS,
+                 repeat: Optional[RepeatHead] = None) -> None:
         super().__init__()
         if max_tokens_per_pass < 0:
             raise ValueError(f"max_tokens_per_pass must be >= 0, got {max_tokens_per_pass}")
@@ -121,10 +124,13 @@ class HyTRecServing(nn.Module):
         names = list(dict.fromkeys(["item"] + list(features)))
         self.inputs = nn.ModuleDict({f: FeatureInput(vocabs[f], weights[f], int8) for f in names})
         self.tower = tower.eval()
+        self.repeat = repeat.eval() if repeat is not None else None
         for p in self.parameters():
             p.requires_grad_(False)
         self.features: List[str] = list(features)
-        self.required: List[str] = list(features) + ["timestamp"]
+        # the repeat path reads the history's item IDs even when the tower does not
+        needed = list(features) + (["item"] if repeat is not None and "item" not in features else [])
+        self.required: List[str] = needed + ["timestamp"]
         self.allowed: List[str] = list(REQUEST_KEYS)
         self.max_len = int(max_len)
         self.num_items = int(vocabs["item"].size)
@@ -198,6 +204,22 @@ class HyTRecServing(nn.Module):
             return users[0]
         return torch.cat(users, 0)
 
+    @torch.jit.export
+    def repeat_bonus(self, values: Dict[str, torch.Tensor], lengths: Dict[str, torch.Tensor],
+                     request_time: torch.Tensor, user: torch.Tensor
+                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The repeat path's score bonus of each request's history items, ``(request [M] int64,
+        item index [M] int64, bonus [M] float32)``, for the request batch and its ``user [B, D]``
+        (:meth:`user_embedding`); empty when the model has no repeat path."""
+        head = self.repeat
+        if head is None:
+            z = torch.zeros(0, dtype=torch.int64)
+            return z, z, torch.zeros(0)
+        n = self._check(values, lengths, request_time)
+        rows, offsets = truncate_rows(n, self.max_len)
+        items = self.inputs["item"].ids(values["item"][rows])
+        return head(user, items, offsets, values["timestamp"][rows], False)
+
     def _item_rows(self) -> torch.Tensor:
         """The stored item table ``[V, D]`` float32 (dequantized for int8, not normalised)."""
         return self.inputs["item"].table.rows()
@@ -213,7 +235,8 @@ class HyTRecServing(nn.Module):
                request_time: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, V]`` of every item index; columns 0 (pad) and 1 (unknown) are ``-inf``.
 
-        Equals ``user @ item_embeddings().T``; under cosine the item norms are the ones cached at
+        Equals ``user @ item_embeddings().T`` plus, with the repeat path, its bonus for the items
+        of each request's history (:meth:`repeat_bonus`); under cosine the item norms are the ones cached at
         construction (``item_inv_norm [V]``), so a request never normalises the table, and an int8
         table is scored block by block (``ServingTable.score``), never dequantized whole.
         """
@@ -221,6 +244,9 @@ class HyTRecServing(nn.Module):
         s = self.inputs["item"].table.score(user)  # int8: block by block, no dequantized table
         if self.tower.cosine:
             s = s * self.item_inv_norm
+        if self.repeat is not None:
+            ex, item, bonus = self.repeat_bonus(values, lengths, request_time, user)
+            s = s.index_put((ex, item), bonus, accumulate=True)
         s[:, :2] = float("-inf")
         return s
 
