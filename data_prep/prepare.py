@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter
@@ -34,7 +35,8 @@ from data_prep.spill import SpillResult, spill_batches, spill_path
 from data_prep.vocab import FUNNEL, Vocab, behavior_vocab, build_vocab, empty_vocab, load_vocab
 from hytrec_torchrec.config import to_dict
 
-__all__ = ["prepare", "plan_partitions", "SCHEMA_VERSION", "HASH_DOC", "TABLES"]
+__all__ = ["prepare", "plan_partitions", "check_output_apart", "clear_prepared", "MARKER", "SCHEMA_VERSION",
+           "HASH_DOC", "TABLES"]
 
 SCHEMA_VERSION = 1
 TABLES = ("item", "attribution", "category", "behavior", "user")
@@ -113,6 +115,51 @@ def _write_vocabs(vocabs: dict[str, Vocab], counts: dict[str, np.ndarray], out: 
         pq.write_table(vocabs[name].table(counts[name]), out / f"{name}.parquet")
 
 
+#: written first into every output folder: ``--overwrite`` only ever clears a folder that has it.
+MARKER = ".hytrec-prep"
+#: the entries hytrec-prep writes into an output folder; ``--overwrite`` removes these and no others.
+OUTPUT_ENTRIES = frozenset({MARKER, "meta.json", "sequences", "vocab", "_spill", "_shards"})
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output_apart(out: Path, input_spec: str, input_files: list[str]) -> None:
+    """Raise :class:`PrepInputError` when the output folder is an input, holds an input file, or
+    lies inside an input folder (``--overwrite`` would then delete the raw data)."""
+    o = out.resolve()
+    for f in input_files:
+        if _inside(Path(f).resolve(), o):
+            raise PrepInputError(f"{out}: the output folder holds the input file {f}; choose an output "
+                                 "folder outside the input")
+    spec = Path(input_spec)
+    if spec.is_dir() and (_inside(o, spec.resolve()) or _inside(spec.resolve(), o)):
+        raise PrepInputError(f"{out}: the output folder and the input folder {input_spec} are the same or "
+                             "nested; choose an output folder outside the input")
+
+
+def clear_prepared(out: Path) -> None:
+    """Remove a previous output of hytrec-prep from ``out`` (``--overwrite``). Refuses, deleting
+    nothing, unless the folder carries :data:`MARKER` (or is a prepared folder written before the
+    marker existed: it has ``meta.json``) and holds only entries hytrec-prep writes."""
+    names = {p.name for p in out.iterdir()}
+    if MARKER not in names and "meta.json" not in names:
+        raise PrepInputError(f"{out}: --overwrite only replaces a folder written by hytrec-prep, and this "
+                             f"one has no {MARKER} or meta.json; choose another output folder")
+    foreign = sorted(names - OUTPUT_ENTRIES)
+    if foreign:
+        raise PrepInputError(f"{out}: --overwrite refused: the folder holds entries hytrec-prep did not write "
+                             f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); move them or "
+                             "choose another output folder")
+    for name in sorted(names):
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+
 def prepare(
     input_spec: str,
     output: str | Path,
@@ -136,11 +183,20 @@ def prepare(
     si, sn = shard
     if not (0 <= si < sn):
         raise PrepInputError(f"--shard {si}/{sn}: need 0 <= I < N")
-    if sn == 1 and out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise PrepInputError(f"{out}: output directory exists and is not empty (use --overwrite)")
-        shutil.rmtree(out)
+    # everything is checked before anything is deleted: the inputs exist and are readable, and
+    # none of them lies inside the output folder (nor the output inside an input folder)
     plan = plan_inputs(input_spec, cfg, sources)
+    check_output_apart(out, input_spec, [s.name for s in plan.sources if s.kind != "table"] + plan.empty_files)
+    if sn == 1 and out.exists() and any(out.iterdir()):
+        names = {p.name for p in out.iterdir()}
+        unfinished = MARKER in names and "meta.json" not in names  # an earlier run that failed
+        if not overwrite and not unfinished:
+            raise PrepInputError(f"{out}: output directory exists and is not empty (use --overwrite)")
+        if unfinished:
+            print(f"hytrec-prep: {out}: clearing the unfinished output of an earlier run", file=sys.stderr)
+        clear_prepared(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
     num_parts, batch_rows = plan_partitions(cfg, plan.rows_estimate)
     mine = {p for p in range(num_parts) if p % sn == si}
     spill_dir = Path(cfg.spill_dir) if cfg.spill_dir else out / "_spill"

@@ -25,7 +25,8 @@ config="${LONGHIST_CONFIG:-configs/synthetic_longhist.yaml}"
 gd="model.tadn.gating=gated_delta"
 # One line per recipe: NAME OVERRIDE ... ("-" = none). hytrec is the long-memory tower
 # (gated delta rule, time inputs, intent readout); the abl_* rows switch one of its parts back;
-# *_copy add the repeat path in embedding space (model.far_copy).
+# *_copy add the copy path in embedding space (model.far_copy); *_repeat add the repeat path's
+# score bonus for history items (model.repeat).
 recipes="\
 hytrec            model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true
 hytrec_paper      model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false
@@ -34,6 +35,9 @@ sasrec            model.short_len=0 model.long_pattern=SS model.long_readout=las
 hytrec_copy       model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.far_copy=true
 short_copy        model.long_pattern= model.far_copy=true
 hytrec_copy_wide  model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.far_copy=true model.tadn.key_dim=128
+short_repeat      model.long_pattern= model.repeat=true
+hytrec_repeat     model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true
+paper_repeat      model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false model.repeat=true
 abl_last_readout  model.long_pattern=TTT $gd model.long_readout=last model.long_time_inputs=true
 abl_paper_gating  model.long_pattern=TTT model.tadn.gating=paper model.long_readout=intent model.long_time_inputs=true
 abl_no_time       model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=false"

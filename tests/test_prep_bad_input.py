@@ -206,3 +206,59 @@ def test_existing_output_refused(tmp_path: Path) -> None:
     with pytest.raises(PrepInputError, match="exists and is not empty"):
         prepare(str(tmp_path / "in.parquet"), tmp_path / "o", cfg())
     assert json.loads((tmp_path / "o" / "meta.json").read_text())["events_out"] == 30
+
+
+# ---- the output folder: nothing of the input, nothing prep did not write, is ever deleted ----
+
+def _prepared(tmp_path: Path) -> tuple[Path, Path]:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pq.write_table(_good(), raw / "events.parquet")
+    out = tmp_path / "prepared"
+    assert prep_main([str(raw), str(out)]) == 0
+    return raw, out
+
+
+def test_overwrite_with_the_input_as_output_keeps_the_raw_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    raw, _ = _prepared(tmp_path)
+    assert prep_main([str(raw), str(raw), "--overwrite"]) == 2
+    assert "choose an output folder outside the input" in capsys.readouterr().err
+    assert (raw / "events.parquet").exists()
+
+
+def test_overwrite_refuses_an_output_that_holds_the_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _, out = _prepared(tmp_path)
+    pq.write_table(_good(), out / "sequences" / "mine.parquet")
+    assert prep_main([str(out / "sequences" / "mine.parquet"), str(out), "--overwrite"]) == 2
+    assert "holds the input file" in capsys.readouterr().err
+    assert (out / "sequences" / "mine.parquet").exists() and (out / "meta.json").exists()
+
+
+def test_overwrite_with_a_typo_in_the_input_keeps_the_output(tmp_path: Path) -> None:
+    raw, out = _prepared(tmp_path)
+    assert prep_main([str(raw) + "-typo", str(out), "--overwrite"]) == 2
+    assert (out / "meta.json").exists() and any((out / "sequences").iterdir())
+
+
+def test_overwrite_refuses_a_folder_with_files_prep_did_not_write(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    raw, out = _prepared(tmp_path)
+    (out / "notes.txt").write_text("mine")
+    assert prep_main([str(raw), str(out), "--overwrite"]) == 2
+    assert "notes.txt" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    assert prep_main([str(raw), str(other), "--overwrite"]) == 2
+    assert (other / "keep.txt").exists()
+
+
+def test_overwrite_replaces_a_prepared_folder_and_an_unfinished_one_is_cleared(tmp_path: Path) -> None:
+    raw, out = _prepared(tmp_path)
+    first = json.loads((out / "meta.json").read_text())["events_out"]
+    assert prep_main([str(raw), str(out), "--overwrite"]) == 0
+    assert json.loads((out / "meta.json").read_text())["events_out"] == first
+    (out / "meta.json").unlink()  # as a run that failed before writing its meta
+    (out / "_spill").mkdir()
+    assert prep_main([str(raw), str(out)]) == 0  # no --overwrite needed
+    assert not (out / "_spill").exists() and (out / "meta.json").exists()
