@@ -214,3 +214,84 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(datasets: tuple[Path, Path], t
 
     model, _, _ = load_unsharded(tmp_path / "run")
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+# ---- one run per run.dir; a resume or an evaluation never loads weights into another model ----
+
+def _fit_catching(rank: int, world: int, cfg_dict: dict, out: str) -> None:
+    """Train; write the ConfigError's message (or "ok") to ``out``."""
+    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.training.loop import Trainer
+
+    try:
+        Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu")).fit()
+        Path(out).write_text("ok")
+    except ConfigError as exc:
+        Path(out).write_text(str(exc))
+
+
+def _fit(cfg: JobConfig, tmp_path: Path, world: int = 1) -> str:
+    msg = tmp_path / "msg.txt"
+    msg.unlink(missing_ok=True)
+    run_distributed(_fit_catching, world, (to_dict(cfg), str(msg)))
+    return msg.read_text()
+
+
+def _steps(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step_"))
+
+
+def test_resume_with_a_changed_model_is_refused(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    a, _ = datasets
+    run = tmp_path / "run"
+    assert _fit(_cfg(a, run), tmp_path) == "ok"
+    changed = _cfg(a, run, max_steps=4)
+    changed.model.long_pattern = "ST"  # same parameter names, other layers
+    msg = _fit(changed, tmp_path)
+    assert "model.long_pattern: 'TS' -> 'ST'" in msg and "step_00000002" in msg, msg
+    free = _cfg(a, run, max_steps=4)
+    free.model.dropout = 0.2  # changes no parameter: allowed
+    assert _fit(free, tmp_path) == "ok"
+    from hytrec_torchrec.training.restore import checkpoint_config
+
+    with pytest.raises(ConfigError, match=r"model\.long_pattern: 'TS' -> 'ST'"):
+        checkpoint_config(run, ["model.long_pattern=ST"])
+    checkpoint_config(run, ["model.tadn.impl=recurrent"])
+
+
+def test_a_fresh_run_into_an_earlier_runs_dir_is_refused_or_cleared(datasets: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
+    a, _ = datasets
+    run = tmp_path / "run"
+    assert _fit(_cfg(a, run, max_steps=3, checkpoint_every=1), tmp_path) == "ok"
+    assert _steps(run) == ["step_00000001", "step_00000002", "step_00000003"]
+    fresh = _cfg(a, run, max_steps=2, checkpoint_every=1, resume=False)
+    msg = _fit(fresh, tmp_path)
+    assert "holds an earlier run" in msg and "--overwrite" in msg, msg
+    assert _steps(run) == ["step_00000001", "step_00000002", "step_00000003"]  # untouched
+    (run / "notes.txt").write_text("mine")
+    fresh.run.overwrite = True
+    msg = _fit(fresh, tmp_path)
+    assert "notes.txt" in msg and (run / "notes.txt").exists() and len(_steps(run)) == 3, msg
+    (run / "notes.txt").unlink()
+    assert _fit(fresh, tmp_path, world=2) == "ok"
+    assert _steps(run) == ["step_00000001", "step_00000002"]  # the old step 3 is gone, not mixed in
+
+
+def test_a_second_trainer_on_a_run_dir_is_refused(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    from hytrec_torchrec.training.rundir import LOCK_NAME
+
+    a, _ = datasets
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / LOCK_NAME, "w") as holder:  # as the first trainer's rank 0 holds it
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write(str(os.getpid()))
+        holder.flush()
+        msg = _fit(_cfg(a, run), tmp_path, world=2)
+        assert f"in use by another trainer (pid {os.getpid()})" in msg, msg
+        assert not (run / "checkpoints").exists()
+    assert _fit(_cfg(a, run), tmp_path) == "ok"  # released: the next trainer runs

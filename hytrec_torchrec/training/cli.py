@@ -39,7 +39,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML job config (configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with train.resume=false, clear an earlier run's outputs from run.dir (run.overwrite=true)")
     args = parser.parse_args(argv)
+    if args.overwrite:
+        args.overrides = list(args.overrides) + ["run.overwrite=true"]
     quiet_library_noise()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("hytrec").setLevel(logging.INFO)

@@ -22,7 +22,37 @@ from hytrec_torchrec.modules.config import TowerConfig
 from hytrec_torchrec.training.schedule import ScheduleConfig
 from hytrec_torchrec.training.sharding import EmbeddingsConfig
 
-__all__ = ["RunConfig", "OptimConfig", "TrainConfig", "JobConfig", "load_job_config"]
+__all__ = ["RunConfig", "OptimConfig", "TrainConfig", "JobConfig", "load_job_config", "parameter_changes",
+           "FREE_ON_RESUME"]
+
+#: ``model`` keys that change no parameter and may differ between a checkpoint and the job that
+#: resumes or evaluates it; any other difference in ``model`` or ``embeddings.dim`` is refused.
+FREE_ON_RESUME = frozenset({"dropout", "temperature", "softmax_group_waste", "repeat_rows", "tadn.impl",
+                            "tadn.chunk_size", "fusion.load_balance_weight"})
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def parameter_changes(saved: dict, current: dict) -> list[str]:
+    """``"key: saved -> current"`` for every ``model.*`` key (except :data:`FREE_ON_RESUME`) and
+    ``embeddings.dim`` whose value differs between two job configs given as plain dicts (the
+    stored one already completed with :func:`~hytrec_torchrec.modules.config.fill_pre_memory_keys`)."""
+    a = _flatten(saved.get("model", {}))
+    b = _flatten(current.get("model", {}))
+    diffs = [f"model.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+             if k not in FREE_ON_RESUME and a.get(k) != b.get(k)]
+    da, db = saved.get("embeddings", {}).get("dim"), current.get("embeddings", {}).get("dim")
+    if da != db:
+        diffs.append(f"embeddings.dim: {da!r} -> {db!r}")
+    return diffs
 
 
 @dataclass
@@ -35,6 +65,9 @@ class RunConfig:
         log_every: steps between progress/TensorBoard updates.
         tensorboard: write TensorBoard scalars on rank 0.
         progress: show a progress bar on rank 0.
+        overwrite: with ``train.resume: false``, clear an earlier run's outputs from ``dir``
+            (``hytrec-train --overwrite``); without it such a ``dir`` is refused
+            (:mod:`~hytrec_torchrec.training.rundir`).
     """
 
     dir: str = "runs/default"
@@ -42,6 +75,7 @@ class RunConfig:
     log_every: int = 10
     tensorboard: bool = True
     progress: bool = True
+    overwrite: bool = False
 
     def validate(self) -> None:
         if not self.dir:

@@ -24,6 +24,7 @@ stay local to each rank's batch.
 from __future__ import annotations
 
 import collections
+import copy
 import itertools
 import json
 import logging
@@ -37,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from hytrec_torchrec.config import to_dict
+from hytrec_torchrec.config import ConfigError, from_dict, to_dict
 from hytrec_torchrec.data.batch import Batch
 from hytrec_torchrec.data.loader import load_shard, make_dataloader
 from hytrec_torchrec.data.reader import read_meta
@@ -46,7 +47,9 @@ from hytrec_torchrec.evaluation.ranks import all_gather_rows
 from hytrec_torchrec.evaluation.scoring import batch_target_ranks, item_blocks
 from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from hytrec_torchrec.training.config import JobConfig
+from hytrec_torchrec.modules.config import fill_pre_memory_keys
+from hytrec_torchrec.training.config import JobConfig, parameter_changes
+from hytrec_torchrec.training.rundir import claim_run_dir
 from hytrec_torchrec.training.dense_lookup import data_parallel_lookups
 from hytrec_torchrec.training.distributed import DistEnv, format_plan, init_distributed, shard_model
 from hytrec_torchrec.training.schedule import lr_multiplier
@@ -214,6 +217,14 @@ class Trainer:
         from hytrec_torchrec.training.checkpoint import read_train_state
 
         saved = read_train_state(path)
+        if "config" in saved:  # a model config that differs would load weights into other layers
+            stored = copy.deepcopy(saved["config"])
+            fill_pre_memory_keys(stored.setdefault("model", {}))
+            changes = parameter_changes(to_dict(from_dict(JobConfig, stored)), to_dict(self.cfg))
+            if changes:
+                raise ConfigError(f"{path}: this job's model differs from the checkpoint's in "
+                                  f"{'; '.join(changes)}; resume with the checkpoint's values or start a new "
+                                  "run.dir")
         if saved.get("vocab_sizes") != self.vocab_sizes:
             raise ValueError(
                 f"{path}: checkpoint vocabulary sizes {saved.get('vocab_sizes')} do not match "
@@ -384,6 +395,8 @@ class Trainer:
         """Train until ``train.max_steps``/``train.epochs``; returns the final summary."""
         cfg = self.cfg
         env = self.env
+        # kept open for the job's life: the lock against a second trainer on this run.dir
+        self._run_lock = claim_run_dir(cfg.run.dir, cfg.train.resume, cfg.run.overwrite, env.is_main)
         self.maybe_resume()
         total = self._total_steps()
         cfg.optim.schedule.check_total(total)

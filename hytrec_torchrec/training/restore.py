@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -26,7 +27,7 @@ from hytrec_torchrec.config import ConfigError, apply_overrides, from_dict, to_d
 from hytrec_torchrec.modules.config import fill_pre_memory_keys
 from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.training.checkpoint import latest_checkpoint, read_train_state
-from hytrec_torchrec.training.config import JobConfig
+from hytrec_torchrec.training.config import JobConfig, parameter_changes
 
 __all__ = ["resolve_checkpoint", "checkpoint_config", "load_unsharded", "load_sharded"]
 
@@ -56,16 +57,18 @@ def checkpoint_config(path: str | Path, overrides: Sequence[str] = ()) -> Tuple[
     state = read_train_state(ckpt)
     if "config" not in state:
         raise ValueError(f"{ckpt}/train_state.json has no 'config' (written by an older version)")
-    import copy
 
     stored = copy.deepcopy(state["config"])
     # written before the long-memory options existed: rebuild the tower it trained (paper form)
     fill_pre_memory_keys(stored.setdefault("model", {}))
-    raw = apply_overrides(stored, list(overrides))
+    raw = apply_overrides(copy.deepcopy(stored), list(overrides))
     try:
         cfg = from_dict(JobConfig, raw)
+        changes = parameter_changes(to_dict(from_dict(JobConfig, stored)), to_dict(cfg))
     except ConfigError as exc:
         raise ConfigError(f"{ckpt / 'train_state.json'}: {exc}") from exc
+    if changes:  # the weights would load into other layers, or not at all
+        raise ConfigError(f"{ckpt}: the overrides change the model the checkpoint holds: {'; '.join(changes)}")
     state["path"] = str(ckpt)
     return cfg, state
 

@@ -1,0 +1,94 @@
+"""One run directory, one run: the trainer claims ``run.dir`` before it reads or writes anything.
+
+* **Lock.** Rank 0 holds an exclusive ``flock`` on ``RUN_DIR/.hytrec-train.lock`` for the life
+  of the job; a second trainer on the same directory stops with a one-line error naming the
+  holder's pid instead of racing the first one's checkpoints. (``flock`` is per host: on a shared
+  filesystem it keeps apart jobs whose rank 0 runs on the same node only.)
+* **No mixed runs.** With ``train.resume: false``, a directory that already holds a run's outputs
+  is refused unless ``run.overwrite`` (``hytrec-train --overwrite``), which removes exactly the
+  entries a training run writes (:data:`RUN_ENTRIES`) and refuses, removing nothing, when the
+  directory holds anything else.
+
+Errors are :class:`~hytrec_torchrec.config.ConfigError` (``hytrec-train`` exit status 2), raised
+on every rank: rank 0 decides and broadcasts the verdict, so no rank waits at a barrier for a
+rank that stopped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+from typing import IO, Any, Optional
+
+import torch.distributed as dist
+
+from hytrec_torchrec.config import ConfigError
+
+__all__ = ["LOCK_NAME", "RUN_ENTRIES", "claim_run_dir"]
+
+LOCK_NAME = ".hytrec-train.lock"
+#: what a training run writes into its directory; ``--overwrite`` removes these and nothing else.
+RUN_ENTRIES = frozenset({"checkpoints", "summary.json", "tb", "sharding_plan.txt", "curves.png", LOCK_NAME})
+
+
+def _lock(run_dir: Path) -> IO[str]:
+    f = open(run_dir / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise ConfigError(f"run.dir {run_dir}: in use by another trainer (pid {holder}); wait for it to "
+                          "finish or choose another run.dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def _check_earlier_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    names = {p.name for p in run_dir.iterdir()} - {LOCK_NAME}
+    if resume or not (names & (RUN_ENTRIES - {LOCK_NAME})):
+        return
+    if not overwrite:
+        raise ConfigError(f"run.dir {run_dir}: holds an earlier run ({', '.join(sorted(names)[:4])}) and "
+                          "train.resume is false; resume it (train.resume=true), choose another run.dir, or "
+                          "clear it with --overwrite (run.overwrite=true)")
+    foreign = sorted(names - RUN_ENTRIES)
+    if foreign:
+        raise ConfigError(f"run.dir {run_dir}: --overwrite refused: it holds entries a training run did not "
+                          f"write ({', '.join(foreign[:5])}); move them or choose another run.dir")
+    for name in sorted(names):
+        target = run_dir / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+
+def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: bool) -> Optional[IO[str]]:
+    """Lock ``run_dir`` and check or clear an earlier run in it (module docstring). Collective
+    when a process group is up. Returns the lock's open file on rank 0 (keep it open for the
+    job's life; closing it releases the lock), None elsewhere."""
+    handle: Optional[IO[str]] = None
+    verdict: list[Any] = [None]
+    if is_main:
+        try:
+            path = Path(run_dir)
+            path.mkdir(parents=True, exist_ok=True)
+            handle = _lock(path)
+            _check_earlier_run(path, resume, overwrite)
+        except (ConfigError, OSError) as exc:
+            if handle is not None:
+                handle.close()
+                handle = None
+            verdict[0] = str(exc) if isinstance(exc, ConfigError) else f"run.dir {run_dir}: {exc}"
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        raise ConfigError(verdict[0])
+    return handle
