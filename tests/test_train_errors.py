@@ -222,11 +222,12 @@ def _fit_catching(rank: int, world: int, cfg_dict: dict, out: str) -> None:
     """Train; write the ConfigError's message (or "ok") to ``out``."""
     from hytrec_torchrec.training.distributed import init_distributed
     from hytrec_torchrec.training.loop import Trainer
+    from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
 
     try:
         Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu")).fit()
         Path(out).write_text("ok")
-    except ConfigError as exc:
+    except (ConfigError, UnsafeCheckpointError) as exc:
         Path(out).write_text(str(exc))
 
 
@@ -295,3 +296,37 @@ def test_a_second_trainer_on_a_run_dir_is_refused(datasets: tuple[Path, Path], t
         assert f"in use by another trainer (pid {os.getpid()})" in msg, msg
         assert not (run / "checkpoints").exists()
     assert _fit(_cfg(a, run), tmp_path) == "ok"  # released: the next trainer runs
+
+
+class _Payload:
+    """A pickle that, when loaded, creates the file ``marker`` (as a real attack would run a shell)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_checkpoint_index_runs_no_code(datasets: tuple[Path, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    import pickle
+
+    from hytrec_torchrec.serving.cli import main as export_main
+    from hytrec_torchrec.training.restore import load_unsharded
+    from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
+
+    a, _ = datasets
+    run = tmp_path / "run"
+    assert _fit(_cfg(a, run), tmp_path) == "ok"
+    load_unsharded(run)  # a genuine index loads through the restricted reader
+    marker = tmp_path / "pwned"
+    (run / "checkpoints" / "step_00000002" / ".metadata").write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(UnsafeCheckpointError, match=r"\.metadata: refers to .*refused: unpickling it could run code"):
+        load_unsharded(run)
+    assert export_main(["--checkpoint", str(run), "--out", str(tmp_path / "export")]) == 2
+    assert "refused: unpickling it could run code" in capsys.readouterr().err
+    cfg = _cfg(a, run, max_steps=4)
+    msg = _fit(cfg, tmp_path)  # resume
+    assert "refused: unpickling it could run code" in msg, msg
+    assert not marker.exists(), "the checkpoint index ran code"

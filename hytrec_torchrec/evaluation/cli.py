@@ -62,6 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model_name,
     )
     from hytrec_torchrec.evaluation.segments import SideFileError
+    from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
 
     try:
         ecfg, job_overrides = load_eval_config(args.config, list(args.overrides))
@@ -109,7 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 o = res["overall"]
                 print(f"{name}: users={o['examples']} hr@10={o['hr@10']:.4f} ndcg@10={o['ndcg@10']:.4f} "
                       f"mrr={o['mrr']:.4f} auc={o['auc']:.4f} ({res['timing']['eval_s']:.1f} s)", flush=True)
-    except (VocabMismatchError, NoEligibleUsersError, SideFileError, FileNotFoundError) as exc:
+    except (VocabMismatchError, NoEligibleUsersError, SideFileError, FileNotFoundError,
+            UnsafeCheckpointError) as exc:
         print(f"hytrec-eval: {exc}", file=sys.stderr)
         shutdown_distributed()
         return 3

@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from hytrec_torchrec.training.safe_load import SafeFileSystemReader, read_index
+
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "read_train_state"]
 
 _PREFIX = "step_"
@@ -158,6 +160,7 @@ def load_checkpoint(
     """
     path = Path(path)
     train_state = read_train_state(path)
+    saved = set(read_index(str(path)).state_dict_metadata)  # refuses an index that could run code
     state: dict[str, Any] = {"model": model.state_dict()}
     never_stepped: dict[str, Any] = {}
     if optimizer is not None:
@@ -166,14 +169,13 @@ def load_checkpoint(
         # when no history left that branch empty) has no lazily created optimizer state in the
         # checkpoint. Leave it out of the load and give it back an empty state afterwards, exactly
         # what an uninterrupted run has.
-        saved = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
         opt_state = state["optim"]["state"]
         for key in list(opt_state):
             entries = opt_state[key]
             if isinstance(entries, dict) and entries and not any(
                     f"optim.state.{key}.{name}" in saved for name in entries):
                 never_stepped[key] = opt_state.pop(key)
-    dcp.load(state, checkpoint_id=str(path))
+    dcp.load(state, checkpoint_id=str(path), storage_reader=SafeFileSystemReader(str(path)))
     model.load_state_dict(state["model"])
     if optimizer is not None:
         state["optim"]["state"].update(never_stepped)

@@ -28,6 +28,7 @@ from hytrec_torchrec.modules.config import fill_pre_memory_keys
 from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.training.checkpoint import latest_checkpoint, read_train_state
 from hytrec_torchrec.training.config import JobConfig, parameter_changes
+from hytrec_torchrec.training.safe_load import SafeFileSystemReader, read_index
 
 __all__ = ["resolve_checkpoint", "checkpoint_config", "load_unsharded", "load_sharded"]
 
@@ -94,7 +95,8 @@ def load_unsharded(
     model = build_model(cfg, _vocab_sizes(state), dev)
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("loss.")}
     wrapped = {"model": sd}
-    dcp.load(wrapped, checkpoint_id=state["path"], no_dist=True)
+    read_index(state["path"])  # refuses an index that could run code, before DCP opens it
+    dcp.load(wrapped, checkpoint_id=state["path"], storage_reader=SafeFileSystemReader(state["path"]), no_dist=True)
     missing, unexpected = model.load_state_dict(wrapped["model"], strict=False)
     bad = [m for m in missing if not m.startswith("loss.")]
     if bad or unexpected:
@@ -124,7 +126,8 @@ def load_sharded(
     model = build_model(cfg, _vocab_sizes(state), env.device, torch.device("meta"))
     dmp, plan = shard_model(model, cfg.embeddings, env, cfg.data.batch_size)
     wrapped = {"model": {k: v for k, v in dmp.state_dict().items() if not k.startswith("loss.")}}
-    dcp.load(wrapped, checkpoint_id=state["path"])
+    read_index(state["path"])  # refuses an index that could run code, before DCP opens it
+    dcp.load(wrapped, checkpoint_id=state["path"], storage_reader=SafeFileSystemReader(state["path"]))
     dmp.load_state_dict(wrapped["model"], strict=False)
     dmp.eval()
     return dmp, plan, cfg, state
