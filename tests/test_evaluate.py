@@ -347,6 +347,36 @@ def test_one_and_two_ranks_identical_and_report(trained: tuple[Path, Path], two_
     assert "## Paired differences" in report
 
 
+def test_moved_training_data_does_not_skip_the_vocabulary_check(trained: tuple[Path, Path], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """The checkpoint's vocabulary fingerprints catch a permuted dataset even when the training
+    data is gone; without fingerprints an unverifiable vocabulary is refused unless allowed."""
+    import shutil
+
+    from hytrec_torchrec.evaluation.cli import main
+    from hytrec_torchrec.evaluation.evaluate import VocabMismatchError, check_vocab
+    from hytrec_torchrec.training.restore import checkpoint_config
+
+    data, run = trained
+    _, state = checkpoint_config(run)
+    assert set(state["vocab_fingerprints"]) == {"item", "attribution", "category", "behavior"}
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(data, shuffled)
+    vocab = pq.read_table(shuffled / "vocab" / "item.parquet")
+    pq.write_table(vocab.set_column(0, "raw", pa.array(vocab.column("raw").to_pylist()[::-1])),
+                   shuffled / "vocab" / "item.parquet")
+    moved = dict(state, data_path=str(tmp_path / "gone"))  # the training data has moved
+    with pytest.raises(VocabMismatchError, match="item vocabulary .* differs .*fingerprint"):
+        check_vocab(moved, shuffled, run)
+    assert check_vocab(moved, data, run)["how"] == "fingerprint"
+    old = {k: v for k, v in moved.items() if k != "vocab_fingerprints"}  # written before fingerprints
+    with pytest.raises(VocabMismatchError, match="cannot check the ID vocabulary.*--allow-unchecked-vocab"):
+        check_vocab(old, shuffled, run)
+    assert check_vocab(old, shuffled, run, allow_unchecked=True)["item_vocab_checked"] is False
+    rc = main(["--checkpoint", str(run), "--data", str(shuffled), "--out", str(tmp_path / "o")])
+    assert rc == 3 and "differs" in capsys.readouterr().err
+
+
 def test_bad_input_vocab_mismatch(trained: tuple[Path, Path], tmp_path: Path) -> None:
     from hytrec_torchrec.evaluation.cli import main
     from hytrec_torchrec.evaluation.evaluate import VocabMismatchError, check_vocab

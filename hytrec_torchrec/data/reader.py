@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 __all__ = [
+    "vocab_fingerprint",
     "SCHEMA_VERSION",
     "FEATURES",
     "DatasetFormatError",
@@ -68,6 +69,22 @@ class PreparedMeta:
                 raise DatasetFormatError(f"{f}: partition file missing (meta.json says "
                                          f"num_partitions={self.num_partitions})")
         return files
+
+
+def vocab_fingerprint(root: str | Path, table: str) -> str:
+    """SHA-256 of a prepared table's vocabulary (every ``raw → index`` pair, in file order), or
+    ``"absent"`` when ``vocab/<table>.parquet`` does not exist. Two datasets with equal
+    fingerprints map every raw ID to the same row."""
+    import hashlib
+
+    path = Path(root) / "vocab" / f"{table}.parquet"
+    if not path.is_file():
+        return "absent"
+    t = pq.read_table(path, columns=["raw", "index"])
+    h = hashlib.sha256()
+    for raw, idx in zip(t.column("raw").cast(pa.string()).to_pylist(), t.column("index").to_pylist()):
+        h.update(f"{raw}\t{idx}\n".encode())
+    return h.hexdigest()
 
 
 def read_meta(root: str | Path) -> PreparedMeta:

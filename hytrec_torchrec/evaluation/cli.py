@@ -41,7 +41,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="output directory for metrics.json, report.md, *.png")
     parser.add_argument("--config", help="YAML evaluation config (configs/eval/default.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    parser.add_argument("--allow-unchecked-vocab", action="store_true",
+                        help="evaluate a checkpoint whose ID vocabulary cannot be checked (no stored fingerprint, "
+                             "training data gone); the report says so")
     args = parser.parse_args(argv)
+    if args.allow_unchecked_vocab:
+        args.overrides = list(args.overrides) + ["allow_unchecked_vocab=true"]
     if not args.checkpoint and not args.model:
         parser.error("give at least one --checkpoint or --model")
     n_models = len(args.checkpoint) + len(args.model)
@@ -92,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         first = None
         for ckpt in args.checkpoint:
             cfg, state = checkpoint_config(ckpt, job_overrides)
-            check_vocab(state, args.data, state["path"])
+            check_vocab(state, args.data, state["path"], ecfg.allow_unchecked_vocab)
             first = first or cfg
         for m in args.model:
             if not Path(m).is_file():

@@ -84,6 +84,8 @@ class EvalConfig:
         max_batches: evaluate at most this many batches per rank (``None``: the whole split).
         remove_history: leave the items of each user's (truncated, ``data.max_len``) history out
             of the ranking. Default false: the published HSTU/SASRec protocol keeps them.
+        allow_unchecked_vocab: evaluate a checkpoint whose ID vocabulary cannot be checked (no
+            stored fingerprint, training data gone); metrics.json and report.md then say so.
         threads: intra-op CPU threads per process (``torch.set_num_threads``; ``None``: torch's
             default, or ``OMP_NUM_THREADS``). Set 1 when evaluating beside a training job on the
             same cores: oversubscribed OpenMP threads spin-wait, and on the 2-core VM next to a
@@ -100,6 +102,7 @@ class EvalConfig:
     batch_size: Optional[int] = None
     max_batches: Optional[int] = None
     remove_history: bool = False
+    allow_unchecked_vocab: bool = False
     threads: Optional[int] = None
     segments: SegmentConfig = field(default_factory=SegmentConfig)
     plot_metrics: List[str] = field(default_factory=lambda: ["hr@10", "ndcg@10"])
@@ -146,17 +149,22 @@ def model_name(path: str | Path) -> str:
     return p.name
 
 
-def check_vocab(ckpt_state: Dict[str, Any], data_path: str | Path, ckpt_path: str | Path) -> Dict[str, Any]:
+def check_vocab(ckpt_state: Dict[str, Any], data_path: str | Path, ckpt_path: str | Path,
+                allow_unchecked: bool = False) -> Dict[str, Any]:
     """Raise :class:`VocabMismatchError` unless the dataset fits the checkpoint.
 
-    Table sizes (item, attribution, category, behavior) must be equal. When the checkpoint's
-    training dataset is still readable and is another directory, the item vocabularies' raw IDs
-    must also be equal (same sizes with a different ID order would silently score wrong items).
+    Table sizes (item, attribution, category, behavior) must be equal, and so must the ID
+    vocabularies (same sizes with a different ID order would silently score wrong items): by the
+    fingerprints the checkpoint stores (``vocab_fingerprints``, written since they existed), else
+    against the checkpoint's training dataset when it is still readable. When neither is possible
+    the evaluation is refused unless ``allow_unchecked`` (``--allow-unchecked-vocab``), and the
+    result then says so.
 
     Returns:
-        ``{"sizes_checked": True, "item_vocab_checked": bool}``.
+        ``{"sizes_checked": True, "item_vocab_checked": bool, "how": "fingerprint" |
+        "training data" | "unchecked"}``.
     """
-    from hytrec_torchrec.data.reader import read_meta
+    from hytrec_torchrec.data.reader import read_meta, vocab_fingerprint
 
     meta = read_meta(data_path)
     have = {k: int(v) for k, v in meta.vocab_sizes.items()}
@@ -168,7 +176,15 @@ def check_vocab(ckpt_state: Dict[str, Any], data_path: str | Path, ckpt_path: st
             f"{ {t: want.get(t) for t in MODEL_TABLES} } but dataset {data_path} (meta.json) has "
             f"{ {t: have.get(t) for t in MODEL_TABLES} } (first difference: {bad[0]}); evaluate on "
             "a dataset prepared with the training vocabularies (hytrec-prep vocab_from=...)")
-    checked = False
+    stored = ckpt_state.get("vocab_fingerprints")
+    if stored:
+        for t in MODEL_TABLES:
+            if t in stored and vocab_fingerprint(data_path, t) != stored[t]:
+                raise VocabMismatchError(
+                    f"vocabulary mismatch: the {t} vocabulary of dataset {data_path} differs from the one "
+                    f"checkpoint {ckpt_path} was trained with (same size, different IDs; fingerprint "
+                    "stored in the checkpoint)")
+        return {"sizes_checked": True, "item_vocab_checked": True, "how": "fingerprint"}
     train_path = ckpt_state.get("data_path")
     if train_path and Path(train_path, "vocab", "item.parquet").is_file():
         a, b = Path(train_path).resolve(), Path(data_path).resolve()
@@ -181,8 +197,13 @@ def check_vocab(ckpt_state: Dict[str, Any], data_path: str | Path, ckpt_path: st
                 raise VocabMismatchError(
                     f"vocabulary mismatch: item vocabulary of dataset {data_path} differs from that "
                     f"of the checkpoint's training dataset {train_path} (same size, different IDs)")
-        checked = True
-    return {"sizes_checked": True, "item_vocab_checked": checked}
+        return {"sizes_checked": True, "item_vocab_checked": True, "how": "training data"}
+    if not allow_unchecked:
+        raise VocabMismatchError(
+            f"cannot check the ID vocabulary: checkpoint {ckpt_path} stores no vocabulary fingerprint and "
+            f"its training dataset {train_path} is not readable; evaluate on that dataset, or pass "
+            "--allow-unchecked-vocab if you know the IDs match (the report will say they were not checked)")
+    return {"sizes_checked": True, "item_vocab_checked": False, "how": "unchecked"}
 
 
 def _sum_ints(values: List[int], device: torch.device) -> List[int]:
@@ -266,7 +287,7 @@ def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: Seg
 
 
 def _result(results: Dict[str, Any], counts: Dict[str, int], catalog: int, segmenter: Segmenter,
-            env: Any, t_load: float, t_eval: float, vocab_check: Dict[str, bool],
+            env: Any, t_load: float, t_eval: float, vocab_check: Dict[str, Any],
             example_ranks: Dict[str, np.ndarray], diagnostics: Dict[str, Any], **head: Any) -> Dict[str, Any]:
     """The result layout shared by checkpoints and exported models (``head`` goes first:
     name, checkpoint, step, model); collective when a side file is used. ``diagnostics``: the
@@ -326,7 +347,7 @@ def evaluate_checkpoint(
 
     t0 = time.perf_counter()
     cfg, state = checkpoint_config(checkpoint, job_overrides)
-    vocab_check = check_vocab(state, data_path, state["path"])
+    vocab_check = check_vocab(state, data_path, state["path"], ecfg.allow_unchecked_vocab)
     env = env or init_distributed(cfg.train.backend, cfg.train.device)
     data_cfg = replace(cfg.data, path=str(data_path))
     if ecfg.batch_size is not None:
@@ -500,7 +521,7 @@ def evaluate_exported(
                "embedding_dim": mcfg.get("embedding_dim"), "features": mcfg.get("features"),
                "max_len": data_cfg.max_len, "history_removed": ecfg.remove_history, "exported": True,
                "table_storage": card.get("tables", {}).get("storage")},
-        vocab_check={"sizes_checked": True, "item_vocab_checked": True},
+        vocab_check={"sizes_checked": True, "item_vocab_checked": True, "how": "exported vocabulary"},
         example_ranks=examples,
         diagnostics=diagnostics,
     )

@@ -103,6 +103,10 @@ def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str,
     lines += [f"Full-catalog ranking over {catalog} items (ties count against the target; history "
               f"items {'are removed from each ranking' if removed else 'are not removed'}). "
               "Metrics are means over evaluated users.", ""]
+    unchecked = [r["name"] for r in results if not r.get("vocab_check", {}).get("item_vocab_checked", True)]
+    if unchecked:
+        lines += [f"**Warning: the ID vocabulary of {', '.join(unchecked)} was NOT checked against this "
+                  "dataset (`--allow-unchecked-vocab`): if the IDs differ, every metric here is wrong.**", ""]
     lines += ["## Overall", ""]
     lines += _table(["model", "step", "users"] + overall_cols,
                     [[r["name"], r["step"], r["overall"]["examples"]] + [r["overall"][c] for c in overall_cols]

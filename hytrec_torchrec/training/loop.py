@@ -41,7 +41,7 @@ import torch.distributed as dist
 from hytrec_torchrec.config import ConfigError, from_dict, to_dict
 from hytrec_torchrec.data.batch import Batch
 from hytrec_torchrec.data.loader import load_shard, make_dataloader
-from hytrec_torchrec.data.reader import read_meta
+from hytrec_torchrec.data.reader import FEATURES, read_meta, vocab_fingerprint
 from hytrec_torchrec.evaluation.metrics import ranking_metrics
 from hytrec_torchrec.evaluation.ranks import all_gather_rows
 from hytrec_torchrec.evaluation.scoring import batch_target_ranks, item_blocks
@@ -203,11 +203,19 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "vocab_sizes": self.vocab_sizes,
             "data_path": str(self.cfg.data.path),
+            # the vocabularies themselves, so an evaluation can check its dataset's IDs even
+            # after the training data has moved
+            "vocab_fingerprints": self._vocab_fingerprints(),
             "config": to_dict(self.cfg),
             "history": self.history,
         }
         return save_checkpoint(self.cfg.run.dir, self.step, self.model, self.optimizer, state,
                                _rng_state(), keep_last=self.cfg.train.keep_last)
+
+    def _vocab_fingerprints(self) -> Dict[str, str]:
+        if not hasattr(self, "_fingerprints"):
+            self._fingerprints = {t: vocab_fingerprint(self.cfg.data.path, t) for t in FEATURES}
+        return self._fingerprints
 
     def maybe_resume(self, path: Optional[Path] = None) -> bool:
         """Load ``path`` (or the run's latest checkpoint); returns whether one was loaded."""
