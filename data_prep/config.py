@@ -75,6 +75,15 @@ class PrepConfig:
     csv_delimiter: str = ","
     #: string timestamps: ``null`` = integer (or float) seconds; otherwise a strptime format
     timestamp_format: Optional[str] = None
+    #: unit of integer and float timestamps (and of integer strings): ``s``, ``ms``, ``us`` or ``ns``
+    #: since 1970; converted to seconds (typed Parquet timestamps carry their own unit)
+    timestamp_unit: str = "s"
+    #: plausible event times, seconds since 1970: a time before ``min_time`` (default 1990-01-01)
+    #: or more than ``max_future_s`` after the moment prep runs is a bad row (``on_bad_rows``), so
+    #: one millisecond value among seconds cannot move the dataset's end (and with it
+    #: ``filters.inactive_days``). ``min_time: 0`` accepts relative clocks that start at 0.
+    min_time: int = 631_152_000
+    max_future_s: int = 86_400
     #: what to do with a row with a null ID, a bad or a negative timestamp: ``error`` stops with the
     #: file, row and column; ``skip`` drops it and counts it under ``handling`` in meta.json
     on_bad_rows: str = "error"
@@ -96,6 +105,9 @@ class PrepConfig:
     def validate(self) -> None:
         check_choice("format", self.format, ("auto", "parquet", "csv", "movielens"))
         check_choice("on_bad_rows", self.on_bad_rows, ("error", "skip"))
+        check_choice("timestamp_unit", self.timestamp_unit, ("s", "ms", "us", "ns"))
+        check_range("min_time", self.min_time, 0)
+        check_range("max_future_s", self.max_future_s, 0)
         check_choice("compression", self.compression, ("zstd", "snappy", "gzip", "lz4", "none"))
         if len(self.csv_delimiter) != 1:
             raise ConfigError(f"csv_delimiter: {self.csv_delimiter!r} must be one character")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,9 +288,19 @@ def _timestamps(arr: pa.Array, cfg: PrepConfig) -> tuple[np.ndarray, np.ndarray]
         vals, bad = _string_ts(arr, cfg)
     else:
         raise TypeError(f"unsupported timestamp type {t}")
+    if cfg.timestamp_unit != "s" and not (pa.types.is_timestamp(t) or pa.types.is_date(t)):
+        vals = np.floor_divide(vals, {"ms": 1000, "us": 10**6, "ns": 10**9}[cfg.timestamp_unit])
     if nulls is not None:
         bad = bad | nulls
     return vals, bad
+
+
+def _unit_hint(value: int) -> str:
+    """What an implausible time in seconds most likely is."""
+    for unit, f in (("ns", 10**9), ("us", 10**6), ("ms", 1000)):
+        if 631_152_000 <= value // f <= 4_102_444_800:  # 1990 .. 2100 in that unit
+            return f" (looks like {unit}: set timestamp_unit={unit} if the whole column is)"
+    return ""
 
 
 def iter_normalized(
@@ -331,6 +342,13 @@ def iter_normalized(
             neg = (ts < 0) & ~bad_ts
             if neg.any():
                 reasons.append(("negative_timestamp", neg, fn["timestamp"], "negative timestamp"))
+            latest = int(time.time()) + cfg.max_future_s
+            odd = ~bad_ts & ~neg & ((ts < cfg.min_time) | (ts > latest))
+            if odd.any():
+                first = int(ts[np.flatnonzero(odd)[0]])
+                reasons.append(("implausible_timestamp", odd, fn["timestamp"],
+                                f"timestamp {first} s is outside {cfg.min_time}..{latest} (min_time .. now + "
+                                f"max_future_s){_unit_hint(first)}"))
             for key, mask, col, problem in reasons:
                 if cfg.on_bad_rows == "error":
                     i = int(np.flatnonzero(mask)[0])

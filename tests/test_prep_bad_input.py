@@ -32,6 +32,11 @@ def _good(n_users: int = 5, per_user: int = 6) -> pa.Table:
     })
 
 
+def _prep(argv: list[str]) -> int:
+    """hytrec-prep on these small inputs, whose clocks start near 0 (``min_time=0``)."""
+    return prep_main(argv + ["min_time=0"])
+
+
 def _csv(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -39,7 +44,7 @@ def _csv(path: Path, text: str) -> Path:
 
 def test_missing_required_column(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pq.write_table(_good().drop_columns(["timestamp"]), tmp_path / "in.parquet")
-    assert prep_main([str(tmp_path / "in.parquet"), str(tmp_path / "out")]) == 2
+    assert _prep([str(tmp_path / "in.parquet"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "in.parquet" in err and "'timestamp'" in err and "missing" in err
 
@@ -215,13 +220,13 @@ def _prepared(tmp_path: Path) -> tuple[Path, Path]:
     raw.mkdir()
     pq.write_table(_good(), raw / "events.parquet")
     out = tmp_path / "prepared"
-    assert prep_main([str(raw), str(out)]) == 0
+    assert _prep([str(raw), str(out)]) == 0
     return raw, out
 
 
 def test_overwrite_with_the_input_as_output_keeps_the_raw_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     raw, _ = _prepared(tmp_path)
-    assert prep_main([str(raw), str(raw), "--overwrite"]) == 2
+    assert _prep([str(raw), str(raw), "--overwrite"]) == 2
     assert "choose an output folder outside the input" in capsys.readouterr().err
     assert (raw / "events.parquet").exists()
 
@@ -229,14 +234,14 @@ def test_overwrite_with_the_input_as_output_keeps_the_raw_data(tmp_path: Path, c
 def test_overwrite_refuses_an_output_that_holds_the_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     _, out = _prepared(tmp_path)
     pq.write_table(_good(), out / "sequences" / "mine.parquet")
-    assert prep_main([str(out / "sequences" / "mine.parquet"), str(out), "--overwrite"]) == 2
+    assert _prep([str(out / "sequences" / "mine.parquet"), str(out), "--overwrite"]) == 2
     assert "holds the input file" in capsys.readouterr().err
     assert (out / "sequences" / "mine.parquet").exists() and (out / "meta.json").exists()
 
 
 def test_overwrite_with_a_typo_in_the_input_keeps_the_output(tmp_path: Path) -> None:
     raw, out = _prepared(tmp_path)
-    assert prep_main([str(raw) + "-typo", str(out), "--overwrite"]) == 2
+    assert _prep([str(raw) + "-typo", str(out), "--overwrite"]) == 2
     assert (out / "meta.json").exists() and any((out / "sequences").iterdir())
 
 
@@ -244,21 +249,77 @@ def test_overwrite_refuses_a_folder_with_files_prep_did_not_write(tmp_path: Path
                                                                  capsys: pytest.CaptureFixture) -> None:
     raw, out = _prepared(tmp_path)
     (out / "notes.txt").write_text("mine")
-    assert prep_main([str(raw), str(out), "--overwrite"]) == 2
+    assert _prep([str(raw), str(out), "--overwrite"]) == 2
     assert "notes.txt" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("x")
-    assert prep_main([str(raw), str(other), "--overwrite"]) == 2
+    assert _prep([str(raw), str(other), "--overwrite"]) == 2
     assert (other / "keep.txt").exists()
 
 
 def test_overwrite_replaces_a_prepared_folder_and_an_unfinished_one_is_cleared(tmp_path: Path) -> None:
     raw, out = _prepared(tmp_path)
     first = json.loads((out / "meta.json").read_text())["events_out"]
-    assert prep_main([str(raw), str(out), "--overwrite"]) == 0
+    assert _prep([str(raw), str(out), "--overwrite"]) == 0
     assert json.loads((out / "meta.json").read_text())["events_out"] == first
     (out / "meta.json").unlink()  # as a run that failed before writing its meta
     (out / "_spill").mkdir()
-    assert prep_main([str(raw), str(out)]) == 0  # no --overwrite needed
+    assert _prep([str(raw), str(out)]) == 0  # no --overwrite needed
     assert not (out / "_spill").exists() and (out / "meta.json").exists()
+
+
+# ---- timestamps in another unit, or out of any plausible range ----
+
+def _with_one_ms_row(tmp_path: Path) -> Path:
+    """201 users, 100 events each in seconds near 2023, plus one row in milliseconds."""
+    n_users, per = 201, 100
+    u = np.repeat(np.arange(n_users), per)
+    ts = 1_700_000_000 + np.tile(np.arange(per), n_users) * 3600
+    ts[-1] = ts[-1] * 1000  # the last user's last event, in milliseconds
+    pq.write_table(pa.table({"user_id": u, "item_id": np.arange(len(u)) % 50, "timestamp": ts}),
+                   tmp_path / "in.parquet")
+    return tmp_path / "in.parquet"
+
+
+def test_one_millisecond_timestamp_is_an_error_naming_the_row(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    f = _with_one_ms_row(tmp_path)
+    assert prep_main([str(f), str(tmp_path / "out"), "filters.inactive_days=30"]) == 2
+    err = capsys.readouterr().err
+    assert "in.parquet: row 20100, column 'timestamp'" in err and "looks like ms" in err, err
+
+
+def test_skipping_it_drops_one_row_and_keeps_every_user(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    f = _with_one_ms_row(tmp_path)
+    assert prep_main([str(f), str(tmp_path / "out"), "filters.inactive_days=30", "on_bad_rows=skip"]) == 0
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["users_out"] == 201 and meta["handling"]["skipped_rows.implausible_timestamp"] == 1
+    assert "implausible_timestamp" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", [315_532_800, 4_102_444_800])  # 1980-01-01 and 2100-01-01
+def test_times_before_1990_or_in_the_future_are_refused(tmp_path: Path, value: int) -> None:
+    t = _good()
+    ts = np.asarray(t.column("timestamp").to_numpy()) + 1_700_000_000
+    ts[3] = value
+    pq.write_table(t.set_column(2, "timestamp", pa.array(ts)), tmp_path / "in.parquet")
+    with pytest.raises(PrepInputError, match=r"row 4, column 'timestamp': timestamp \d+ s is outside"):
+        prepare(str(tmp_path / "in.parquet"), tmp_path / "out", load_config_defaults())
+
+
+def test_a_whole_column_in_milliseconds_reads_with_timestamp_unit(tmp_path: Path) -> None:
+    t = _good()
+    ms = (np.asarray(t.column("timestamp").to_numpy()) + 1_700_000_000) * 1000 + 999
+    pq.write_table(t.set_column(2, "timestamp", pa.array(ms)), tmp_path / "in.parquet")
+    prepare(str(tmp_path / "in.parquet"), tmp_path / "out", load_config_defaults("timestamp_unit=ms"))
+    got = read_prepared(tmp_path / "out")
+    first = next(iter(got["users"].values()))[1]["timestamp"][0]
+    assert first == 1_700_001_000  # (1_700_001_000 s * 1000 + 999 ms) floored to seconds
+
+
+def load_config_defaults(*overrides: str):
+    """The shipped defaults (min_time = 1990-01-01), unlike ``tests.data_prep_util.cfg``."""
+    from data_prep.config import PrepConfig
+    from hytrec_torchrec.config import load_config
+
+    return load_config(PrepConfig, None, list(overrides))
