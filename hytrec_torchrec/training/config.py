@@ -175,6 +175,11 @@ class JobConfig:
                 f"train.validate_every: {self.train.validate_every} must be 0 when data.train_on_valid "
                 "is true (the validation event is a training target, so nothing is held out to validate on)"
             )
+        if self.model.short_len > self.data.max_len:
+            raise ConfigError(
+                f"model.short_len: {self.model.short_len} is longer than data.max_len ({self.data.max_len}); "
+                "histories are cut to max_len, so the long branch would never see an event"
+            )
         if self.model.embedding_dim != self.embeddings.dim:
             raise ConfigError(
                 f"model.embedding_dim: {self.model.embedding_dim} must equal embeddings.dim "
