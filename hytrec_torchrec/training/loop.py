@@ -24,7 +24,6 @@ stay local to each rank's batch.
 from __future__ import annotations
 
 import collections
-import copy
 import itertools
 import json
 import logging
@@ -38,7 +37,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from hytrec_torchrec.config import ConfigError, from_dict, to_dict
+from hytrec_torchrec.config import ConfigError, to_dict
 from hytrec_torchrec.data.batch import Batch
 from hytrec_torchrec.data.loader import load_shard, make_dataloader
 from hytrec_torchrec.data.reader import FEATURES, read_meta, vocab_fingerprint
@@ -47,8 +46,8 @@ from hytrec_torchrec.evaluation.ranks import all_gather_rows
 from hytrec_torchrec.evaluation.scoring import batch_target_ranks, item_blocks
 from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from hytrec_torchrec.modules.config import fill_pre_memory_keys
-from hytrec_torchrec.training.config import JobConfig, parameter_changes
+from hytrec_torchrec.training.config import JobConfig
+from hytrec_torchrec.training.restore import model_changes
 from hytrec_torchrec.training.rundir import claim_run_dir
 from hytrec_torchrec.training.dense_lookup import data_parallel_lookups
 from hytrec_torchrec.training.distributed import DistEnv, format_plan, init_distributed, shard_model
@@ -226,9 +225,7 @@ class Trainer:
 
         saved = read_train_state(path)
         if "config" in saved:  # a model config that differs would load weights into other layers
-            stored = copy.deepcopy(saved["config"])
-            fill_pre_memory_keys(stored.setdefault("model", {}))
-            changes = parameter_changes(to_dict(from_dict(JobConfig, stored)), to_dict(self.cfg))
+            changes = model_changes(saved, self.cfg)
             if changes:
                 raise ConfigError(f"{path}: this job's model differs from the checkpoint's in "
                                   f"{'; '.join(changes)}; resume with the checkpoint's values or start a new "

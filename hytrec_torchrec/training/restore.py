@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -30,7 +30,8 @@ from hytrec_torchrec.training.checkpoint import latest_checkpoint, read_train_st
 from hytrec_torchrec.training.config import JobConfig, parameter_changes
 from hytrec_torchrec.training.safe_load import SafeFileSystemReader, read_index
 
-__all__ = ["resolve_checkpoint", "checkpoint_config", "load_unsharded", "load_sharded"]
+__all__ = ["resolve_checkpoint", "checkpoint_config", "stored_config", "model_changes", "load_unsharded",
+           "load_sharded"]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -52,6 +53,20 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+def stored_config(state: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of the job config a checkpoint's ``train_state`` holds, with the long-memory keys a
+    checkpoint written before them lacks filled in as the tower it trained had them (paper form)."""
+    stored = copy.deepcopy(state["config"])
+    fill_pre_memory_keys(stored.setdefault("model", {}))
+    return stored
+
+
+def model_changes(state: Dict[str, Any], cfg: JobConfig) -> List[str]:
+    """:func:`~hytrec_torchrec.training.config.parameter_changes` between the checkpoint's stored
+    config (:func:`stored_config`) and ``cfg``."""
+    return parameter_changes(to_dict(from_dict(JobConfig, stored_config(state))), to_dict(cfg))
+
+
 def checkpoint_config(path: str | Path, overrides: Sequence[str] = ()) -> Tuple[JobConfig, Dict[str, Any]]:
     """``(job config, train_state)`` of a checkpoint; ``overrides`` are dotted ``key=value``."""
     ckpt = resolve_checkpoint(path)
@@ -59,13 +74,10 @@ def checkpoint_config(path: str | Path, overrides: Sequence[str] = ()) -> Tuple[
     if "config" not in state:
         raise ValueError(f"{ckpt}/train_state.json has no 'config' (written by an older version)")
 
-    stored = copy.deepcopy(state["config"])
-    # written before the long-memory options existed: rebuild the tower it trained (paper form)
-    fill_pre_memory_keys(stored.setdefault("model", {}))
-    raw = apply_overrides(copy.deepcopy(stored), list(overrides))
+    raw = apply_overrides(stored_config(state), list(overrides))
     try:
         cfg = from_dict(JobConfig, raw)
-        changes = parameter_changes(to_dict(from_dict(JobConfig, stored)), to_dict(cfg))
+        changes = model_changes(state, cfg)
     except ConfigError as exc:
         raise ConfigError(f"{ckpt / 'train_state.json'}: {exc}") from exc
     if changes:  # the weights would load into other layers, or not at all
