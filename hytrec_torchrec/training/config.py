@@ -13,17 +13,18 @@ YAML layout (every key optional except ``data.path``)::
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Optional
 
-from hytrec_torchrec.config import ConfigError, check_choice, check_range, load_config
+from hytrec_torchrec.config import ConfigError, check_choice, check_range, from_dict, load_config, to_dict
 from hytrec_torchrec.data.config import DataConfig
-from hytrec_torchrec.modules.config import TowerConfig
+from hytrec_torchrec.modules.config import TowerConfig, fill_pre_memory_keys
 from hytrec_torchrec.training.schedule import ScheduleConfig
 from hytrec_torchrec.training.sharding import EmbeddingsConfig
 
 __all__ = ["RunConfig", "OptimConfig", "TrainConfig", "JobConfig", "load_job_config", "parameter_changes",
-           "FREE_ON_RESUME"]
+           "FREE_ON_RESUME", "stored_config", "model_changes"]
 
 #: ``model`` keys that change no parameter and may differ between a checkpoint and the job that
 #: resumes or evaluates it; any other difference in ``model`` or ``embeddings.dim`` is refused.
@@ -190,3 +191,17 @@ class JobConfig:
 def load_job_config(path: Optional[str], overrides: list[str]) -> JobConfig:
     """Load a :class:`JobConfig` from YAML plus dotted ``key=value`` overrides."""
     return load_config(JobConfig, path, overrides)
+
+
+def stored_config(state: dict) -> dict:
+    """A copy of the job config a checkpoint's ``train_state`` holds, with the long-memory keys a
+    checkpoint written before them lacks filled in as the tower it trained had them (paper form)."""
+    stored = copy.deepcopy(state["config"])
+    fill_pre_memory_keys(stored.setdefault("model", {}))
+    return stored
+
+
+def model_changes(state: dict, cfg: JobConfig) -> list[str]:
+    """:func:`parameter_changes` between the checkpoint's stored
+    config (:func:`stored_config`) and ``cfg``."""
+    return parameter_changes(to_dict(from_dict(JobConfig, stored_config(state))), to_dict(cfg))

@@ -46,8 +46,7 @@ from hytrec_torchrec.evaluation.ranks import all_gather_rows
 from hytrec_torchrec.evaluation.scoring import batch_target_ranks, item_blocks
 from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from hytrec_torchrec.training.config import JobConfig
-from hytrec_torchrec.training.restore import model_changes
+from hytrec_torchrec.training.config import JobConfig, model_changes
 from hytrec_torchrec.training.rundir import claim_run_dir
 from hytrec_torchrec.training.dense_lookup import data_parallel_lookups
 from hytrec_torchrec.training.distributed import DistEnv, format_plan, init_distributed, shard_model

@@ -16,22 +16,19 @@ Example::
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed.checkpoint as dcp
 
 from hytrec_torchrec.config import ConfigError, apply_overrides, from_dict, to_dict
-from hytrec_torchrec.modules.config import fill_pre_memory_keys
 from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.training.checkpoint import latest_checkpoint, read_train_state
-from hytrec_torchrec.training.config import JobConfig, parameter_changes
+from hytrec_torchrec.training.config import JobConfig, model_changes, stored_config
 from hytrec_torchrec.training.safe_load import SafeFileSystemReader, read_index
 
-__all__ = ["resolve_checkpoint", "checkpoint_config", "stored_config", "model_changes", "load_unsharded",
-           "load_sharded"]
+__all__ = ["resolve_checkpoint", "checkpoint_config", "load_unsharded", "load_sharded"]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -51,20 +48,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(
         f"{p}: not a checkpoint (no train_state.json) nor a run directory (no checkpoints/)"
     )
-
-
-def stored_config(state: Dict[str, Any]) -> Dict[str, Any]:
-    """A copy of the job config a checkpoint's ``train_state`` holds, with the long-memory keys a
-    checkpoint written before them lacks filled in as the tower it trained had them (paper form)."""
-    stored = copy.deepcopy(state["config"])
-    fill_pre_memory_keys(stored.setdefault("model", {}))
-    return stored
-
-
-def model_changes(state: Dict[str, Any], cfg: JobConfig) -> List[str]:
-    """:func:`~hytrec_torchrec.training.config.parameter_changes` between the checkpoint's stored
-    config (:func:`stored_config`) and ``cfg``."""
-    return parameter_changes(to_dict(from_dict(JobConfig, stored_config(state))), to_dict(cfg))
 
 
 def checkpoint_config(path: str | Path, overrides: Sequence[str] = ()) -> Tuple[JobConfig, Dict[str, Any]]:
