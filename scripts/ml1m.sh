@@ -24,6 +24,14 @@ root="${ML1M_DIR:-runs/ml1m}"
 # The 4020-step schedule: constant lr to 2010, cosine to 2% over the last 2010 steps.
 long4020="train.max_steps=4020 optim.schedule.decay_steps=2010"
 
+# The full-history pair: the long-memory tower of scripts/longhist.sh's hytrec_repeat (gated delta
+# rule, time inputs, intent readout, repeat path), 10 epochs each with the lr decayed over the last
+# half: 670 steps of 128 windows of <= 200 ratings, or 470 steps of 128 windows of <= 2048 ratings
+# (each training rating is a target once per epoch in both).
+memory="model.long_pattern=TTT model.tadn.gating=gated_delta model.long_readout=intent model.long_time_inputs=true model.repeat=true"
+ep10_200="train.max_steps=670 optim.schedule.decay_steps=335 train.checkpoint_every=335 train.keep_last=4"
+ep10_2048="train.max_steps=470 optim.schedule.decay_steps=235 train.checkpoint_every=235 train.keep_last=4"
+
 # One line per recipe: NAME CONFIG OVERRIDE ... (run.dir is added by the caller). Every recipe is
 # checked to load and validate by tests/test_shipped_configs.py.
 recipes="\
@@ -34,7 +42,9 @@ hytrec_tb4800  configs/ml1m_tb.yaml train.max_steps=4800 optim.schedule.decay_st
 sasrec_tb4020  configs/ml1m_sasrec_tb.yaml $long4020 train.checkpoint_every=670 train.keep_last=10
 sasrec4_tb4020 configs/ml1m_sasrec_tb.yaml model.long_pattern=SSSS $long4020 train.checkpoint_every=335 train.keep_last=20
 hytrec_sl3     configs/ml1m_tb.yaml model.short_layers=3 $long4020 train.checkpoint_every=335 train.keep_last=20
-hytrec_sl4     configs/ml1m_tb.yaml model.short_layers=4 train.checkpoint_every=335 train.keep_last=10"
+hytrec_sl4     configs/ml1m_tb.yaml model.short_layers=4 train.checkpoint_every=335 train.keep_last=10
+mem200         configs/ml1m_tb.yaml $memory $ep10_200 data.max_len=200
+memfull        configs/ml1m_tb.yaml $memory $ep10_2048 data.max_len=2048 model.repeat_rows=512"
 
 names() { awk '{print $1}' <<< "$recipes"; }
 
