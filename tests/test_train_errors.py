@@ -222,12 +222,13 @@ def _fit_catching(rank: int, world: int, cfg_dict: dict, out: str) -> None:
     """Train; write the ConfigError's message (or "ok") to ``out``."""
     from hytrec_torchrec.training.distributed import init_distributed
     from hytrec_torchrec.training.loop import Trainer
+    from hytrec_torchrec.training.checkpoint import DamagedCheckpointError
     from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
 
     try:
         Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu")).fit()
         Path(out).write_text("ok")
-    except (ConfigError, UnsafeCheckpointError) as exc:
+    except (ConfigError, UnsafeCheckpointError, DamagedCheckpointError) as exc:
         Path(out).write_text(str(exc))
 
 
@@ -314,6 +315,7 @@ def test_a_crafted_checkpoint_index_runs_no_code(datasets: tuple[Path, Path], tm
 
     from hytrec_torchrec.serving.cli import main as export_main
     from hytrec_torchrec.training.restore import load_unsharded
+    from hytrec_torchrec.training.checkpoint import DamagedCheckpointError, write_manifest
     from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
 
     a, _ = datasets
@@ -321,7 +323,11 @@ def test_a_crafted_checkpoint_index_runs_no_code(datasets: tuple[Path, Path], tm
     assert _fit(_cfg(a, run), tmp_path) == "ok"
     load_unsharded(run)  # a genuine index loads through the restricted reader
     marker = tmp_path / "pwned"
-    (run / "checkpoints" / "step_00000002" / ".metadata").write_bytes(pickle.dumps(_Payload(str(marker))))
+    ckpt = run / "checkpoints" / "step_00000002"
+    (ckpt / ".metadata").write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(DamagedCheckpointError, match=r"\.metadata (does not match its SHA-256|has \d+ bytes)"):
+        load_unsharded(run)  # the manifest catches the change first ...
+    write_manifest(ckpt)  # ... so an attacker rewrites it too: the restricted reader must refuse
     with pytest.raises(UnsafeCheckpointError, match=r"\.metadata: refers to .*refused: unpickling it could run code"):
         load_unsharded(run)
     assert export_main(["--checkpoint", str(run), "--out", str(tmp_path / "export")]) == 2
@@ -330,3 +336,44 @@ def test_a_crafted_checkpoint_index_runs_no_code(datasets: tuple[Path, Path], tm
     msg = _fit(cfg, tmp_path)  # resume
     assert "refused: unpickling it could run code" in msg, msg
     assert not marker.exists(), "the checkpoint index ran code"
+
+
+@pytest.mark.parametrize("victim", ["__0_0.distcp", "rank_00000.pt", "train_state.json"])
+def test_a_truncated_checkpoint_falls_back_to_the_previous_one(datasets: tuple[Path, Path], tmp_path: Path,
+                                                               victim: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Each file of a checkpoint is in its manifest: cutting one short makes the run dir resolve to
+    the previous checkpoint (with a warning naming the damaged one), naming the damaged checkpoint
+    itself is a one-line error (rc 3 in hytrec-eval), and a resume continues from the older one."""
+    import logging
+
+    from hytrec_torchrec.evaluation.cli import main as eval_main
+    from hytrec_torchrec.training.checkpoint import (
+        MANIFEST,
+        DamagedCheckpointError,
+        latest_checkpoint,
+        verify_checkpoint,
+    )
+
+    a, _ = datasets
+    run = tmp_path / "run"
+    assert _fit(_cfg(a, run, max_steps=4), tmp_path) == "ok"
+    old, new = run / "checkpoints" / "step_00000002", run / "checkpoints" / "step_00000004"
+    manifest = json.loads((new / MANIFEST).read_text())["files"]
+    assert victim in manifest and manifest[victim]["size"] == (new / victim).stat().st_size
+    verify_checkpoint(new)
+    data = (new / victim).read_bytes()
+    (new / victim).write_bytes(data[: len(data) // 2])
+    with pytest.raises(DamagedCheckpointError, match=rf"step_00000004: .*{victim.replace('.', '[.]')}"):
+        verify_checkpoint(new)
+    with caplog.at_level(logging.WARNING, logger="hytrec.checkpoint"):
+        assert latest_checkpoint(run) == old
+    assert "step_00000004" in caplog.text and "skipping damaged checkpoint" in caplog.text
+    assert eval_main(["--checkpoint", str(new), "--data", str(a), "--out", str(tmp_path / "ev")]) == 3
+    assert _fit(_cfg(a, run, max_steps=6), tmp_path) == "ok"  # resumes from step 2, rewrites step 4
+    assert _steps(run)[-1] == "step_00000006"
+    verify_checkpoint(run / "checkpoints" / "step_00000004")
+    for step in _steps(run):  # no checkpoint verifies: an error, not a silent fresh start
+        (run / "checkpoints" / step / "train_state.json").write_text("{")
+    with pytest.raises(DamagedCheckpointError, match="no checkpoint verifies"):
+        latest_checkpoint(run)

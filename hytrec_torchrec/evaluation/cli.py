@@ -67,6 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model_name,
     )
     from hytrec_torchrec.evaluation.segments import SideFileError
+    from hytrec_torchrec.training.checkpoint import DamagedCheckpointError
     from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
 
     try:
@@ -116,7 +117,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"{name}: users={o['examples']} hr@10={o['hr@10']:.4f} ndcg@10={o['ndcg@10']:.4f} "
                       f"mrr={o['mrr']:.4f} auc={o['auc']:.4f} ({res['timing']['eval_s']:.1f} s)", flush=True)
     except (VocabMismatchError, NoEligibleUsersError, SideFileError, FileNotFoundError,
-            UnsafeCheckpointError) as exc:
+            UnsafeCheckpointError, DamagedCheckpointError) as exc:
         print(f"hytrec-eval: {exc}", file=sys.stderr)
         shutdown_distributed()
         return 3

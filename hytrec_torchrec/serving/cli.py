@@ -46,12 +46,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger("hytrec").setLevel(logging.INFO)
     from hytrec_torchrec.config import ConfigError
     from hytrec_torchrec.serving.export import ExportError, export_checkpoint
+    from hytrec_torchrec.training.checkpoint import DamagedCheckpointError
     from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
 
     try:
         card = export_checkpoint(args.checkpoint, args.out, int8=args.int8, data=args.data,
                                  pt2=not args.no_pt2, max_tokens_per_pass=args.max_tokens_per_pass)
-    except (FileNotFoundError, ExportError, ConfigError, ValueError, UnsafeCheckpointError) as exc:
+    except (FileNotFoundError, ExportError, ConfigError, ValueError, UnsafeCheckpointError,
+            DamagedCheckpointError) as exc:
         print(f"hytrec-export: {exc}", file=sys.stderr)
         return 2
     summary = {

@@ -7,21 +7,30 @@ Layout of a run directory::
                                             dense weights) and both optimizers' state
         rank_00000.pt ...                   per-rank state (RNG), loadable with weights_only=True
         train_state.json                    step, epoch, loader position, world size, vocab sizes
+        manifest.json                       size and SHA-256 of every other file, written last
     RUN_DIR/checkpoints/latest              name of the newest complete checkpoint
 
 Every rank writes into ``.tmp-step_N``; after a barrier rank 0 writes ``train_state.json`` and
-renames the directory to ``step_N`` (an atomic rename on one filesystem), then rewrites
-``latest`` atomically. A crash while saving leaves only a ``.tmp-*`` directory, which is
+writes ``manifest.json`` (size and SHA-256 of each file the ranks wrote), renames the directory to
+``step_N`` (an atomic rename on one filesystem), then rewrites ``latest`` atomically. A crash while saving leaves only a ``.tmp-*`` directory, which is
 ignored and removed by the next save: the last good checkpoint is never touched. Only the newest
 ``keep_last`` checkpoints are kept. Multi-node jobs need ``RUN_DIR`` on a shared filesystem.
 
 DCP reshards on load, so a checkpoint written by W ranks loads on any world size (tables and
 the row-wise optimizer state are re-split by the loading plan).
+
+Verification: :func:`verify_checkpoint` compares every file with the manifest. A run directory
+resolves to its newest checkpoint that verifies (:func:`latest_checkpoint` logs each damaged one it
+skips: a truncated ``.distcp``, ``rank_*.pt`` or ``train_state.json``, a missing file); a checkpoint
+named directly that does not verify raises :class:`DamagedCheckpointError`. Checkpoints written
+before manifests existed have none and load unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -33,9 +42,17 @@ import torch.distributed.checkpoint as dcp
 
 from hytrec_torchrec.training.safe_load import SafeFileSystemReader, read_index
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "read_train_state"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "read_train_state", "verify_checkpoint",
+           "DamagedCheckpointError", "MANIFEST"]
 
 _PREFIX = "step_"
+MANIFEST = "manifest.json"
+_log = logging.getLogger("hytrec.checkpoint")
+
+
+class DamagedCheckpointError(RuntimeError):
+    """A checkpoint directory whose files are missing, truncated or altered (or a run directory
+    with no checkpoint that verifies); the message names the directory and the first bad file."""
 
 
 def _rank() -> int:
@@ -72,28 +89,96 @@ def checkpoint_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
-    """The newest complete checkpoint of a run, or None.
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    Reads ``latest``; falls back to the highest ``step_*`` directory holding a
-    ``train_state.json`` (written last, so its presence marks a complete checkpoint).
+
+def write_manifest(ckpt: Path) -> None:
+    """Write ``ckpt/manifest.json``: ``{"files": {name: {"size": bytes, "sha256": hex}}}`` for every
+    regular file in ``ckpt`` (the manifest itself excluded)."""
+    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(ckpt.iterdir()) if p.is_file() and p.name != MANIFEST}
+    _write_atomic(ckpt / MANIFEST, json.dumps({"version": 1, "files": files}, indent=1, sort_keys=True))
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Check a checkpoint directory against its manifest (sizes, then SHA-256 of each file).
+
+    Raises:
+        DamagedCheckpointError: naming the directory and the first missing, truncated or altered
+            file (or an unreadable manifest / ``train_state.json``).
+    """
+    path = Path(path)
+    read_train_state(path)
+    man = path / MANIFEST
+    if not man.is_file():
+        return  # written before manifests existed: nothing to verify against
+    try:
+        files = json.loads(man.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DamagedCheckpointError(f"{path}: unreadable {MANIFEST} ({exc})") from None
+    for name, want in sorted(files.items()):
+        f = path / name
+        if not f.is_file():
+            raise DamagedCheckpointError(f"{path}: {name} is missing")
+        size = f.stat().st_size
+        if size != want["size"]:
+            raise DamagedCheckpointError(f"{path}: {name} has {size} bytes, the manifest says {want['size']} "
+                                         "(truncated or overwritten)")
+        if _sha256(f) != want["sha256"]:
+            raise DamagedCheckpointError(f"{path}: {name} does not match its SHA-256 in the manifest (altered)")
+
+
+def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
+    """The newest checkpoint of a run that verifies, or None when the run has none.
+
+    Tries the one named by ``latest``, then every ``step_*`` directory newest first; each damaged
+    one is skipped with a warning naming it and the reason.
+
+    Raises:
+        DamagedCheckpointError: the run has checkpoints but none of them verifies.
     """
     root = checkpoint_root(run_dir)
     pointer = root / "latest"
-    if pointer.is_file():
-        cand = root / pointer.read_text().strip()
-        if (cand / "train_state.json").is_file():
-            return cand
-    done = sorted(p for p in root.glob(f"{_PREFIX}*") if (p / "train_state.json").is_file())
-    return done[-1] if done else None
+    named = root / pointer.read_text().strip() if pointer.is_file() else None
+    steps = sorted((p for p in root.glob(f"{_PREFIX}*") if p.is_dir()), reverse=True)
+    candidates = ([named] if named is not None and named.is_dir() else []) + [p for p in steps if p != named]
+    damaged: list[str] = []
+    for cand in candidates:
+        if not (cand / "train_state.json").is_file():
+            continue  # never completed (no train_state.json): not a checkpoint
+        try:
+            verify_checkpoint(cand)
+        except DamagedCheckpointError as exc:
+            damaged.append(str(exc))
+            _log.warning("skipping damaged checkpoint %s; trying an older one", exc)
+            continue
+        if damaged:
+            _log.warning("using %s instead of the newer damaged checkpoint(s)", cand)
+        return cand
+    if damaged:
+        raise DamagedCheckpointError(f"{run_dir}: no checkpoint verifies ({damaged[0]})")
+    return None
 
 
 def read_train_state(path: str | Path) -> dict[str, Any]:
-    """``train_state.json`` of a checkpoint directory, with a clear error when absent."""
+    """``train_state.json`` of a checkpoint directory.
+
+    Raises:
+        FileNotFoundError: no ``train_state.json`` (not a complete checkpoint).
+        DamagedCheckpointError: it is not valid JSON (truncated).
+    """
     f = Path(path) / "train_state.json"
     if not f.is_file():
         raise FileNotFoundError(f"{path}: not a complete checkpoint (no train_state.json)")
-    return json.loads(f.read_text())
+    try:
+        return json.loads(f.read_text())
+    except ValueError as exc:
+        raise DamagedCheckpointError(f"{path}: train_state.json is not valid JSON ({exc}; truncated?)") from None
 
 
 def save_checkpoint(
@@ -133,6 +218,7 @@ def save_checkpoint(
     if _rank() == 0:
         state = dict(train_state, step=step, world_size=_world())
         _write_atomic(tmp / "train_state.json", json.dumps(state, indent=2, sort_keys=True))
+        write_manifest(tmp)
         if final.exists():  # re-saving the same step (e.g. after a resume): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -159,6 +245,7 @@ def load_checkpoint(
         fewer ranks than the current world (the caller reseeds those ranks deterministically).
     """
     path = Path(path)
+    verify_checkpoint(path)
     train_state = read_train_state(path)
     saved = set(read_index(str(path)).state_dict_metadata)  # refuses an index that could run code
     state: dict[str, Any] = {"model": model.state_dict()}

@@ -49,6 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger("hytrec").setLevel(logging.INFO)
     from hytrec_torchrec.training.config import load_job_config
     from hytrec_torchrec.training.loop import NonFiniteLossError, Trainer
+    from hytrec_torchrec.training.checkpoint import DamagedCheckpointError
     from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
 
     try:
@@ -59,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"hytrec-train: config error: {exc}", file=sys.stderr)
         return 2
-    except UnsafeCheckpointError as exc:
+    except (UnsafeCheckpointError, DamagedCheckpointError) as exc:
         print(f"hytrec-train: {exc}", file=sys.stderr)
         return 2
     except NonFiniteLossError as exc:

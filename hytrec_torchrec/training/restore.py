@@ -24,7 +24,7 @@ import torch.distributed.checkpoint as dcp
 
 from hytrec_torchrec.config import ConfigError, apply_overrides, from_dict, to_dict
 from hytrec_torchrec.model import HyTRecModel
-from hytrec_torchrec.training.checkpoint import latest_checkpoint, read_train_state
+from hytrec_torchrec.training.checkpoint import latest_checkpoint, read_train_state, verify_checkpoint
 from hytrec_torchrec.training.config import JobConfig, model_changes, stored_config
 from hytrec_torchrec.training.safe_load import SafeFileSystemReader, read_index
 
@@ -36,9 +36,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
     Raises:
         FileNotFoundError: naming ``path`` when it is neither.
+        DamagedCheckpointError: a checkpoint dir that does not match its manifest, or a run dir
+            none of whose checkpoints does (a run dir falls back to its newest intact one).
     """
     p = Path(path)
     if (p / "train_state.json").is_file():
+        verify_checkpoint(p)
         return p
     if (p / "checkpoints").is_dir():
         latest = latest_checkpoint(p)
