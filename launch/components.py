@@ -81,6 +81,7 @@ def export(
     int8: bool = False,
     data: Optional[str] = None,
     max_tokens_per_pass: Optional[int] = None,
+    overwrite: bool = False,
     j: str = "1x1",
     cpu: int = 1,
     memMB: int = 8192,
@@ -103,6 +104,7 @@ def export(
         data: prepared dataset with the vocabularies (default: the checkpoint's data.path)
         max_tokens_per_pass: history events per tower pass when serving a batch (default 32768;
             0: the whole batch in one pass)
+        overwrite: replace an earlier export in ``out`` (``--overwrite True``)
         j: ``NxM``: keep ``1x1`` (export runs on one process)
         cpu: CPUs per replica
         memMB: memory per replica in MB (the whole model is gathered in memory)
@@ -115,6 +117,8 @@ def export(
     args = ["--checkpoint", checkpoint, "--out", out]
     if int8:
         args.append("--int8")
+    if overwrite:
+        args.append("--overwrite")
     if data:
         args += ["--data", data]
     if max_tokens_per_pass is not None:

@@ -482,3 +482,20 @@ def test_data_parallel_checkpoint_evaluates_like_its_export(tmp_path: Path) -> N
     assert ckpt["overall"]["examples"] == 17 == exported["overall"]["examples"]
     for key, v in ckpt["overall"].items():
         assert exported["overall"][key] == pytest.approx(v, abs=1e-9), key
+
+
+def test_a_truncated_exported_model_is_a_one_line_error(trained: tuple[Path, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """A model.pt cut short (a failed copy) is exit status 3 naming the file, not a zip-reader traceback."""
+    from hytrec_torchrec.evaluation.cli import main
+    from hytrec_torchrec.training.distributed import shutdown_distributed
+
+    data, run = trained
+    cut = tmp_path / "model.pt"
+    whole = (run.parent / "export" / "model.pt").read_bytes()
+    cut.write_bytes(whole[: len(whole) // 3])
+    rc = main(["--model", str(cut), "--data", str(data), "--out", str(tmp_path / "o")])
+    shutdown_distributed()
+    err = capsys.readouterr().err.strip()
+    assert rc == 3, err
+    assert len(err.splitlines()) == 1 and f"{cut}: not a readable hytrec-export model" in err

@@ -12,6 +12,7 @@ CLI) and int8; then:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -277,6 +278,16 @@ def _mutate(kind: str):
         lengths = {f: torch.tensor([4, -1]) for f in lengths}
     elif kind == "k":
         k = 0
+    elif kind == "empty_batch":
+        values = {f: v[:0] for f, v in values.items()}
+        lengths = {f: torch.zeros(0, dtype=torch.int64) for f in lengths}
+        now = now[:0]
+    elif kind == "request_time_ms":
+        now = torch.tensor([10, 1_764_000_000_000])
+    elif kind == "request_time_overflow":
+        now = torch.tensor([10, 2**63 - 1])
+    elif kind == "timestamp_negative":
+        values = dict(values, timestamp=torch.tensor([1, -2, 3]))
     return values, lengths, now, k
 
 
@@ -290,6 +301,10 @@ def _mutate(kind: str):
     ("request_time_size", r"request_time has 1 entries for 2 requests"),
     ("negative_length", r"negative length"),
     ("k", r"k must be >= 1"),
+    ("empty_batch", r"empty request batch: B = 0"),
+    ("request_time_ms", r"request_time: 1764000000000 is not seconds since 1970 in \[0, 2\^40\) \(milliseconds"),
+    ("request_time_overflow", r"request_time: 9223372036854775807 is not seconds"),
+    ("timestamp_negative", r"values\['timestamp'\]: -2 is not seconds"),
 ])
 def test_malformed_requests_get_clear_errors(fp32, kind: str, message: str) -> None:
     exported = fp32
@@ -454,3 +469,82 @@ def test_torchx_export_component() -> None:
     assert "--max-tokens-per-pass" not in args
     tokens = " ".join(export(checkpoint="c", out="o", max_tokens_per_pass=0).roles[0].args)
     assert "--max-tokens-per-pass 0" in tokens
+
+
+def test_export_never_replaces_what_it_did_not_write(run, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An existing export is replaced only with --overwrite, a folder holding anything else never,
+    and an output path that is (or is under) a file is a one-line error (rc 2)."""
+    import shutil
+
+    from hytrec_torchrec.serving.cli import main
+
+    out = tmp_path / "export"
+    shutil.copytree(run["fp32"], out)
+    before = (out / "model.pt").stat().st_mtime_ns
+    assert main(["--checkpoint", str(run["run"]), "--out", str(out), "--no-pt2"]) == 2
+    assert "not empty; pass --overwrite" in capsys.readouterr().err
+    assert (out / "model.pt").stat().st_mtime_ns == before
+    assert main(["--checkpoint", str(run["run"]), "--out", str(out), "--no-pt2", "--overwrite"]) == 0
+    assert (out / "model.pt").stat().st_mtime_ns != before and not list(tmp_path.glob(".export*"))
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["files"]["model_sha256"] == hashlib.sha256((out / "model.pt").read_bytes()).hexdigest()
+    (out / "notes.txt").write_text("mine")
+    assert main(["--checkpoint", str(run["run"]), "--out", str(out), "--no-pt2", "--overwrite"]) == 2
+    assert "holds ['notes.txt'] besides an export" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.pt").is_file()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["--checkpoint", str(run["run"]), "--out", str(afile), "--no-pt2"]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert main(["--checkpoint", str(run["run"]), "--out", str(afile / "sub"), "--no-pt2"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "afile" in err and afile.read_text() == "x"
+
+
+def _serve_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hytrec_example_serve", REPO / "examples" / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_serve_example_answers_bad_requests_with_one_line(run, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    serve = _serve_module()
+    card = json.loads((run["fp32"] / "model_card.json").read_text())
+    assert card["input_contract"]["values"]["item"]["id_space"] == "raw_int64"
+    raw = [int(r) for r in _item_raw(np.arange(2, 5))]
+    known = {f: json.loads((run["fp32"] / "vocab" / f"{f}.json").read_text())["raw"][0]
+             for f in ("attribution", "category", "behavior")}
+    event = dict(known, item=raw[0], timestamp=1_700_000_000)
+
+    def ask(body, k: str = "3") -> tuple[int, str, str]:
+        f = tmp_path / "req.json"
+        f.write_text(body if isinstance(body, str) else json.dumps(body))
+        rc = serve.main(["--model-dir", str(run["fp32"]), "--requests", str(f), "--k", k])
+        out, err = capsys.readouterr()
+        return rc, out, err.strip()
+
+    good = {"request_time": 1_700_000_100, "history": [event, dict(event, item=float(raw[1]))]}
+    rc, out, _ = ask([good])
+    assert rc == 0 and json.loads(out)["unknown_ids"] == 0  # 123.0 is the known ID 123
+    for body, needle in [
+        ("[{", "not valid JSON (line 1"),
+        ({"request_time": 1}, "expected a non-empty JSON list of requests, got dict"),
+        ([], "got an empty list"),
+        ([{"history": []}], "request 0: expected an object with 'request_time'"),
+        ([{"request_time": 1, "history": [{"item": raw[0]}]}], "request 0, event 0: missing"),
+        ([good, dict(good, history=[dict(event, item="abc")])], "request 1, event 0, item: expected an integer, got 'abc'"),
+        ([dict(good, history=[dict(event, item=1e23)])], "request 0, event 0, item: 99999999999999991611392 does not fit in int64"),
+        ([dict(good, history=[dict(event, item=2.5)])], "expected an integer, got 2.5"),
+        ([dict(good, request_time=1_700_000_000_000)], "request_time: 1700000000000 is not seconds since 1970"),
+    ]:
+        rc, out, err = ask(body)
+        assert rc == 2 and out == "" and len(err.splitlines()) == 1 and needle in err, (body, err)
+    with pytest.raises(SystemExit) as info:
+        ask([good], k="0")
+    assert info.value.code == 2
+    rc = serve.main(["--model-dir", str(tmp_path), "--requests", str(tmp_path / "req.json")])
+    assert rc == 2 and "no model_card.json (not a hytrec-export directory)" in capsys.readouterr().err

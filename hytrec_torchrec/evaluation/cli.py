@@ -59,6 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("hytrec").setLevel(logging.INFO)
     from hytrec_torchrec.evaluation.evaluate import (
+        ExportedModelError,
         NoEligibleUsersError,
         VocabMismatchError,
         evaluate_checkpoint,
@@ -117,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"{name}: users={o['examples']} hr@10={o['hr@10']:.4f} ndcg@10={o['ndcg@10']:.4f} "
                       f"mrr={o['mrr']:.4f} auc={o['auc']:.4f} ({res['timing']['eval_s']:.1f} s)", flush=True)
     except (VocabMismatchError, NoEligibleUsersError, SideFileError, FileNotFoundError,
-            UnsafeCheckpointError, DamagedCheckpointError) as exc:
+            UnsafeCheckpointError, DamagedCheckpointError, ExportedModelError) as exc:
         print(f"hytrec-eval: {exc}", file=sys.stderr)
         shutdown_distributed()
         return 3

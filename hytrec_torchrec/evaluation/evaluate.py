@@ -47,6 +47,7 @@ from hytrec_torchrec.evaluation.segments import SegmentConfig, Segmenter
 
 __all__ = [
     "EvalConfig",
+    "ExportedModelError",
     "NoEligibleUsersError",
     "VocabMismatchError",
     "check_vocab",
@@ -63,6 +64,10 @@ log = logging.getLogger("hytrec.eval")
 JOB_SECTIONS = ("run", "data", "embeddings", "model", "optim", "train")
 #: tables of the model; their sizes must match between checkpoint and dataset.
 MODEL_TABLES = ("item", "attribution", "category", "behavior")
+
+
+class ExportedModelError(RuntimeError):
+    """An exported ``model.pt`` that torch cannot open (truncated, or not a hytrec-export file)."""
 
 
 class VocabMismatchError(ValueError):
@@ -464,9 +469,14 @@ def evaluate_exported(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: exported model not found")
     extra = {"model_card.json": ""}
-    model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    try:
+        model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        card = json.loads(extra["model_card.json"])
+    except (RuntimeError, ValueError) as exc:  # a zip reader or JSON error: cut short or not an export
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportedModelError(f"{path}: not a readable hytrec-export model (truncated or another file?): "
+                                 f"{first}") from None
     model.eval()
-    card = json.loads(extra["model_card.json"])
     spaces = check_exported_vocab(path, card, data_path)
     env = env or init_distributed("auto", "cpu")
     raw = apply_overrides(json.loads(json.dumps(card["config"])), list(job_overrides))

@@ -28,7 +28,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="hytrec-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
-    parser.add_argument("--out", required=True, help="output directory (created)")
+    parser.add_argument("--out", required=True,
+                        help="output directory: created, or empty, or an earlier export with --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export in --out (only its model.pt, model.pt2, "
+                             "model_card.json and vocab/; any other entry there is an error)")
     parser.add_argument("--int8", action="store_true", help="row-wise int8 embedding tables")
     parser.add_argument("--data", default=None,
                         help="prepared dataset with the vocabularies (default: the checkpoint's data.path)")
@@ -51,8 +55,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         card = export_checkpoint(args.checkpoint, args.out, int8=args.int8, data=args.data,
-                                 pt2=not args.no_pt2, max_tokens_per_pass=args.max_tokens_per_pass)
-    except (FileNotFoundError, ExportError, ConfigError, ValueError, UnsafeCheckpointError,
+                                 pt2=not args.no_pt2, max_tokens_per_pass=args.max_tokens_per_pass,
+                                 overwrite=args.overwrite)
+    except (OSError, ExportError, ConfigError, ValueError, UnsafeCheckpointError,
             DamagedCheckpointError) as exc:
         print(f"hytrec-export: {exc}", file=sys.stderr)
         return 2

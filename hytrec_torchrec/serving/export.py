@@ -20,7 +20,9 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import os
 import platform
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -228,33 +230,84 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: what an export directory holds; ``--overwrite`` replaces these and nothing else.
+EXPORT_ENTRIES = ("model.pt", "model.pt2", "model_card.json", "vocab")
+
+
+def check_export_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an output path an export must not write into (before anything is loaded).
+
+    Raises:
+        ExportError: ``out`` is a file; or a non-empty directory without ``overwrite``; or, with
+            ``overwrite``, a directory holding anything besides an earlier export's entries
+            (:data:`EXPORT_ENTRIES`), which are named: nothing is removed then.
+    """
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: exists and is not a directory")
+    above = out.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise ExportError(f"--out {out}: {above} is a file, not a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ExportError(f"--out {out}: not empty; pass --overwrite to replace the export there")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_ENTRIES)
+    if foreign:
+        raise ExportError(f"--out {out}: holds {foreign} besides an export; --overwrite replaces only an "
+                          "export's files, so nothing was removed")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished export ``tmp`` to ``out`` (an empty or absent dir, or an earlier export)."""
+    if out.is_dir():
+        old = out.with_name(f".{out.name}.old-export")
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, out)
+
+
 def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = False,
                       data: Optional[str | Path] = None, pt2: bool = True,
-                      max_tokens_per_pass: int = DEFAULT_MAX_TOKENS_PER_PASS) -> Dict[str, Any]:
+                      max_tokens_per_pass: int = DEFAULT_MAX_TOKENS_PER_PASS,
+                      overwrite: bool = False) -> Dict[str, Any]:
     """Export a training checkpoint (run dir or checkpoint dir, any world size) for serving.
 
     Args:
         checkpoint: ``RUN_DIR`` (latest checkpoint) or ``RUN_DIR/checkpoints/step_N``.
-        out: output directory (created).
+        out: output directory: absent or empty, or an earlier export with ``overwrite``
+            (:func:`check_export_dir`). The export is written beside it (``.OUT.tmp-export``) and
+            moved into place when complete, so a failed export leaves ``out`` as it was.
         int8: row-wise int8 tables (docs/export.md) instead of float32.
         data: prepared dataset holding the vocabularies (default: the one the job trained on).
         pt2: also try ``torch.export`` to ``model.pt2``.
         max_tokens_per_pass: history events per tower pass in a served batch (0: whole batch);
             see :class:`~hytrec_torchrec.serving.module.HyTRecServing`.
+        overwrite: replace an earlier export in ``out``.
 
     Returns:
         The model card (also written to ``OUT/model_card.json``).
     """
     from hytrec_torchrec.training.restore import config_dict, load_unsharded
 
+    final = Path(out)
+    check_export_dir(final, overwrite)
     model, cfg, state = load_unsharded(checkpoint)
     sizes = {k: int(v) for k, v in state["vocab_sizes"].items()}
     prepared = find_prepared(state, data)
     vocabs = read_vocabs(prepared, sizes)
     features = list(cfg.model.features)
     serving = build_serving(model, features, cfg.data.max_len, vocabs, int8, max_tokens_per_pass)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = final.with_name(f".{final.name}.tmp-export")
+    if out.exists():  # an earlier export that failed half-way
+        shutil.rmtree(out)
+    out.mkdir()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript deprecation warning (docs/export.md)
         scripted = torch.jit.script(serving)
@@ -292,5 +345,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
     torch.jit.save(scripted, str(out / "model.pt"), _extra_files=extra)
     card["files"]["model_sha256"] = _sha256(out / "model.pt")
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
-    log.info("exported %s -> %s (%s tables)", state["path"], out, card["tables"]["storage"])
+    _publish(out, final)
+    log.info("exported %s -> %s (%s tables)", state["path"], final, card["tables"]["storage"])
     return card

@@ -38,6 +38,10 @@ from hytrec_torchrec.ops.jagged import pass_bounds  # re-exported: part of this 
 from hytrec_torchrec.serving.idmap import IdMap, Vocab
 from hytrec_torchrec.serving.quant import ServingTable
 
+#: request times and event timestamps are int64 seconds below this (2^40 s is beyond the year
+#: 36,000; a millisecond clock of today is above it), so ``request_time - timestamp`` cannot overflow.
+MAX_SECONDS = 1 << 40
+
 __all__ = ["DEFAULT_MAX_TOKENS_PER_PASS", "FeatureInput", "HyTRecServing", "REQUEST_KEYS", "dtype_name",
            "pass_bounds", "truncate_rows"]
 
@@ -180,6 +184,14 @@ class HyTRecServing(nn.Module):
         if request_time.numel() != ref.numel():
             raise ValueError("request_time has " + str(request_time.numel()) + " entries for "
                              + str(ref.numel()) + " requests")
+        if ref.numel() == 0:
+            raise ValueError("empty request batch: B = 0 (lengths['timestamp'] has no entries)")
+        limit = 1 << 40  # MAX_SECONDS (TorchScript reads no module-level int)
+        for name, t in (("request_time", request_time), ("values['timestamp']", values["timestamp"])):
+            if t.numel() > 0 and (bool((t < 0).any()) or bool((t >= limit).any())):
+                bad = t[(t < 0) | (t >= limit)][0]
+                raise ValueError(name + ": " + str(int(bad)) + " is not seconds since 1970 in [0, 2^40) "
+                                 "(milliseconds? divide by 1000)")
         return ref
 
     @torch.jit.export
