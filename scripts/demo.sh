@@ -7,16 +7,29 @@
 # Everything is written under runs/demo/ (ignored by git). Re-running starts a fresh demo.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+out="${HYTREC_DEMO_DIR:-runs/demo}"
+# Start fresh, removing only a folder this script made: one with its marker, or holding nothing but
+# a demo's own entries (runs of versions before the marker); anything else is left alone.
+if [ -d "$out" ] && [ -n "$(ls -A "$out")" ]; then
+    foreign="$(ls -A "$out" | grep -vxE '\.hytrec-demo|raw|prepared|train|eval|export' || true)"
+    if [ ! -f "$out/.hytrec-demo" ] && [ -n "$foreign" ]; then
+        echo "demo: $out holds entries this script did not make ($(echo $foreign)); nothing was removed; set HYTREC_DEMO_DIR to a new folder" >&2
+        exit 2
+    fi
+elif [ -e "$out" ] && [ ! -d "$out" ]; then
+    echo "demo: $out is a file, not a folder; set HYTREC_DEMO_DIR to a new folder" >&2
+    exit 2
+fi
 bash "$here/scripts/setup.sh"
 venv="${HYTREC_VENV:-$here/.venv}"
 export PATH="$venv/bin:$PATH"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
-cd "$here"
-out="${HYTREC_DEMO_DIR:-runs/demo}"
 quiet='is_fx_tracing|TopologyFactory|HeuristicalStorage|dense_tensor_estimate|warn|Warning'
 events="${HYTREC_DEMO_EVENTS:-300000}"
-rm -rf "$out"
+rm -rf "$out"  # checked above: absent, empty, or a demo's own folder
 mkdir -p "$out"
+touch "$out/.hytrec-demo"
 
 echo "== 1/7 synthetic events ($events) -> $out/raw"
 python -m data_prep.synthetic --events "$events" --out "$out/raw" --seed 0

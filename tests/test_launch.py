@@ -79,3 +79,25 @@ def test_cluster_dryrun(scheduler: str) -> None:
         assert "nvidia.com/gpu: '8'" in out
     else:
         assert "sbatch" in out and "--gpus-per-task=8" in out
+
+
+def test_demo_script_removes_only_a_folder_it_made(tmp_path: Path) -> None:
+    """scripts/demo.sh starts fresh by removing its output folder: never one holding anything it did
+    not write (HYTREC_DEMO_DIR pointed at a user's folder by mistake); checked before setup runs."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    (mine / "train").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for target, needle in ((mine, "did not make (thesis.tex)"), (tmp_path / "afile", "is a file")):
+        res = subprocess.run(["bash", str(root / "scripts" / "demo.sh")], capture_output=True, text=True,
+                             timeout=60, env=dict(os.environ, HYTREC_DEMO_DIR=str(target)))
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.startswith("demo: ") and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert needle in res.stderr, res.stderr
+    assert (mine / "thesis.tex").read_text() == "years of work" and (mine / "train").is_dir()
+    assert (tmp_path / "afile").read_text() == "x"

@@ -377,3 +377,27 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one(datasets: tuple[P
         (run / "checkpoints" / step / "train_state.json").write_text("{")
     with pytest.raises(DamagedCheckpointError, match="no checkpoint verifies"):
         latest_checkpoint(run)
+
+
+def test_more_negatives_than_the_catalog_is_a_config_error(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    a, _ = datasets  # 30 item indices: 28 known items
+    cfg = _cfg(a, tmp_path / "run")
+    cfg.data.num_negatives = 29
+    msg = _fit(cfg, tmp_path)
+    assert "data.num_negatives: 29 draws per batch from a catalog of 28 known items" in msg, msg
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    cfg.data.num_negatives = 28
+    assert _fit(cfg, tmp_path) == "ok"
+
+
+def test_rerunning_a_finished_job_keeps_its_summary(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    """The same command run twice: the second resumes at the last step, trains nothing and leaves
+    summary.json's validation as it was (it used to write an empty ``valid``)."""
+    a, _ = datasets
+    run = tmp_path / "run"
+    assert _fit(_cfg(a, run), tmp_path) == "ok"
+    first = json.loads((run / "summary.json").read_text())
+    assert first["valid"] and first["step"] == 2
+    assert _fit(_cfg(a, run), tmp_path) == "ok"
+    assert json.loads((run / "summary.json").read_text()) == first
+    assert _steps(run) == ["step_00000002"]

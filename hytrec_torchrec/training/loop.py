@@ -130,6 +130,11 @@ class Trainer:
         check_compute_kernels_device(cfg.embeddings, self.env.device)  # again in shard_model
         self.meta = read_meta(cfg.data.path)
         self.vocab_sizes = {k: int(v) for k, v in self.meta.vocab_sizes.items()}
+        catalog = self.vocab_sizes["item"] - 2  # indices 0, 1: padding and unknown
+        if cfg.data.num_negatives > catalog:
+            raise ConfigError(f"data.num_negatives: {cfg.data.num_negatives} draws per batch from a catalog of "
+                              f"{catalog} known items ({cfg.data.path}); use -1 for the exact softmax over the "
+                              "whole catalog, or fewer")
         model = build_model(cfg, self.vocab_sizes, self.env.device, torch.device("meta"))
         opt_cls, opt_kwargs = sparse_optimizer(cfg.embeddings)
         from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -405,6 +410,10 @@ class Trainer:
         total = self._total_steps()
         cfg.optim.schedule.check_total(total)
         self._total = total
+        finished = self.step >= total
+        if finished and env.is_main:
+            log.info("%s is already at step %d of %d: nothing to train (raise train.max_steps to continue, "
+                     "or start again with train.resume=false --overwrite)", cfg.run.dir, self.step, total)
         if env.is_main:
             Path(cfg.run.dir).mkdir(parents=True, exist_ok=True)
             (Path(cfg.run.dir) / "sharding_plan.txt").write_text(self.plan_text() + "\n")
@@ -476,6 +485,8 @@ class Trainer:
             bar.close()
         if self._tb is not None:
             self._tb.close()
+        if finished and self.history:  # a rerun of a finished job: its last validation, not an empty one
+            last_val = {k: v for k, v in self.history[-1].items() if k != "step"}
         summary = {"step": self.step, "epoch": self.epoch, "valid": last_val,
                    "world_size": env.world_size}
         if env.is_main:
