@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from data_prep.config import ColumnMap, PrepConfig
 from data_prep.errors import PrepInputError
+from hytrec_torchrec.cli import enable_debug, internal_error, report
 from hytrec_torchrec.config import ConfigError, load_config
 
 __all__ = ["main", "parse_shard"]
@@ -50,14 +51,18 @@ def _summary(meta: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point; returns the exit status (2 for bad input or config)."""
+    """Entry point; returns the exit status (2 for bad input or config, 1 for an internal error;
+    one line each, the traceback with ``--debug`` or ``HYTREC_DEBUG=1``)."""
     ap = argparse.ArgumentParser(prog="hytrec-prep", description="Raw behaviour events -> prepared training data.")
     ap.add_argument("args", nargs="+", help="INPUT OUTPUT [key=value ...], or with --merge: OUTPUT [SHARD_OUTPUT ...]")
     ap.add_argument("--config", help="YAML PrepConfig (configs/prep/*.yaml)")
     ap.add_argument("--shard", type=parse_shard, default=(0, 1), help="I/N: process partitions p %% N == I")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing (unsharded) output directory")
     ap.add_argument("--merge", action="store_true", help="merge shard outputs into OUTPUT/vocab and OUTPUT/meta.json")
+    ap.add_argument("--debug", action="store_true", help="print the traceback of an error (also HYTREC_DEBUG=1)")
     ns = ap.parse_intermixed_args(argv)
+    if ns.debug:
+        enable_debug()
     try:
         if ns.merge:
             from data_prep.merge import merge
@@ -86,8 +91,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"shard {ns.shard[0]}/{ns.shard[1]} done; after all shards: hytrec-prep --merge {out}")
         return 0
     except (PrepInputError, ConfigError) as exc:
-        print(f"hytrec-prep: error: {exc}", file=sys.stderr)
-        return 2
+        return report("hytrec-prep", exc, 2, prefix="error: ")
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug (hytrec_torchrec/cli.py)
+        return internal_error("hytrec-prep", exc)
 
 
 if __name__ == "__main__":

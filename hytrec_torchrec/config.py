@@ -262,7 +262,8 @@ def load_config(
     """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus overrides.
 
     Errors name the dotted key and the file, e.g.
-    ``configs/demo.yaml: model.tadn.alpha: 1.5 must be <= 1``.
+    ``configs/demo.yaml: model.tadn.alpha: 1.5 must be <= 1``, or the override that set the key,
+    ``override 'optim.lr=fast' (config configs/demo.yaml): optim.lr: expected a number, got 'fast'``.
     """
     data: dict[str, Any] = {}
     source = str(path) if path is not None else "<defaults>"
@@ -281,4 +282,9 @@ def load_config(
         apply_overrides(data, overrides)
         return from_dict(cls, data)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        msg = str(exc)
+        key = msg.split(":", 1)[0].strip()
+        given = [o for o in overrides if o.split("=", 1)[0].strip() == key]
+        if given:  # the value came from the command line, not from the file
+            raise ConfigError(f"override {given[-1]!r} (config {source}): {msg}") from None
+        raise ConfigError(f"{source}: {msg}") from None

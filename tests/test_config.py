@@ -67,3 +67,13 @@ def test_errors_name_the_key(tmp_path: Path, text: str, overrides: list[str], ne
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(_Outer, "/nonexistent/x.yaml")
+
+
+def test_an_override_error_names_the_override_not_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "steps: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(_Outer, path, ["steps=many"])
+    assert str(info.value).startswith(f"override 'steps=many' (config {path}): steps: expected an integer")
+    with pytest.raises(ConfigError) as info:  # a bad value in the file is still the file's
+        load_config(_Outer, _write(tmp_path, "steps: many\n"), ["inner.alpha=0.5"])
+    assert str(info.value).startswith(f"{path}: steps: expected an integer")

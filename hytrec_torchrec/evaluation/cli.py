@@ -13,8 +13,10 @@ computed on rank 0 for a sample of the users (``diagnostics.users=256``, 0 disab
 table is row-wise sharded and every rank scores its own rows. Overrides: evaluation keys
 (``split=valid``, ``max_batches=10``, ``threads=1`` beside a training job,
 ``segments.side_file=users.parquet``, ``segments.cold_start_max_history=10``) or the checkpoint's job config (``data.batch_size=256``).
-Exit codes: 0 ok, 2 bad config/arguments, 3 bad input (vocabulary mismatch, no eligible users,
-bad side file, missing checkpoint).
+Exit codes: 0 ok, 1 internal error, 2 bad config/arguments, 3 bad input (vocabulary mismatch, no
+eligible users, bad side file, missing or malformed dataset, missing, damaged or unsafe checkpoint,
+unreadable exported model). Errors are one line; ``--debug`` (or ``HYTREC_DEBUG=1``) prints the
+traceback.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from hytrec_torchrec.cli import enable_debug, internal_error, plain, report, require_stack
 from hytrec_torchrec.config import ConfigError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="hytrec-eval", description=__doc__,
+    parser = argparse.ArgumentParser(prog="hytrec-eval", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", default=[],
                         help="run directory (its latest checkpoint) or checkpoint directory; repeatable")
@@ -44,7 +47,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--allow-unchecked-vocab", action="store_true",
                         help="evaluate a checkpoint whose ID vocabulary cannot be checked (no stored fingerprint, "
                              "training data gone); the report says so")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error (also HYTREC_DEBUG=1)")
     args = parser.parse_args(argv)
+    if args.debug:
+        enable_debug()
     if args.allow_unchecked_vocab:
         args.overrides = list(args.overrides) + ["allow_unchecked_vocab=true"]
     if not args.checkpoint and not args.model:
@@ -53,6 +60,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.name and len(args.name) != n_models:
         parser.error(f"--name given {len(args.name)} times for {n_models} --checkpoint/--model")
 
+    if require_stack("hytrec-eval"):
+        return 2
     from hytrec_torchrec.training.cli import quiet_library_noise
 
     quiet_library_noise()
@@ -67,6 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         load_eval_config,
         model_name,
     )
+    from hytrec_torchrec.data.reader import DatasetFormatError
     from hytrec_torchrec.evaluation.segments import SideFileError
     from hytrec_torchrec.training.checkpoint import DamagedCheckpointError
     from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
@@ -74,8 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         ecfg, job_overrides = load_eval_config(args.config, list(args.overrides))
     except ConfigError as exc:
-        print(f"hytrec-eval: config error: {exc}", file=sys.stderr)
-        return 2
+        return report("hytrec-eval", exc, 2, prefix="config error: ")
     if ecfg.threads is not None:
         import torch
 
@@ -117,15 +126,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 o = res["overall"]
                 print(f"{name}: users={o['examples']} hr@10={o['hr@10']:.4f} ndcg@10={o['ndcg@10']:.4f} "
                       f"mrr={o['mrr']:.4f} auc={o['auc']:.4f} ({res['timing']['eval_s']:.1f} s)", flush=True)
-    except (VocabMismatchError, NoEligibleUsersError, SideFileError, FileNotFoundError,
+    except (VocabMismatchError, NoEligibleUsersError, SideFileError, FileNotFoundError, DatasetFormatError,
             UnsafeCheckpointError, DamagedCheckpointError, ExportedModelError) as exc:
-        print(f"hytrec-eval: {exc}", file=sys.stderr)
         shutdown_distributed()
-        return 3
+        return report("hytrec-eval", exc, 3)
     except ConfigError as exc:
-        print(f"hytrec-eval: config error: {exc}", file=sys.stderr)
         shutdown_distributed()
-        return 2
+        return report("hytrec-eval", exc, 2, prefix="config error: ")
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug (hytrec_torchrec/cli.py)
+        shutdown_distributed()
+        return internal_error("hytrec-eval", exc)
     if env is not None and env.is_main:
         from hytrec_torchrec.evaluation.report import write_report
 

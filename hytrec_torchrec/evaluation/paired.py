@@ -38,9 +38,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
-from hytrec_torchrec.evaluation.metrics import per_example_metrics
+from hytrec_torchrec.cli import enable_debug, internal_error, plain, report
 
 __all__ = ["RANKS_FILE", "PairingError", "write_ranks", "read_ranks", "align", "paired_difference", "compare", "main"]
 
@@ -132,6 +131,12 @@ def paired_difference(rank_a: np.ndarray, rank_b: np.ndarray, catalog_a: np.ndar
     ``b_only`` / ``a_only``: examples where B's value is above A's / below it (for HR@K the
     examples only B / only A hits). Inputs: aligned ``[n]`` ranks and catalog sizes."""
     ks = sorted({int(m.split("@")[1]) for m in metrics if "@" in m}) or [1]
+    # torch and the metrics are imported here, not at the top, so that ``hytrec-compare --help``
+    # answers at once (importing torch takes seconds)
+    import torch
+
+    from hytrec_torchrec.evaluation.metrics import per_example_metrics
+
     va = per_example_metrics(torch.from_numpy(np.asarray(rank_a)), ks, torch.from_numpy(np.asarray(catalog_a)))
     vb = per_example_metrics(torch.from_numpy(np.asarray(rank_b)), ks, torch.from_numpy(np.asarray(catalog_b)))
     out: Dict[str, Dict[str, float]] = {}
@@ -212,11 +217,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="hytrec-compare", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Paired differences between models evaluated by hytrec-eval on the same examples "
-                    "(the first model is the baseline). " + (__doc__ or "").split("\n\n")[1])
+                    "(the first model is the baseline). " + plain((__doc__ or "").split("\n\n")[1]))
     parser.add_argument("runs", nargs="+", help="hytrec-eval output directories, DIR or DIR:MODEL")
-    parser.add_argument("--metrics", nargs="+", default=["hr@10", "ndcg@10", "hr@50", "hr@200", "mrr"])
+    parser.add_argument("--metrics", nargs="+", default=["hr@10", "ndcg@10", "hr@50", "hr@200", "mrr"],
+                        help="per-example metrics to compare: hr@K, ndcg@K (K any cutoff), mrr "
+                             "(default: %(default)s)")
     parser.add_argument("--json", help="also write the comparison as JSON to this file")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error (also HYTREC_DEBUG=1)")
     args = parser.parse_args(argv)
+    if args.debug:
+        enable_debug()
     try:
         models: List[Tuple[str, Dict[str, np.ndarray]]] = []
         for arg in args.runs:
@@ -228,8 +238,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             models = [(f"{n}#{i + 1}", t) for i, (n, t) in enumerate(models)]
         rows = compare(models, args.metrics)
     except PairingError as exc:
-        print(f"hytrec-compare: {exc}", file=sys.stderr)
-        return 3
+        return report("hytrec-compare", exc, 3)
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug (hytrec_torchrec/cli.py)
+        return internal_error("hytrec-compare", exc)
     print(markdown(rows, args.metrics), end="")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

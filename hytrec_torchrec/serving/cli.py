@@ -18,14 +18,16 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from hytrec_torchrec.serving.module import DEFAULT_MAX_TOKENS_PER_PASS
+from hytrec_torchrec.cli import enable_debug, internal_error, plain, report, require_stack
+from hytrec_torchrec.serving import DEFAULT_MAX_TOKENS_PER_PASS
 
 __all__ = ["main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point; returns the exit status (0 ok, 2 bad input)."""
-    parser = argparse.ArgumentParser(prog="hytrec-export", description=__doc__,
+    """Console entry point; returns the exit status (0 ok, 1 internal error, 2 bad input; one line,
+    the traceback with ``--debug`` or ``HYTREC_DEBUG=1``)."""
+    parser = argparse.ArgumentParser(prog="hytrec-export", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
     parser.add_argument("--out", required=True,
@@ -40,9 +42,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-tokens-per-pass", type=int, default=DEFAULT_MAX_TOKENS_PER_PASS,
                         help="history events per tower pass when serving a batch (default "
                              "%(default)s; 0 = the whole batch in one pass)")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error (also HYTREC_DEBUG=1)")
     args = parser.parse_args(argv)
+    if args.debug:
+        enable_debug()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
+    if require_stack("hytrec-export"):
+        return 2
     from hytrec_torchrec.training.cli import quiet_library_noise
 
     quiet_library_noise()
@@ -59,8 +66,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  overwrite=args.overwrite)
     except (OSError, ExportError, ConfigError, ValueError, UnsafeCheckpointError,
             DamagedCheckpointError) as exc:
-        print(f"hytrec-export: {exc}", file=sys.stderr)
-        return 2
+        return report("hytrec-export", exc, 2)
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug (hytrec_torchrec/cli.py)
+        return internal_error("hytrec-export", exc)
     summary = {
         "out": args.out, "tables": card["tables"]["storage"], "step": card["checkpoint"]["step"],
         "validation": card["validation"]["last"], "pt2": card["torch_export"]["ok"],

@@ -35,6 +35,7 @@ from torch import nn
 from hytrec_torchrec.modules.repeat import RepeatHead
 from hytrec_torchrec.modules.tower import NORM_EPS, HyTRecTower, scoring_vectors
 from hytrec_torchrec.ops.jagged import pass_bounds  # re-exported: part of this module's API
+from hytrec_torchrec.serving import DEFAULT_MAX_TOKENS_PER_PASS
 from hytrec_torchrec.serving.idmap import IdMap, Vocab
 from hytrec_torchrec.serving.quant import ServingTable
 
@@ -44,9 +45,6 @@ MAX_SECONDS = 1 << 40
 
 __all__ = ["DEFAULT_MAX_TOKENS_PER_PASS", "FeatureInput", "HyTRecServing", "REQUEST_KEYS", "dtype_name",
            "pass_bounds", "truncate_rows"]
-
-#: history events per tower pass in a served batch (measured: docs/export.md).
-DEFAULT_MAX_TOKENS_PER_PASS = 32_768
 
 #: every key a request may carry (``timestamp`` is always required).
 REQUEST_KEYS: Tuple[str, ...] = ("item", "attribution", "category", "behavior", "timestamp")

@@ -3,6 +3,10 @@
 Run under TorchX/torchrun for several ranks; a plain invocation is a one-rank job (gloo on CPU).
 Every config value can be overridden with a dotted ``key=value`` argument, e.g.
 ``data.path=/data/prepared train.max_steps=50 run.dir=runs/exp1``.
+
+Exit status: 0 done; 1 internal error; 2 config error, or a damaged or unsafe checkpoint to resume
+from; 3 bad input data (missing or malformed prepared dataset) or a non-finite loss. Errors are one
+line; ``--debug`` (or ``HYTREC_DEBUG=1``) prints the traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
+from hytrec_torchrec.cli import enable_debug, internal_error, plain, report, require_stack
 from hytrec_torchrec.config import ConfigError
 
 
@@ -35,37 +40,44 @@ def quiet_library_noise() -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="hytrec-train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="hytrec-train", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML job config (configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     parser.add_argument("--overwrite", action="store_true",
                         help="with train.resume=false, clear an earlier run's outputs from run.dir (run.overwrite=true)")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error (also HYTREC_DEBUG=1)")
     args = parser.parse_args(argv)
+    if args.debug:
+        enable_debug()
     if args.overwrite:
         args.overrides = list(args.overrides) + ["run.overwrite=true"]
+    if require_stack("hytrec-train"):
+        return 2
     quiet_library_noise()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("hytrec").setLevel(logging.INFO)
+    from hytrec_torchrec.data.reader import DatasetFormatError
+    from hytrec_torchrec.training.checkpoint import DamagedCheckpointError
     from hytrec_torchrec.training.config import load_job_config
     from hytrec_torchrec.training.loop import NonFiniteLossError, Trainer
-    from hytrec_torchrec.training.checkpoint import DamagedCheckpointError
     from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
 
+    prog = "hytrec-train"
     try:
         # ConfigError: a bad key or value, or a setting this machine cannot run (adam on CPU).
         cfg = load_job_config(args.config, list(args.overrides))
         trainer = Trainer(cfg)
         summary = trainer.fit()
     except ConfigError as exc:
-        print(f"hytrec-train: config error: {exc}", file=sys.stderr)
-        return 2
+        return report(prog, exc, 2, prefix="config error: ")
     except (UnsafeCheckpointError, DamagedCheckpointError) as exc:
-        print(f"hytrec-train: {exc}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as exc:
-        print(f"hytrec-train: {exc}", file=sys.stderr)
-        return 3
+        return report(prog, exc, 2)
+    except (NonFiniteLossError, DatasetFormatError) as exc:
+        return report(prog, exc, 3)
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug (hytrec_torchrec/cli.py)
+        return internal_error(prog, exc)
     if trainer.env.is_main:
         print(json.dumps({"final": summary}, indent=None))
     from hytrec_torchrec.training.distributed import shutdown_distributed
