@@ -192,7 +192,7 @@ def test_hytrec_eval_writes_diagnostics(tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     section = report.split("## Long-history diagnostics", 1)[1].split("## Counts", 1)[0]
     assert "means the model ignores events older than the last K" in section
-    assert "| a | 4 | 10 |" in section and "| b | 4 | 10 |" in section and "| exported | 4 | 10 |" in section
+    assert "| a | 4 | no | 10 |" in section and "| b | 4 | no | 10 |" in section and "| exported | 4 | no | 10 |" in section
     assert "retention(10)" in section and "retention(30)" in section
     # a model the diagnostics cannot open is skipped with the reason, the evaluation goes on
     from hytrec_torchrec.evaluation.diagnostics import ExampleSampler, checkpoint_access, collect_diagnostics
@@ -204,3 +204,36 @@ def test_hytrec_eval_writes_diagnostics(tmp_path: Path) -> None:
         sampler, cfg, lambda: checkpoint_access(str(tmp_path / "run"), (), torch.device("cpu"), cfg.max_table_gb))
     assert res["status"] == "skipped" and "more than diagnostics.max_table_gb=0" in res["reason"]
     assert collect_diagnostics(None, DiagnosticsConfig(users=0), _tiny_access)["status"] == "disabled"
+
+
+def test_the_repeat_path_shows_in_the_top10_not_in_the_embedding() -> None:
+    """A short-only tower with the repeat path: the user embedding ignores the far history
+    (swap sensitivity 0) but the final scores do not (the bonus of far items): the top-10 lists
+    rank dot product + bonus, so far history read by the path is visible; a zero (untrained) head
+    changes nothing."""
+    from hytrec_torchrec.evaluation.diagnostics import _bonus, _topk
+    from hytrec_torchrec.modules.repeat import RepeatHead
+
+    torch.manual_seed(0)
+    tower = HyTRecTower(_cfg(""))
+    head = RepeatHead(DIM)
+    access = _access(tower)
+    access.repeat = head.eval()
+    examples = _examples(LENGTHS)
+    zero = run_diagnostics(access, examples, ["all", "long"], CFG)
+    assert zero["repeat"] and zero["overall"]["swap_top10_changed"] == 0.0
+    with torch.no_grad():
+        for table in (head.count, head.distance, head.time):
+            table.weight.normal_(0, 3.0)
+    res = run_diagnostics(access, examples, ["all", "long"], CFG)
+    o = res["overall"]
+    assert o["swap_sensitivity"] == 0.0 and o["long_contribution"] == 0.0
+    assert o["swap_top10_changed"] > 0 and o["long_top10_changed"] > 0
+    # the top-10 is the brute-force top-10 of dot product + dense bonus
+    hist = [(x.ids, x.timestamps) for x in examples]
+    users = torch.randn(len(hist), DIM)
+    bonus = _bonus(access, hist, users)
+    dense = users @ access.items.t()
+    dense.index_put_((bonus[0], bonus[1]), bonus[2], accumulate=True)
+    want = torch.topk(dense[:, 2:], 10, dim=1).indices + 2
+    assert torch.equal(_topk(users, access.items, 10, bonus), want)

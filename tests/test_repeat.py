@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hytrec_torchrec.config import from_dict
+from hytrec_torchrec.config import from_dict, to_dict
 from hytrec_torchrec.evaluation.ranks import target_ranks
 from hytrec_torchrec.modules.loss import catalog_softmax_loss, sampled_softmax_loss, shared_negatives_loss
 from hytrec_torchrec.modules.repeat import RepeatHead, dense_bonus, lookup_bonus
@@ -238,3 +238,14 @@ def test_served_scores_equal_training_scores_plus_the_hand_bonus() -> None:
             torch.testing.assert_close(got[b, 2:], want[2:], atol=1e-5, rtol=0)
     ids, _ = scripted(*request, 3)
     assert ids.shape == (len(lengths), 3)
+    # the diagnostics read the scripted model's repeat head as they read the eager one
+    from hytrec_torchrec.evaluation.diagnostics import _bonus, exported_access
+
+    card = {"config": {"model": to_dict(cfg.model)}}
+    access = exported_access(scripted, card, {"item": torch.arange(V)})
+    assert access.repeat is not None
+    hist = [({"item": items[int(offsets[b]):int(offsets[b + 1])][-max_len:].numpy()},
+             ts[int(offsets[b]):int(offsets[b + 1])][-max_len:].numpy()) for b in range(len(lengths))]
+    ex, item, value = _bonus(access, hist, user)
+    dense = torch.zeros(len(lengths), V).index_put_((ex, item), value, accumulate=True)
+    torch.testing.assert_close(base[:, 2:] + dense[:, 2:], scripted.scores(*request)[:, 2:], atol=1e-5, rtol=0)

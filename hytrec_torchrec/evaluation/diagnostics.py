@@ -240,6 +240,11 @@ class TowerAccess:
         items: ``[V, D]`` item vectors as scored (row i = item index i; rows 0, 1 never ranked).
         device: where the tower runs.
         notes: reasons why a part is unavailable (e.g. ``{"gate": "..."}``).
+        repeat: the repeat path's head when the model has one (``model.repeat``):
+            ``(user [B, D], items [N] int64 dense item indices, offsets [B+1], timestamps [N])
+            -> (example [M], item [M], bonus [M])``, the score bonus of each history item. The
+            top-10 lists of the swap and far-history-removed variants then rank the model's
+            final scores (dot product + bonus), so they show the far history read by either path.
     """
 
     tower: nn.Module
@@ -248,6 +253,7 @@ class TowerAccess:
     items: torch.Tensor
     device: torch.device
     notes: Dict[str, str] = field(default_factory=dict)
+    repeat: Optional[nn.Module] = None
 
 
 #: item vectors larger than this stay on the CPU for the top-10 lists (bytes).
@@ -285,7 +291,8 @@ def checkpoint_access(path: str, overrides: Sequence[str], device: torch.device,
     items = scoring_vectors(weights["item"], bool(getattr(tower, "cosine", False)))
     if items.numel() * 4 <= ITEMS_ON_DEVICE_MAX_BYTES:
         items = items.to(device)
-    return TowerAccess(tower, list(cfg.model.features), lookup, items, device)
+    repeat = model.repeat.to(device).eval() if model.repeat is not None else None
+    return TowerAccess(tower, list(cfg.model.features), lookup, items, device, repeat=repeat)
 
 
 def exported_access(model: Any, card: Dict[str, Any], to_input: Dict[str, torch.Tensor]) -> TowerAccess:
@@ -328,7 +335,8 @@ def exported_access(model: Any, card: Dict[str, Any], to_input: Dict[str, torch.
         return inputs[feature](to_input[feature][index])
 
     items = model.item_embeddings().detach()
-    return TowerAccess(tower, features, lookup, items, torch.device("cpu"), notes)
+    return TowerAccess(tower, features, lookup, items, torch.device("cpu"), notes,
+                       repeat=getattr(model, "repeat", None))
 
 
 # ---------------------------------------------------------------------- helpers
@@ -403,11 +411,38 @@ def _users(access: TowerAccess, hist: Sequence[History], t_current: Sequence[int
     return torch.cat(parts, 0)
 
 
-def _topk(user: torch.Tensor, items: torch.Tensor, k: int) -> torch.Tensor:
-    """``[B, k]`` item indices (≥ 2) of the best scores ``user [B, D] @ items[2:].T``, best first."""
+def _bonus(access: TowerAccess, hist: Sequence[History], user: torch.Tensor
+           ) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The repeat path's ``(example [M], item [M], bonus [M])`` for ``B`` histories and their
+    ``user [B, D]``; None without the path."""
+    if access.repeat is None:
+        return None
+    offsets = torch.zeros(len(hist) + 1, dtype=torch.int64)
+    offsets[1:] = torch.tensor([len(ts) for _, ts in hist], dtype=torch.int64).cumsum(0)
+    items = torch.from_numpy(np.concatenate([h["item"] for h, _ in hist]) if hist else np.zeros(0, np.int64))
+    ts = torch.from_numpy(np.concatenate([t for _, t in hist]) if hist else np.zeros(0, np.int64))
+    dev = access.device
+    with torch.no_grad():
+        ex, item, value = access.repeat(user.to(dev), items.to(torch.int64).to(dev), offsets.to(dev),
+                                        ts.to(torch.int64).to(dev), False)
+    return ex.cpu(), item.cpu(), value.detach().float().cpu()
+
+
+def _topk(user: torch.Tensor, items: torch.Tensor, k: int,
+          bonus: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+    """``[B, k]`` item indices (≥ 2) of the best scores ``user [B, D] @ items[2:].T`` (plus the
+    repeat path's ``bonus`` of :func:`_bonus`), best first."""
     cat = items[2:]
     k = min(k, int(cat.shape[0]))
-    out = [torch.topk(u.to(cat.device) @ cat.t(), k, dim=1).indices + 2 for u in user.split(256)]
+    out = []
+    for a in range(0, int(user.shape[0]), 256):
+        s = user[a:a + 256].to(cat.device) @ cat.t()
+        if bonus is not None:
+            ex, item, value = bonus
+            mine = (ex >= a) & (ex < a + s.shape[0])
+            s = s.index_put(((ex[mine] - a).to(s.device), (item[mine] - 2).to(s.device)),
+                            value[mine].to(s.device), accumulate=True)
+        out.append(torch.topk(s, k, dim=1).indices + 2)
     return torch.cat(out, 0).cpu() if out else torch.zeros(0, k, dtype=torch.int64)
 
 
@@ -564,18 +599,19 @@ def run_diagnostics(access: TowerAccess, examples: Sequence[Example], segment_na
             groups = list(_passes(sizes, budget))
             with _gate_probe(tower, gates, notes):
                 u_ref = _users(access, own, etc, budget, groups)
-            top_ref = _topk(u_ref, access.items, TOP_K)
+            top_ref = _topk(u_ref, access.items, TOP_K, _bonus(access, own, u_ref))
             if swapped:
                 u_swap = _users(access, swapped, etc, budget, groups)
                 per["swap"][eligible] = cosine_distance(u_ref, u_swap).cpu().numpy()
-                top_swap = _topk(u_swap, access.items, TOP_K)
+                top_swap = _topk(u_swap, access.items, TOP_K, _bonus(access, swapped, u_swap))
                 per["swap_changed"][eligible] = (top_swap != top_ref).any(1).double().numpy()
                 per["swap_overlap"][eligible] = np.array(
                     [len(set(a.tolist()) & set(b.tolist())) / max(top_ref.shape[1], 1)
                      for a, b in zip(top_swap, top_ref)])
-            u_short = _users(access, [_tail(h, k) for h in own], etc, budget, groups)
+            tails = [_tail(h, k) for h in own]
+            u_short = _users(access, tails, etc, budget, groups)
             per["long"][eligible] = cosine_distance(u_ref, u_short).cpu().numpy()
-            top_short = _topk(u_short, access.items, TOP_K)
+            top_short = _topk(u_short, access.items, TOP_K, _bonus(access, tails, u_short))
             per["long_changed"][eligible] = (top_short != top_ref).any(1).double().numpy()
         gate = torch.cat(gates, 0).numpy() if gates else None
         if gate is not None and gate.shape[0] != n:
@@ -609,6 +645,7 @@ def run_diagnostics(access: TowerAccess, examples: Sequence[Example], segment_na
         "seed": cfg.seed,
         "short_len": k,
         "has_long": bool(getattr(tower, "has_long", True)),
+        "repeat": access.repeat is not None,
         "max_history": cfg.max_history,
         "projections": cfg.projections,
         "reference_distance": k + 1,

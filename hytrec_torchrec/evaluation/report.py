@@ -44,7 +44,9 @@ DIAGNOSTICS_HELP = [
     "the last K events by another sampled user's (K = `short_len`); near 0 means the model ignores "
     "events older than the last K.",
     "- **top-10 changed**: fraction of users whose top-10 recommendations (ordered, full catalog) "
-    "change under that swap; 0 means old events never change what is recommended.",
+    "change under that swap; 0 means old events never change what is recommended. For a model "
+    "with the repeat path (model `repeat` column: yes) the top-10 ranks its final scores, bonus "
+    "included, so it also counts far history read by that path.",
     "- **skipped**: sampled users with at most K history events (nothing to swap or remove).",
     "- **long contribution**: mean 1 − cos(u, u without the events older than the last K): how much "
     "the far history moves the user embedding at all (0 for a model without a long branch); "
@@ -183,11 +185,12 @@ def diagnostics_markdown(results: Sequence[Dict[str, Any]], distances: Sequence[
     rows = []
     for n, d in ok:
         o = d["overall"]
-        rows.append([n, d["short_len"], o["users"], o["swap_sensitivity"], o["swap_top10_changed"],
-                     o["swap_skipped"], o["long_contribution"], o["long_top10_changed"], gate(o["gate_mean"]),
-                     o["retention_after_500"]])
-    lines += _table(["model", "K", "users", "swap sensitivity", "top-10 changed (swap)", "skipped (≤ K events)",
-                     "long contribution", "top-10 changed (no far history)", "gate", "retention after 500"], rows)
+        rows.append([n, d["short_len"], "yes" if d.get("repeat") else "no", o["users"], o["swap_sensitivity"],
+                     o["swap_top10_changed"], o["swap_skipped"], o["long_contribution"], o["long_top10_changed"],
+                     gate(o["gate_mean"]), o["retention_after_500"]])
+    lines += _table(["model", "K", "repeat", "users", "swap sensitivity", "top-10 changed (swap)",
+                     "skipped (≤ K events)", "long contribution", "top-10 changed (no far history)", "gate",
+                     "retention after 500"], rows)
     fixed = [int(x) for x in distances]
     header = ["model", "influence(K+1)", "retention(K+500)"] + [f"retention({x})" for x in fixed]
     rows = []
