@@ -401,3 +401,20 @@ def test_rerunning_a_finished_job_keeps_its_summary(datasets: tuple[Path, Path],
     assert _fit(_cfg(a, run), tmp_path) == "ok"
     assert json.loads((run / "summary.json").read_text()) == first
     assert _steps(run) == ["step_00000002"]
+
+
+def test_every_checkpoint_draws_the_whole_curve(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    """curves.png is written with each checkpoint from train_state's loss_log and validation
+    history, which a resumed run continues (so its picture starts at step 1, not at the resume)."""
+    from hytrec_torchrec.training.checkpoint import read_train_state
+
+    a, _ = datasets
+    run = tmp_path / "run"
+    assert _fit(_cfg(a, run, max_steps=4, validate_every=2), tmp_path) == "ok"
+    state = read_train_state(run / "checkpoints" / "step_00000004")
+    assert [s for s, _ in state["loss_log"]] == [2, 4] and [h["step"] for h in state["history"]] == [2, 4]
+    png = (run / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert _fit(_cfg(a, run, max_steps=6, validate_every=2), tmp_path) == "ok"
+    resumed = read_train_state(run / "checkpoints" / "step_00000006")
+    assert resumed["loss_log"][:2] == state["loss_log"] and [s for s, _ in resumed["loss_log"]] == [2, 4, 6]

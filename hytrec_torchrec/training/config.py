@@ -65,7 +65,8 @@ class RunConfig:
         seed: seed of model initialisation and dropout (the loader has ``data.seed``).
         log_every: steps between progress/TensorBoard updates.
         tensorboard: write TensorBoard scalars on rank 0.
-        progress: show a progress bar on rank 0.
+        progress: show progress on rank 0: a bar on a terminal, else (under TorchX, piped) a
+            log line every ``log_every`` steps; false: the log lines only.
         overwrite: with ``train.resume: false``, clear an earlier run's outputs from ``dir``
             (``hytrec-train --overwrite``); without it such a ``dir`` is refused
             (:mod:`~hytrec_torchrec.training.rundir`).

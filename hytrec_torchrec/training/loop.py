@@ -28,6 +28,7 @@ import itertools
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
@@ -46,6 +47,7 @@ from hytrec_torchrec.evaluation.ranks import all_gather_rows
 from hytrec_torchrec.evaluation.scoring import batch_target_ranks, item_blocks
 from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from hytrec_torchrec.training.curves import write_curves
 from hytrec_torchrec.training.config import JobConfig, model_changes
 from hytrec_torchrec.training.rundir import claim_run_dir
 from hytrec_torchrec.training.dense_lookup import data_parallel_lookups
@@ -156,6 +158,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.history: list[Dict[str, Any]] = []
+        self.loss_log: list[list[float]] = []  # [step, rank 0's mean loss since the previous entry]
         self.step_losses: list[float] = []  # this rank's sampled-softmax loss per step
         self._tb: Any = None
 
@@ -211,7 +214,11 @@ class Trainer:
             "vocab_fingerprints": self._vocab_fingerprints(),
             "config": to_dict(self.cfg),
             "history": self.history,
+            "loss_log": self.loss_log,
         }
+        if self.env.is_main:
+            write_curves(Path(self.cfg.run.dir) / "curves.png", self.loss_log, self.history,
+                         title=f"{self.cfg.run.dir} (step {self.step})")
         return save_checkpoint(self.cfg.run.dir, self.step, self.model, self.optimizer, state,
                                _rng_state(), keep_last=self.cfg.train.keep_last)
 
@@ -250,6 +257,7 @@ class Trainer:
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.history = list(state.get("history", []))
+        self.loss_log = [list(x) for x in state.get("loss_log", [])]
         if int(state["world_size"]) == self.env.world_size and rank_state is not None:
             self.batch_in_epoch = int(state["batch_in_epoch"])
             _set_rng_state(rank_state)
@@ -423,7 +431,9 @@ class Trainer:
 
                 self._tb = SummaryWriter(str(Path(cfg.run.dir) / "tb"))
         bar = None
-        if env.is_main and cfg.run.progress:
+        # a bar only on a terminal: under torchx/torchrun the output is piped and prefixed per rank,
+        # which breaks a redrawn bar into fragments, so log lines every run.log_every steps instead
+        if env.is_main and cfg.run.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True,
@@ -451,6 +461,9 @@ class Trainer:
                     )
                 tokens += int(out["tokens"])
                 if self.step % cfg.run.log_every == 0 or self.step == boundary:
+                    since = self.step - (int(self.loss_log[-1][0]) if self.loss_log else 0)
+                    window = self.step_losses[-max(min(since, len(self.step_losses)), 1):]
+                    self.loss_log.append([self.step, sum(window) / len(window)])
                     now = time.perf_counter()
                     tps = tokens * env.world_size / max(now - t_last, 1e-9)
                     t_last, tokens = now, 0
