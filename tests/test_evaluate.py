@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import re
 from pathlib import Path
@@ -499,3 +500,20 @@ def test_a_truncated_exported_model_is_a_one_line_error(trained: tuple[Path, Pat
     err = capsys.readouterr().err.strip()
     assert rc == 3, err
     assert len(err.splitlines()) == 1 and f"{cut}: not a readable hytrec-export model" in err
+
+
+def test_reports_name_models_not_generic_folders(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """``runs/demo/train`` and ``.../export/model.pt`` are named by their architecture and the folder
+    above (the plots' legends and report.md said "train"); a named run keeps its name."""
+    from hytrec_torchrec.evaluation.evaluate import describe_model, model_name
+
+    _, run = trained
+    assert model_name(run) == f"HyTRec TS ({run.parent.name})"
+    step = sorted((run / "checkpoints").glob("step_*"))[-1]
+    assert model_name(step) == f"HyTRec TS ({run.parent.name}/{step.name})"
+    assert model_name(run.parent / "export" / "model.pt") == f"HyTRec TS ({run.parent.name}, exported)"
+    named = tmp_path / "hytrec_tb"
+    shutil.copytree(run, named)
+    assert model_name(named) == "hytrec_tb"
+    assert describe_model({"long_pattern": "", "short_len": 64, "repeat": True}) == "short-only + repeat"
+    assert describe_model({"long_pattern": "SS", "short_len": 0}) == "SASRec-like SS"

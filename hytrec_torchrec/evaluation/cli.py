@@ -91,8 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(ecfg.threads)
     from pathlib import Path
 
-    names = args.name or ([model_name(c) for c in args.checkpoint]
-                          + [Path(m).resolve().parent.name for m in args.model])
+    names = args.name or [model_name(c) for c in args.checkpoint + args.model]
     if len(set(names)) != len(names):
         names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
 

@@ -145,13 +145,53 @@ def load_eval_config(path: Optional[str], overrides: Sequence[str]) -> Tuple[Eva
     return load_config(EvalConfig, path, own), job
 
 
+#: folder names that say nothing about the model (``runs/demo/train``, ``.../export``)
+GENERIC_NAMES = frozenset({"train", "run", "runs", "checkpoints", "model", "models", "export", "eval", "out"})
+
+
+def describe_model(model: Dict[str, Any]) -> str:
+    """The architecture in a few words from a job config's ``model`` section:
+    ``HyTRec TTTS``, ``short-only``, ``SASRec-like SS``, with ``+ repeat`` for the repeat path."""
+    pattern = str(model.get("long_pattern", ""))
+    if int(model.get("short_len", 1)) == 0:
+        name = f"SASRec-like {pattern}"
+    elif not pattern:
+        name = "short-only"
+    else:
+        name = f"HyTRec {pattern}"
+    return name + (" + repeat" if model.get("repeat") else "")
+
+
 def model_name(path: str | Path) -> str:
     """A short display name: the run directory name (``runs/ml1m/hytrec`` → ``hytrec``), with
-    ``/step_N`` when a specific checkpoint is given."""
+    ``/step_N`` when a specific checkpoint is given; a generic folder name (``runs/demo/train``,
+    ``runs/demo/export/model.pt``) becomes the architecture and the folder above it
+    (``HyTRec TTTS (demo)``)."""
+    import json
+
+    from hytrec_torchrec.config import to_dict
+    from hytrec_torchrec.training.restore import checkpoint_config
+
     p = Path(path).resolve()
+    if p.is_file():  # an exported model.pt: its folder, and the card beside it
+        card = p.parent / "model_card.json"
+        folder = p.parent
+        try:
+            model = json.loads(card.read_text())["config"]["model"]
+        except (OSError, ValueError, KeyError):
+            return folder.name
+        return f"{describe_model(model)} ({folder.parent.name}, exported)" if folder.name in GENERIC_NAMES \
+            else folder.name
+    step = ""
     if (p / "train_state.json").is_file() and p.parent.name == "checkpoints":
-        return f"{p.parent.parent.name}/{p.name}"
-    return p.name
+        p, step = p.parent.parent, f"/{p.name}"
+    if p.name not in GENERIC_NAMES:
+        return p.name + step
+    try:
+        cfg, _ = checkpoint_config(p)
+        return f"{describe_model(to_dict(cfg.model))} ({p.parent.name}{step})"
+    except Exception:  # noqa: BLE001 - a name is not worth failing for; the checks come later
+        return p.name + step
 
 
 def check_vocab(ckpt_state: Dict[str, Any], data_path: str | Path, ckpt_path: str | Path,

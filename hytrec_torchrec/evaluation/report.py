@@ -219,25 +219,50 @@ def diagnostics_markdown(results: Sequence[Dict[str, Any]], distances: Sequence[
     return lines + [""]
 
 
+#: buckets with fewer evaluated examples are drawn grey and not joined to the line.
+SMALL_BUCKET = 30
+
+
 def plot_length_buckets(results: Sequence[Dict[str, Any]], metrics: Sequence[str], buckets: Sequence[str],
                         path: str | Path) -> Path:
-    """PNG: each metric against the history-length bucket, one line per model."""
+    """PNG: each metric against the history-length bucket, one line per model.
+
+    Only buckets with examples get a tick, labelled with the example count; HR@K points carry
+    ±1 binomial standard error bars (``√(p(1−p)/n)``); buckets with fewer than
+    :data:`SMALL_BUCKET` examples are grey, unjoined and marked ``small``, so that a 3-user bucket
+    at 0 does not read as a result.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.0), squeeze=False)
-    x = list(range(len(buckets)))
+    counts = {b: max(int(r["segments"][b]["examples"]) for r in results) if results else 0 for b in buckets}
+    shown = [b for b in buckets if counts[b] > 0]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.4), squeeze=False)
+    x = list(range(len(shown)))
     for ax, m in zip(axes[0], metrics):
         for r in results:
-            y = [r["segments"][b][m] if r["segments"][b]["examples"] else float("nan") for b in buckets]
-            ax.plot(x, y, marker="o", label=r["name"])
+            n = [int(r["segments"][b]["examples"]) for b in shown]
+            y = [float(r["segments"][b][m]) for b in shown]
+            big = [i for i in x if n[i] >= SMALL_BUCKET]
+            err = ([math.sqrt(max(y[i] * (1 - y[i]), 0.0) / n[i]) for i in big] if m.startswith("hr@") else None)
+            line = ax.errorbar([x[i] for i in big], [y[i] for i in big], yerr=err, marker="o", ms=4, capsize=3,
+                               label=r["name"])
+            small = [i for i in x if 0 < n[i] < SMALL_BUCKET]
+            if small:
+                ax.plot([x[i] for i in small], [y[i] for i in small], "o", ms=4, color="0.6",
+                        markeredgecolor=line[0].get_color())
+        for i, b in enumerate(shown):
+            if counts[b] < SMALL_BUCKET:
+                ax.axvspan(i - 0.4, i + 0.4, color="0.93", zorder=0)
         ax.set_xticks(x)
-        ax.set_xticklabels([b[3:] for b in buckets], rotation=45, ha="right", fontsize=8)
+        ax.set_xticklabels([f"{b[3:]}\nn={counts[b]:,}" + ("\nsmall" if counts[b] < SMALL_BUCKET else "")
+                            for b in shown], fontsize=7)
         ax.set_xlabel("history length (events before the target)")
         ax.set_ylabel(m)
-        ax.set_title(f"{m} by history length")
+        note = " (±1 binomial SE)" if m.startswith("hr@") else ""
+        ax.set_title(f"{m} by history length{note}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
