@@ -160,6 +160,15 @@ def clear_prepared(out: Path) -> None:
             target.unlink()
 
 
+#: seconds between progress lines of the sequence pass (stderr)
+PROGRESS_EVERY_S = 10.0
+
+
+def _progress(msg: str) -> None:
+    """One progress line on stderr (the summary goes to stdout)."""
+    print(f"hytrec-prep: {msg}", file=sys.stderr, flush=True)
+
+
 def prepare(
     input_spec: str,
     output: str | Path,
@@ -210,6 +219,8 @@ def prepare(
     if sp.rows_valid == 0:
         raise PrepInputError(f"{input_spec}: no valid event rows (empty input, or every row was skipped)")
     t_pass1 = time.time()
+    _progress(f"pass 1: {sp.rows_valid:,} valid rows read and spilled in {t_pass1 - t0:.1f} s "
+              f"({sp.rows_valid / max(t_pass1 - t0, 1e-9):,.0f} rows/s); building sequences of {len(mine)} partitions")
     vocabs = _vocabs(cfg, plan, sp)
     code_index, _ = vocabs["behavior"].lookup(pa.array(sp.behavior_codes, pa.string()))
     counts = {n: np.zeros(vocabs[n].size, np.int64) for n in TABLES}
@@ -223,7 +234,12 @@ def prepare(
     # partition is processed; at most one table is in flight, which the budget estimate includes
     writer = ThreadPoolExecutor(max_workers=1)
     pending: Optional[Future] = None
-    for p in sorted(mine):
+    t_log = time.time()
+    for i, p in enumerate(sorted(mine)):
+        if time.time() - t_log >= PROGRESS_EVERY_S:
+            t_log = time.time()
+            _progress(f"pass 2: partition {i}/{len(mine)}, {events_out:,} events in {users_out:,} sequences, "
+                      f"about {(len(mine) - i) * (t_log - t_pass1) / max(i, 1):.0f} s left")
         path = spill_path(spill_dir, p)
         if path.exists():
             with pa.OSFile(str(path), "rb") as f:

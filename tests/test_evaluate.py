@@ -517,3 +517,23 @@ def test_reports_name_models_not_generic_folders(trained: tuple[Path, Path], tmp
     assert model_name(named) == "hytrec_tb"
     assert describe_model({"long_pattern": "", "short_len": 64, "repeat": True}) == "short-only + repeat"
     assert describe_model({"long_pattern": "SS", "short_len": 0}) == "SASRec-like SS"
+
+
+def test_a_long_evaluation_logs_its_progress(trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """hytrec-eval prints a progress line (batches, examples/s, time left) every PROGRESS_EVERY_S."""
+    import logging
+
+    from hytrec_torchrec.evaluation import evaluate as ev
+    from hytrec_torchrec.training.distributed import shutdown_distributed
+
+    data, run = trained
+    monkeypatch.setattr(ev, "PROGRESS_EVERY_S", 0.0)
+    ecfg, job = load_eval_config(None, ["data.batch_size=4", "diagnostics.users=0"])
+    with caplog.at_level(logging.INFO, logger="hytrec.eval"):
+        try:
+            ev.evaluate_checkpoint(run, data, ecfg, None, job)
+        finally:
+            shutdown_distributed()
+    lines = [r.getMessage() for r in caplog.records if "examples/s" in r.getMessage()]
+    assert lines and lines[0].startswith("batch 1/") and "s left" in lines[-1], caplog.text[-2000:]

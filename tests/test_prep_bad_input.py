@@ -323,3 +323,17 @@ def load_config_defaults(*overrides: str):
     from hytrec_torchrec.config import load_config
 
     return load_config(PrepConfig, None, list(overrides))
+
+
+def test_prep_reports_its_progress(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line after the reading pass (rows, rows/s) and one per PROGRESS_EVERY_S of the sequence
+    pass, on stderr; the summary stays alone on stdout."""
+    import data_prep.prepare as prep
+
+    monkeypatch.setattr(prep, "PROGRESS_EVERY_S", 0.0)
+    pq.write_table(_good(), tmp_path / "in.parquet")
+    assert _prep([str(tmp_path / "in.parquet"), str(tmp_path / "out"), "num_partitions=3"]) == 0
+    out, err = capsys.readouterr()
+    assert "hytrec-prep: pass 1: 30 valid rows read and spilled in" in err and "rows/s" in err
+    assert "hytrec-prep: pass 2: partition 1/3" in err and "hytrec-prep" not in out

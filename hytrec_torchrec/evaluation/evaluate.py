@@ -60,6 +60,9 @@ __all__ = [
 
 log = logging.getLogger("hytrec.eval")
 
+#: seconds between the progress lines of an evaluation (rank 0, logger ``hytrec.eval``)
+PROGRESS_EVERY_S = 10.0
+
 #: first keys of overrides that go to the checkpoint's job config (JobConfig sections).
 JOB_SECTIONS = ("run", "data", "embeddings", "model", "optim", "train")
 #: tables of the model; their sizes must match between checkpoint and dataset.
@@ -310,7 +313,15 @@ def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: Seg
     t1 = time.perf_counter()
     it = iter(loader)
     parts: Dict[str, List[torch.Tensor]] = {c: [] for c in ("user", "cutoff", "rank", "catalog")}
-    for _ in range(n_batches):
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    t_log, done = t1, 0
+    for i in range(n_batches):
+        now = time.perf_counter()
+        if main and i and now - t_log >= PROGRESS_EVERY_S:  # rank 0: a line every PROGRESS_EVERY_S
+            rate = done / (now - t1)
+            log.info("batch %d/%d, %d examples, %.0f examples/s, about %.0f s left", i, n_batches, done, rate,
+                     (n_batches - i) * (now - t1) / i)
+            t_log = now
         batch = next(it)
         ranks = ranks_of(batch)
         keep = batch.valid.cpu()
@@ -323,6 +334,7 @@ def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: Seg
         metric.update(ranks[keep], member[keep], catalog)
         if sampler is not None:
             sampler.add(batch, member, keep)
+        done += int(keep.sum())
         parts["user"].append(batch.user.cpu()[keep])
         parts["cutoff"].append(batch.cutoff.cpu()[keep])
         parts["rank"].append(ranks[keep])
