@@ -14,13 +14,38 @@ Examples::
 """
 
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torchx.specs as specs
 from torchx.components.dist import ddp
 
 #: Image for container schedulers (Kubernetes); how to build it: docs/launching.md ("Image").
 DEFAULT_IMAGE = "ghcr.io/your-org/hytrec_torchrec:latest"
+
+
+#: what a replica (one node of ``-j NxM``) asks for when ``--cpu`` / ``--memMB`` are not given:
+#: per GPU on a GPU job (an 8-GPU node gets 80 CPUs and 800 GB, which fits the usual 96-CPU,
+#: 1-2 TB nodes), per process on a CPU job
+CPU_PER_GPU, MEM_MB_PER_GPU = 10, 100_000
+CPU_PER_PROC, MEM_MB_PER_PROC = 2, 8_192
+
+
+def resources(j: str, cpu: Optional[int], gpu: int, memMB: Optional[int]) -> Tuple[int, int]:
+    """``(cpu, memMB)`` per replica: the given values, else the defaults above. (The torchx CLI
+    passes an ``Optional[int]`` argument as a string: it is converted here.)"""
+    procs = int(j.split("x")[-1])
+    cpu = None if cpu in (None, "") else int(cpu)
+    memMB = None if memMB in (None, "") else int(memMB)
+    if cpu is None:
+        cpu = CPU_PER_GPU * gpu if gpu > 0 else CPU_PER_PROC * procs
+    if memMB is None:
+        memMB = MEM_MB_PER_GPU * gpu if gpu > 0 else MEM_MB_PER_PROC * procs
+    return cpu, memMB
+
+
+def _sized(j: str, cpu: Optional[int], gpu: int, memMB: Optional[int]) -> Dict[str, int]:
+    c, m = resources(j, cpu, gpu, memMB)
+    return {"cpu": c, "memMB": m}
 
 
 def _named_role(app: specs.AppDef, role: str) -> specs.AppDef:
@@ -34,9 +59,9 @@ def train(
     *overrides: str,
     config: str = "configs/demo.yaml",
     j: str = "1x2",
-    cpu: int = 1,
+    cpu: Optional[int] = None,
     gpu: int = 0,
-    memMB: int = 4096,
+    memMB: Optional[int] = None,
     h: Optional[str] = None,
     name: str = "hytrec-train",
     max_retries: int = 0,
@@ -53,9 +78,9 @@ def train(
         overrides: dotted ``key=value`` config overrides, e.g. ``train.max_steps=50``
         config: YAML job config
         j: ``NxM``: nodes × processes per node (``1x2`` = two local ranks)
-        cpu: CPUs per replica
+        cpu: CPUs per replica (one node); default 10 per GPU, or 2 per process on CPU
         gpu: GPUs per replica (0 on CPU machines; nccl is chosen when CUDA is present)
-        memMB: memory per replica in MB
+        memMB: memory per replica in MB; default 100,000 per GPU, or 8,192 per process on CPU
         h: a registered named resource (overrides cpu/gpu/memMB)
         name: job name
         max_retries: restarts of the whole job on failure (resuming from the last checkpoint)
@@ -69,7 +94,7 @@ def train(
     app = ddp(
         "--config", config, *overrides,
         m="hytrec_torchrec.training.cli",
-        j=j, cpu=cpu, gpu=gpu, memMB=memMB, h=h, name=name,
+        j=j, gpu=gpu, h=h, name=name, **_sized(j, cpu, gpu, memMB),
         max_retries=max_retries, rdzv_port=rdzv_port, env=env, image=image, mounts=mounts,
     )
     return _named_role(app, "train")
@@ -83,8 +108,8 @@ def export(
     max_tokens_per_pass: Optional[int] = None,
     overwrite: bool = False,
     j: str = "1x1",
-    cpu: int = 1,
-    memMB: int = 8192,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
     h: Optional[str] = None,
     name: str = "hytrec-export",
     env: Optional[Dict[str, str]] = None,
@@ -106,8 +131,9 @@ def export(
             0: the whole batch in one pass)
         overwrite: replace an earlier export in ``out`` (``--overwrite True``)
         j: ``NxM``: keep ``1x1`` (export runs on one process)
-        cpu: CPUs per replica
-        memMB: memory per replica in MB (the whole model is gathered in memory)
+        cpu: CPUs per replica (one node); default 10 per GPU, or 2 per process on CPU
+        memMB: memory per replica in MB (the whole model is gathered in memory); default 100,000
+            per GPU, or 8,192 per process on CPU
         h: a registered named resource (overrides cpu/memMB)
         name: job name
         env: extra environment variables
@@ -126,7 +152,7 @@ def export(
     app = ddp(
         *args,
         m="hytrec_torchrec.serving.cli",
-        j=j, cpu=cpu, memMB=memMB, h=h, name=name, env=env, image=image, mounts=mounts,
+        j=j, h=h, name=name, **_sized(j, cpu, 0, memMB), env=env, image=image, mounts=mounts,
     )
     return _named_role(app, "export")
 
@@ -140,9 +166,9 @@ def evaluate(
     config: Optional[str] = None,
     names: Optional[str] = None,
     j: str = "1x2",
-    cpu: int = 1,
+    cpu: Optional[int] = None,
     gpu: int = 0,
-    memMB: int = 4096,
+    memMB: Optional[int] = None,
     h: Optional[str] = None,
     name: str = "hytrec-eval",
     rdzv_port: int = 29500,
@@ -166,9 +192,9 @@ def evaluate(
         config: YAML evaluation config (``configs/eval/default.yaml``)
         names: display names, comma-separated, checkpoints first, then models (default: directory names)
         j: ``NxM``: nodes × processes per node
-        cpu: CPUs per replica
+        cpu: CPUs per replica (one node); default 10 per GPU, or 2 per process on CPU
         gpu: GPUs per replica
-        memMB: memory per replica in MB
+        memMB: memory per replica in MB; default 100,000 per GPU, or 8,192 per process on CPU
         h: a registered named resource (overrides cpu/gpu/memMB)
         name: job name
         rdzv_port: rendezvous port on the first node
@@ -189,7 +215,7 @@ def evaluate(
     app = ddp(
         *args, *overrides,
         m="hytrec_torchrec.evaluation.cli",
-        j=j, cpu=cpu, gpu=gpu, memMB=memMB, h=h, name=name, rdzv_port=rdzv_port,
+        j=j, gpu=gpu, h=h, name=name, **_sized(j, cpu, gpu, memMB), rdzv_port=rdzv_port,
         env=env, image=image, mounts=mounts,
     )
     return _named_role(app, "evaluate")
@@ -201,8 +227,8 @@ def prepare(
     output: str,
     config: Optional[str] = None,
     j: str = "1x1",
-    cpu: int = 1,
-    memMB: int = 4096,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
     h: Optional[str] = None,
     name: str = "hytrec-prepare",
     env: Optional[Dict[str, str]] = None,
@@ -219,8 +245,8 @@ def prepare(
         output: prepared dataset directory
         config: YAML prep config
         j: ``NxM`` shards: nodes × processes per node
-        cpu: CPUs per replica
-        memMB: memory per replica in MB
+        cpu: CPUs per replica (one node); default 10 per GPU, or 2 per process on CPU
+        memMB: memory per replica in MB; default 100,000 per GPU, or 8,192 per process on CPU
         h: a registered named resource
         name: job name
         env: extra environment variables
@@ -231,6 +257,6 @@ def prepare(
     app = ddp(
         *args, *overrides,
         m="data_prep.cli",
-        j=j, cpu=cpu, memMB=memMB, h=h, name=name, env=env,
+        j=j, h=h, name=name, **_sized(j, cpu, 0, memMB), env=env,
     )
     return _named_role(app, "prepare")

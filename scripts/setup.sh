@@ -6,13 +6,26 @@
 #   HYTREC_VENV=/path bash scripts/setup.sh
 #   HYTREC_TORCH_INDEX=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
 #       (where torch==2.13.0 is not on your default index as a CPU wheel)
+#   HYTREC_FLAVOR=cuda bash scripts/setup.sh
+#       (GPU machines and the CUDA image: torch from PyTorch's CUDA index and fbgemm-gpu 1.8.0, the
+#        CUDA build, instead of fbgemm-gpu-cpu; torchrec still --no-deps)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${HYTREC_VENV:-$here/.venv}"
 python="${PYTHON:-python3}"
 req="$here/requirements-cpu.txt"
+flavor="${HYTREC_FLAVOR:-cpu}"
+case "$flavor" in
+    cpu) ;;
+    cuda)  # the same pins with the CUDA fbgemm-gpu; torch's CUDA wheels from PyTorch's index
+        cuda_req="$(mktemp)"
+        sed 's/^fbgemm-gpu-cpu==/fbgemm-gpu==/' "$req" > "$cuda_req"
+        req="$cuda_req"
+        HYTREC_TORCH_INDEX="${HYTREC_TORCH_INDEX:-https://download.pytorch.org/whl/cu128}" ;;
+    *) echo "[setup] HYTREC_FLAVOR must be cpu or cuda, not '$flavor'" >&2; exit 2 ;;
+esac
 stamp="$venv/.hytrec-setup-stamp"
-want="$(cat "$req" "$here/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+want="$( (cat "$req" "$here/pyproject.toml"; echo "$flavor") | sha256sum | cut -d' ' -f1)"
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import torchrec, fbgemm_gpu, hytrec_torchrec" 2>/dev/null; then
     echo "[setup] $venv is up to date"
@@ -27,18 +40,20 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 extra=()
 if [ -n "${HYTREC_TORCH_INDEX:-}" ]; then extra=(--extra-index-url "$HYTREC_TORCH_INDEX"); fi
 
-echo "[setup] installing pinned CPU stack (torch 2.13.0, fbgemm-gpu-cpu 1.8.0, torchx 0.7.0, ...)"
+echo "[setup] installing the pinned $flavor stack (torch 2.13.0, fbgemm-gpu 1.8.0 ($flavor build), torchx 0.7.0, ...)"
 "${pip[@]}" install "${extra[@]}" -r "$req"
 echo "[setup] installing torchrec 1.8.0 with --no-deps (avoids the CUDA fbgemm-gpu)"
 "${pip[@]}" install --no-deps torchrec==1.8.0
 echo "[setup] installing hytrec_torchrec (editable, --no-deps)"
 "${pip[@]}" install --no-deps --no-build-isolation -e "$here"
 
-# Fail loudly if something pulled the CUDA build over the CPU one.
-"$venv/bin/python" - <<'PY'
+# Fail loudly if something pulled the other fbgemm-gpu build over the wanted one.
+HYTREC_FLAVOR="$flavor" "$venv/bin/python" - <<'PY'
 import importlib.metadata as md
+import os
 names = {d.metadata["Name"].lower() for d in md.distributions()}
-assert "fbgemm-gpu" not in names, "CUDA fbgemm-gpu got installed; remove it and rerun setup"
+other = "fbgemm-gpu" if os.environ["HYTREC_FLAVOR"] == "cpu" else "fbgemm-gpu-cpu"
+assert other not in names, f"{other} got installed beside the wanted build; remove it and rerun setup"
 import torch, fbgemm_gpu, torchrec  # noqa: F401
 torch.ops.fbgemm.asynchronous_complete_cumsum(torch.tensor([1, 2]))
 print(f"[setup] ok: torch {torch.__version__}, torchrec {torchrec.__version__}")

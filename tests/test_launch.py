@@ -101,3 +101,57 @@ def test_demo_script_removes_only_a_folder_it_made(tmp_path: Path) -> None:
         assert needle in res.stderr, res.stderr
     assert (mine / "thesis.tex").read_text() == "years of work" and (mine / "train").is_dir()
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def _cluster_commands() -> list[tuple[str, list[str]]]:
+    """Every ``torchx run ... -s slurm|kubernetes`` command of README.md and docs/launching.md
+    (continuation lines joined), as ``(file, argv)``."""
+    import re
+    import shlex
+
+    found = []
+    for doc in ("README.md", "docs/launching.md"):
+        text = (ROOT / doc).read_text()
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+            for cmd in re.sub(r"\\\n\s*", " ", block).splitlines():
+                cmd = cmd.split(" #")[0].strip()
+                if cmd.startswith("torchx run") and re.search(r"-s (slurm|kubernetes)", cmd):
+                    found.append((doc, shlex.split(cmd)))
+    return found
+
+
+def test_the_docs_cluster_commands_render_as_written() -> None:
+    """Each cluster command of the README and docs/launching.md, as written (with ``--dryrun`` put
+    where the docs say it goes, right after ``torchx run``) and the repository's .torchxconfig,
+    renders a request: it used to fail on the slurm job_dir and without --workspace "" on docker."""
+    commands = _cluster_commands()
+    assert {d for d, _ in commands} == {"README.md", "docs/launching.md"} and len(commands) >= 4
+    for doc, argv in commands:
+        args = argv[2:] if "--dryrun" in argv else ["--dryrun", *argv[2:]]
+        args = [a if a != "YOUR_IMAGE" else "registry.example/hytrec:cuda" for a in args]
+        res = _torchx("run", *args, timeout=120)
+        assert res.returncode == 0, (doc, argv, res.stderr[-3000:])
+        assert "hytrec_torchrec.training.cli" in res.stdout, (doc, argv)
+
+
+def test_gpu_nodes_ask_for_a_node_not_a_laptop() -> None:
+    """Without --cpu/--memMB a GPU job's node asks for 10 CPUs and 100 GB per GPU (it asked for 1 CPU
+    and 4 GB per 8-GPU node); given values win; CPU jobs scale with the processes per node."""
+    import launch.components as components
+
+    assert components.train(j="2x8", gpu=8).roles[0].resource.cpu == 80
+    assert components.train(j="2x8", gpu=8).roles[0].resource.memMB == 800_000
+    assert components.train(j="2x8", gpu=8, cpu=64, memMB=480_000).roles[0].resource.memMB == 480_000
+    assert components.evaluate(checkpoint="c", data="d", out="o", j="1x4").roles[0].resource.cpu == 8
+    assert components.export(checkpoint="c", out="o").roles[0].resource.memMB == 8_192
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    """Docker cannot run on CI machines: the Dockerfile is linted, and it must install the stack with
+    the setup script (flavour as a build argument) and carry the configs."""
+    res = subprocess.run([str(Path(sys.executable).parent / "hadolint"), "--failure-threshold", "warning",
+                          str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = (ROOT / "Dockerfile").read_text()
+    assert "ARG FLAVOR=cpu" in text and 'HYTREC_FLAVOR="${FLAVOR}"' in text and "bash scripts/setup.sh" in text
+    assert "COPY configs configs/" in text and "WORKDIR /opt/hytrec" in text
