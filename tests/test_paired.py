@@ -98,8 +98,10 @@ def test_ranks_file_round_trip_and_cli(tmp_path: Path, capsys: pytest.CaptureFix
     for c in t3:
         np.testing.assert_array_equal(back["m3"][c], t3[c])
     out = tmp_path / "cmp.json"
-    rc = main([str(tmp_path / "one"), f"{tmp_path / 'two'}:m3", "--metrics", "hr@10", "mrr", "--json", str(out)])
+    rc = main([str(tmp_path / "one"), f"{tmp_path / 'two'}:m3", "--metrics", "hr@10", "mrr", "--json", str(out),
+               "--plot", str(tmp_path / "cmp.png")])
     assert rc == 0
+    assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"  # the side-by-side picture
     text = capsys.readouterr().out
     assert "| m3 |" in text and "| m2 |" not in text and "Paired differences against `base`" in text
     rows = json.loads(out.read_text())

@@ -200,6 +200,36 @@ def markdown(rows: Sequence[Dict[str, object]], metrics: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_differences(rows: Sequence[Dict[str, object]], metrics: Sequence[str], path: str | Path) -> Path:
+    """PNG: one panel per metric, a bar per model with its paired difference from the baseline and
+    ±1.96 paired standard errors (a bar whose whiskers cross 0 is not a significant difference)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paired = [r for r in rows if "error" not in r]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(3.2, 1.1 * len(paired) + 1.6) * len(metrics), 3.8),
+                             squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        diffs = [float(r[m]["diff"]) for r in paired]  # type: ignore[index]
+        errs = [1.96 * float(r[m]["se"]) for r in paired]  # type: ignore[index]
+        x = list(range(len(paired)))
+        colours = ["tab:green" if d - e > 0 else "tab:red" if d + e < 0 else "0.6" for d, e in zip(diffs, errs)]
+        ax.bar(x, diffs, yerr=errs, capsize=4, color=colours)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(r["model"]) for r in paired], rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{m}: model − {paired[0]['baseline'] if paired else 'baseline'}", fontsize=9)
+        ax.set_ylabel("paired difference (±1.96 SE)")
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def _load_arg(arg: str) -> List[Tuple[str, Dict[str, np.ndarray]]]:
     """``DIR`` (every model in DIR/ranks.parquet) or ``DIR:MODEL`` (one)."""
     directory, model = arg, None
@@ -223,6 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="per-example metrics to compare: hr@K, ndcg@K (K any cutoff), mrr "
                              "(default: %(default)s)")
     parser.add_argument("--json", help="also write the comparison as JSON to this file")
+    parser.add_argument("--plot", help="also draw the differences with ±1.96 SE into this PNG")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error (also HYTREC_DEBUG=1)")
     args = parser.parse_args(argv)
     if args.debug:
@@ -244,6 +275,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(markdown(rows, args.metrics), end="")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.plot:
+        plot_differences(rows, args.metrics, args.plot)
     return 0
 
 
