@@ -92,6 +92,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     except (PrepInputError, ConfigError) as exc:
         return report("hytrec-prep", exc, 2, prefix="error: ")
+    except OSError as exc:  # an output path that is a file, under a file, or not writable
+        return report("hytrec-prep", exc, 2, prefix="error: ")
     except Exception as exc:  # noqa: BLE001 - one line unless --debug (hytrec_torchrec/cli.py)
         return internal_error("hytrec-prep", exc)
 

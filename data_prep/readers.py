@@ -6,7 +6,8 @@ Input files are resolved and sorted by path (that order, then row order within a
 canonical columns
 
 ==============  ==========================================================================
-user_id         int64 if the column is an integer in every file, else string
+user_id         int64 if the column is an integer (not uint64) in every file, else string (uint64
+                IDs, which may exceed 2^63 - 1, are read as their decimal strings)
 item_id         same rule
 timestamp       int64 seconds since the epoch
 behavior        string or dictionary<string> (null -> ``click``, counted)
@@ -178,9 +179,9 @@ def plan_inputs(spec: str, cfg: PrepConfig, tables: Optional[list[Source]] = Non
             t = s.schema.field(file_names[c]).type
             if pa.types.is_dictionary(t):
                 t = t.value_type
-            if pa.types.is_integer(t):
+            if pa.types.is_integer(t) and t != pa.uint64():
                 continue
-            if pa.types.is_string(t) or pa.types.is_large_string(t):
+            if pa.types.is_string(t) or t == pa.uint64():  # uint64 may exceed int64: kept exact as strings or pa.types.is_large_string(t):
                 all_int = False
                 continue
             raise PrepInputError(

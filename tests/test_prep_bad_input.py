@@ -337,3 +337,26 @@ def test_prep_reports_its_progress(tmp_path: Path, capsys: pytest.CaptureFixture
     out, err = capsys.readouterr()
     assert "hytrec-prep: pass 1: 30 valid rows read and spilled in" in err and "rows/s" in err
     assert "hytrec-prep: pass 2: partition 1/3" in err and "hytrec-prep" not in out
+
+
+def test_uint64_ids_above_int64_are_kept_exact(tmp_path: Path) -> None:
+    """uint64 ID columns are read as decimal strings (a value above 2^63 - 1 used to stop prep with
+    an ArrowInvalid traceback); the vocabulary keeps the exact value."""
+    big = 2**63 + 5
+    t = pa.table({"user_id": pa.array([7, 7, 7, big, big, big], pa.uint64()),
+                  "item_id": pa.array([1, 2, big, 1, 2, 3], pa.uint64()),
+                  "timestamp": pa.array([1_700_000_000 + i for i in range(6)], pa.int64())})
+    pq.write_table(t, tmp_path / "in.parquet")
+    assert _prep([str(tmp_path / "in.parquet"), str(tmp_path / "out"), "min_time=0",
+                  "filters.min_user_events=1"]) == 0
+    raw = pq.read_table(tmp_path / "out" / "vocab" / "item.parquet").column("raw").to_pylist()
+    assert str(big) in [str(r) for r in raw]
+
+
+def test_an_output_path_under_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pq.write_table(_good(), tmp_path / "in.parquet")
+    (tmp_path / "afile").write_text("x")
+    assert _prep([str(tmp_path / "in.parquet"), str(tmp_path / "afile" / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("hytrec-prep: error:") and "afile" in err
+    assert (tmp_path / "afile").read_text() == "x"
