@@ -34,6 +34,7 @@ from data_prep.sequences import FILTER_NAMES, DenseEvents, FilterCounts, build_s
 from data_prep.spill import SpillResult, spill_batches, spill_path
 from data_prep.vocab import FUNNEL, Vocab, behavior_vocab, build_vocab, empty_vocab, load_vocab
 from hytrec_torchrec.config import to_dict
+from hytrec_torchrec.files import remove_entries
 
 __all__ = ["prepare", "plan_partitions", "check_output_apart", "clear_prepared", "MARKER", "SCHEMA_VERSION",
            "HASH_DOC", "TABLES"]
@@ -152,12 +153,7 @@ def clear_prepared(out: Path) -> None:
         raise PrepInputError(f"{out}: --overwrite refused: the folder holds entries hytrec-prep did not write "
                              f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); move them or "
                              "choose another output folder")
-    for name in sorted(names):
-        target = out / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
+    remove_entries(out, names)
 
 
 #: seconds between progress lines of the sequence pass (stderr)

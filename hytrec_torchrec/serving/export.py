@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from hytrec_torchrec.files import file_sha256
 from hytrec_torchrec.serving.idmap import Vocab
 from hytrec_torchrec.serving.module import DEFAULT_MAX_TOKENS_PER_PASS, HyTRecServing
 
@@ -222,14 +222,6 @@ def try_torch_export(serving: HyTRecServing, request: Tuple[Any, ...], path: Pat
         return {"ok": False, "file": None, "error": msg[:1500]}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 #: what an export directory holds; ``--overwrite`` replaces these and nothing else.
 EXPORT_ENTRIES = ("model.pt", "model.pt2", "model_card.json", "vocab")
 
@@ -343,7 +335,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
     }
     extra = {"model_card.json": json.dumps(card)}
     torch.jit.save(scripted, str(out / "model.pt"), _extra_files=extra)
-    card["files"]["model_sha256"] = _sha256(out / "model.pt")
+    card["files"]["model_sha256"] = file_sha256(out / "model.pt")
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
     _publish(out, final)
     log.info("exported %s -> %s (%s tables)", state["path"], final, card["tables"]["storage"])

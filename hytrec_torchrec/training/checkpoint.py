@@ -28,7 +28,6 @@ before manifests existed have none and load unverified.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from hytrec_torchrec.files import file_sha256
 from hytrec_torchrec.training.safe_load import SafeFileSystemReader, read_index
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "read_train_state", "verify_checkpoint",
@@ -89,18 +89,10 @@ def checkpoint_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(ckpt: Path) -> None:
     """Write ``ckpt/manifest.json``: ``{"files": {name: {"size": bytes, "sha256": hex}}}`` for every
     regular file in ``ckpt`` (the manifest itself excluded)."""
-    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+    files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
              for p in sorted(ckpt.iterdir()) if p.is_file() and p.name != MANIFEST}
     _write_atomic(ckpt / MANIFEST, json.dumps({"version": 1, "files": files}, indent=1, sort_keys=True))
 
@@ -129,7 +121,7 @@ def verify_checkpoint(path: str | Path) -> None:
         if size != want["size"]:
             raise DamagedCheckpointError(f"{path}: {name} has {size} bytes, the manifest says {want['size']} "
                                          "(truncated or overwritten)")
-        if _sha256(f) != want["sha256"]:
+        if file_sha256(f) != want["sha256"]:
             raise DamagedCheckpointError(f"{path}: {name} does not match its SHA-256 in the manifest (altered)")
 
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 from pathlib import Path
 from typing import IO, Any, Optional
 
 import torch.distributed as dist
 
 from hytrec_torchrec.config import ConfigError
+from hytrec_torchrec.files import remove_entries
 
 __all__ = ["LOCK_NAME", "RUN_ENTRIES", "claim_run_dir"]
 
@@ -62,12 +62,7 @@ def _check_earlier_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if foreign:
         raise ConfigError(f"run.dir {run_dir}: --overwrite refused: it holds entries a training run did not "
                           f"write ({', '.join(foreign[:5])}); move them or choose another run.dir")
-    for name in sorted(names):
-        target = run_dir / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
+    remove_entries(run_dir, names)
 
 
 def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: bool) -> Optional[IO[str]]:
