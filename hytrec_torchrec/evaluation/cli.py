@@ -60,13 +60,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.name and len(args.name) != n_models:
         parser.error(f"--name given {len(args.name)} times for {n_models} --checkpoint/--model")
 
-    if require_stack("hytrec-eval"):
-        return 2
     from hytrec_torchrec.training.cli import quiet_library_noise
 
     quiet_library_noise()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("hytrec").setLevel(logging.INFO)
+    # after the logging setup: importing torchrec configures the root logger when none is
+    if require_stack("hytrec-eval"):
+        return 2
     from hytrec_torchrec.evaluation.evaluate import (
         ExportedModelError,
         NoEligibleUsersError,

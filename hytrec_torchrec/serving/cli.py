@@ -48,13 +48,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         enable_debug()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    if require_stack("hytrec-export"):
-        return 2
     from hytrec_torchrec.training.cli import quiet_library_noise
 
     quiet_library_noise()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("hytrec").setLevel(logging.INFO)
+    # after the logging setup: importing torchrec configures the root logger when none is
+    if require_stack("hytrec-export"):
+        return 2
     from hytrec_torchrec.config import ConfigError
     from hytrec_torchrec.serving.export import ExportError, export_checkpoint
     from hytrec_torchrec.training.checkpoint import DamagedCheckpointError

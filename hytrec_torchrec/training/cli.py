@@ -53,11 +53,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         enable_debug()
     if args.overwrite:
         args.overrides = list(args.overrides) + ["run.overwrite=true"]
-    if require_stack("hytrec-train"):
-        return 2
     quiet_library_noise()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("hytrec").setLevel(logging.INFO)
+    # after the logging setup: importing torchrec configures the root logger when none is
+    if require_stack("hytrec-train"):
+        return 2
     from hytrec_torchrec.data.reader import DatasetFormatError
     from hytrec_torchrec.training.checkpoint import DamagedCheckpointError
     from hytrec_torchrec.training.config import load_job_config
