@@ -20,6 +20,7 @@ def write_curves(path: str | Path, loss_log: Sequence[Sequence[float]], history:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     if loss_log:
@@ -37,6 +38,8 @@ def write_curves(path: str | Path, loss_log: Sequence[Sequence[float]], history:
         right.legend(fontsize=8)
     else:
         right.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=right.transAxes)
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
