@@ -44,7 +44,8 @@ sasrec4_tb4020 configs/ml1m_sasrec_tb.yaml model.long_pattern=SSSS $long4020 tra
 hytrec_sl3     configs/ml1m_tb.yaml model.short_layers=3 $long4020 train.checkpoint_every=335 train.keep_last=20
 hytrec_sl4     configs/ml1m_tb.yaml model.short_layers=4 train.checkpoint_every=335 train.keep_last=10
 mem200         configs/ml1m_tb.yaml $memory $ep10_200 data.max_len=200
-memfull        configs/ml1m_tb.yaml $memory $ep10_2048 data.max_len=2048 model.repeat_rows=512"
+memfull        configs/ml1m_tb.yaml $memory $ep10_2048 data.max_len=2048 model.repeat_rows=512
+mem200_norep   configs/ml1m_tb.yaml $memory model.repeat=false $ep10_200 data.max_len=200"
 
 names() { awk '{print $1}' <<< "$recipes"; }
 
