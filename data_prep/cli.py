@@ -50,9 +50,8 @@ def _summary(meta: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point; returns the exit status (2 for bad input or config, 1 for an internal error;
-    one line each, the traceback with ``--debug`` or ``HYTREC_DEBUG=1``)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used by the docs-commands test to check documented commands)."""
     ap = argparse.ArgumentParser(prog="hytrec-prep", description="Raw behaviour events -> prepared training data.")
     ap.add_argument("args", nargs="+", help="INPUT OUTPUT [key=value ...], or with --merge: OUTPUT [SHARD_OUTPUT ...]")
     ap.add_argument("--config", help="YAML PrepConfig (configs/prep/*.yaml)")
@@ -60,6 +59,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace an existing (unsharded) output directory")
     ap.add_argument("--merge", action="store_true", help="merge shard outputs into OUTPUT/vocab and OUTPUT/meta.json")
     ap.add_argument("--debug", action="store_true", help="print the traceback of an error (also HYTREC_DEBUG=1)")
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit status (2 for bad input or config, 1 for an internal error;
+    one line each, the traceback with ``--debug`` or ``HYTREC_DEBUG=1``)."""
+    ap = build_parser()
     ns = ap.parse_intermixed_args(argv)
     if ns.debug:
         enable_debug()

@@ -31,7 +31,8 @@ from hytrec_torchrec.cli import enable_debug, internal_error, plain, report, req
 from hytrec_torchrec.config import ConfigError
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used by the docs-commands test to check documented commands)."""
     parser = argparse.ArgumentParser(prog="hytrec-eval", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", default=[],
@@ -49,6 +50,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "training data gone); the report says so")
     parser.add_argument("--debug", action="store_true",
                         help="print the traceback of an error (also HYTREC_DEBUG=1)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.debug:
         enable_debug()

@@ -243,7 +243,8 @@ def _load_arg(arg: str) -> List[Tuple[str, Dict[str, np.ndarray]]]:
     return [(model, tables[model])]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used by the docs-commands test to check documented commands)."""
     parser = argparse.ArgumentParser(
         prog="hytrec-compare", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Paired differences between models evaluated by hytrec-eval on the same examples "
@@ -255,6 +256,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", help="also write the comparison as JSON to this file")
     parser.add_argument("--plot", help="also draw the differences with ±1.96 SE into this PNG")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error (also HYTREC_DEBUG=1)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.debug:
         enable_debug()

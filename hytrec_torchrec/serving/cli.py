@@ -24,9 +24,8 @@ from hytrec_torchrec.serving import DEFAULT_MAX_TOKENS_PER_PASS
 __all__ = ["main"]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point; returns the exit status (0 ok, 1 internal error, 2 bad input; one line,
-    the traceback with ``--debug`` or ``HYTREC_DEBUG=1``)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used by the docs-commands test to check documented commands)."""
     parser = argparse.ArgumentParser(prog="hytrec-export", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
@@ -43,6 +42,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="history events per tower pass when serving a batch (default "
                              "%(default)s; 0 = the whole batch in one pass)")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error (also HYTREC_DEBUG=1)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point; returns the exit status (0 ok, 1 internal error, 2 bad input; one line,
+    the traceback with ``--debug`` or ``HYTREC_DEBUG=1``)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.debug:
         enable_debug()

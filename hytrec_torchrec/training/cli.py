@@ -39,7 +39,8 @@ def quiet_library_noise() -> None:
         logging.getLogger(name).setLevel(getattr(logging, level, logging.WARNING))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used by the docs-commands test to check documented commands)."""
     parser = argparse.ArgumentParser(prog="hytrec-train", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML job config (configs/*.yaml)")
@@ -48,6 +49,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="with train.resume=false, clear an earlier run's outputs from run.dir (run.overwrite=true)")
     parser.add_argument("--debug", action="store_true",
                         help="print the traceback of an error (also HYTREC_DEBUG=1)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.debug:
         enable_debug()
