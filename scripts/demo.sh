@@ -57,5 +57,5 @@ echo "== 7/7 serve: torch-only process answering requests with $out/export/model
 python examples/serve.py --model-dir "$out/export" --num 3 --k 5 --check-torch-only
 
 echo
-echo "done: $out/train (sharding plan, checkpoints, TensorBoard, summary.json),"
-echo "      $out/eval (metrics.json, report.md, plots), $out/export (model.pt, model_card.json)"
+echo "done: $out/train (sharding plan, checkpoints, TensorBoard, summary.json, curves.png),"
+echo "      $out/eval (metrics.json, report.md, length_buckets.png), $out/export (model.pt, model_card.json)"
