@@ -44,11 +44,13 @@ echo "== 4/7 train: torchx run -s local_cwd launch/components.py:train -j 1x2"
 torchx run -s local_cwd launch/components.py:train --config configs/demo.yaml -j 1x2 \
     "run.dir=$out/train" "data.path=$out/prepared" 2> >(grep -vE "$quiet" >&2)
 cat "$out/train/summary.json"; echo
+[ -s "$out/train/curves.png" ] || { echo "demo: no $out/train/curves.png" >&2; exit 1; }
 
 echo "== 5/7 evaluate: torchx run -s local_cwd launch/components.py:evaluate -j 1x2"
 torchx run -s local_cwd launch/components.py:evaluate --checkpoint "$out/train" \
     --data "$out/prepared" --out "$out/eval" -j 1x2 2> >(grep -vE "$quiet" >&2)
 cat "$out/eval/report.md"
+[ -s "$out/eval/length_buckets.png" ] || { echo "demo: no $out/eval/length_buckets.png" >&2; exit 1; }
 
 echo "== 6/7 export: hytrec-export -> $out/export (TorchScript, vocabularies, model card)"
 hytrec-export --checkpoint "$out/train" --out "$out/export" 2> >(grep -vE "$quiet" >&2)
