@@ -15,7 +15,8 @@ import re
 import sys
 import traceback
 
-__all__ = ["DEBUG_ENV", "debug_enabled", "enable_debug", "report", "internal_error", "plain", "require_stack"]
+__all__ = ["DEBUG_ENV", "debug_enabled", "enable_debug", "report", "internal_error", "plain", "require_stack",
+           "first_line"]
 
 DEBUG_ENV = "HYTREC_DEBUG"
 
@@ -29,7 +30,8 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of the exception's message, or its type name when the message is empty."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -39,7 +41,7 @@ def report(prog: str, exc: BaseException, code: int, prefix: str = "") -> int:
     return ``code``."""
     if debug_enabled():
         traceback.print_exception(exc, file=sys.stderr)
-    print(f"{prog}: {prefix}{_first_line(exc)}", file=sys.stderr, flush=True)
+    print(f"{prog}: {prefix}{first_line(exc)}", file=sys.stderr, flush=True)
     return code
 
 
@@ -56,8 +58,8 @@ def internal_error(prog: str, exc: BaseException) -> int:
                                           "README 'Install': pip install . leaves out torchrec and fbgemm-gpu): ")
     if debug_enabled():
         raise exc
-    return report(prog, exc, 1, prefix=f"internal error: {type(exc).__name__}: ") if str(exc).strip() else \
-        report(prog, exc, 1, prefix="internal error: ")
+    named = f"{type(exc).__name__}: " if str(exc).strip() else ""  # an empty message prints the type alone
+    return report(prog, exc, 1, prefix=f"internal error: {named}")
 
 
 def require_stack(prog: str) -> int:

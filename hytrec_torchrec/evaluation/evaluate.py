@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from hytrec_torchrec.cli import first_line
 from hytrec_torchrec.config import ConfigError, check_choice, check_range, load_config
 from hytrec_torchrec.evaluation.diagnostics import (DiagnosticsConfig, ExampleSampler, checkpoint_access,
                                                     collect_diagnostics, exported_access)
@@ -525,9 +526,8 @@ def evaluate_exported(
         model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         card = json.loads(extra["model_card.json"])
     except (RuntimeError, ValueError) as exc:  # a zip reader or JSON error: cut short or not an export
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportedModelError(f"{path}: not a readable hytrec-export model (truncated or another file?): "
-                                 f"{first}") from None
+                                 f"{first_line(exc)}") from None
     model.eval()
     spaces = check_exported_vocab(path, card, data_path)
     env = env or init_distributed("auto", "cpu")

@@ -114,6 +114,7 @@ class HyTRecServing(nn.Module):
     max_len: Final[int]
     num_items: Final[int]
     max_tokens_per_pass: Final[int]
+    max_seconds: Final[int]  # MAX_SECONDS (TorchScript reads no module-level int)
 
     def __init__(self, tower: HyTRecTower, weights: Dict[str, torch.Tensor], vocabs: Dict[str, Vocab],
                  features: List[str], max_len: int, int8: bool = False,
@@ -123,6 +124,7 @@ class HyTRecServing(nn.Module):
         if max_tokens_per_pass < 0:
             raise ValueError(f"max_tokens_per_pass must be >= 0, got {max_tokens_per_pass}")
         self.max_tokens_per_pass = int(max_tokens_per_pass)
+        self.max_seconds = MAX_SECONDS
         names = list(dict.fromkeys(["item"] + list(features)))
         self.inputs = nn.ModuleDict({f: FeatureInput(vocabs[f], weights[f], int8) for f in names})
         self.tower = tower.eval()
@@ -184,7 +186,7 @@ class HyTRecServing(nn.Module):
                              + str(ref.numel()) + " requests")
         if ref.numel() == 0:
             raise ValueError("empty request batch: B = 0 (lengths['timestamp'] has no entries)")
-        limit = 1 << 40  # MAX_SECONDS (TorchScript reads no module-level int)
+        limit = self.max_seconds
         for name, t in (("request_time", request_time), ("values['timestamp']", values["timestamp"])):
             if t.numel() > 0 and (bool((t < 0).any()) or bool((t >= limit).any())):
                 bad = t[(t < 0) | (t >= limit)][0]

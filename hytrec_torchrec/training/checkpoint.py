@@ -97,8 +97,20 @@ def write_manifest(ckpt: Path) -> None:
     _write_atomic(ckpt / MANIFEST, json.dumps({"version": 1, "files": files}, indent=1, sort_keys=True))
 
 
+#: checkpoint dir -> the (name, size, mtime) of its files when this process last verified it: a
+#: resume, an evaluation or an export opens one checkpoint several times (resolve, config, load),
+#: and hashes it again only if a file changed since
+_verified: dict[str, tuple] = {}
+
+
+def _file_stats(path: Path) -> tuple:
+    return tuple((p.name, st.st_size, st.st_mtime_ns) for p in sorted(path.iterdir()) if p.is_file()
+                 for st in (p.stat(),))
+
+
 def verify_checkpoint(path: str | Path) -> None:
-    """Check a checkpoint directory against its manifest (sizes, then SHA-256 of each file).
+    """Check a checkpoint directory against its manifest (sizes, then SHA-256 of each file; the
+    hashes once per process while no file's size or modification time changes).
 
     Raises:
         DamagedCheckpointError: naming the directory and the first missing, truncated or altered
@@ -109,6 +121,10 @@ def verify_checkpoint(path: str | Path) -> None:
     man = path / MANIFEST
     if not man.is_file():
         return  # written before manifests existed: nothing to verify against
+    stats = _file_stats(path)
+    key = str(path.resolve())
+    if _verified.get(key) == stats:
+        return
     try:
         files = json.loads(man.read_text())["files"]
     except (ValueError, KeyError, TypeError) as exc:
@@ -123,6 +139,7 @@ def verify_checkpoint(path: str | Path) -> None:
                                          "(truncated or overwritten)")
         if file_sha256(f) != want["sha256"]:
             raise DamagedCheckpointError(f"{path}: {name} does not match its SHA-256 in the manifest (altered)")
+    _verified[key] = stats
 
 
 def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
