@@ -31,6 +31,9 @@ long4020="train.max_steps=4020 optim.schedule.decay_steps=2010"
 memory="model.long_pattern=TTT model.tadn.gating=gated_delta model.long_readout=intent model.long_time_inputs=true model.repeat=true"
 ep10_200="train.max_steps=670 optim.schedule.decay_steps=335 train.checkpoint_every=335 train.keep_last=4"
 ep10_2048="train.max_steps=470 optim.schedule.decay_steps=235 train.checkpoint_every=235 train.keep_last=4"
+# The same 10 epochs in batches of 16 windows per rank (32 a step): 128 windows of up to 2,048
+# ratings with the whole-catalog softmax peaked above 15 GB on rank 0.
+ep10_2048_b16="train.max_steps=1880 optim.schedule.decay_steps=940 optim.schedule.warmup_steps=400 train.checkpoint_every=470 train.keep_last=4"
 
 # One line per recipe: NAME CONFIG OVERRIDE ... (run.dir is added by the caller). Every recipe is
 # checked to load and validate by tests/test_shipped_configs.py.
@@ -45,7 +48,9 @@ hytrec_sl3     configs/ml1m_tb.yaml model.short_layers=3 $long4020 train.checkpo
 hytrec_sl4     configs/ml1m_tb.yaml model.short_layers=4 train.checkpoint_every=335 train.keep_last=10
 mem200         configs/ml1m_tb.yaml $memory $ep10_200 data.max_len=200
 memfull        configs/ml1m_tb.yaml $memory $ep10_2048 data.max_len=2048 model.repeat_rows=512
-mem200_norep   configs/ml1m_tb.yaml $memory model.repeat=false $ep10_200 data.max_len=200"
+mem200_norep   configs/ml1m_tb.yaml $memory model.repeat=false $ep10_200 data.max_len=200
+memfull_norep  configs/ml1m_tb.yaml $memory model.repeat=false $ep10_2048_b16 data.max_len=2048 data.batch_size=16
+short200       configs/ml1m_tb.yaml model.long_pattern= model.repeat=true $ep10_200 data.max_len=200"
 
 names() { awk '{print $1}' <<< "$recipes"; }
 

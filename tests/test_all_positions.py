@@ -25,8 +25,11 @@ LENGTHS = [9, 1, 0, 14, 5]
 
 
 def _cfg(**kw: object) -> TowerConfig:
+    """A small tower in the paper's form unless ``kw`` says otherwise (a ``tadn`` dict updates the base one)."""
     base: dict = dict(embedding_dim=16, features=["item"], heads=2, short_heads=2, short_len=4,
-                      tadn=dict(chunk_size=4, decay_period=3600.0), fusion=dict(num_experts=2))
+                      long_pattern="TTTS", long_readout="last", long_time_inputs=False, repeat=False,
+                      tadn=dict(chunk_size=4, decay_period=3600.0, gating="paper"), fusion=dict(num_experts=2))
+    base["tadn"] = {**base["tadn"], **kw.pop("tadn", {})}  # type: ignore[dict-item]
     base.update(kw)
     return from_dict(TowerConfig, base)
 

@@ -192,7 +192,7 @@ def test_hytrec_eval_writes_diagnostics(tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     section = report.split("## Long-history diagnostics", 1)[1].split("## Counts", 1)[0]
     assert "means the model ignores events older than the last K" in section
-    assert "| a | 4 | no | 10 |" in section and "| b | 4 | no | 10 |" in section and "| exported | 4 | no | 10 |" in section
+    assert "| a | 4 | yes | 10 |" in section and "| b | 4 | yes | 10 |" in section and "| exported | 4 | yes | 10 |" in section
     assert "retention(10)" in section and "retention(30)" in section
     # a model the diagnostics cannot open is skipped with the reason, the evaluation goes on
     from hytrec_torchrec.evaluation.diagnostics import ExampleSampler, checkpoint_access, collect_diagnostics

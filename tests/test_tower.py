@@ -18,7 +18,11 @@ T0 = 1_700_000_000
 
 
 def small_cfg(**kw) -> TowerConfig:
-    base = dict(embedding_dim=16, short_len=4, heads=2, tadn=dict(chunk_size=8, decay_period=3600.0))
+    """A small tower in the paper's form (TTTS, paper TADN, last-row readout, no repeat path) unless
+    ``kw`` says otherwise; a ``tadn`` dict in ``kw`` updates the base one."""
+    base = dict(embedding_dim=16, short_len=4, heads=2, long_pattern="TTTS", long_readout="last",
+                long_time_inputs=False, repeat=False, tadn=dict(chunk_size=8, decay_period=3600.0, gating="paper"))
+    base["tadn"] = {**base["tadn"], **kw.pop("tadn", {})}
     base.update(kw)
     return from_dict(TowerConfig, base)
 
@@ -113,7 +117,22 @@ def test_model_config_examples_build_and_train_step(path):
 
 def test_model_config_examples_cover_the_baselines():
     names = {p.stem for p in (REPO / "configs" / "model").glob("*.yaml")}
-    assert {"hytrec", "sasrec", "tadn_only", "short_only", "deltanet"} <= names
+    assert {"hytrec", "hytrec_paper", "sasrec", "tadn_only", "short_only", "deltanet"} <= names
+
+
+def test_the_default_tower_is_the_long_memory_tower_with_the_repeat_path():
+    """TowerConfig's defaults and configs/model/hytrec.yaml are the same tower; hytrec_paper.yaml is
+    the paper's form (docs/tower.md, "The default tower")."""
+    default = TowerConfig()
+    assert (default.long_pattern, default.tadn.gating, default.long_readout, default.long_time_inputs,
+            default.repeat, default.short_len) == ("TTT", "gated_delta", "intent", True, True, 64)
+    shipped = load_config(TowerConfig, REPO / "configs" / "model" / "hytrec.yaml")
+    for key in ("long_pattern", "long_readout", "long_time_inputs", "repeat", "short_len", "far_copy"):
+        assert getattr(shipped, key) == getattr(default, key), key
+    assert shipped.tadn.gating == default.tadn.gating
+    paper = load_config(TowerConfig, REPO / "configs" / "model" / "hytrec_paper.yaml")
+    assert (paper.long_pattern, paper.tadn.gating, paper.long_readout, paper.long_time_inputs, paper.repeat) == (
+        "TTTS", "paper", "last", False, False)
 
 
 @pytest.mark.parametrize(
@@ -135,7 +154,8 @@ def test_model_config_examples_cover_the_baselines():
         (dict(tadn=dict(gating="mamba")), "tadn.gating"),
         (dict(long_readout="query"), "long_readout"),
         (dict(long_readout="intent", short_len=0), "long_readout"),
-        (dict(far_copy=True, short_len=0), "far_copy"),
+        (dict(far_copy=True, short_len=0, long_readout="last"), "far_copy"),
+        (dict(short_len=0), "long_readout"),  # the default intent readout needs a short branch
     ],
 )
 def test_config_errors_name_the_key(override, key):

@@ -28,6 +28,7 @@ import sys
 from typing import Optional, Sequence
 
 from hytrec_torchrec.cli import enable_debug, internal_error, plain, report, require_stack
+from hytrec_torchrec.launcher import stop_when_launcher_exits
 from hytrec_torchrec.config import ConfigError
 
 
@@ -74,6 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # after the logging setup: importing torchrec configures the root logger when none is
     if require_stack("hytrec-eval"):
         return 2
+    stop_when_launcher_exits("hytrec-eval")  # a rank of a killed local torchx job stops too
     from hytrec_torchrec.evaluation.evaluate import (
         ExportedModelError,
         NoEligibleUsersError,

@@ -2,7 +2,11 @@
 
 Baselines are configs of the same code (examples in ``configs/model/*.yaml``):
 
-* HyTRec (default): ``long_pattern: TTTS``, ``short_len: 64``.
+* HyTRec (default): the long-memory tower, ``long_pattern: TTT`` with ``tadn.gating:
+  gated_delta``, ``long_time_inputs``, ``long_readout: intent``, the repeat path (``repeat``), and
+  ``short_len: 64`` (docs/tower.md, "The default tower").
+* HyTRec as in the paper: ``long_pattern: TTTS``, ``tadn.gating: paper``, ``long_readout: last``,
+  ``long_time_inputs: false``, ``repeat: false`` (``configs/model/hytrec_paper.yaml``).
 * SASRec-like softmax-only: ``long_pattern: SSSS`` (``short_len: 0`` = no short branch, the long
   branch then sees the whole history).
 * TADN-only: ``long_pattern: TTTT``, ``short_len: 0``.
@@ -36,7 +40,7 @@ class TADNConfig:
     chunk_size: int = 64
     impl: str = "auto"
     """auto | chunked | recurrent | gpu (gpu and auto fall back to chunked without the kernel)."""
-    gating: str = "paper"
+    gating: str = "gated_delta"
     """paper: the paper's TADN (erase g·β with the temporal gate g, write β; reads τ relative to the
     request time and the sequence mean). gated_delta: the gated delta rule with a learned decay
     driven by the gap to the previous event (:class:`~hytrec_torchrec.modules.memory.GatedDeltaMixer`;
@@ -89,16 +93,17 @@ class TowerConfig:
     L·(K−1)+1 events (the receptive field), which :meth:`HyTRecTower.forward` feeds it; the long
     branch still takes everything before the last K. L > 1 is a documented extension
     (docs/tower.md "Deeper short branch"), not part of the paper's design."""
-    long_pattern: str = "TTTS"
-    """One letter per long-branch layer: T = TADN, S = causal softmax; empty disables the branch."""
-    long_readout: str = "last"
+    long_pattern: str = "TTT"
+    """One letter per long-branch layer: T = TADN, S = causal softmax; empty disables the branch.
+    The paper's form is ``TTTS`` (3 TADN : 1 softmax)."""
+    long_readout: str = "intent"
     """How the long branch's answer is read: ``last`` (the paper's form: the final layer's output at
     the last long row, K events before the query, computed without the current intent) or
     ``intent`` (:class:`~hytrec_torchrec.modules.memory.IntentReadout`: a gated-delta memory over
     the long branch's rows, queried with the short branch's output and the time since the last
     long event; needs a short branch). With ``intent`` every long layer runs on every row, so an
     S layer in ``long_pattern`` then costs O(L²); use T layers only for linear cost."""
-    long_time_inputs: bool = False
+    long_time_inputs: bool = True
     """Add a learned embedding of the log-bucketed gap to the previous event (64 buckets) to every
     long-branch input row: time for the long layers, exact in all-position training."""
     far_copy: bool = False
@@ -108,7 +113,7 @@ class TowerConfig:
     user embedding with a learned scale, so a far item's own embedding reaches its score directly
     (:class:`~hytrec_torchrec.modules.memory.IntentReadout` with ``copy``). Needs a short branch;
     works with or without the long branch. O(L) per history, exact in all-position training."""
-    repeat: bool = False
+    repeat: bool = True
     """The repeat path (:mod:`~hytrec_torchrec.modules.repeat`): a learned score bonus for the
     items already in the history, from how often, how many events ago and how long ago each was
     last seen, switched by the user embedding. Changes the score of history items in training,
@@ -166,7 +171,7 @@ class TowerConfig:
         check_choice("long_readout", self.long_readout, ("last", "intent"))
         if self.long_readout == "intent" and self.long_pattern and self.short_len == 0:
             raise ConfigError("long_readout: intent reads the long memory with the short branch's output; "
-                              "it needs short_len > 0")
+                              "it needs short_len > 0 (without a short branch set long_readout: last)")
         if self.far_copy and self.short_len == 0:
             raise ConfigError("far_copy: the copy path is read with the short branch's output; it needs short_len > 0")
         check_range("repeat_rows", self.repeat_rows, 0)

@@ -19,6 +19,7 @@ import sys
 from typing import Optional, Sequence
 
 from hytrec_torchrec.cli import enable_debug, internal_error, plain, report, require_stack
+from hytrec_torchrec.launcher import stop_when_launcher_exits
 from hytrec_torchrec.serving import DEFAULT_MAX_TOKENS_PER_PASS
 
 __all__ = ["main"]
@@ -62,6 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # after the logging setup: importing torchrec configures the root logger when none is
     if require_stack("hytrec-export"):
         return 2
+    stop_when_launcher_exits("hytrec-export")  # a rank of a killed local torchx job stops too
     from hytrec_torchrec.config import ConfigError
     from hytrec_torchrec.serving.export import ExportError, export_checkpoint
     from hytrec_torchrec.training.checkpoint import DamagedCheckpointError

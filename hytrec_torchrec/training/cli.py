@@ -19,6 +19,7 @@ import warnings
 from typing import Optional, Sequence
 
 from hytrec_torchrec.cli import enable_debug, internal_error, plain, report, require_stack
+from hytrec_torchrec.launcher import stop_when_launcher_exits
 from hytrec_torchrec.config import ConfigError
 
 
@@ -65,6 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # after the logging setup: importing torchrec configures the root logger when none is
     if require_stack("hytrec-train"):
         return 2
+    stop_when_launcher_exits("hytrec-train")  # a rank of a killed local torchx job stops too
     from hytrec_torchrec.data.reader import DatasetFormatError
     from hytrec_torchrec.training.checkpoint import DamagedCheckpointError
     from hytrec_torchrec.training.config import load_job_config
