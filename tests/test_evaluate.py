@@ -508,15 +508,18 @@ def test_reports_name_models_not_generic_folders(trained: tuple[Path, Path], tmp
     from hytrec_torchrec.evaluation.evaluate import describe_model, model_name
 
     _, run = trained
-    assert model_name(run) == f"HyTRec TS ({run.parent.name})"
+    assert model_name(run) == f"HyTRec TS, long memory + repeat ({run.parent.name})"
     step = sorted((run / "checkpoints").glob("step_*"))[-1]
-    assert model_name(step) == f"HyTRec TS ({run.parent.name}/{step.name})"
-    assert model_name(run.parent / "export" / "model.pt") == f"HyTRec TS ({run.parent.name}, exported)"
+    assert model_name(step) == f"HyTRec TS, long memory + repeat ({run.parent.name}/{step.name})"
+    assert model_name(run.parent / "export" / "model.pt") == f"HyTRec TS, long memory + repeat ({run.parent.name}, exported)"
     named = tmp_path / "hytrec_tb"
     shutil.copytree(run, named)
     assert model_name(named) == "hytrec_tb"
     assert describe_model({"long_pattern": "", "short_len": 64, "repeat": True}) == "short-only + repeat"
     assert describe_model({"long_pattern": "SS", "short_len": 0}) == "SASRec-like SS"
+    assert describe_model({"long_pattern": "TTTS", "short_len": 64}) == "HyTRec TTTS"  # an older config: the paper form
+    assert describe_model({"long_pattern": "TTT", "short_len": 64, "long_readout": "intent", "repeat": True,
+                           "tadn": {"gating": "gated_delta"}}) == "HyTRec TTT, long memory + repeat"
 
 
 def test_a_long_evaluation_logs_its_progress(trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,

@@ -122,11 +122,13 @@ def _to_request(idx: Dict[str, torch.Tensor], lengths: torch.Tensor, ts: torch.T
 def _training_scores(model, idx: Dict[str, torch.Tensor], lengths: torch.Tensor, ts: torch.Tensor,
                      t_now: torch.Tensor) -> torch.Tensor:
     """The training model's full-catalog scores [B, V] for an index-space batch, with the item
-    rows of the evaluation path (``item_blocks``: L2-normalised under cosine similarity)."""
+    rows of the evaluation path (``item_blocks``: L2-normalised under cosine similarity) and the
+    repeat path's bonus for the history's items when the model has one."""
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     from hytrec_torchrec.data.batch import FEATURE_KEYS, Batch
     from hytrec_torchrec.evaluation.scoring import item_blocks
+    from hytrec_torchrec.modules.repeat import dense_bonus
 
     B = lengths.numel()
     lens = lengths.to(torch.int32)
@@ -140,6 +142,9 @@ def _training_scores(model, idx: Dict[str, torch.Tensor], lengths: torch.Tensor,
         user, _ = model.user_embedding(batch)
         (blocks,) = item_blocks(model)
         scores = user @ blocks[2].t()
+        bonus = model.repeat_bonus(batch, user)  # the repeat path (on by default), None without it
+        if bonus is not None:
+            scores = scores + dense_bonus(bonus, B, torch.arange(scores.shape[1]))
     scores[:, :2] = float("-inf")
     return scores
 
@@ -231,6 +236,8 @@ def test_int8_within_documented_tolerance(run, fp32) -> None:
     # the file's block-by-block int8 scoring equals scoring its dequantized table
     users = int8.user_embedding(*req)
     want = users @ int8.item_embeddings().t()  # normalised rows under cosine
+    ex, item, bonus = int8.repeat_bonus(*req, users)  # the repeat path's bonus (on by default)
+    want = want.index_put((ex, item), bonus, accumulate=True)
     torch.testing.assert_close(int8.scores(*req)[:, 2:], want[:, 2:], atol=1e-4, rtol=1e-5)
 
 
@@ -396,9 +403,13 @@ def test_cosine_similarity_export_matches_the_training_model(run, training, time
         users = scripted.user_embedding(*req)
         torch.testing.assert_close(users.norm(dim=1), torch.ones(len(lens)), atol=1e-5, rtol=0)
         s = scripted.scores(*req)[:, 2:]
-        assert float(s.abs().max()) <= 1.0 + 1e-5
-        # the item norms cached at export give the scores of the explicitly normalised table
-        torch.testing.assert_close(s, (users @ scripted.item_embeddings().t())[:, 2:], atol=1e-6, rtol=1e-5)
+        cosines = users @ scripted.item_embeddings().t()
+        assert float(cosines.abs().max()) <= 1.0 + 1e-5
+        # the item norms cached at export give the scores of the explicitly normalised table (plus
+        # the repeat path's bonus for history items, on by default)
+        ex, item, bonus = scripted.repeat_bonus(*req, users)
+        want = cosines.index_put((ex, item), bonus, accumulate=True)
+        torch.testing.assert_close(s, want[:, 2:], atol=1e-6, rtol=1e-5)
         dot = build_serving(model, list(cfg.model.features), MAX_LEN, vocabs)
         assert (dot.scores(*req)[:, 2:] - s).abs().max() > 1e-2  # not the dot-product model
 

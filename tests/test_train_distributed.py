@@ -47,8 +47,11 @@ def _cfg(data: Path, run: Path, sharding: str, all_positions: bool = False,
                  "cutoffs_per_user": 2, "num_workers": 0, "seed": 5, "all_positions": all_positions},
         "embeddings": {"dim": 16, "lr": 0.05, "tables": tables, "init_std": 0.1,
                        "optimizer": optimizer},
+        # the paper's tower unless ``model`` says otherwise (the default long-memory tower is the
+        # "memory" case of test_sharded_equals_unsharded)
         "model": {"embedding_dim": 16, "short_len": 8, "long_pattern": "TS", "heads": 2,
-                  "short_heads": 2, "fusion": {"num_experts": 2}, **(model or {})},
+                  "short_heads": 2, "fusion": {"num_experts": 2}, "long_readout": "last",
+                  "long_time_inputs": False, "repeat": False, "tadn": {"gating": "paper"}, **(model or {})},
         "optim": {"lr": 0.01, "grad_clip": 0.5, "schedule": schedule or {}},
         "train": {"max_steps": 3, "validate_every": 0, "checkpoint_every": 0, "val_batches": 2,
                   "pipeline": "sparse_dist", **train},

@@ -154,15 +154,19 @@ GENERIC_NAMES = frozenset({"train", "run", "runs", "checkpoints", "model", "mode
 
 
 def describe_model(model: Dict[str, Any]) -> str:
-    """The architecture in a few words from a job config's ``model`` section:
-    ``HyTRec TTTS``, ``short-only``, ``SASRec-like SS``, with ``+ repeat`` for the repeat path."""
+    """The architecture in a few words from a job config's ``model`` section: ``HyTRec TTTS`` (the
+    paper's form), ``HyTRec TTT, long memory`` (gated-delta layers or the intent readout),
+    ``short-only``, ``SASRec-like SS``, with ``+ repeat`` for the repeat path. Keys missing from an
+    older config read as the paper's form."""
     pattern = str(model.get("long_pattern", ""))
+    tadn = model.get("tadn") or {}
+    memory = tadn.get("gating", "paper") == "gated_delta" or model.get("long_readout", "last") == "intent"
     if int(model.get("short_len", 1)) == 0:
         name = f"SASRec-like {pattern}"
     elif not pattern:
         name = "short-only"
     else:
-        name = f"HyTRec {pattern}"
+        name = f"HyTRec {pattern}" + (", long memory" if memory else "")
     return name + (" + repeat" if model.get("repeat") else "")
 
 
