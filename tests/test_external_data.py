@@ -1,0 +1,94 @@
+"""The Complete Journey converter (data_prep/completejourney.py) and the target-kind side file
+(data_prep/target_kinds.py), on small files written here (the real data is never in the tests)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_prep.completejourney import load_completejourney
+from data_prep.completejourney import main as cj_main
+from data_prep.errors import PrepInputError
+from data_prep.target_kinds import main as kinds_main
+from data_prep.target_kinds import target_kind, target_kinds
+from hytrec_torchrec.data.testing import random_sequences, write_prepared
+
+
+def _journey(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = dt.datetime(2017, 1, 1, 11, 53, 26)
+    pq.write_table(pa.table({
+        "household_id": pa.array([900, 900, 7], pa.int64()),
+        "store_id": pa.array([1, 1, 2], pa.int64()),
+        "product_id": pa.array([25671, 555, 26093], pa.int64()),
+        "transaction_timestamp": pa.array([t0, t0, t0 + dt.timedelta(seconds=61)], pa.timestamp("ns")),
+    }), d / "transactions.parquet")
+    pq.write_table(pa.table({
+        "product_id": pa.array([26093, 25671], pa.int64()),
+        "department": pa.array(["PASTRY", "GROCERY"], pa.string()),
+    }), d / "products.parquet")
+    return d
+
+
+def test_completejourney_lines_become_pay_events_with_the_department(tmp_path: Path) -> None:
+    t = load_completejourney(_journey(tmp_path / "cj"))
+    assert t.column_names == ["user_id", "item_id", "timestamp", "behavior", "attribution_id", "category_id"]
+    rows = t.to_pylist()
+    start = int(dt.datetime(2017, 1, 1, 11, 53, 26, tzinfo=dt.timezone.utc).timestamp())
+    assert [(r["user_id"], r["item_id"], r["timestamp"], r["category_id"]) for r in rows] == [
+        ("900", "25671", start, "GROCERY"),
+        ("900", "555", start, None),  # a product missing from products.parquet: null category
+        ("7", "26093", start + 61, "PASTRY"),
+    ]
+    assert {r["behavior"] for r in rows} == {"pay"} and {r["attribution_id"] for r in rows} == {None}
+
+
+def test_completejourney_convert_cli_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = _journey(tmp_path / "cj")
+    assert cj_main(["convert", str(d), str(tmp_path / "out" / "events.parquet")]) == 0
+    assert pq.read_table(tmp_path / "out" / "events.parquet").num_rows == 3
+    (d / "products.parquet").unlink()
+    assert cj_main(["convert", str(d), str(tmp_path / "x.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "products.parquet: not found" in err
+    with pytest.raises(PrepInputError, match="transaction_timestamp"):
+        _journey(tmp_path / "bad")
+        pq.write_table(pa.table({"household_id": [1], "product_id": [2], "transaction_timestamp": ["x"]}),
+                       tmp_path / "bad" / "transactions.parquet")
+        load_completejourney(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("items, window, kind", [
+    ([5], 3, "new"),                  # no history
+    ([1, 2, 3, 4], 3, "new"),         # target 4 never seen
+    ([4, 1, 2, 4], 3, "recent"),      # last seen 3 events back
+    ([4, 1, 2, 3, 4], 3, "far"),      # last seen 4 events back, window 3
+    ([4, 1, 2, 4, 9, 9, 9, 4], 3, "far"),  # the most recent earlier visit counts (4 back)
+    ([4, 4], 1, "recent"),
+])
+def test_target_kind(items: list[int], window: int, kind: str) -> None:
+    assert target_kind(np.asarray(items), window) == kind
+
+
+def test_target_kinds_side_file_matches_a_loop_over_the_users(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    users = random_sequences(40, 60, 6, seed=3, min_events=1)  # 5 items: many repeats, near and far
+    data = write_prepared(tmp_path / "prep", users, num_items=6)
+    table = target_kinds(data, window=4)
+    got = dict(zip(table.column("user_id").to_pylist(), table.column("kind").to_pylist()))
+    want = {}
+    for u, seq in users.items():
+        items = seq["item"]
+        hist, target = items[:-1], items[-1]
+        back = [len(hist) - i for i, x in enumerate(hist) if x == target]
+        want[str(u)] = "new" if not back else ("recent" if min(back) <= 4 else "far")
+    assert got == want
+    assert set(got.values()) == {"new", "recent", "far"}  # every kind occurs in this data
+    assert kinds_main([str(data), str(tmp_path / "side.parquet"), "--window", "4"]) == 0
+    assert pq.read_table(tmp_path / "side.parquet").equals(table)
+    assert kinds_main([str(tmp_path / "missing"), str(tmp_path / "x.parquet")]) == 2
+    assert "not a prepared dataset" in capsys.readouterr().err
