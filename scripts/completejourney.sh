@@ -31,21 +31,11 @@ no_repeat            model.repeat=false
 short_only_norepeat  model.long_pattern= model.repeat=false
 paper                model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false model.repeat=false"
 
-names() { awk '{print $1}' <<< "$recipes"; }
+# shellcheck source=scripts/lib/recipes.sh
+source "$here/scripts/lib/recipes.sh"
 
-recipe() {
-    local line
-    line="$(awk -v n="$1" '$1 == n {$1 = ""; sub(/^ +/, ""); print}' <<< "$recipes")"
-    [ -n "$line" ] || { echo "unknown recipe '$1'; one of: $(names | tr '\n' ' ')" >&2; return 2; }
-    [ "$line" = "-" ] && line=""
-    echo "$line"
-}
 
-activate() {
-    bash scripts/setup.sh
-    export PATH="${HYTREC_VENV:-$here/.venv}/bin:$PATH"
-    export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
-}
+
 
 data() {
     activate
@@ -74,15 +64,9 @@ train() {
 evaluate() {
     [ "$#" -ge 1 ] || { echo "usage: $0 eval NAME ..." >&2; exit 2; }
     activate
-    local args=() tag="" name
-    for name in "$@"; do
-        recipe "$name" > /dev/null
-        [ -e "$root/$name" ] || { echo "[completejourney] no run $root/$name" >&2; exit 2; }
-        args+=(--checkpoint "$root/$name")
-        tag="${tag:+${tag}+}${name}"
-    done
-    local out="$root/eval/$tag"
-    hytrec-eval "${args[@]}" --data "$root/prepared" --out "$out" \
+    run_checkpoints completejourney "$root" "$@"
+    local out="$root/eval/$eval_tag"
+    hytrec-eval "${eval_args[@]}" --data "$root/prepared" --out "$out" \
         "segments.side_file=$root/raw/segments.parquet" data.batch_size=32 threads=1
     echo "[completejourney] report: $out/report.md"
 }

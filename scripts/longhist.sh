@@ -42,15 +42,10 @@ abl_last_readout  model.long_pattern=TTT $gd model.long_readout=last model.long_
 abl_paper_gating  model.long_pattern=TTT model.tadn.gating=paper model.long_readout=intent model.long_time_inputs=true
 abl_no_time       model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=false"
 
-names() { awk '{print $1}' <<< "$recipes"; }
+# shellcheck source=scripts/lib/recipes.sh
+source "$here/scripts/lib/recipes.sh"
 
-recipe() {
-    local line
-    line="$(awk -v n="$1" '$1 == n {$1 = ""; sub(/^ +/, ""); print}' <<< "$recipes")"
-    [ -n "$line" ] || { echo "unknown recipe '$1'; one of: $(names | tr '\n' ' ')" >&2; return 2; }
-    [ "$line" = "-" ] && line=""
-    echo "$line"
-}
+
 
 scenario_ok() {
     case "$1" in
@@ -59,11 +54,6 @@ scenario_ok() {
     esac
 }
 
-activate() {
-    bash scripts/setup.sh
-    export PATH="${HYTREC_VENV:-$here/.venv}/bin:$PATH"
-    export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
-}
 
 data() {
     local sc="$1"; scenario_ok "$sc"; activate
@@ -92,15 +82,9 @@ evaluate() {
     local sc="$1"; shift; scenario_ok "$sc"
     [ "$#" -ge 1 ] || { echo "usage: $0 eval SCENARIO NAME ..." >&2; exit 2; }
     activate
-    local args=() tag="" name
-    for name in "$@"; do
-        recipe "$name" > /dev/null
-        [ -e "$root/$sc/$name" ] || { echo "[longhist] no run $root/$sc/$name" >&2; exit 2; }
-        args+=(--checkpoint "$root/$sc/$name")
-        tag="${tag:+${tag}+}${name}"
-    done
-    local out="$root/$sc/eval/$tag"
-    hytrec-eval "${args[@]}" --data "$root/$sc/prepared" --out "$out" \
+    run_checkpoints longhist "$root/$sc" "$@"
+    local out="$root/$sc/eval/$eval_tag"
+    hytrec-eval "${eval_args[@]}" --data "$root/$sc/prepared" --out "$out" \
         "segments.side_file=$root/$sc/raw/segments.parquet" data.batch_size=64 threads=1
     echo "[longhist] report: $out/report.md"
 }

@@ -53,21 +53,11 @@ memfull_norep  configs/ml1m_tb.yaml $memory model.repeat=false $ep10_2048_b16 da
 short200       configs/ml1m_tb.yaml model.long_pattern= model.repeat=true $ep10_200 data.max_len=200
 short200_norep configs/ml1m_tb.yaml model.long_pattern= model.repeat=false $ep10_200 data.max_len=200"
 
-names() { awk '{print $1}' <<< "$recipes"; }
+# shellcheck source=scripts/lib/recipes.sh
+source "$here/scripts/lib/recipes.sh"
 
-# NAME -> "CONFIG OVERRIDE ..."; an unknown NAME is an error listing the known ones.
-recipe() {
-    local line
-    line="$(awk -v n="$1" '$1 == n {$1 = ""; sub(/^ +/, ""); print}' <<< "$recipes")"
-    [ -n "$line" ] || { echo "unknown recipe '$1'; one of: $(names | tr '\n' ' ')" >&2; return 2; }
-    echo "$line"
-}
 
-activate() {
-    bash scripts/setup.sh
-    export PATH="${HYTREC_VENV:-$here/.venv}/bin:$PATH"
-    export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
-}
+
 
 data() {
     activate

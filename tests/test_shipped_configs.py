@@ -86,20 +86,20 @@ def _longhist(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(LONGHIST_SCRIPT), *args], capture_output=True, text=True, check=False)
 
 
+def _flat_model(script: Path, config: str, name: str) -> dict:
+    """The model section (``tadn.*`` keys flattened) of ``config`` with recipe ``name``'s overrides."""
+    res = subprocess.run(["bash", str(script), "flags", name], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    m = to_dict(load_job_config(str(CONFIGS / config), res.stdout.split()))["model"]
+    return {**{k: v for k, v in m.items() if k != "tadn"}, **{f"tadn.{k}": v for k, v in m["tadn"].items()}}
+
+
 def test_longhist_recipes_load_and_each_ablation_switches_one_part() -> None:
     """Every recipe of scripts/longhist.sh validates on configs/synthetic_longhist.yaml, and each
     abl_* recipe differs from ``hytrec`` in exactly one model key (one ablation at a time)."""
     names = _longhist("list").stdout.split()
     assert {"hytrec", "hytrec_paper", "short_only", "sasrec"} <= set(names)
-    models = {}
-    for name in names:
-        res = _longhist("flags", name)
-        assert res.returncode == 0, res.stderr
-        overrides = res.stdout.split()
-        cfg = to_dict(load_job_config(str(CONFIGS / "synthetic_longhist.yaml"), overrides))
-        models[name] = cfg["model"]
-    flat = {n: {**{k: v for k, v in m.items() if k != "tadn"}, **{f"tadn.{k}": v for k, v in m["tadn"].items()}}
-            for n, m in models.items()}
+    flat = {name: _flat_model(LONGHIST_SCRIPT, "synthetic_longhist.yaml", name) for name in names}
     ref = flat["hytrec"]
     assert (ref["tadn.gating"], ref["long_readout"], ref["long_time_inputs"]) == ("gated_delta", "intent", True)
     for name in (n for n in names if n.startswith("abl_")):
@@ -125,12 +125,7 @@ def test_completejourney_recipes_switch_one_part_of_the_default_tower() -> None:
     run = lambda *a: subprocess.run(["bash", str(CJ_SCRIPT), *a], capture_output=True, text=True, check=False)  # noqa: E731
     names = run("list").stdout.split()
     assert {"default", "short_only", "no_repeat", "paper"} <= set(names)
-    flat = {}
-    for name in names:
-        res = run("flags", name)
-        assert res.returncode == 0, res.stderr
-        m = to_dict(load_job_config(str(CONFIGS / "completejourney.yaml"), res.stdout.split()))["model"]
-        flat[name] = {**{k: v for k, v in m.items() if k != "tadn"}, **{f"tadn.{k}": v for k, v in m["tadn"].items()}}
+    flat = {name: _flat_model(CJ_SCRIPT, "completejourney.yaml", name) for name in names}
     default, tower = flat["default"], to_dict(TowerConfig())
     for key in ("long_pattern", "long_readout", "long_time_inputs", "repeat", "short_len", "far_copy"):
         assert default[key] == tower[key], key
