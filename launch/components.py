@@ -50,8 +50,13 @@ def _sized(j: str, cpu: Optional[int], gpu: int, memMB: Optional[int]) -> Dict[s
 
 def _named_role(app: specs.AppDef, role: str) -> specs.AppDef:
     """Name the role after the job (``train/0`` in logs, ``train-0`` on Slurm/Kubernetes);
-    ``ddp`` would name it after the module file (``cli``)."""
-    app.roles[0].name = role
+    ``ddp`` would name it after the module file (``cli``). Its command starts the ranks with
+    ``hytrec-torchrun`` (``torchrun`` whose failure is one line and the failed rank's exit status,
+    hytrec_torchrec/torchrun.py) instead of ``torchrun``."""
+    r = app.roles[0]
+    r.name = role
+    if r.entrypoint == "bash" and len(r.args) == 2 and r.args[1].startswith("torchrun "):
+        r.args[1] = "hytrec-torchrun " + r.args[1][len("torchrun "):]
     return app
 
 

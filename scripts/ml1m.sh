@@ -34,6 +34,8 @@ ep10_2048="train.max_steps=470 optim.schedule.decay_steps=235 train.checkpoint_e
 # The same 10 epochs in batches of 16 windows per rank (32 a step): 128 windows of up to 2,048
 # ratings with the whole-catalog softmax peaked above 15 GB on rank 0.
 ep10_2048_b16="train.max_steps=1880 optim.schedule.decay_steps=940 optim.schedule.warmup_steps=400 train.checkpoint_every=470 train.keep_last=4"
+# and at max_len 200 (8,619 windows an epoch): the full-history run's batch, warm-up and schedule shape
+ep10_200_b16="train.max_steps=2690 optim.schedule.decay_steps=1345 optim.schedule.warmup_steps=400 train.checkpoint_every=1345 train.keep_last=4"
 
 # One line per recipe: NAME CONFIG OVERRIDE ... (run.dir is added by the caller). Every recipe is
 # checked to load and validate by tests/test_shipped_configs.py.
@@ -51,7 +53,9 @@ memfull        configs/ml1m_tb.yaml $memory $ep10_2048 data.max_len=2048 model.r
 mem200_norep   configs/ml1m_tb.yaml $memory model.repeat=false $ep10_200 data.max_len=200
 memfull_norep  configs/ml1m_tb.yaml $memory model.repeat=false $ep10_2048_b16 data.max_len=2048 data.batch_size=16
 short200       configs/ml1m_tb.yaml model.long_pattern= model.repeat=true $ep10_200 data.max_len=200
-short200_norep configs/ml1m_tb.yaml model.long_pattern= model.repeat=false $ep10_200 data.max_len=200"
+short200_norep configs/ml1m_tb.yaml model.long_pattern= model.repeat=false $ep10_200 data.max_len=200
+mem200_b16     configs/ml1m_tb.yaml $memory model.repeat=false $ep10_200_b16 data.max_len=200 data.batch_size=16
+short200_b16   configs/ml1m_tb.yaml model.long_pattern= model.repeat=false $ep10_200_b16 data.max_len=200 data.batch_size=16"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"

@@ -114,3 +114,42 @@ def test_no_watcher_without_a_local_torchx_job(monkeypatch: pytest.MonkeyPatch) 
 def test_parent_of_reads_proc_and_is_none_for_a_missing_pid() -> None:
     assert parent_of(os.getpid()) == os.getppid()
     assert parent_of(2**22 + 12345) is None
+
+
+# ---- hytrec-torchrun: torchrun whose failure is one line and the rank's exit status ----
+
+def _torchrun(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "rank.py"
+    script.write_text(body)
+    env = dict(os.environ, LOGLEVEL="WARNING", PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "hytrec_torchrec.torchrun", "--standalone", "--nproc_per_node", "1",
+                           str(script)], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_hytrec_torchrun_gives_the_rank_status_and_one_line(tmp_path: Path) -> None:
+    res = _torchrun(tmp_path, "import sys\nprint('hytrec-x: bad input: row 3', file=sys.stderr)\nsys.exit(3)\n")
+    assert res.returncode == 3, res.stderr
+    assert "Traceback" not in res.stderr and "ChildFailedError" not in res.stderr, res.stderr
+    assert "hytrec-torchrun: rank 0 (local rank 0) exited with status 3; its own message is above" in res.stderr
+    assert "hytrec-x: bad input: row 3" in res.stderr
+    ok = _torchrun(tmp_path, "print('fine')\n")
+    assert ok.returncode == 0 and "fine" in ok.stdout
+
+
+def test_exit_status_of_a_signalled_rank_is_1() -> None:
+    from hytrec_torchrec.torchrun import exit_status
+
+    assert (exit_status(2), exit_status(3), exit_status(-15), exit_status(0), exit_status(255)) == (2, 3, 1, 1, 1)
+
+
+def test_components_start_ranks_with_hytrec_torchrun() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("components", Path(__file__).parents[1] / "launch" / "components.py")
+    assert spec is not None and spec.loader is not None
+    components = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(components)
+    for app in (components.train(), components.evaluate(checkpoint="c", data="d", out="o"),
+                components.export(checkpoint="c", out="o")):
+        role = app.roles[0]
+        assert role.entrypoint == "bash" and role.args[1].startswith("hytrec-torchrun --rdzv_backend"), role.args
