@@ -118,10 +118,11 @@ class TowerConfig:
     items already in the history, from how often, how many events ago and how long ago each was
     last seen, switched by the user embedding. Changes the score of history items in training,
     evaluation and serving alike; O(L) per request."""
-    repeat_rows: int = 0
+    repeat_rows: int = 1024
     """All-position training with ``repeat``: only the last ``repeat_rows`` rows of each window get
-    the bonus (0 = every row; pairs then grow as L²/2 per window, which is cheap for L ≈ 1,000
-    and too many for 10k-event windows)."""
+    the bonus, so its pairs grow as ``repeat_rows · L`` (linear in the window length L); windows of
+    up to 1,024 events give it to every row. 0 = every row of any window (pairs grow as L²/2: cheap
+    for L ≈ 1,000, too many for 10k-event windows)."""
     heads: int = 2
     ffn_mult: int = 2
     dropout: float = 0.0
