@@ -130,3 +130,32 @@ def test_a_report_records_models_it_cannot_pair_instead_of_failing() -> None:
     assert rows[1]["hr@1"]["diff"] == 0
     text = markdown(rows, ["hr@1"])
     assert "| b | not paired: a and b evaluated different examples" in text and "| c | 0.3333" in text
+
+
+def test_length_buckets_pair_the_examples_of_each_bucket(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--length-buckets`` compares within [a, b) of the history length (the cutoff), each bucket
+    equal to a comparison of only its examples; bad edges are one line, exit status 3."""
+    from hytrec_torchrec.evaluation.paired import by_history_length
+
+    rng = np.random.default_rng(5)
+    users = np.arange(300)
+    a = _table(users, rng.integers(1, 60, 300))  # cutoffs 3, 10, ..., 2096
+    b = _table(users, rng.integers(1, 60, 300))
+    (tmp_path / "e").mkdir()
+    write_ranks(tmp_path / "e" / "ranks.parquet", {"a": a, "b": b})
+    parts = dict(by_history_length([("a", a), ("b", b)], [0, 500, 1000]))
+    assert list(parts) == ["len[0,500)", "len[500,1000)", "len[1000,inf)"]
+    sel = (a["cutoff"] >= 500) & (a["cutoff"] < 1000)
+    want = paired_difference(a["rank"][sel], b["rank"][sel], a["catalog"][sel], b["catalog"][sel], ["hr@10"])
+    got = compare(parts["len[500,1000)"], ["hr@10"])[0]["hr@10"]
+    assert got["diff"] == pytest.approx(want["hr@10"]["diff"]) and got["n"] == int(sel.sum())
+    assert sum(int(len(p[0][1]["rank"])) for p in parts.values()) == 300  # every example in one bucket
+    out = tmp_path / "cmp.json"
+    assert main([str(tmp_path / "e"), "--metrics", "hr@10", "--length-buckets", "0", "500", "1000",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "### len[500,1000): " + str(int(sel.sum())) + " examples" in text and "### len[1000,inf)" in text
+    doc = json.loads(out.read_text())
+    assert doc["buckets"]["len[500,1000)"][0]["hr@10"]["diff"] == pytest.approx(want["hr@10"]["diff"])
+    assert main([str(tmp_path / "e"), "--length-buckets", "500", "100"]) == 3
+    assert "--length-buckets: edges must be >= 0 and increasing" in capsys.readouterr().err

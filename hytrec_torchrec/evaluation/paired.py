@@ -230,6 +230,26 @@ def plot_differences(rows: Sequence[Dict[str, object]], metrics: Sequence[str], 
     return out
 
 
+def by_history_length(models: Sequence[Tuple[str, Dict[str, np.ndarray]]], edges: Sequence[int]
+                      ) -> List[Tuple[str, List[Tuple[str, Dict[str, np.ndarray]]]]]:
+    """The models' examples split into history-length buckets ``len[a,b)`` (the last one open,
+    ``len[a,inf)``; ``cutoff`` is the untruncated history length, as hytrec-eval's segments use):
+    ``[(bucket name, models restricted to it)]``. Every model is cut by its own ``cutoff`` column,
+    so paired examples stay paired."""
+    bounds = list(edges) + [None]
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        name = f"len[{lo},{'inf' if hi is None else hi})"
+        part = []
+        for model, t in models:
+            keep = t["cutoff"] >= lo
+            if hi is not None:
+                keep &= t["cutoff"] < hi
+            part.append((model, {c: v[keep] for c, v in t.items()}))
+        out.append((name, part))
+    return out
+
+
 def _load_arg(arg: str) -> List[Tuple[str, Dict[str, np.ndarray]]]:
     """``DIR`` (every model in DIR/ranks.parquet) or ``DIR:MODEL`` (one)."""
     directory, model = arg, None
@@ -255,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: %(default)s)")
     parser.add_argument("--json", help="also write the comparison as JSON to this file")
     parser.add_argument("--plot", help="also draw the differences with ±1.96 SE into this PNG")
+    parser.add_argument("--length-buckets", nargs="+", type=int, metavar="EDGE",
+                        help="also compare within history-length buckets [E1,E2), ..., [En,inf) of "
+                             "the untruncated history (e.g. 1 200 500 1000)")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error (also HYTREC_DEBUG=1)")
     return parser
 
@@ -274,13 +297,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if len(set(names)) != len(names):
             models = [(f"{n}#{i + 1}", t) for i, (n, t) in enumerate(models)]
         rows = compare(models, args.metrics)
+        edges = args.length_buckets or []
+        if any(b <= a for a, b in zip(edges, edges[1:])) or any(e < 0 for e in edges):
+            raise PairingError(f"--length-buckets: edges must be >= 0 and increasing, got {edges}")
+        buckets = [(name, part, len(part[0][1]["rank"])) for name, part in by_history_length(models, edges)]
+        bucket_rows = [(name, n, compare(part, args.metrics) if n > 1 else []) for name, part, n in buckets]
     except PairingError as exc:
         return report("hytrec-compare", exc, 3)
     except Exception as exc:  # noqa: BLE001 - one line unless --debug (hytrec_torchrec/cli.py)
         return internal_error("hytrec-compare", exc)
     print(markdown(rows, args.metrics), end="")
+    for name, n, brows in bucket_rows:
+        print(f"\n### {name}: {n} examples\n")
+        print(markdown(brows, args.metrics) if brows else "too few examples to pair\n", end="")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        doc = rows if not bucket_rows else {"all": rows, "buckets": {name: brows for name, _, brows in bucket_rows}}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     if args.plot:
         plot_differences(rows, args.metrics, args.plot)
     return 0
