@@ -55,6 +55,7 @@ memfull_norep  configs/ml1m_tb.yaml $memory model.repeat=false $ep10_2048_b16 da
 short200       configs/ml1m_tb.yaml model.long_pattern= model.repeat=true $ep10_200 data.max_len=200
 short200_norep configs/ml1m_tb.yaml model.long_pattern= model.repeat=false $ep10_200 data.max_len=200
 mem200_b16     configs/ml1m_tb.yaml $memory model.repeat=false $ep10_200_b16 data.max_len=200 data.batch_size=16
+mem200_s1880   configs/ml1m_tb.yaml $memory model.repeat=false $ep10_2048_b16 data.max_len=200 data.batch_size=16
 short200_b16   configs/ml1m_tb.yaml model.long_pattern= model.repeat=false $ep10_200_b16 data.max_len=200 data.batch_size=16"
 
 # shellcheck source=scripts/lib/recipes.sh
