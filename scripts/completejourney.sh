@@ -23,13 +23,17 @@ root="${CJ_DIR:-runs/completejourney}"
 config=configs/completejourney.yaml
 
 # One line per recipe: NAME OVERRIDE ... ("-" = none). default is the default tower; each other
-# recipe switches one part of it (short_only_norepeat and paper: the issue's original comparison).
+# recipe switches one part of it (short_only_norepeat and paper: the issue's original comparison;
+# abl_*: the long memory's readout, gating and time inputs, one at a time).
 recipes="\
 default              -
 short_only           model.long_pattern=
 no_repeat            model.repeat=false
 short_only_norepeat  model.long_pattern= model.repeat=false
-paper                model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false model.repeat=false"
+paper                model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false model.repeat=false
+abl_last_readout     model.long_readout=last
+abl_paper_gating     model.tadn.gating=paper
+abl_no_time          model.long_time_inputs=false"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"

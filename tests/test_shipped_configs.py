@@ -130,6 +130,6 @@ def test_completejourney_recipes_switch_one_part_of_the_default_tower() -> None:
     for key in ("long_pattern", "long_readout", "long_time_inputs", "repeat", "short_len", "far_copy"):
         assert default[key] == tower[key], key
     assert default["tadn.gating"] == tower["tadn"]["gating"]
-    for name in ("short_only", "no_repeat"):
+    for name in ("short_only", "no_repeat") + tuple(n for n in names if n.startswith("abl_")):
         assert len([k for k in default if flat[name][k] != default[k]]) == 1, name
     assert run("flags", "nope").returncode == 2
