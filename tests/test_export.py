@@ -559,3 +559,20 @@ def test_serve_example_answers_bad_requests_with_one_line(run, tmp_path: Path,
     assert info.value.code == 2
     rc = serve.main(["--model-dir", str(tmp_path), "--requests", str(tmp_path / "req.json")])
     assert rc == 2 and "no model_card.json (not a hytrec-export directory)" in capsys.readouterr().err
+
+
+def test_export_logs_its_progress(run: Dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each stage of an export is one log line with the time since the start (issue: export showed
+    nothing until the end)."""
+    import logging
+
+    from hytrec_torchrec.serving.export import export_checkpoint
+
+    with caplog.at_level(logging.INFO, logger="hytrec.export"):
+        export_checkpoint(run["run"], tmp_path / "again", pt2=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "hytrec.export"]
+    stages = [line.split(" (")[0] for line in lines if line.startswith("export: ")]
+    assert [st.split(",")[0] for st in stages] == ["export: checkpoint loaded", "export: serving module built",
+                                                   "export: TorchScript compiled", "export: smoke request checked",
+                                                   "export: model.pt written"], lines
+    assert all(line.rstrip().endswith(" s)") for line in lines if line.startswith("export: "))

@@ -22,6 +22,7 @@ import logging
 import os
 import platform
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -289,12 +290,16 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
 
     final = Path(out)
     check_export_dir(final, overwrite)
+    started = time.monotonic()
+    stage = lambda what: log.info("export: %s (%.1f s)", what, time.monotonic() - started)  # noqa: E731 - progress
     model, cfg, state = load_unsharded(checkpoint)
+    stage(f"checkpoint loaded, step {state.get('step')}")
     sizes = {k: int(v) for k, v in state["vocab_sizes"].items()}
     prepared = find_prepared(state, data)
     vocabs = read_vocabs(prepared, sizes)
     features = list(cfg.model.features)
     serving = build_serving(model, features, cfg.data.max_len, vocabs, int8, max_tokens_per_pass)
+    stage(f"serving module built ({'int8' if int8 else 'float32'} tables, vocabularies of {prepared})")
     final.parent.mkdir(parents=True, exist_ok=True)
     out = final.with_name(f".{final.name}.tmp-export")
     if out.exists():  # an earlier export that failed half-way
@@ -303,6 +308,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript deprecation warning (docs/export.md)
         scripted = torch.jit.script(serving)
+    stage("TorchScript compiled")
     request = example_request(vocabs, [5, 0, 3])
     with torch.no_grad():
         want = serving(*request, 10)
@@ -311,6 +317,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
         raise ExportError("scripted model disagrees with the eager serving module on a smoke request")
     pt2_result = (try_torch_export(serving, request + (10,), out / "model.pt2") if pt2
                   else {"ok": False, "file": None, "error": "not attempted (--no-pt2)"})
+    stage("smoke request checked" + (f"; torch.export {'ok' if pt2_result['ok'] else 'not possible'}" if pt2 else ""))
     vocab_files = {n: str(write_vocab_json(out, v).relative_to(out)) for n, v in vocabs.items()}
     history = list(state.get("history", []))
     card: Dict[str, Any] = {
@@ -338,5 +345,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
     card["files"]["model_sha256"] = file_sha256(out / "model.pt")
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
     _publish(out, final)
+    stage(f"model.pt written ({(final / 'model.pt').stat().st_size / 1e6:.1f} MB)")
     log.info("exported %s -> %s (%s tables)", state["path"], final, card["tables"]["storage"])
     return card
