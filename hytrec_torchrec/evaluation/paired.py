@@ -236,10 +236,14 @@ def by_history_length(models: Sequence[Tuple[str, Dict[str, np.ndarray]]], edges
     ``len[a,inf)``; ``cutoff`` is the untruncated history length, as hytrec-eval's segments use):
     ``[(bucket name, models restricted to it)]``. Every model is cut by its own ``cutoff`` column,
     so paired examples stay paired."""
+    # imported here: segments imports torch, and ``hytrec-compare --help`` must answer at once
+    from hytrec_torchrec.evaluation.segments import length_bucket_names
+
+    if not edges:
+        return []
     bounds = list(edges) + [None]
     out = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        name = f"len[{lo},{'inf' if hi is None else hi})"
+    for name, lo, hi in zip(length_bucket_names(edges), bounds[:-1], bounds[1:]):
         part = []
         for model, t in models:
             keep = t["cutoff"] >= lo

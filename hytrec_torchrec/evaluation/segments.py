@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -91,8 +91,13 @@ class SegmentConfig:
         check_range("max_side_values", self.max_side_values, 1)
 
     def bucket_names(self) -> List[str]:
-        e = self.length_buckets
-        return [f"len[{a},{b})" for a, b in zip(e, e[1:])] + [f"len[{e[-1]},inf)"]
+        return length_bucket_names(self.length_buckets)
+
+
+def length_bucket_names(edges: Sequence[int]) -> List[str]:
+    """``len[a,b)`` for each consecutive pair of ``edges``, the last one open (``len[a,inf)``)."""
+    e = list(edges)
+    return [f"len[{a},{b})" for a, b in zip(e, e[1:])] + [f"len[{e[-1]},inf)"]
 
 
 def segment_flags(cfg: SegmentConfig, history_len: torch.Tensor, age_s: torch.Tensor,
