@@ -77,12 +77,14 @@ def train(
 ) -> specs.AppDef:
     """Train HyTRec with sharded embeddings (DistributedModelParallel) on N nodes × M processes.
 
-    Resumes from the latest checkpoint in ``run.dir`` when there is one.
+    Resumes from the latest checkpoint in run.dir when there is one.
 
     Args:
-        overrides: dotted ``key=value`` config overrides, e.g. ``train.max_steps=50``
+        overrides: KEY=VALUE ... dotted job-config overrides after the options, e.g.
+            train.max_steps=50 run.dir=runs/exp1; may be empty, whatever torchx's
+            "(required)" says
         config: YAML job config
-        j: ``NxM``: nodes × processes per node (``1x2`` = two local ranks)
+        j: NxM: nodes × processes per node (1x2 = two local ranks)
         cpu: CPUs per replica (one node); default 10 per GPU, or 2 per process on CPU
         gpu: GPUs per replica (0 on CPU machines; nccl is chosen when CUDA is present)
         memMB: memory per replica in MB; default 100,000 per GPU, or 8,192 per process on CPU
@@ -93,8 +95,8 @@ def train(
         env: extra environment variables
         image: container image with hytrec_torchrec installed (Kubernetes; ignored by
             local_cwd and Slurm, which run in the current directory)
-        mounts: volumes for ``run.dir`` and the data on Kubernetes, e.g.
-            ``type=volume,src=hytrec-pvc,dst=/shared`` (torchx mount syntax)
+        mounts: volumes for run.dir and the data on Kubernetes, e.g.
+            type=volume,src=hytrec-pvc,dst=/shared (torchx mount syntax)
     """
     app = ddp(
         "--config", config, *overrides,
@@ -124,18 +126,18 @@ def export(
     """Export a (sharded) training checkpoint for serving: TorchScript model.pt + vocabularies + model card.
 
     The checkpoint of any world size is gathered into one process (rank 0; other ranks exit).
-    ``OUT/model.pt`` loads with ``torch.jit.load`` without hytrec_torchrec, TorchRec or fbgemm
+    OUT/model.pt loads with torch.jit.load without hytrec_torchrec, TorchRec or fbgemm
     (docs/export.md).
 
     Args:
         checkpoint: run directory (its latest checkpoint) or a checkpoint directory
         out: output directory
-        int8: row-wise int8 embedding tables instead of float32 (``--int8 True``)
+        int8: row-wise int8 embedding tables instead of float32 (--int8 True)
         data: prepared dataset with the vocabularies (default: the checkpoint's data.path)
         max_tokens_per_pass: history events per tower pass when serving a batch (default 32768;
             0: the whole batch in one pass)
-        overwrite: replace an earlier export in ``out`` (``--overwrite True``)
-        j: ``NxM``: keep ``1x1`` (export runs on one process)
+        overwrite: replace an earlier export in out (--overwrite True)
+        j: NxM: keep 1x1 (export runs on one process)
         cpu: CPUs per replica (one node); default 10 per GPU, or 2 per process on CPU
         memMB: memory per replica in MB (the whole model is gathered in memory); default 100,000
             per GPU, or 8,192 per process on CPU
@@ -143,7 +145,7 @@ def export(
         name: job name
         env: extra environment variables
         image: container image with hytrec_torchrec installed (Kubernetes)
-        mounts: volumes holding the checkpoint, the data and ``out`` on Kubernetes
+        mounts: volumes holding the checkpoint, the data and out on Kubernetes
     """
     args = ["--checkpoint", checkpoint, "--out", out]
     if int8:
@@ -184,19 +186,20 @@ def evaluate(
     """Evaluate checkpoints offline: HR@K, NDCG@K, MRR, AUC (K in 1,10,50,100,200,500), full catalog, per segment.
 
     Every rank scores all users against its own rows of the row-wise sharded item table (no
-    rank holds the whole table). Writes ``OUT/metrics.json``, ``OUT/report.md`` and
-    ``OUT/length_buckets.png``; several checkpoints give one side-by-side report (docs/evaluation.md).
+    rank holds the whole table). Writes OUT/metrics.json, OUT/report.md and
+    OUT/length_buckets.png; several checkpoints give one side-by-side report (docs/evaluation.md).
 
     Args:
-        overrides: dotted ``key=value`` overrides: evaluation keys (``split=valid``,
-            ``segments.side_file=users.parquet``) or the checkpoint's job config (``data.batch_size=256``)
+        overrides: KEY=VALUE ... dotted overrides after the options (may be empty): evaluation keys
+            (split=valid, segments.side_file=users.parquet) or the checkpoint's job config
+            (data.batch_size=256)
         data: prepared dataset directory to evaluate on
         out: output directory for the report
         checkpoint: run directory (its latest checkpoint) or checkpoint directory; several separated by commas
-        model: exported TorchScript ``model.pt`` (hytrec-export); several separated by commas
-        config: YAML evaluation config (``configs/eval/default.yaml``)
+        model: exported TorchScript model.pt (hytrec-export); several separated by commas
+        config: YAML evaluation config (configs/eval/default.yaml)
         names: display names, comma-separated, checkpoints first, then models (default: directory names)
-        j: ``NxM``: nodes × processes per node
+        j: NxM: nodes × processes per node
         cpu: CPUs per replica (one node); default 10 per GPU, or 2 per process on CPU
         gpu: GPUs per replica
         memMB: memory per replica in MB; default 100,000 per GPU, or 8,192 per process on CPU
@@ -205,7 +208,7 @@ def evaluate(
         rdzv_port: rendezvous port on the first node
         env: extra environment variables
         image: container image with hytrec_torchrec installed (Kubernetes)
-        mounts: volumes holding the checkpoints, the data and ``out`` on Kubernetes
+        mounts: volumes holding the checkpoints, the data and out on Kubernetes
     """
     args = []
     for c in (checkpoint.split(",") if checkpoint else []):
@@ -240,16 +243,17 @@ def prepare(
 ) -> specs.AppDef:
     """Prepare raw events into a training dataset, as N×M independent hash-partitioned shards.
 
-    Each process prepares the partitions ``p`` with ``p % WORLD_SIZE == RANK``; the shards
-    together equal an unsharded run. When all have finished, ``hytrec-prep --merge OUTPUT``
-    writes the combined ``meta.json`` (docs/data_prep.md).
+    Each process prepares the partitions p with p % WORLD_SIZE == RANK; the shards
+    together equal an unsharded run. When all have finished, hytrec-prep --merge OUTPUT
+    writes the combined meta.json (docs/data_prep.md).
 
     Args:
-        overrides: dotted ``key=value`` prep config overrides
+        overrides: KEY=VALUE ... dotted prep-config overrides after the options (may be empty),
+            e.g. filters.min_user_events=5
         input: raw events: a Parquet/CSV file, a directory or a glob
         output: prepared dataset directory
         config: YAML prep config
-        j: ``NxM`` shards: nodes × processes per node
+        j: NxM shards: nodes × processes per node
         cpu: CPUs per replica (one node); default 10 per GPU, or 2 per process on CPU
         memMB: memory per replica in MB; default 100,000 per GPU, or 8,192 per process on CPU
         h: a registered named resource

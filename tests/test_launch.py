@@ -155,3 +155,26 @@ def test_the_dockerfile_passes_hadolint() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "ARG FLAVOR=cpu" in text and 'HYTREC_FLAVOR="${FLAVOR}"' in text and "bash scripts/setup.sh" in text
     assert "COPY configs configs/" in text and "WORKDIR /opt/hytrec" in text
+
+
+@pytest.mark.parametrize("component", ["train", "evaluate", "export", "prepare"])
+def test_component_help_shows_the_docstring_args(component: str) -> None:
+    """torchx builds a component's --help from its signature (metavars are the Python types: `str`
+    for the overrides, docs/launching.md) and its docstring's Args section: that text, free of raw
+    Sphinx markup, is what must tell the user what to pass."""
+    import inspect
+
+    import launch.components as components
+    from torchx.specs.file_linter import get_fn_docstring
+
+    fn = getattr(components, component)
+    _, args_help = get_fn_docstring(fn)
+    assert set(args_help) == set(inspect.signature(fn).parameters)  # every argument documented
+    res = _torchx("run", "-s", "local_cwd", f"launch/components.py:{component}", "--help", timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = " ".join(res.stdout.split())  # argparse re-wraps the lines
+    assert "``" not in res.stdout and ":func:" not in res.stdout, res.stdout
+    for name, desc in args_help.items():
+        assert " ".join(desc.split()) in text, (name, desc)
+    if "overrides" in args_help:
+        assert args_help["overrides"].startswith("KEY=VALUE ...") and "may be empty" in args_help["overrides"]
