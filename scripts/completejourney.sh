@@ -9,9 +9,10 @@
 #   bash scripts/completejourney.sh flags NAME      # the overrides NAME trains with
 #   bash scripts/completejourney.sh train NAME [key=value ...]
 #                                                   # torchx run -j 1x2 into $CJ_DIR/NAME
-#   bash scripts/completejourney.sh eval NAME [NAME ...]
+#   bash scripts/completejourney.sh eval NAME [NAME ...] [key=value ...]
 #                                                   # hytrec-eval with kind=recent/far/new segments;
-#                                                   # several names: one report, paired differences
+#                                                   # several names: one report, paired differences;
+#                                                   # split=valid: the validation split (own folder)
 #
 # Environment: CJ_DIR (default runs/completejourney), the data cache in ~/.cache/hytrec/completejourney
 # (never in the repository). Every recipe is configs/completejourney.yaml (the default tower, 300
@@ -24,7 +25,8 @@ config=configs/completejourney.yaml
 
 # One line per recipe: NAME OVERRIDE ... ("-" = none). default is the default tower; each other
 # recipe switches one part of it (short_only_norepeat and paper: the issue's original comparison;
-# abl_*: the long memory's readout, gating and time inputs, one at a time).
+# abl_*: the long memory's readout, gating and time inputs, one at a time; long_residual: the long
+# branch added to the short branch's fusion through a scale that starts at 0).
 recipes="\
 default              -
 short_only           model.long_pattern=
@@ -33,7 +35,8 @@ short_only_norepeat  model.long_pattern= model.repeat=false
 paper                model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false model.repeat=false
 abl_last_readout     model.long_readout=last
 abl_paper_gating     model.tadn.gating=paper
-abl_no_time          model.long_time_inputs=false"
+abl_no_time          model.long_time_inputs=false
+long_residual        model.fusion.long=residual"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
@@ -66,12 +69,24 @@ train() {
 }
 
 evaluate() {
-    [ "$#" -ge 1 ] || { echo "usage: $0 eval NAME ..." >&2; exit 2; }
+    # NAME ... then evaluation overrides (key=value, e.g. split=valid to choose between recipes
+    # without looking at the test split); a split other than test gets its own report folder
+    local names=() overrides=() arg split=test
+    for arg in "$@"; do
+        case "$arg" in
+            split=*) split="${arg#split=}"; overrides+=("$arg") ;;
+            *=*) overrides+=("$arg") ;;
+            *) names+=("$arg") ;;
+        esac
+    done
+    [ "${#names[@]}" -ge 1 ] || { echo "usage: $0 eval NAME ... [key=value ...]" >&2; exit 2; }
     activate
-    run_checkpoints completejourney "$root" "$@"
-    local out="$root/eval/$eval_tag"
+    run_checkpoints completejourney "$root" "${names[@]}"
+    local out="$root/eval/$eval_tag" side=("segments.side_file=$root/raw/segments.parquet")
+    # the side file's kinds describe each user's test target: other splits go without it
+    [ "$split" = test ] || { out="$root/eval/$split/$eval_tag"; side=(); }
     hytrec-eval "${eval_args[@]}" --data "$root/prepared" --out "$out" \
-        "segments.side_file=$root/raw/segments.parquet" data.batch_size=32 threads=1
+        ${side[@]+"${side[@]}"} data.batch_size=32 threads=1 ${overrides[@]+"${overrides[@]}"}
     echo "[completejourney] report: $out/report.md"
 }
 
@@ -82,5 +97,5 @@ case "$cmd" in
     flags) [ "$#" -eq 1 ] || { echo "usage: $0 flags NAME" >&2; exit 2; }; recipe "$1" ;;
     train) [ "$#" -ge 1 ] || { echo "usage: $0 train NAME [key=value ...]" >&2; exit 2; }; train "$@" ;;
     eval) evaluate "$@" ;;
-    *) echo "usage: $0 data|list|flags NAME|train NAME|eval NAME ..." >&2; exit 2 ;;
+    *) echo "usage: $0 data|list|flags NAME|train NAME|eval NAME ... [key=value ...]" >&2; exit 2 ;;
 esac

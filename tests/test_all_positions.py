@@ -64,6 +64,9 @@ def _batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
     dict(long_pattern="TS", short_len=4, long_readout="intent", time_bias=24,
          tadn=dict(chunk_size=3, gating="gated_delta")),
     dict(long_pattern="S", short_len=0, long_time_inputs=True),
+    # the long branch added to the short branch's fusion (fusion.long: residual)
+    dict(long_pattern="TT", short_len=4, long_readout="intent", fusion=dict(long="residual"),
+         tadn=dict(chunk_size=4, gating="gated_delta")),
     # the copy path, with and without a long branch
     dict(long_pattern="TT", short_len=4, long_readout="intent", far_copy=True,
          tadn=dict(chunk_size=4, gating="gated_delta")),
@@ -73,7 +76,7 @@ def test_rows_equal_the_per_cutoff_tower_without_tadn(kw: dict) -> None:
     torch.manual_seed(0)
     tower = HyTRecTower(_cfg(**kw)).eval()
     for name, p in tower.named_parameters():
-        if name.endswith(("rel_bias", "time_bias", "gap_emb.weight", "log_gap_rate")):  # make them matter
+        if name.endswith(("rel_bias", "time_bias", "gap_emb.weight", "log_gap_rate", "long_scale")):  # make them matter
             torch.nn.init.normal_(p)
     x, off, ts, tc = _batch(LENGTHS)
     rows, _ = tower.forward_all_positions({"item": x}, off, ts, tc)

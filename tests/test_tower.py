@@ -90,8 +90,10 @@ def test_timestamps_matter_only_through_the_temporal_gate():
 
 @pytest.mark.parametrize("kw", [dict(), dict(short_layers=3),
                                 dict(long_readout="intent", long_time_inputs=True, far_copy=True,
+                                     tadn=dict(gating="gated_delta", chunk_size=8)),
+                                dict(long_readout="intent", fusion=dict(long="residual"),
                                      tadn=dict(gating="gated_delta", chunk_size=8))],
-                         ids=["one_short_layer", "three_short_layers", "gated_delta_intent_copy"])
+                         ids=["one_short_layer", "three_short_layers", "gated_delta_intent_copy", "residual_long"])
 def test_scripted_tower_equals_eager(kw):
     torch.manual_seed(0)
     tower = HyTRecTower(small_cfg(**{"long_pattern": "TTTS", "feature_combine": "concat", **kw})).eval()
@@ -156,12 +158,38 @@ def test_the_default_tower_is_the_long_memory_tower_with_the_repeat_path():
         (dict(long_readout="intent", short_len=0), "long_readout"),
         (dict(far_copy=True, short_len=0, long_readout="last"), "far_copy"),
         (dict(short_len=0), "long_readout"),  # the default intent readout needs a short branch
+        (dict(fusion=dict(long="add")), "fusion.long"),
+        (dict(fusion=dict(long="residual"), short_len=0, long_readout="last"), "fusion.long"),
     ],
 )
 def test_config_errors_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:
         from_dict(TowerConfig, override)
     assert str(err.value).startswith(key), str(err.value)
+
+
+def test_a_residual_long_branch_starts_as_the_short_only_tower_and_learns_to_be_used():
+    """fusion.long residual: with the scale at its initial 0 the far history changes nothing (the
+    tower is its own short-only ablation, whose MoE sees the short branch alone); the scale gets a
+    gradient, and once it moves the far history counts."""
+    torch.manual_seed(0)
+    cfg = small_cfg(long_pattern="TT", long_readout="intent", fusion=dict(long="residual"),
+                    tadn=dict(gating="gated_delta"))
+    tower = HyTRecTower(cfg).eval()
+    assert tower.fusion.gate.in_features == cfg.embedding_dim  # the MoE fuses the short branch only
+    feats, off, ts, tc = batch([30, 12], seed=3)
+    far = {f: x.clone() for f, x in feats.items()}
+    for x in far.values():  # change every event before the last short_len of each history
+        x[: 30 - 4] += torch.randn(26, x.shape[1])
+        x[30: 42 - 4] += torch.randn(8, x.shape[1])
+    torch.testing.assert_close(tower(far, off, ts, tc), tower(feats, off, ts, tc), atol=0, rtol=0)
+    user, _ = tower.train().forward_with_aux(feats, off, ts, tc)
+    user.square().sum().backward()
+    assert tower.long_scale.grad is not None and tower.long_scale.grad.abs().sum() > 0
+    with torch.no_grad():
+        tower.long_scale.fill_(1.0)
+    tower.eval()
+    assert (tower(far, off, ts, tc) - tower(feats, off, ts, tc)).abs().max() > 1e-3
 
 
 def test_moe_load_balance_loss():

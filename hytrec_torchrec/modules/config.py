@@ -69,9 +69,15 @@ class FusionConfig:
     hidden_dim: int = 0
     """Expert MLP hidden width; 0 means embedding_dim."""
     load_balance_weight: float = 0.01
+    long: str = "concat"
+    """How the long branch joins: ``concat`` (an input of the MoE beside the short branch, the
+    paper's form) or ``residual`` (the MoE fuses the short branch alone and the long branch is
+    added to its output through a per-channel scale that starts at 0, so an untrained long
+    branch changes nothing and the tower starts as its own short-only ablation)."""
 
     def validate(self) -> None:
         check_range("num_experts", self.num_experts, 1)
+        check_choice("long", self.long, ("concat", "residual"))
         check_range("hidden_dim", self.hidden_dim, 0)
         check_range("load_balance_weight", self.load_balance_weight, 0.0)
 
@@ -173,6 +179,9 @@ class TowerConfig:
         if self.long_readout == "intent" and self.long_pattern and self.short_len == 0:
             raise ConfigError("long_readout: intent reads the long memory with the short branch's output; "
                               "it needs short_len > 0 (without a short branch set long_readout: last)")
+        if self.fusion.long == "residual" and self.long_pattern and self.short_len == 0:
+            raise ConfigError("fusion.long: residual adds the long branch to the short branch's fusion; "
+                              "it needs short_len > 0 (without a short branch set fusion.long: concat)")
         if self.far_copy and self.short_len == 0:
             raise ConfigError("far_copy: the copy path is read with the short branch's output; it needs short_len > 0")
         check_range("repeat_rows", self.repeat_rows, 0)

@@ -78,6 +78,7 @@ class HyTRecTower(nn.Module):
     cosine: Final[bool]
     next_query: Final[bool]
     long_intent: Final[bool]
+    long_residual: Final[bool]
     has_copy: Final[bool]
 
     def __init__(self, cfg: TowerConfig, feature_dims: Optional[Dict[str, int]] = None) -> None:
@@ -110,7 +111,11 @@ class HyTRecTower(nn.Module):
         self.copy = (IntentReadout(d, cfg.heads, t.chunk_size, t.key_dim, copy=True)
                      if self.has_copy else nn.Identity())
         self.copy_scale = nn.Parameter(torch.ones(())) if self.has_copy else None
-        n_branches = int(self.has_long) + int(self.has_short)
+        # fusion.long residual: the MoE fuses the short branch alone; the long branch is added to its
+        # output through a per-channel scale that starts at 0 (the tower starts as short-only)
+        self.long_residual = self.has_long and self.has_short and cfg.fusion.long == "residual"
+        self.long_scale = nn.Parameter(torch.zeros(d)) if self.long_residual else None
+        n_branches = int(self.has_long and not self.long_residual) + int(self.has_short)
         self.fusion = MoEFusion(n_branches, d, cfg.fusion.num_experts, cfg.fusion.hidden_dim or d)
         self.dim = d
         self.cosine = cfg.similarity == "cosine"
@@ -132,6 +137,16 @@ class HyTRecTower(nn.Module):
             return split_tail(offsets, self.short_len)
         rows = torch.arange(n, device=device)
         return rows, offsets, rows[:0], torch.zeros_like(offsets)
+
+    def _fuse(self, branches: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Branch outputs ``[long,] [short]`` (each ``[B, D]``) → ``(user [B, D], balance)``: the
+        MoE over all of them, or with ``fusion.long: residual`` the MoE over the short branch plus
+        ``long_scale ⊙ long`` (``long_scale [D]``)."""
+        scale = self.long_scale
+        if self.long_residual and scale is not None:
+            user, balance = self.fusion(branches[1:])
+            return user + scale * branches[0], balance
+        return self.fusion(branches)
 
     @torch.jit.export
     def forward_with_aux(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
@@ -166,7 +181,7 @@ class HyTRecTower(nn.Module):
                                       short_out, t_last))
         if short_out is not None:
             branches.append(short_out)
-        user, balance = self.fusion(branches)
+        user, balance = self._fuse(branches)
         scale = self.copy_scale
         if self.has_copy and short_out is not None and scale is not None:
             user = user + scale * self.copy(h[head_rows], head_off, timestamps[head_rows], short_out, t_last)
@@ -214,7 +229,7 @@ class HyTRecTower(nn.Module):
             branches.append(long_out)
         if short_rows is not None:
             branches.append(short_rows)
-        user, balance = self.fusion(branches)
+        user, balance = self._fuse(branches)
         if self.has_copy and short_rows is not None and self.copy_scale is not None:
             reader = self.copy.forward_rows(h[head_rows], head_off, timestamps[head_rows],
                                             short_rows[head_rows + self.short_len],
