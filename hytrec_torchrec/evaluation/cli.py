@@ -54,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unwritable_out(out: str) -> Optional[str]:
+    """Why the report folder ``out`` cannot be made (a file, or under one), else None."""
+    from pathlib import Path
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        return "exists and is not a directory"
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    return None if above.is_dir() else f"{above} is a file, not a directory"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,6 +79,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     n_models = len(args.checkpoint) + len(args.model)
     if args.name and len(args.name) != n_models:
         parser.error(f"--name given {len(args.name)} times for {n_models} --checkpoint/--model")
+    bad_out = _unwritable_out(args.out)
+    if bad_out:  # found now, not after the whole evaluation has run
+        print(f"hytrec-eval: --out {args.out}: {bad_out}", file=sys.stderr)
+        return 2
 
     from hytrec_torchrec.training.cli import quiet_library_noise
 
