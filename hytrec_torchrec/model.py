@@ -35,7 +35,7 @@ from hytrec_torchrec.modules.loss import (
     uniform_log_q,
 )
 from hytrec_torchrec.modules.repeat import RepeatBonus, RepeatHead, dense_bonus, lookup_bonus
-from hytrec_torchrec.ops.jagged import last_index
+from hytrec_torchrec.ops.jagged import last_index, split_tail
 from hytrec_torchrec.modules.tower import HyTRecTower, scoring_vectors
 from hytrec_torchrec.training.sharding import EmbeddingsConfig, table_configs
 
@@ -62,8 +62,10 @@ class UserTower(nn.Module):
         timestamps: torch.Tensor,
         t_current: torch.Tensor,
         all_positions: bool = False,
+        last_rows: int = 0,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """User embeddings [B, D] (or [N, D], one per history row, with ``all_positions``; see
+        """User embeddings [B, D] (or [N, D], one per history row, with ``all_positions``, only
+        the last ``last_rows`` rows of each history computed when > 0; see
         :meth:`~hytrec_torchrec.modules.tower.HyTRecTower.forward_all_positions`) and the
         weighted load-balancing loss (0-d).
 
@@ -73,7 +75,7 @@ class UserTower(nn.Module):
         """
         feats = {f: emb[f"history_{f}"].values() for f in HISTORY_FEATURES}
         if all_positions:
-            return self.net.forward_all_positions(feats, offsets, timestamps, t_current)
+            return self.net.forward_all_positions(feats, offsets, timestamps, t_current, last_rows)
         return self.net.forward_with_aux(feats, offsets, timestamps, t_current)
 
 
@@ -190,6 +192,7 @@ class AllPositionsLoss(nn.Module):
         negatives: JaggedTensor,
         negative_ids: torch.Tensor,
         bonus: Optional[RepeatBonus] = None,
+        select: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Scalar loss.
 
@@ -198,9 +201,23 @@ class AllPositionsLoss(nn.Module):
             history: jagged item embeddings [N, D] and history_ids [N]; targets: jagged [B, D]
             (one per example) and target_ids [B]; negatives: jagged [R, D], negative_ids [R];
             bonus: the repeat path's bonus per history row, or None.
+            select: [S] int64 history rows that are supervised (``data.supervised_rows``; every
+                pair of ``bonus`` must be on one of them), None = every row.
         """
         n = user_rows.shape[0]
         rows = next_event_rows(offsets, n)
+        if select is not None:
+            rows = rows[select]
+            user_rows = user_rows[select]
+            if bonus is not None:  # the bonus's query rows, renumbered among the selected rows
+                where = torch.full((n,), -1, dtype=torch.int64, device=select.device)
+                where[select] = torch.arange(select.shape[0], device=select.device)
+                query = where[bonus[0]]
+                if bool((query < 0).any()):
+                    raise ValueError("repeat bonus on a row that is not supervised (model.repeat_rows "
+                                     "must not exceed data.supervised_rows)")
+                bonus = (query, bonus[1], bonus[2])
+            n = user_rows.shape[0]
         pos_ids = torch.cat([history_ids, target_ids], 0)[rows]
         negs = scoring_vectors(negatives.values(), self.cosine)
         if self.whole_catalog:  # the positive is a catalog column: its embedding is not needed
@@ -228,6 +245,8 @@ class HyTRecModel(nn.Module):
         embedding_device: device of the embedding tables; ``meta`` when DMP will shard them.
         all_positions: in training mode, supervise every history position (``data.all_positions``;
             docs/training.md); evaluation mode always scores one user embedding per example.
+        supervised_rows: with ``all_positions``, M > 0 supervises only the last M positions of
+            each history (``data.supervised_rows``); the repeat path then pairs at most those.
         whole_catalog_negatives: the batches' uniform negatives are every known item
             (``data.num_negatives: -1``); the per-example loss then leaves out in-batch negatives
             and is the exact softmax.
@@ -242,9 +261,11 @@ class HyTRecModel(nn.Module):
         embedding_device: Optional[torch.device] = None,
         all_positions: bool = False,
         whole_catalog_negatives: bool = False,
+        supervised_rows: int = 0,
     ) -> None:
         super().__init__()
         self.all_positions = all_positions
+        self.supervised_rows = int(supervised_rows)
         tables = table_configs(emb_cfg, vocab_sizes)
         init = functools.partial(nn.init.normal_, mean=0.0, std=emb_cfg.init_std)
         for t in tables:
@@ -257,7 +278,10 @@ class HyTRecModel(nn.Module):
         self.all_positions_loss = AllPositionsLoss(int(vocab_sizes["item"]), self.cosine, tower_cfg.temperature,
                                                    whole_catalog=whole_catalog_negatives)
         self.num_items = int(vocab_sizes["item"])
-        self.repeat = (RepeatHead(tower_cfg.embedding_dim, train_rows=tower_cfg.repeat_rows)
+        repeat_rows = tower_cfg.repeat_rows
+        if self.supervised_rows > 0:  # only supervised rows get pairs
+            repeat_rows = min(repeat_rows, self.supervised_rows) if repeat_rows > 0 else self.supervised_rows
+        self.repeat = (RepeatHead(tower_cfg.embedding_dim, train_rows=repeat_rows)
                        if tower_cfg.repeat else None)
 
     def user_embedding(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, JaggedTensor]]:
@@ -291,12 +315,16 @@ class HyTRecModel(nn.Module):
         """:meth:`forward` after the lookup: ``emb`` is the collection's output for ``batch``."""
         offsets = batch.history_offsets().to(torch.int64)  # KJT lengths are int32
         if self.all_positions and self.training:
-            rows, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current, True)
+            rows, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current, True, self.supervised_rows)
+            select: Optional[torch.Tensor] = None
+            if self.supervised_rows > 0:
+                select = split_tail(offsets, self.supervised_rows)[2]
             loss = self.all_positions_loss(
                 rows, offsets, emb["history_item"], batch.features["history_item"].values(),
                 emb["target_item"], batch.features["target_item"].values(),
                 emb["negative_item"], batch.features["negative_item"].values(),
                 bonus=self.repeat_bonus(batch, rows, all_positions=True),
+                select=select,
             )
         else:
             user, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current)

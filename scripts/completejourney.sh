@@ -26,7 +26,10 @@ config=configs/completejourney.yaml
 # One line per recipe: NAME OVERRIDE ... ("-" = none). default is the default tower; each other
 # recipe switches one part of it (short_only_norepeat and paper: the issue's original comparison;
 # abl_*: the long memory's readout, gating and time inputs, one at a time; long_residual: the long
-# branch added to the short branch's fusion through a scale that starts at 0).
+# branch added to the short branch's fusion through a scale that starts at 0; window64: the default
+# tower given only the last 64 purchases, 16x the windows per step so that every step has as many
+# supervised positions as the default's; ctx_*: windows of up to 1,024 purchases of context whose
+# last 64 are supervised, 16x the windows per step, as many targets per step from 16x the households).
 recipes="\
 default              -
 short_only           model.long_pattern=
@@ -36,7 +39,10 @@ paper                model.long_pattern=TTTS model.tadn.gating=paper model.long_
 abl_last_readout     model.long_readout=last
 abl_paper_gating     model.tadn.gating=paper
 abl_no_time          model.long_time_inputs=false
-long_residual        model.fusion.long=residual"
+long_residual        model.fusion.long=residual
+window64             data.max_len=64 data.batch_size=128
+ctx_short_only       model.long_pattern= data.supervised_rows=64 data.batch_size=128
+ctx_default          data.supervised_rows=64 data.batch_size=128"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"

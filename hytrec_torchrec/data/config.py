@@ -42,6 +42,11 @@ class DataConfig:
             one epoch supervises every training event once. Validation and test are unchanged
             (one exact cutoff per user). Needs ``num_targets: 1`` and ``min_history <= 1``.
             docs/training.md says where this is exact and where it approximates HyTRec.
+        supervised_rows: with ``all_positions``, M > 0 supervises only the last M positions of
+            each window and tiles training cutoffs every M events instead of every ``max_len``:
+            every training event is still a target once per epoch, now with up to ``max_len``
+            events of context before it (the long branch and the repeat path read them), and a
+            batch of B windows holds B·M targets from B users. 0 = every position of a window.
         min_history: smallest history length (events before the cutoff) an example may have.
             0 allows empty histories (cold-start examples with no history at all).
         batch_size: examples per batch (B).
@@ -68,6 +73,7 @@ class DataConfig:
     num_targets: int = 1
     cutoffs_per_user: int = 4
     all_positions: bool = False
+    supervised_rows: int = 0
     min_history: int = 1
     batch_size: int = 32
     num_negatives: int = 128
@@ -91,6 +97,10 @@ class DataConfig:
         check_range("num_targets", self.num_targets, 1)
         check_range("cutoffs_per_user", self.cutoffs_per_user, 0)
         check_range("min_history", self.min_history, 0)
+        check_range("supervised_rows", self.supervised_rows, 0, self.max_len)
+        if self.supervised_rows and not self.all_positions:
+            raise ConfigError(f"supervised_rows: {self.supervised_rows} needs all_positions: true "
+                              "(it chooses which positions of an all-position window are targets)")
         if self.all_positions and self.num_targets != 1:
             raise ConfigError(f"num_targets: {self.num_targets} must be 1 when all_positions is true "
                               "(every history position already has its next event as target)")

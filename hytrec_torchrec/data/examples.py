@@ -29,7 +29,9 @@ With ``all_positions`` (every position of a history window is a target, docs/tra
 training cutoffs are not drawn: they tile the region from its end, ``hi - 1 - j * max_len`` for
 ``j = 0, 1, …`` while ``>= max(lo, 1)`` (at most ``cutoffs_per_user`` of them when that is > 0). The
 window of cutoff ``c`` supervises targets ``max(c - max_len, 0) + 1 .. c``, so the windows cover
-every training target exactly once per epoch.
+every training target exactly once per epoch. With ``supervised_rows`` M > 0 the cutoffs are
+``hi - 1 - j * M`` and the window of ``c`` (still up to ``max_len`` events of history) supervises
+only its last M targets ``max(c - M, 0) + 1 .. c``: again every target once per epoch.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import numpy as np
 from hytrec_torchrec.data.config import DataConfig
 
 __all__ = ["Examples", "StageRegion", "stage_region", "num_examples", "make_examples", "cutoff_key",
-           "splitmix64"]
+           "splitmix64", "window_stride"]
 
 _U64 = np.uint64
 
@@ -110,13 +112,19 @@ def stage_region(cfg: DataConfig, stage: str, length: np.ndarray, n_before: np.n
     return StageRegion(lo=lo, hi=hi, end=end, eligible=eligible)
 
 
+def window_stride(cfg: DataConfig) -> int:
+    """Events between consecutive all-position training cutoffs of a user: ``supervised_rows``
+    when set, else ``max_len``."""
+    return cfg.supervised_rows if cfg.supervised_rows > 0 else cfg.max_len
+
+
 def num_examples(cfg: DataConfig, region: StageRegion, stage: str) -> np.ndarray:
     """[U] int64 examples per user in one epoch (0 for ineligible users)."""
     n = np.where(region.eligible, region.hi - region.lo, 0)
     if stage == "train" and cfg.all_positions:
         # windows of max_len targets (ceil); position 0 has no history, so targets start at 1
         n = np.where(region.eligible, region.hi - np.maximum(region.lo, 1), 0).clip(min=0)
-        n = -(-n // cfg.max_len)
+        n = -(-n // window_stride(cfg))
     if stage == "train" and cfg.cutoffs_per_user > 0:
         n = np.minimum(n, cfg.cutoffs_per_user)
     return n.astype(np.int64)
@@ -157,7 +165,7 @@ def make_examples(cfg: DataConfig, stage: str, epoch: int, user: np.ndarray, len
     rows = np.repeat(np.arange(len(user), dtype=np.int64), k)
     j = np.arange(int(k.sum()), dtype=np.int64) - np.repeat(np.cumsum(k) - k, k)
     if stage == "train" and cfg.all_positions:
-        cutoff = region.hi[rows] - 1 - j * cfg.max_len
+        cutoff = region.hi[rows] - 1 - j * window_stride(cfg)
         return Examples(row=rows, cutoff=cutoff, target_end=cutoff + 1)
     n = (region.hi - region.lo)[rows]
     kk = k[rows]

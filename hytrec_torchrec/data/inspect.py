@@ -29,7 +29,7 @@ def inspect_dataset(cfg: DataConfig, stage: str = "train", epoch: int = 0, rank:
         counts = JaggedBatchDataset(cfg, shard, epoch, s).count_summary()
         parts.append(format_stats(f"split {cfg.split} / stage {s} (epoch {epoch})", counts))
     loader = make_dataloader(cfg, rank, world_size, epoch, stage, shard=shard)
-    epoch_stats = read_epoch(loader, cfg.all_positions and stage == "train").as_dict()
+    epoch_stats = read_epoch(loader, cfg.all_positions and stage == "train", cfg.supervised_rows).as_dict()
     title = (f"one {stage} epoch read: batch_size={cfg.batch_size} max_len={cfg.max_len} "
              f"group_window={cfg.group_window} num_workers={cfg.num_workers}")
     parts.append(format_stats(title, epoch_stats))

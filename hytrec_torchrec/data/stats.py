@@ -58,6 +58,7 @@ class EpochStats:
     """
 
     all_positions: bool = False
+    supervised_rows: int = 0  # data.supervised_rows: with all_positions, the last M rows of a window are targets
 
     batches: int = 0
     examples: int = 0
@@ -65,6 +66,7 @@ class EpochStats:
     history_events: int = 0
     target_events: int = 0
     negatives: int = 0
+    supervised: int = 0  # all-position targets: history rows, or the last supervised_rows of each
     padded_slots: int = 0  # sum over batches of B * max history length
     history_max: int = 0
     batch_sizes: list[int] = field(default_factory=list)
@@ -81,6 +83,7 @@ class EpochStats:
         self.examples += valid
         self.padding_examples += B - valid
         self.history_events += int(h.sum())
+        self.supervised += int((h.clamp(max=self.supervised_rows) if self.supervised_rows else h).sum())
         self.target_events += int(lengths[4 * B:5 * B].sum())
         self.negatives += int(lengths[5 * B:].sum())
         hmax = int(h.max()) if B else 0
@@ -98,7 +101,7 @@ class EpochStats:
             "padding_examples": self.padding_examples,
             "history_events": self.history_events,
             "target_events": self.target_events,
-            "supervised_positions": self.history_events if self.all_positions else self.target_events,
+            "supervised_positions": self.supervised if self.all_positions else self.target_events,
             "negatives": self.negatives,
             "history_mean": self.history_events / max(self.examples + self.padding_examples, 1),
             "history_max": self.history_max,
@@ -110,10 +113,10 @@ class EpochStats:
         }
 
 
-def read_epoch(loader: Iterable[Batch], all_positions: bool = False) -> EpochStats:
-    """Iterate a loader once, timing it (includes worker start-up); ``all_positions`` as
-    :class:`EpochStats`."""
-    st = EpochStats(all_positions=all_positions)
+def read_epoch(loader: Iterable[Batch], all_positions: bool = False, supervised_rows: int = 0) -> EpochStats:
+    """Iterate a loader once, timing it (includes worker start-up); ``all_positions`` and
+    ``supervised_rows`` as :class:`EpochStats`."""
+    st = EpochStats(all_positions=all_positions, supervised_rows=supervised_rows)
     t0 = time.perf_counter()
     for b in loader:
         st.update(b)

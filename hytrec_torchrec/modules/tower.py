@@ -188,7 +188,8 @@ class HyTRecTower(nn.Module):
         return scoring_vectors(user, self.cosine), balance * self.load_balance_weight
 
     def forward_all_positions(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
-                              timestamps: torch.Tensor, t_current: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                              timestamps: torch.Tensor, t_current: torch.Tensor,
+                              last_rows: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
         """One user embedding per history row ``[N, D]`` (all-position training) and the weighted
         load-balancing loss (0-d); inputs as :meth:`forward`.
 
@@ -199,16 +200,38 @@ class HyTRecTower(nn.Module):
         without TADN layers. With TADN it is a training surrogate: τ is taken against the
         example's ``t_current`` for every row, and h̄ is the running mean
         (:meth:`LongBranch.forward_rows`). No row depends on a later row in either case.
+
+        ``last_rows`` M > 0 (``data.supervised_rows``): only the last M rows of each history get
+        their embedding, equal to the rows computed without it; every other row is 0. The short
+        branch then runs on the rows the last M need (M + its receptive field − 1), the fusion on
+        the M rows; the long branch still scans every row (its memory needs them).
         """
         h = self.combine(features)
         n = h.shape[0]
-        branches: List[torch.Tensor] = []
         nt: Optional[torch.Tensor] = None
         if self.next_query:
             nt = next_event_times(timestamps, offsets, t_current)
+        rows_all = torch.arange(n, device=h.device)
+        sel_rows = rows_all
+        if last_rows > 0:
+            _, _, sel_rows, _ = split_tail(offsets, last_rows)
+        branches: List[torch.Tensor] = []
+        # the short branch's output at every row (0 where it is not computed)
         short_rows: Optional[torch.Tensor] = None
+        short_sel: Optional[torch.Tensor] = None
         if self.has_short:
-            short_rows = self.short.forward_rows(h, offsets, timestamps, nt)
+            if last_rows > 0:  # the rows the last M rows read: their receptive fields
+                _, _, sub_rows, sub_off = split_tail(offsets, last_rows + self.short_input - 1)
+                sq: Optional[torch.Tensor] = None
+                if nt is not None:
+                    sq = nt[sub_rows]
+                sub_out = self.short.forward_rows(h[sub_rows], sub_off, timestamps[sub_rows], sq)
+                _, _, keep, _ = split_tail(sub_off, last_rows)
+                short_sel = sub_out[keep]
+                short_rows = h.new_zeros(n, self.dim).index_copy(0, sel_rows, short_sel)
+            else:
+                short_rows = self.short.forward_rows(h, offsets, timestamps, nt)
+                short_sel = short_rows
         head_rows, head_off, _, _ = self._split(offsets, n, h.device)
         if self.has_long:
             seg = segment_ids(offsets, n)
@@ -226,17 +249,20 @@ class HyTRecTower(nn.Module):
             # head row m of a history feeds the prefix ending K rows later
             long_out = self.long.empty.unsqueeze(0).expand(n, self.dim)
             long_out = long_out.index_copy(0, head_rows + self.short_len, rows)
-            branches.append(long_out)
-        if short_rows is not None:
-            branches.append(short_rows)
+            branches.append(long_out[sel_rows] if last_rows > 0 else long_out)
+        if short_sel is not None:
+            branches.append(short_sel)
         user, balance = self._fuse(branches)
         if self.has_copy and short_rows is not None and self.copy_scale is not None:
             reader = self.copy.forward_rows(h[head_rows], head_off, timestamps[head_rows],
                                             short_rows[head_rows + self.short_len],
                                             timestamps[head_rows + self.short_len])
             copied = h.new_zeros(n, self.dim).index_copy(0, head_rows + self.short_len, reader)
-            user = user + self.copy_scale * copied
-        return scoring_vectors(user, self.cosine), balance * self.load_balance_weight
+            user = user + self.copy_scale * (copied[sel_rows] if last_rows > 0 else copied)
+        user = scoring_vectors(user, self.cosine)
+        if last_rows > 0:
+            user = h.new_zeros(n, self.dim).index_copy(0, sel_rows, user)
+        return user, balance * self.load_balance_weight
 
 
 def score(user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,8 @@ def build_model(cfg: JobConfig, vocab_sizes: Dict[str, int], device: torch.devic
     torch.manual_seed(cfg.run.seed)
     model = HyTRecModel(cfg.model, cfg.embeddings, vocab_sizes, counts,
                         embedding_device=embedding_device or device, all_positions=cfg.data.all_positions,
-                        whole_catalog_negatives=cfg.data.num_negatives == -1)
+                        whole_catalog_negatives=cfg.data.num_negatives == -1,
+                        supervised_rows=cfg.data.supervised_rows if cfg.data.all_positions else 0)
     model.tower.to(device)
     model.loss.to(device)
     return model
