@@ -192,7 +192,7 @@ class AllPositionsLoss(nn.Module):
         negatives: JaggedTensor,
         negative_ids: torch.Tensor,
         bonus: Optional[RepeatBonus] = None,
-        select: Optional[torch.Tensor] = None,
+        last_rows: int = 0,
     ) -> torch.Tensor:
         """Scalar loss.
 
@@ -201,12 +201,13 @@ class AllPositionsLoss(nn.Module):
             history: jagged item embeddings [N, D] and history_ids [N]; targets: jagged [B, D]
             (one per example) and target_ids [B]; negatives: jagged [R, D], negative_ids [R];
             bonus: the repeat path's bonus per history row, or None.
-            select: [S] int64 history rows that are supervised (``data.supervised_rows``; every
-                pair of ``bonus`` must be on one of them), None = every row.
+            last_rows: M > 0 supervises only the last M rows of each history
+                (``data.supervised_rows``; every pair of ``bonus`` must be on one of them).
         """
         n = user_rows.shape[0]
         rows = next_event_rows(offsets, n)
-        if select is not None:
+        if last_rows > 0:
+            select = split_tail(offsets, last_rows)[2]
             rows = rows[select]
             user_rows = user_rows[select]
             if bonus is not None:  # the bonus's query rows, renumbered among the selected rows
@@ -316,15 +317,12 @@ class HyTRecModel(nn.Module):
         offsets = batch.history_offsets().to(torch.int64)  # KJT lengths are int32
         if self.all_positions and self.training:
             rows, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current, True, self.supervised_rows)
-            select: Optional[torch.Tensor] = None
-            if self.supervised_rows > 0:
-                select = split_tail(offsets, self.supervised_rows)[2]
             loss = self.all_positions_loss(
                 rows, offsets, emb["history_item"], batch.features["history_item"].values(),
                 emb["target_item"], batch.features["target_item"].values(),
                 emb["negative_item"], batch.features["negative_item"].values(),
                 bonus=self.repeat_bonus(batch, rows, all_positions=True),
-                select=select,
+                last_rows=self.supervised_rows,
             )
         else:
             user, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current)

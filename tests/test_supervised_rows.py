@@ -102,7 +102,7 @@ def test_the_loss_on_selected_rows_matches_a_direct_reference(with_bonus: bool) 
 
     got = AllPositionsLoss(v)(rows, off, jt(hist_ids, off[1:] - off[:-1]), hist_ids,
                               jt(tgt_ids, torch.ones(b, dtype=torch.int64)), tgt_ids,
-                              jt(neg_ids, torch.tensor([r] + [0] * (b - 1))), neg_ids, bonus=bonus, select=sel)
+                              jt(neg_ids, torch.tensor([r] + [0] * (b - 1))), neg_ids, bonus=bonus, last_rows=m)
     pos = items[next_event_rows(off, n)[sel]]
     pos_bonus = neg_bonus = None
     if bonus is not None:
@@ -116,7 +116,7 @@ def test_the_loss_on_selected_rows_matches_a_direct_reference(with_bonus: bool) 
         with pytest.raises(ValueError, match="repeat_rows"):
             AllPositionsLoss(v)(rows, off, jt(hist_ids, off[1:] - off[:-1]), hist_ids,
                                 jt(tgt_ids, torch.ones(b, dtype=torch.int64)), tgt_ids,
-                                jt(neg_ids, torch.tensor([r] + [0] * (b - 1))), neg_ids, bonus=wide, select=sel)
+                                jt(neg_ids, torch.tensor([r] + [0] * (b - 1))), neg_ids, bonus=wide, last_rows=m)
 
 
 def test_epoch_stats_count_the_supervised_rows(tmp_path) -> None:
