@@ -6,7 +6,7 @@
 #
 # usage: bash scripts/check_docs_commands.sh [--list] [--only REGEX] [SCRATCH_DIR]
 #   --list        print the plan (what would run, what is skipped and why) and run nothing
-#   --only REGEX  run only the commands matching REGEX (the demo still runs first)
+#   --only REGEX  run only the commands whose "DOC: COMMAND" line matches REGEX (the demo still runs first)
 #   SCRATCH_DIR   where the copy goes (default: a new folder under ${TMPDIR:-/tmp}); must not exist
 #
 # Not part of the test suite: the demo, training recipes and full evaluations take minutes to
@@ -133,6 +133,8 @@ def inputs(argv):
                 found.append(a.split(":", 1)[0])
     if prog == "python" and args[:1] == ["examples/serve.py"]:
         found += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--model-dir"]
+    if prog == "python" and args[:2] == ["-m", "data_prep.target_kinds"] and len(args) > 2:
+        found.append(args[2])  # the prepared dataset it reads
     return found
 
 
@@ -153,7 +155,7 @@ for n, (doc, argv) in enumerate(order, 1):
     why = plan_skip(argv)
     if why is None and cmd in seen:
         why = "ran above"
-    if why is None and only is not None and n > 1 and not only.search(cmd):
+    if why is None and only is not None and n > 1 and not only.search(f"{doc}: {cmd}"):
         why = "not selected by --only"
     seen.add(cmd)
     if why is None and not listing:
