@@ -2,7 +2,8 @@
 
 :func:`file_sha256` hashes a file in 1 MiB blocks (checkpoint manifests, exported model cards);
 :func:`remove_entries` removes named entries of a folder, a directory tree or a file each, for the
-tools that clear only what they wrote (``hytrec-prep --overwrite``, ``hytrec-train --overwrite``).
+tools that clear only what they wrote (``hytrec-prep --overwrite``, ``hytrec-train --overwrite``);
+:func:`unwritable_dir` says why an output folder cannot be made (``hytrec-export``, ``hytrec-eval``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
-__all__ = ["file_sha256", "remove_entries"]
+__all__ = ["file_sha256", "remove_entries", "unwritable_dir"]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -33,3 +34,15 @@ def remove_entries(folder: Path, names: Iterable[str]) -> None:
             shutil.rmtree(target)
         else:
             target.unlink()
+
+
+def unwritable_dir(path: str | Path) -> Optional[str]:
+    """Why the folder ``path`` cannot be made or written into: it is a file (``exists and is not a
+    directory``), or the nearest existing path above it is a file; None otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return "exists and is not a directory"
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    return None if above.is_dir() else f"{above} is a file, not a directory"

@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 from hytrec_torchrec.cli import enable_debug, internal_error, plain, report, require_stack
 from hytrec_torchrec.launcher import stop_when_launcher_exits
 from hytrec_torchrec.config import ConfigError
+from hytrec_torchrec.files import unwritable_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,19 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unwritable_out(out: str) -> Optional[str]:
-    """Why the report folder ``out`` cannot be made (a file, or under one), else None."""
-    from pathlib import Path
-
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        return "exists and is not a directory"
-    above = path.parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
-    return None if above.is_dir() else f"{above} is a file, not a directory"
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -79,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     n_models = len(args.checkpoint) + len(args.model)
     if args.name and len(args.name) != n_models:
         parser.error(f"--name given {len(args.name)} times for {n_models} --checkpoint/--model")
-    bad_out = _unwritable_out(args.out)
+    bad_out = unwritable_dir(args.out)
     if bad_out:  # found now, not after the whole evaluation has run
         print(f"hytrec-eval: --out {args.out}: {bad_out}", file=sys.stderr)
         return 2

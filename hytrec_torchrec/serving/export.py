@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from hytrec_torchrec.files import file_sha256
+from hytrec_torchrec.files import file_sha256, unwritable_dir
 from hytrec_torchrec.serving.idmap import Vocab
 from hytrec_torchrec.serving.module import DEFAULT_MAX_TOKENS_PER_PASS, HyTRecServing
 
@@ -235,13 +235,9 @@ def check_export_dir(out: Path, overwrite: bool) -> None:
             ``overwrite``, a directory holding anything besides an earlier export's entries
             (:data:`EXPORT_ENTRIES`), which are named: nothing is removed then.
     """
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out}: exists and is not a directory")
-    above = out.parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
-    if not above.is_dir():
-        raise ExportError(f"--out {out}: {above} is a file, not a directory")
+    bad = unwritable_dir(out)
+    if bad:
+        raise ExportError(f"--out {out}: {bad}")
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not overwrite:
