@@ -211,16 +211,15 @@ class HyTRecTower(nn.Module):
         nt: Optional[torch.Tensor] = None
         if self.next_query:
             nt = next_event_times(timestamps, offsets, t_current)
-        rows_all = torch.arange(n, device=h.device)
-        sel_rows = rows_all
+        sel_rows: Optional[torch.Tensor] = None  # the rows computed, when not every row
         if last_rows > 0:
-            _, _, sel_rows, _ = split_tail(offsets, last_rows)
+            sel_rows = split_tail(offsets, last_rows)[2]
         branches: List[torch.Tensor] = []
         # the short branch's output at every row (0 where it is not computed)
         short_rows: Optional[torch.Tensor] = None
         short_sel: Optional[torch.Tensor] = None
         if self.has_short:
-            if last_rows > 0:  # the rows the last M rows read: their receptive fields
+            if sel_rows is not None:  # the rows the last M rows read: their receptive fields
                 _, _, sub_rows, sub_off = split_tail(offsets, last_rows + self.short_input - 1)
                 sq: Optional[torch.Tensor] = None
                 if nt is not None:
@@ -249,7 +248,7 @@ class HyTRecTower(nn.Module):
             # head row m of a history feeds the prefix ending K rows later
             long_out = self.long.empty.unsqueeze(0).expand(n, self.dim)
             long_out = long_out.index_copy(0, head_rows + self.short_len, rows)
-            branches.append(long_out[sel_rows] if last_rows > 0 else long_out)
+            branches.append(long_out if sel_rows is None else long_out[sel_rows])
         if short_sel is not None:
             branches.append(short_sel)
         user, balance = self._fuse(branches)
@@ -258,9 +257,9 @@ class HyTRecTower(nn.Module):
                                             short_rows[head_rows + self.short_len],
                                             timestamps[head_rows + self.short_len])
             copied = h.new_zeros(n, self.dim).index_copy(0, head_rows + self.short_len, reader)
-            user = user + self.copy_scale * (copied[sel_rows] if last_rows > 0 else copied)
+            user = user + self.copy_scale * (copied if sel_rows is None else copied[sel_rows])
         user = scoring_vectors(user, self.cosine)
-        if last_rows > 0:
+        if sel_rows is not None:
             user = h.new_zeros(n, self.dim).index_copy(0, sel_rows, user)
         return user, balance * self.load_balance_weight
 
