@@ -17,11 +17,7 @@ made once per session (the run by ``hytrec-train`` itself) and only read by the 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -31,7 +27,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.test_cli_errors import MODULES
+from hytrec_torchrec.files import file_sha256
+from tests.test_cli_errors import MODULES, _run
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES_DIR = Path(__file__).parent / "bad_inputs"
@@ -158,8 +155,8 @@ class Fixtures:
         """A 2-step run of configs/demo.yaml (tiny) on :meth:`prepared`, trained by hytrec-train."""
         if self._run is None:
             run = self.root / "run"
-            res = _run_tool("hytrec-train", ["--config", str(DEMO), f"data.path={self.prepared()}",
-                                             f"run.dir={run}", *TINY], self.root)
+            res = _run("hytrec-train", ["--config", str(DEMO), f"data.path={self.prepared()}",
+                                        f"run.dir={run}", *TINY], self.root, timeout=300)
             assert res.returncode == 0, res.stderr[-3000:]
             self._run = run
         return self._run
@@ -168,13 +165,6 @@ class Fixtures:
 @pytest.fixture(scope="session")
 def fixtures(tmp_path_factory: pytest.TempPathFactory) -> Fixtures:
     return Fixtures(tmp_path_factory.mktemp("bad_inputs_fixtures"))
-
-
-def _run_tool(tool: str, argv: List[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYTREC_DEBUG"}
-    env["PYTHONWARNINGS"] = "ignore"
-    return subprocess.run([sys.executable, "-m", MODULES[tool], *argv], capture_output=True, text=True,
-                          timeout=300, cwd=cwd, env=env)
 
 
 def _expand(argv: List[str], tmp: Path, fx: Fixtures) -> List[str]:
@@ -189,10 +179,6 @@ def _expand(argv: List[str], tmp: Path, fx: Fixtures) -> List[str]:
             a = a.replace("{run}", str(fx.run()))
         out.append(a.replace("{tmp}", str(tmp)).replace("{root}", str(ROOT)).replace("{demo}", str(DEMO)))
     return out
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_the_corpus_is_well_formed() -> None:
@@ -218,9 +204,9 @@ def test_bad_input(case: Dict[str, Any], tmp_path: Path, fixtures: Fixtures) -> 
         f = tmp_path / name
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(text)
-    keeps = {k: _digest(tmp_path / k) for k in case.get("keeps", [])}
+    keeps = {k: file_sha256(tmp_path / k) for k in case.get("keeps", [])}
     tool = case["tool"]
-    res = _run_tool(tool, _expand(case["argv"], tmp_path, fixtures), tmp_path)
+    res = _run(tool, _expand(case["argv"], tmp_path, fixtures), tmp_path, timeout=300)
     why = f"{case['name']}: {case['about']}\nrc={res.returncode}\nstderr:\n{res.stderr[-3000:]}"
     assert res.returncode == case["code"], why
     assert "Traceback" not in res.stderr, why
@@ -237,4 +223,4 @@ def test_bad_input(case: Dict[str, Any], tmp_path: Path, fixtures: Fixtures) -> 
     for needle in [case["stdout"]] if isinstance(case.get("stdout"), str) else case.get("stdout", []):
         assert needle in res.stdout, f"{needle!r} not in stdout\n{res.stdout[-2000:]}\n{why}"
     for name, digest in keeps.items():
-        assert (tmp_path / name).is_file() and _digest(tmp_path / name) == digest, f"{name} lost\n{why}"
+        assert (tmp_path / name).is_file() and file_sha256(tmp_path / name) == digest, f"{name} lost\n{why}"

@@ -27,9 +27,12 @@ MODULES = {
 }
 
 
-def _run(prog: str, args: list[str], tmp: Path, **env: str) -> subprocess.CompletedProcess:
+def _run(prog: str, args: list[str], tmp: Path, timeout: int = 180, **env: str) -> subprocess.CompletedProcess:
+    """Run ``prog`` through its entry module in ``tmp``; the caller's ``HYTREC_DEBUG`` is not
+    inherited (only ``env`` sets it), so a traceback never comes from the test environment."""
+    base = {k: v for k, v in os.environ.items() if k != DEBUG_ENV}
     return subprocess.run([sys.executable, "-m", MODULES[prog], *args], capture_output=True, text=True,
-                          timeout=180, cwd=tmp, env=dict(os.environ, PYTHONWARNINGS="ignore", **env))
+                          timeout=timeout, cwd=tmp, env=dict(base, PYTHONWARNINGS="ignore", **env))
 
 
 def test_debug_prints_the_traceback(tmp_path: Path) -> None:
