@@ -1,6 +1,6 @@
 """Benchmark: what DDP's ``find_unused_parameters=True`` costs the dense tower per training step.
 
-``training/distributed.py`` wraps the dense part of every model with
+``runtime/distributed.py`` wraps the dense part of every model with
 ``find_unused_parameters=True``: HyTRec leaves parameters without a gradient on some batches (the
 short branch's "empty" vector in all-position training, the whole long branch on a batch whose
 histories fit the short window), and DDP without the flag fails on such a batch. The flag makes

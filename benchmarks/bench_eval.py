@@ -41,7 +41,7 @@ def _body(rank: int, world: int, catalog: int, users: int, dim: int, batch: int,
           repeats: int, out: str, layout: str = "row_wise") -> None:
     import torch.distributed as dist
 
-    from hytrec_torchrec.evaluation.ranks import local_item_blocks, target_ranks_distributed, topk_distributed
+    from hytrec_torchrec.ranking.ranks import local_item_blocks, target_ranks_distributed, topk_distributed
 
     torch.set_num_threads(threads)
     V = catalog + 2

@@ -117,8 +117,8 @@ def _split_step(trainer: Any, batch: Any) -> Dict[str, float]:
 
 def _body(rank: int, world: int, job: Dict[str, Any], steps: int, out: str) -> None:
     from hytrec_torchrec.data.loader import make_dataloader
-    from hytrec_torchrec.training.config import JobConfig
-    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.runtime.config import JobConfig
+    from hytrec_torchrec.runtime.distributed import init_distributed
     from hytrec_torchrec.training.loop import Trainer
 
     torch.set_num_threads(1)

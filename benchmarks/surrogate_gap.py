@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hytrec_torchrec.config import from_dict, to_dict  # noqa: E402
 from hytrec_torchrec.data.config import DataConfig  # noqa: E402
 from hytrec_torchrec.data.loader import make_dataloader  # noqa: E402
-from hytrec_torchrec.evaluation.metrics import ranking_metrics  # noqa: E402
-from hytrec_torchrec.evaluation.ranks import target_ranks  # noqa: E402
-from hytrec_torchrec.evaluation.scoring import first_targets, item_blocks  # noqa: E402
-from hytrec_torchrec.training.restore import load_unsharded  # noqa: E402
+from hytrec_torchrec.ranking.metrics import ranking_metrics  # noqa: E402
+from hytrec_torchrec.ranking.ranks import target_ranks  # noqa: E402
+from hytrec_torchrec.ranking.scoring import first_targets, item_blocks  # noqa: E402
+from hytrec_torchrec.runtime.restore import load_unsharded  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

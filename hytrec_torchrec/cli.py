@@ -10,13 +10,15 @@ turns a module docstring (reStructuredText roles and literals) into ``--help`` t
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
 import traceback
+import warnings
 
 __all__ = ["DEBUG_ENV", "debug_enabled", "enable_debug", "report", "internal_error", "plain", "require_stack",
-           "first_line"]
+           "first_line", "quiet_library_noise"]
 
 DEBUG_ENV = "HYTREC_DEBUG"
 
@@ -80,3 +82,18 @@ def plain(doc: str | None) -> str:
     """``doc`` without reStructuredText markup: ``:func:`~a.b.f``` → ``f``, ````x```` → ``x``."""
     text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1), doc or "")
     return text.replace("``", "")
+
+
+def quiet_library_noise() -> None:
+    """Keep TorchRec/TorchScript deprecation and planner chatter out of CLI output.
+
+    They are documented in docs/architecture.md ("Known warnings"); set ``PYTHONWARNINGS=default``
+    and ``HYTREC_LOG=INFO`` to see them.
+    """
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torchrec")
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch.distributed")
+    level = os.environ.get("HYTREC_LOG", "WARNING").upper()
+    for name in ("torchrec", "torch.distributed", "torch.fx", "fbgemm_gpu"):
+        logging.getLogger(name).setLevel(getattr(logging, level, logging.WARNING))

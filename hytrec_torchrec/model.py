@@ -7,17 +7,18 @@ returns ``(loss, outputs)`` as TorchRec's train pipelines expect.
 
 Example::
 
-    model = HyTRecModel(tower_cfg, emb_cfg, vocab_sizes, item_counts)
+    embeddings = build_embeddings(emb_cfg, vocab_sizes, device)   # hytrec_torchrec.runtime.factory
+    model = HyTRecModel(tower_cfg, embeddings, item_counts)
     loss, out = model(batch)          # batch: hytrec_torchrec.data.batch.Batch
     loss.backward()
 
-Distributed training builds the collection on the meta device and lets
-``DistributedModelParallel`` shard and materialise it (hytrec_torchrec/training/loop.py).
+The model is handed its built ``EmbeddingCollection`` (as TorchRec's two-tower example is): the
+tables and their initialisation are the runtime's (``hytrec_torchrec/runtime/factory.py``), which
+builds them on the meta device for ``DistributedModelParallel`` to shard and materialise.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -35,9 +36,8 @@ from hytrec_torchrec.modules.loss import (
     uniform_log_q,
 )
 from hytrec_torchrec.modules.repeat import RepeatBonus, RepeatHead, dense_bonus, lookup_bonus
-from hytrec_torchrec.ops.jagged import last_index, split_tail
 from hytrec_torchrec.modules.tower import HyTRecTower, scoring_vectors
-from hytrec_torchrec.training.sharding import EmbeddingsConfig, table_configs
+from hytrec_torchrec.ops.jagged import last_index, split_tail
 
 __all__ = ["HyTRecModel", "UserTower", "RetrievalLoss", "AllPositionsLoss", "next_event_rows"]
 
@@ -240,10 +240,10 @@ class HyTRecModel(nn.Module):
 
     Args:
         tower_cfg: tower configuration (``model:`` section).
-        emb_cfg: embedding tables configuration (``embeddings:`` section).
-        vocab_sizes: rows per table, from the prepared dataset's ``meta.json``.
-        item_counts: [V_item] event count per item index (log-Q correction of in-batch negatives).
-        embedding_device: device of the embedding tables; ``meta`` when DMP will shard them.
+        embeddings: the built tables (item, attribution, category, behavior; rows from the prepared
+            dataset's ``meta.json``), on the meta device when DMP will shard them.
+        item_counts: [V_item] event count per item index (log-Q correction of in-batch negatives);
+            V_item is the item table's rows.
         all_positions: in training mode, supervise every history position (``data.all_positions``;
             docs/training.md); evaluation mode always scores one user embedding per example.
         supervised_rows: with ``all_positions``, M > 0 supervises only the last M positions of
@@ -256,10 +256,8 @@ class HyTRecModel(nn.Module):
     def __init__(
         self,
         tower_cfg: TowerConfig,
-        emb_cfg: EmbeddingsConfig,
-        vocab_sizes: Dict[str, int],
+        embeddings: EmbeddingCollection,
         item_counts: torch.Tensor,
-        embedding_device: Optional[torch.device] = None,
         all_positions: bool = False,
         whole_catalog_negatives: bool = False,
         supervised_rows: int = 0,
@@ -267,18 +265,15 @@ class HyTRecModel(nn.Module):
         super().__init__()
         self.all_positions = all_positions
         self.supervised_rows = int(supervised_rows)
-        tables = table_configs(emb_cfg, vocab_sizes)
-        init = functools.partial(nn.init.normal_, mean=0.0, std=emb_cfg.init_std)
-        for t in tables:
-            t.init_fn = init
-        self.embeddings = EmbeddingCollection(tables=tables, device=embedding_device)
+        self.embeddings = embeddings
+        num_items = int(item_counts.numel())
         self.tower = UserTower(tower_cfg)
         self.cosine = tower_cfg.similarity == "cosine"
         self.loss = RetrievalLoss(item_counts, self.cosine, tower_cfg.temperature,
                                   in_batch=not whole_catalog_negatives)
-        self.all_positions_loss = AllPositionsLoss(int(vocab_sizes["item"]), self.cosine, tower_cfg.temperature,
+        self.all_positions_loss = AllPositionsLoss(num_items, self.cosine, tower_cfg.temperature,
                                                    whole_catalog=whole_catalog_negatives)
-        self.num_items = int(vocab_sizes["item"])
+        self.num_items = num_items
         repeat_rows = tower_cfg.repeat_rows
         if self.supervised_rows > 0:  # only supervised rows get pairs
             repeat_rows = min(repeat_rows, self.supervised_rows) if repeat_rows > 0 else self.supervised_rows

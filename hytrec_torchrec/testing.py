@@ -14,38 +14,18 @@ on any rank fails the call with that rank's traceback.
 from __future__ import annotations
 
 import os
-import socket
 import traceback
 from typing import Any, Callable, Sequence
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["fit_job", "free_port", "run_distributed", "shutdown_distributed"]
+from hytrec_torchrec.config import from_dict
+from hytrec_torchrec.runtime.config import JobConfig
+from hytrec_torchrec.runtime.distributed import free_port, init_distributed, shutdown_distributed
+from hytrec_torchrec.training.loop import Trainer
 
-
-def free_port() -> int:
-    """A currently free TCP port on localhost."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def shutdown_distributed() -> None:
-    """Tear the process group down so the process exits cleanly.
-
-    Objects from the finished job (pipelines, awaitables, DDP reducers) can sit in reference
-    cycles that hold gloo work with tensors; if they are only freed during interpreter
-    finalisation the process aborts ("terminate called without an active exception", exit -6).
-    So: collect them now, wait for every rank, then destroy the group while Python is alive.
-    """
-    import gc
-
-    gc.collect()
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    gc.collect()
+__all__ = ["fit_job", "run_distributed"]
 
 
 def _worker(
@@ -105,14 +85,9 @@ def run_distributed(
 def fit_job(rank: int, world_size: int, cfg_dict: dict) -> None:
     """Train one job on this gloo rank: a ``run_distributed`` body.
 
-    ``cfg_dict`` is a :class:`~hytrec_torchrec.training.config.JobConfig` as a plain dict
+    ``cfg_dict`` is a :class:`~hytrec_torchrec.runtime.config.JobConfig` as a plain dict
     (``to_dict``), so it pickles into the spawned processes::
 
         run_distributed(fit_job, 2, (to_dict(job_config),))
     """
-    from hytrec_torchrec.config import from_dict
-    from hytrec_torchrec.training.config import JobConfig
-    from hytrec_torchrec.training.distributed import init_distributed
-    from hytrec_torchrec.training.loop import Trainer
-
     Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu")).fit()

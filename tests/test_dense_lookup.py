@@ -1,4 +1,4 @@
-"""The CPU sequence lookup of TorchRec's ``dense`` kernel (training/dense_lookup.py) equals a
+"""The CPU sequence lookup of TorchRec's ``dense`` kernel (runtime/dense_lookup.py) equals a
 per-table ``nn.Embedding`` lookup, in values and gradients, on fbgemm's own flat storage.
 (End to end, data-parallel tables train like the unsharded model: test_train_distributed.py.)"""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hytrec_torchrec.training.dense_lookup import patch_dense_sequence_lookups, sequence_lookup
+from hytrec_torchrec.runtime.dense_lookup import patch_dense_sequence_lookups, sequence_lookup
 
 
 def _module(specs: list[tuple[int, int]], feature_table_map: list[int]) -> torch.nn.Module:

@@ -151,7 +151,7 @@ def _cli_body(rank: int, world: int, argv: list, out: str) -> None:
 def test_hytrec_eval_writes_diagnostics(tmp_path: Path) -> None:
     from hytrec_torchrec.data.testing import random_sequences, write_prepared
     from hytrec_torchrec.testing import fit_job, run_distributed
-    from hytrec_torchrec.training.config import JobConfig
+    from hytrec_torchrec.runtime.config import JobConfig
 
     data = write_prepared(tmp_path / "prep", random_sequences(14, 60, 40, seed=4, min_events=3), num_items=40)
     job = to_dict(from_dict(JobConfig, {

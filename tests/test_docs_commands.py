@@ -80,7 +80,7 @@ def _check_tool(argv: List[str]) -> None:
         assert ns.merge or len(paths) == 2, f"expected INPUT OUTPUT, got {paths}"
     elif prog == "hytrec-train":
         from hytrec_torchrec.training.cli import build_parser
-        from hytrec_torchrec.training.config import load_job_config
+        from hytrec_torchrec.runtime.config import load_job_config
 
         ns = build_parser().parse_args(args)
         load_job_config(str(ROOT / ns.config) if ns.config else None, ns.overrides)

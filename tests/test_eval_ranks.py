@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from hytrec_torchrec.evaluation.metrics import ranking_metrics
-from hytrec_torchrec.evaluation.ranks import target_ranks, target_ranks_distributed
+from hytrec_torchrec.ranking.metrics import ranking_metrics
+from hytrec_torchrec.ranking.ranks import target_ranks, target_ranks_distributed
 from hytrec_torchrec.testing import run_distributed
 
 

@@ -18,11 +18,11 @@ import torch
 from hytrec_torchrec.config import ConfigError, from_dict, to_dict
 from hytrec_torchrec.data.testing import random_sequences, write_prepared
 from hytrec_torchrec.evaluation.evaluate import EvalConfig, load_eval_config
-from hytrec_torchrec.evaluation.metrics import SegmentedRankingMetric, ranking_metrics
-from hytrec_torchrec.evaluation.ranks import ranked_catalog_sizes, target_ranks
+from hytrec_torchrec.ranking.metrics import SegmentedRankingMetric, ranking_metrics
+from hytrec_torchrec.ranking.ranks import ranked_catalog_sizes, target_ranks
 from hytrec_torchrec.evaluation.segments import SegmentConfig, segment_flags
 from hytrec_torchrec.testing import fit_job, run_distributed
-from hytrec_torchrec.training.config import JobConfig
+from hytrec_torchrec.runtime.config import JobConfig
 
 KS = (1, 10, 50, 100, 200, 500)
 DAY = 86400
@@ -230,7 +230,7 @@ def _job(data: Path, run: Path) -> dict:
 
 def _eval_body(rank: int, world: int, ckpt: str, data: str, out: str, overrides: list) -> None:
     from hytrec_torchrec.evaluation.evaluate import evaluate_checkpoint
-    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.runtime.distributed import init_distributed
 
     from hytrec_torchrec.evaluation.evaluate import NoEligibleUsersError
 
@@ -356,7 +356,7 @@ def test_moved_training_data_does_not_skip_the_vocabulary_check(trained: tuple[P
 
     from hytrec_torchrec.evaluation.cli import main
     from hytrec_torchrec.evaluation.evaluate import VocabMismatchError, check_vocab
-    from hytrec_torchrec.training.restore import checkpoint_config
+    from hytrec_torchrec.runtime.restore import checkpoint_config
 
     data, run = trained
     _, state = checkpoint_config(run)
@@ -381,7 +381,7 @@ def test_moved_training_data_does_not_skip_the_vocabulary_check(trained: tuple[P
 def test_bad_input_vocab_mismatch(trained: tuple[Path, Path], tmp_path: Path) -> None:
     from hytrec_torchrec.evaluation.cli import main
     from hytrec_torchrec.evaluation.evaluate import VocabMismatchError, check_vocab
-    from hytrec_torchrec.training.restore import checkpoint_config
+    from hytrec_torchrec.runtime.restore import checkpoint_config
 
     data, run = trained
     _, state = checkpoint_config(run)
@@ -419,7 +419,7 @@ def test_bad_input_vocab_mismatch(trained: tuple[Path, Path], tmp_path: Path) ->
 
 # ---------------------------------------------------------------- distributed top-K
 def _topk_body(rank: int, world: int, out: str) -> None:
-    from hytrec_torchrec.evaluation.ranks import topk_distributed
+    from hytrec_torchrec.ranking.ranks import topk_distributed
 
     g = torch.Generator().manual_seed(5)
     user, table = torch.randn(11, 8, generator=g), torch.randn(3000, 8, generator=g)
@@ -428,7 +428,7 @@ def _topk_body(rank: int, world: int, out: str) -> None:
     s, i = topk_distributed(user[mine], [(rows[0], 0, table[rows[0]:rows[1]])], k=500)
     torch.save((s, i), Path(out) / f"top{rank}.pt")
     # history removal across ranks: every example's history is its own top-5 items
-    from hytrec_torchrec.evaluation.ranks import target_ranks_distributed
+    from hytrec_torchrec.ranking.ranks import target_ranks_distributed
 
     hist = i[:, :5].reshape(-1)
     lengths = torch.full((i.shape[0],), 5, dtype=torch.int64)
@@ -438,7 +438,7 @@ def _topk_body(rank: int, world: int, out: str) -> None:
 
 
 def test_two_rank_topk_equals_single_process(two_ranks: Path) -> None:
-    from hytrec_torchrec.evaluation.ranks import target_ranks, topk_distributed
+    from hytrec_torchrec.ranking.ranks import target_ranks, topk_distributed
 
     tmp_path = two_ranks
     g = torch.Generator().manual_seed(5)
@@ -459,7 +459,7 @@ def test_two_rank_topk_equals_single_process(two_ranks: Path) -> None:
 
 def test_data_parallel_checkpoint_evaluates_like_its_export(tmp_path: Path) -> None:
     """A checkpoint whose tables are data-parallel (dense kernel, Adam; trained on 2 ranks) is
-    evaluated on 2 ranks with the CPU sequence lookup (training/dense_lookup.py) and gives the
+    evaluated on 2 ranks with the CPU sequence lookup (runtime/dense_lookup.py) and gives the
     numbers of its unsharded TorchScript export on 1 rank."""
     from hytrec_torchrec.serving.export import export_checkpoint
 
@@ -489,7 +489,7 @@ def test_a_truncated_exported_model_is_a_one_line_error(trained: tuple[Path, Pat
                                                         capsys: pytest.CaptureFixture) -> None:
     """A model.pt cut short (a failed copy) is exit status 3 naming the file, not a zip-reader traceback."""
     from hytrec_torchrec.evaluation.cli import main
-    from hytrec_torchrec.training.distributed import shutdown_distributed
+    from hytrec_torchrec.runtime.distributed import shutdown_distributed
 
     data, run = trained
     cut = tmp_path / "model.pt"
@@ -528,7 +528,7 @@ def test_a_long_evaluation_logs_its_progress(trained: tuple[Path, Path], monkeyp
     import logging
 
     from hytrec_torchrec.evaluation import evaluate as ev
-    from hytrec_torchrec.training.distributed import shutdown_distributed
+    from hytrec_torchrec.runtime.distributed import shutdown_distributed
 
     data, run = trained
     monkeypatch.setattr(ev, "PROGRESS_EVERY_S", 0.0)

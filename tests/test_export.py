@@ -31,7 +31,7 @@ from hytrec_torchrec.data.testing import random_sequences, write_prepared
 from hytrec_torchrec.serving.idmap import IdMap, Vocab
 from hytrec_torchrec.serving.quant import dequantize_rows, quantize_rows
 from hytrec_torchrec.testing import run_distributed
-from hytrec_torchrec.training.config import JobConfig
+from hytrec_torchrec.runtime.config import JobConfig
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_LEN = 12
@@ -58,7 +58,7 @@ def _prepare(root: Path) -> Path:
 
 
 def _train_body(rank: int, world: int, cfg_dict: dict) -> None:
-    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.runtime.distributed import init_distributed
     from hytrec_torchrec.training.loop import Trainer
 
     Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu")).fit()
@@ -100,7 +100,7 @@ def fp32(run: Dict[str, Path]) -> torch.jit.ScriptModule:
 
 @pytest.fixture(scope="module")
 def training(run: Dict[str, Path]):
-    from hytrec_torchrec.training.restore import load_unsharded
+    from hytrec_torchrec.runtime.restore import load_unsharded
 
     return load_unsharded(run["run"])
 
@@ -127,7 +127,7 @@ def _training_scores(model, idx: Dict[str, torch.Tensor], lengths: torch.Tensor,
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     from hytrec_torchrec.data.batch import FEATURE_KEYS, Batch
-    from hytrec_torchrec.evaluation.scoring import item_blocks
+    from hytrec_torchrec.ranking.scoring import item_blocks
     from hytrec_torchrec.modules.repeat import dense_bonus
 
     B = lengths.numel()
@@ -374,7 +374,7 @@ def test_cosine_similarity_export_matches_the_training_model(run, training, time
     under the new settings, the new position and time biases drawn at random."""
     from hytrec_torchrec.config import from_dict as build
     from hytrec_torchrec.serving.export import build_serving, read_vocabs
-    from hytrec_torchrec.training.loop import build_model
+    from hytrec_torchrec.runtime.factory import build_model
 
     model, cfg, state = training
     d = to_dict(cfg)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hytrec_torchrec.data.testing import random_sequences, write_prepared
-from hytrec_torchrec.testing import free_port
+from hytrec_torchrec.runtime.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

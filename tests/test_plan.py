@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hytrec_torchrec.training.config import load_job_config
+from hytrec_torchrec.runtime.config import load_job_config
 from hytrec_torchrec.training.plan import format_memory, main, plan_job
 
 ROOT = Path(__file__).resolve().parents[1]

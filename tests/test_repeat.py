@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from hytrec_torchrec.config import from_dict, to_dict
-from hytrec_torchrec.evaluation.ranks import target_ranks
+from hytrec_torchrec.ranking.ranks import target_ranks
 from hytrec_torchrec.modules.loss import catalog_softmax_loss, sampled_softmax_loss, shared_negatives_loss
 from hytrec_torchrec.modules.repeat import RepeatHead, dense_bonus, lookup_bonus
 from hytrec_torchrec.ops.repeat import repeat_pairs, repeat_pairs_reference
@@ -199,8 +199,8 @@ def test_served_scores_equal_training_scores_plus_the_hand_bonus() -> None:
     training model's ``user · item`` plus :func:`_hand_bonus` of each request's history."""
     from hytrec_torchrec.serving.export import build_serving
     from hytrec_torchrec.serving.idmap import Vocab
-    from hytrec_torchrec.training.config import JobConfig
-    from hytrec_torchrec.training.loop import build_model
+    from hytrec_torchrec.runtime.config import JobConfig
+    from hytrec_torchrec.runtime.factory import build_model
 
     V, max_len = 20, 16
     cfg = from_dict(JobConfig, {

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from hytrec_torchrec.config import ConfigError
-from hytrec_torchrec.training.config import load_job_config
-from hytrec_torchrec.training.schedule import ScheduleConfig, lr_multiplier
+from hytrec_torchrec.runtime.config import load_job_config
+from hytrec_torchrec.runtime.config import ScheduleConfig
+from hytrec_torchrec.training.schedule import lr_multiplier
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 

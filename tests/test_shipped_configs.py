@@ -12,7 +12,7 @@ import pytest
 from data_prep.config import PrepConfig
 from hytrec_torchrec.config import load_config, to_dict
 from hytrec_torchrec.evaluation.evaluate import load_eval_config
-from hytrec_torchrec.training.config import load_job_config
+from hytrec_torchrec.runtime.config import load_job_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -21,7 +21,7 @@ from hytrec_torchrec.config import from_dict, to_dict
 from hytrec_torchrec.data.loader import make_dataloader
 from hytrec_torchrec.data.testing import random_sequences, write_prepared
 from hytrec_torchrec.testing import fit_job, run_distributed
-from hytrec_torchrec.training.config import JobConfig
+from hytrec_torchrec.runtime.config import JobConfig
 from hytrec_torchrec.training.schedule import lr_multiplier
 
 
@@ -38,7 +38,7 @@ def _cfg(data: Path, run: Path, sharding: str, all_positions: bool = False,
         optimizer = "adagrad"
     if sharding == "data_parallel":
         # replicated tables on the dense kernel: a plain torch optimizer steps them, so Adam runs
-        # on CPU (training/dense_lookup.py makes their lookup work there)
+        # on CPU (runtime/dense_lookup.py makes their lookup work there)
         tables = {t: {"sharding_type": "data_parallel", "compute_kernel": "dense"} for t in tables}
         optimizer = dp_optimizer
     return from_dict(JobConfig, {
@@ -65,7 +65,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train_body(rank: int, world: int, cfg_dict: dict, out: str) -> None:
-    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.runtime.distributed import init_distributed
     from hytrec_torchrec.training.loop import Trainer
 
     cfg = from_dict(JobConfig, cfg_dict)
@@ -87,7 +87,7 @@ def _reference(cfg: JobConfig, init: dict, world: int) -> tuple[dict, torch.Tens
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
     from hytrec_torchrec.data.reader import read_meta
-    from hytrec_torchrec.training.loop import build_model
+    from hytrec_torchrec.runtime.factory import build_model
 
     sizes = {k: int(v) for k, v in read_meta(cfg.data.path).vocab_sizes.items()}
     model = build_model(cfg, sizes, torch.device("cpu"))
@@ -226,7 +226,7 @@ def test_resume_is_exact_and_world_size_can_change(prepared: Path, tmp_path: Pat
     assert sorted(set(c["lrs"].tolist())) == pytest.approx(sorted({one.optim.lr, one.embeddings.lr}), rel=1e-6)
 
     # outside any job: the 2-rank checkpoint opens as one unsharded model with the same weights
-    from hytrec_torchrec.training.restore import load_unsharded, resolve_checkpoint
+    from hytrec_torchrec.runtime.restore import load_unsharded, resolve_checkpoint
 
     assert resolve_checkpoint(tmp_path / "full").name == "step_00000004"
     model, cfg, st = load_unsharded(tmp_path / "full")
@@ -257,7 +257,7 @@ def test_whole_catalog_negatives_reach_the_per_example_loss(prepared: Path, tmp_
     import dataclasses
 
     from hytrec_torchrec.data.reader import read_meta
-    from hytrec_torchrec.training.loop import build_model
+    from hytrec_torchrec.runtime.factory import build_model
 
     base = _cfg(prepared, tmp_path, "row_wise")
     sizes = {k: int(v) for k, v in read_meta(base.data.path).vocab_sizes.items()}

@@ -22,8 +22,8 @@ import torch
 from hytrec_torchrec.config import ConfigError, from_dict, to_dict
 from hytrec_torchrec.data.testing import random_sequences, write_prepared
 from hytrec_torchrec.testing import fit_job, run_distributed
-from hytrec_torchrec.training.config import JobConfig, load_job_config
-from hytrec_torchrec.training.sharding import (
+from hytrec_torchrec.runtime.config import JobConfig, load_job_config
+from hytrec_torchrec.runtime.sharding import (
     check_compute_kernels_device,
     check_sparse_optimizer_device,
 )
@@ -75,7 +75,7 @@ def test_cpu_refuses_a_sparse_optimizer_fbgemm_has_no_cpu_kernel_for() -> None:
 
 
 def test_fbgemm_cpu_dense_kernel_still_pools_sequence_lookups() -> None:
-    """Why :mod:`hytrec_torchrec.training.dense_lookup` exists: fbgemm's CPU dense table-batched
+    """Why :mod:`hytrec_torchrec.runtime.dense_lookup` exists: fbgemm's CPU dense table-batched
     embedding ignores ``PoolingMode.NONE`` and returns one pooled row per bag. If an fbgemm
     upgrade fixes this (5 rows come back), the patch can go."""
     from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
@@ -123,7 +123,7 @@ def _cfg(data: Path, run: Path, **train: object) -> JobConfig:
 
 
 def _resume_on_other_data(rank: int, world: int, cfg_dict: dict, out: str) -> None:
-    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.runtime.distributed import init_distributed
     from hytrec_torchrec.training.loop import Trainer
 
     trainer = Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu"))
@@ -135,7 +135,7 @@ def _resume_on_other_data(rank: int, world: int, cfg_dict: dict, out: str) -> No
 
 def _nan_after_checkpoint(rank: int, world: int, cfg_dict: dict, out: str) -> None:
     """Train to the step-2 checkpoint, then poison the tower output from step 3 on."""
-    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.runtime.distributed import init_distributed
     from hytrec_torchrec.training.loop import NonFiniteLossError, Trainer
 
     trainer = Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu"))
@@ -183,7 +183,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(datasets: tuple[Path, Path], t
     assert (ckpts / "latest").read_text().strip() == "step_00000002"
     assert sorted(p.name for p in ckpts.iterdir() if p.name.startswith("step_")) == ["step_00000002"]
     assert json.loads((ckpts / "step_00000002" / "train_state.json").read_text())["step"] == 2
-    from hytrec_torchrec.training.restore import load_unsharded
+    from hytrec_torchrec.runtime.restore import load_unsharded
 
     model, _, _ = load_unsharded(tmp_path / "run")
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
@@ -193,10 +193,10 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(datasets: tuple[Path, Path], t
 
 def _fit_catching(rank: int, world: int, cfg_dict: dict, out: str) -> None:
     """Train; write the ConfigError's message (or "ok") to ``out``."""
-    from hytrec_torchrec.training.distributed import init_distributed
+    from hytrec_torchrec.runtime.distributed import init_distributed
     from hytrec_torchrec.training.loop import Trainer
-    from hytrec_torchrec.training.checkpoint import DamagedCheckpointError
-    from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
+    from hytrec_torchrec.runtime.checkpoint import DamagedCheckpointError
+    from hytrec_torchrec.runtime.safe_load import UnsafeCheckpointError
 
     try:
         Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu")).fit()
@@ -227,7 +227,7 @@ def test_resume_with_a_changed_model_is_refused(datasets: tuple[Path, Path], tmp
     free = _cfg(a, run, max_steps=4)
     free.model.dropout = 0.2  # changes no parameter: allowed
     assert _fit(free, tmp_path) == "ok"
-    from hytrec_torchrec.training.restore import checkpoint_config
+    from hytrec_torchrec.runtime.restore import checkpoint_config
 
     with pytest.raises(ConfigError, match=r"model\.long_pattern: 'TS' -> 'ST'"):
         checkpoint_config(run, ["model.long_pattern=ST"])
@@ -287,9 +287,9 @@ def test_a_crafted_checkpoint_index_runs_no_code(datasets: tuple[Path, Path], tm
     import pickle
 
     from hytrec_torchrec.serving.cli import main as export_main
-    from hytrec_torchrec.training.restore import load_unsharded
-    from hytrec_torchrec.training.checkpoint import DamagedCheckpointError, write_manifest
-    from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
+    from hytrec_torchrec.runtime.restore import load_unsharded
+    from hytrec_torchrec.runtime.checkpoint import DamagedCheckpointError, write_manifest
+    from hytrec_torchrec.runtime.safe_load import UnsafeCheckpointError
 
     a, _ = datasets
     run = tmp_path / "run"
@@ -321,7 +321,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one(datasets: tuple[P
     import logging
 
     from hytrec_torchrec.evaluation.cli import main as eval_main
-    from hytrec_torchrec.training.checkpoint import (
+    from hytrec_torchrec.runtime.checkpoint import (
         MANIFEST,
         DamagedCheckpointError,
         latest_checkpoint,
@@ -379,7 +379,7 @@ def test_rerunning_a_finished_job_keeps_its_summary(datasets: tuple[Path, Path],
 def test_every_checkpoint_draws_the_whole_curve(datasets: tuple[Path, Path], tmp_path: Path) -> None:
     """curves.png is written with each checkpoint from train_state's loss_log and validation
     history, which a resumed run continues (so its picture starts at step 1, not at the resume)."""
-    from hytrec_torchrec.training.checkpoint import read_train_state
+    from hytrec_torchrec.runtime.checkpoint import read_train_state
 
     a, _ = datasets
     run = tmp_path / "run"

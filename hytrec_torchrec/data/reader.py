@@ -12,6 +12,7 @@ Every malformed input raises :class:`DatasetFormatError` naming the file (and th
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +76,6 @@ def vocab_fingerprint(root: str | Path, table: str) -> str:
     """SHA-256 of a prepared table's vocabulary (every ``raw → index`` pair, in file order), or
     ``"absent"`` when ``vocab/<table>.parquet`` does not exist. Two datasets with equal
     fingerprints map every raw ID to the same row."""
-    import hashlib
-
     path = Path(root) / "vocab" / f"{table}.parquet"
     if not path.is_file():
         return "absent"

@@ -1,1 +1,1 @@
-"""Offline evaluation: full-catalog ranks, metrics, segments, reports."""
+"""Offline evaluation: per-segment reports, paired comparisons and checkpoint diagnostics."""

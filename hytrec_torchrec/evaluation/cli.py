@@ -25,12 +25,13 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
-from hytrec_torchrec.cli import enable_debug, internal_error, plain, report, require_stack
-from hytrec_torchrec.launcher import stop_when_launcher_exits
+from hytrec_torchrec.cli import enable_debug, internal_error, plain, quiet_library_noise, report, require_stack
 from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.files import unwritable_dir
+from hytrec_torchrec.launcher import stop_when_launcher_exits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,51 +73,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"hytrec-eval: --out {args.out}: {bad_out}", file=sys.stderr)
         return 2
 
-    from hytrec_torchrec.training.cli import quiet_library_noise
-
     quiet_library_noise()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("hytrec").setLevel(logging.INFO)
     # after the logging setup: importing torchrec configures the root logger when none is
     if require_stack("hytrec-eval"):
         return 2
-    stop_when_launcher_exits("hytrec-eval")  # a rank of a killed local torchx job stops too
+    # Imported here, after argument parsing and the stack check, so that --help and argument
+    # errors answer without importing torch and torchrec (seconds).
+    import torch
+
+    from hytrec_torchrec.data.reader import DatasetFormatError
     from hytrec_torchrec.evaluation.evaluate import (
         ExportedModelError,
         NoEligibleUsersError,
         VocabMismatchError,
+        check_vocab,
         evaluate_checkpoint,
         evaluate_exported,
         load_eval_config,
         model_name,
     )
-    from hytrec_torchrec.data.reader import DatasetFormatError
+    from hytrec_torchrec.evaluation.report import write_report
     from hytrec_torchrec.evaluation.segments import SideFileError
-    from hytrec_torchrec.training.checkpoint import DamagedCheckpointError
-    from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
+    from hytrec_torchrec.runtime.checkpoint import DamagedCheckpointError
+    from hytrec_torchrec.runtime.distributed import DistEnv, init_distributed, shutdown_distributed
+    from hytrec_torchrec.runtime.restore import checkpoint_config
+    from hytrec_torchrec.runtime.safe_load import UnsafeCheckpointError
+
+    stop_when_launcher_exits("hytrec-eval")  # a rank of a killed local torchx job stops too
 
     try:
         ecfg, job_overrides = load_eval_config(args.config, list(args.overrides))
     except ConfigError as exc:
         return report("hytrec-eval", exc, 2, prefix="config error: ")
     if ecfg.threads is not None:
-        import torch
-
         torch.set_num_threads(ecfg.threads)
-    from pathlib import Path
-
     names = args.name or [model_name(c) for c in args.checkpoint + args.model]
     if len(set(names)) != len(names):
         names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
 
-    from hytrec_torchrec.training.distributed import DistEnv, init_distributed, shutdown_distributed
-
     env: Optional[DistEnv] = None
     results = []
     try:
-        from hytrec_torchrec.evaluation.evaluate import check_vocab
-        from hytrec_torchrec.training.restore import checkpoint_config
-
         # cheap checks of every input before any process group or model is built
         first = None
         for ckpt in args.checkpoint:
@@ -150,8 +149,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shutdown_distributed()
         return internal_error("hytrec-eval", exc)
     if env is not None and env.is_main:
-        from hytrec_torchrec.evaluation.report import write_report
-
         paths = write_report(args.out, results, ecfg, args.data)
         print(json.dumps({k: str(v) for k, v in paths.items()}))
     shutdown_distributed()

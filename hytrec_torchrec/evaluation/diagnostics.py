@@ -53,8 +53,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hytrec_torchrec.config import ConfigError, check_range
+from hytrec_torchrec.config import ConfigError, check_range, from_dict
+from hytrec_torchrec.modules.config import TowerConfig
+from hytrec_torchrec.modules.tower import HyTRecTower, scoring_vectors
 from hytrec_torchrec.ops.jagged import lengths_to_offsets, pass_bounds
+from hytrec_torchrec.runtime.restore import checkpoint_config, load_unsharded
 
 __all__ = [
     "TOP_K",
@@ -270,9 +273,6 @@ def checkpoint_access(path: str, overrides: Sequence[str], device: torch.device,
     Raises:
         MemoryError: when the tables would take more than ``max_table_gb`` GiB (float32).
     """
-    from hytrec_torchrec.modules.tower import scoring_vectors
-    from hytrec_torchrec.training.restore import checkpoint_config, load_unsharded
-
     cfg, state = checkpoint_config(path, overrides)
     gib = sum(int(v) for v in state["vocab_sizes"].values()) * int(cfg.embeddings.dim) * 4 / 2**30
     if gib > max_table_gb:
@@ -311,10 +311,6 @@ def exported_access(model: Any, card: Dict[str, Any], to_input: Dict[str, torch.
     tower: nn.Module = model.tower
     notes: Dict[str, str] = {}
     try:
-        from hytrec_torchrec.config import from_dict
-        from hytrec_torchrec.modules.config import TowerConfig
-        from hytrec_torchrec.modules.tower import HyTRecTower
-
         eager = HyTRecTower(from_dict(TowerConfig, card["config"]["model"], prefix="model"))
         saved = dict(model.tower.state_dict())  # a scripted state dict also holds non-persistent buffers
         buffers = dict(eager.named_buffers())

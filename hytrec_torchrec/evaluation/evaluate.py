@@ -10,7 +10,7 @@ Every rank runs :func:`evaluate_checkpoint` (one process is a world of 1):
 3. the model is sharded for the *current* world size and the checkpoint loaded into it (DCP
    reshards whatever world size wrote it);
 4. each batch's user embeddings are ranked against the full catalog, each rank scoring only its
-   own rows of the row-wise sharded item table (:func:`~hytrec_torchrec.evaluation.scoring.batch_target_ranks`);
+   own rows of the row-wise sharded item table (:func:`~hytrec_torchrec.ranking.scoring.batch_target_ranks`);
 5. per-example metrics are summed per segment in a ``torchmetrics.Metric`` and synced across ranks;
 6. on a seeded sample of the evaluated examples, rank 0 computes the long-history diagnostics
    (:mod:`~hytrec_torchrec.evaluation.diagnostics`) on the unsharded model and broadcasts them.
@@ -25,6 +25,7 @@ checkpoint's job config instead, e.g. ``data.max_len=200`` or ``data.batch_size=
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -33,18 +34,36 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
 from hytrec_torchrec.cli import first_line
-from hytrec_torchrec.config import ConfigError, check_choice, check_range, load_config
-from hytrec_torchrec.evaluation.diagnostics import (DiagnosticsConfig, ExampleSampler, checkpoint_access,
-                                                    collect_diagnostics, exported_access)
-from hytrec_torchrec.evaluation.metrics import DEFAULT_KS, SegmentedRankingMetric
-from hytrec_torchrec.evaluation.ranks import ranked_catalog_sizes
-from hytrec_torchrec.evaluation.scoring import (batch_target_ranks, first_targets, history_items,
-                                                item_blocks, unwrap)
+from hytrec_torchrec.config import (
+    ConfigError,
+    apply_overrides,
+    check_choice,
+    check_range,
+    from_dict,
+    load_config,
+    to_dict,
+)
+from hytrec_torchrec.data.config import DataConfig
+from hytrec_torchrec.data.loader import load_shard, make_dataloader
+from hytrec_torchrec.data.reader import read_meta, vocab_fingerprint
+from hytrec_torchrec.evaluation.diagnostics import (
+    DiagnosticsConfig,
+    ExampleSampler,
+    checkpoint_access,
+    collect_diagnostics,
+    exported_access,
+)
 from hytrec_torchrec.evaluation.segments import SegmentConfig, Segmenter
+from hytrec_torchrec.ranking.metrics import DEFAULT_KS, SegmentedRankingMetric
+from hytrec_torchrec.ranking.ranks import ranked_catalog_sizes, target_ranks
+from hytrec_torchrec.ranking.scoring import batch_target_ranks, first_targets, history_items, item_blocks, unwrap
+from hytrec_torchrec.runtime.distributed import init_distributed
+from hytrec_torchrec.runtime.restore import checkpoint_config, load_sharded
 
 __all__ = [
     "EvalConfig",
@@ -175,11 +194,6 @@ def model_name(path: str | Path) -> str:
     ``/step_N`` when a specific checkpoint is given; a generic folder name (``runs/demo/train``,
     ``runs/demo/export/model.pt``) becomes the architecture and the folder above it
     (``HyTRec TTTS (demo)``)."""
-    import json
-
-    from hytrec_torchrec.config import to_dict
-    from hytrec_torchrec.training.restore import checkpoint_config
-
     p = Path(path).resolve()
     if p.is_file():  # an exported model.pt: its folder, and the card beside it
         card = p.parent / "model_card.json"
@@ -217,8 +231,6 @@ def check_vocab(ckpt_state: Dict[str, Any], data_path: str | Path, ckpt_path: st
         ``{"sizes_checked": True, "item_vocab_checked": bool, "how": "fingerprint" |
         "training data" | "unchecked"}``.
     """
-    from hytrec_torchrec.data.reader import read_meta, vocab_fingerprint
-
     meta = read_meta(data_path)
     have = {k: int(v) for k, v in meta.vocab_sizes.items()}
     want = {k: int(v) for k, v in ckpt_state.get("vocab_sizes", {}).items()}
@@ -242,8 +254,6 @@ def check_vocab(ckpt_state: Dict[str, Any], data_path: str | Path, ckpt_path: st
     if train_path and Path(train_path, "vocab", "item.parquet").is_file():
         a, b = Path(train_path).resolve(), Path(data_path).resolve()
         if a != b:
-            import pyarrow.parquet as pq
-
             ra = pq.read_table(a / "vocab" / "item.parquet", columns=["raw", "index"])
             rb = pq.read_table(b / "vocab" / "item.parquet", columns=["raw", "index"])
             if not ra.equals(rb):
@@ -275,8 +285,6 @@ def _open_split(data_cfg: Any, ecfg: EvalConfig, env: Any, data_path: str | Path
         ConfigError: ``split: valid`` for a model trained with ``data.train_on_valid`` (its
             validation events were training targets).
     """
-    from hytrec_torchrec.data.loader import load_shard, make_dataloader
-
     if ecfg.split == "valid" and data_cfg.train_on_valid:
         raise ConfigError(
             "split: 'valid' is not held out for this model: it was trained with "
@@ -404,9 +412,6 @@ def evaluate_checkpoint(
     The diagnostics run on rank 0 on the checkpoint loaded once more, unsharded (every table
     gathered by DCP; the tower on this rank's device).
     """
-    from hytrec_torchrec.training.distributed import init_distributed
-    from hytrec_torchrec.training.restore import checkpoint_config, load_sharded
-
     t0 = time.perf_counter()
     cfg, state = checkpoint_config(checkpoint, job_overrides)
     vocab_check = check_vocab(state, data_path, state["path"], ecfg.allow_unchecked_vocab)
@@ -450,8 +455,6 @@ def evaluate_checkpoint(
 
 # ---------------------------------------------------------------------- exported models
 def _exported_vocab(model_dir: Path, table: str) -> Dict[str, Any]:
-    import json
-
     path = model_dir / "vocab" / f"{table}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: vocabulary of the exported model not found (hytrec-export writes it)")
@@ -466,10 +469,6 @@ def check_exported_vocab(model_file: str | Path, card: Dict[str, Any], data_path
     Returns:
         ``{table: id_space}`` of the tables the model takes.
     """
-    import pyarrow.parquet as pq
-
-    from hytrec_torchrec.data.reader import read_meta
-
     meta = read_meta(data_path)
     model_dir = Path(model_file).parent
     spaces: Dict[str, str] = {}
@@ -511,16 +510,6 @@ def evaluate_exported(
     pessimistic-tie rule as for checkpoints. Same result layout as :func:`evaluate_checkpoint`;
     the diagnostics (rank 0) use the exported tables and tower.
     """
-    import json
-
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from hytrec_torchrec.config import apply_overrides, from_dict
-    from hytrec_torchrec.data.config import DataConfig
-    from hytrec_torchrec.evaluation.ranks import target_ranks
-    from hytrec_torchrec.training.distributed import init_distributed
-
     t0 = time.perf_counter()
     path = Path(model_file)
     if not path.is_file():

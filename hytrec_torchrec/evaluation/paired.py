@@ -2,7 +2,7 @@
 
 Two models' metrics on one test split are means over the *same* users, so their difference has a
 much smaller standard error than either mean: per example ``d_i = m_B(i) − m_A(i)`` (``m`` the
-per-example metric of :func:`~hytrec_torchrec.evaluation.metrics.per_example_metrics`), the
+per-example metric of :func:`~hytrec_torchrec.ranking.metrics.per_example_metrics`), the
 difference is ``mean(d)`` and its standard error ``std(d) / √n`` (sample std, ``ddof=1``), the
 paired-sample (CLT) standard error; ``z = mean(d) / se``. For HR@K the counts of examples that
 only B hits and only A hits (the discordant pairs of McNemar's test) come with it.
@@ -135,7 +135,7 @@ def paired_difference(rank_a: np.ndarray, rank_b: np.ndarray, catalog_a: np.ndar
     # answers at once (importing torch takes seconds)
     import torch
 
-    from hytrec_torchrec.evaluation.metrics import per_example_metrics
+    from hytrec_torchrec.ranking.metrics import per_example_metrics
 
     va = per_example_metrics(torch.from_numpy(np.asarray(rank_a)), ks, torch.from_numpy(np.asarray(catalog_a)))
     vb = per_example_metrics(torch.from_numpy(np.asarray(rank_b)), ks, torch.from_numpy(np.asarray(catalog_b)))

@@ -36,6 +36,9 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from hytrec_torchrec.config import to_dict
+from hytrec_torchrec.evaluation.paired import RANKS_FILE, compare, markdown, write_ranks
+
 __all__ = ["write_report", "markdown_report", "diagnostics_markdown", "plot_length_buckets"]
 
 #: one line per diagnostic number, shown above the diagnostics tables of report.md.
@@ -85,8 +88,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
 
 def _paired(results: Sequence[Dict[str, Any]], metrics: Sequence[str]) -> List[Dict[str, Any]]:
     """Each model after the first against the first (:func:`~hytrec_torchrec.evaluation.paired.compare`)."""
-    from hytrec_torchrec.evaluation.paired import compare
-
     if len(results) < 2:
         return []
     return compare([(r["name"], r["example_ranks"]) for r in results], metrics, record_unpaired=True)
@@ -116,8 +117,6 @@ def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str,
     if paired is None:
         paired = _paired(results, ecfg.plot_metrics)
     if paired:
-        from hytrec_torchrec.evaluation.paired import markdown
-
         lines += ["", "## Paired differences", "", markdown(paired, ecfg.plot_metrics).rstrip("\n")]
     seg_cols = list(ecfg.table_metrics)
     lines += ["", "## Segments", ""]
@@ -274,9 +273,6 @@ def plot_length_buckets(results: Sequence[Dict[str, Any]], metrics: Sequence[str
 
 def write_report(out_dir: str | Path, results: Sequence[Dict[str, Any]], ecfg: Any, data: str) -> Dict[str, Path]:
     """Write ``metrics.json``, ``report.md``, ``ranks.parquet`` and ``length_buckets.png`` under ``out_dir``."""
-    from hytrec_torchrec.config import to_dict
-    from hytrec_torchrec.evaluation.paired import RANKS_FILE, write_ranks
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = [r["name"] for r in results]

@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from hytrec_torchrec.config import ConfigError, check_range
@@ -150,10 +153,6 @@ class Segmenter:
 
     # ------------------------------------------------------------------ side file
     def _load_side(self, path: Path, data_path: Path) -> None:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
         if not path.is_file():
             raise SideFileError(f"{path}: segment side file not found")
         try:

@@ -35,6 +35,8 @@ from typing import List, Tuple
 
 import torch
 
+from hytrec_torchrec.ops.tadn_gpu import delta_rule_gpu, gpu_kernel_available
+
 __all__ = [
     "delta_rule_recurrent",
     "delta_rule_chunked",
@@ -269,8 +271,6 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     if impl not in ("auto", "chunked", "recurrent", "gpu"):
         raise ValueError(f"impl must be auto|chunked|recurrent|gpu, got {impl!r}")
     if impl in ("auto", "gpu"):
-        from hytrec_torchrec.ops.tadn_gpu import gpu_kernel_available
-
         return "gpu" if (device.type == "cuda" and gpu_kernel_available()) else "chunked"
     return impl
 
@@ -284,8 +284,6 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.T
     """
     which = resolve_impl(impl, q.device)
     if which == "gpu":
-        from hytrec_torchrec.ops.tadn_gpu import delta_rule_gpu
-
         o = delta_rule_gpu(q, k, v, erase, write, offsets)
     elif which == "recurrent":
         o = delta_rule_recurrent(q, k, v, erase, write, offsets)

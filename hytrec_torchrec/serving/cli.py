@@ -18,7 +18,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from hytrec_torchrec.cli import enable_debug, internal_error, plain, report, require_stack
+from hytrec_torchrec.cli import enable_debug, internal_error, plain, quiet_library_noise, report, require_stack
+from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.launcher import stop_when_launcher_exits
 from hytrec_torchrec.serving import DEFAULT_MAX_TOKENS_PER_PASS
 
@@ -55,19 +56,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         enable_debug()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    from hytrec_torchrec.training.cli import quiet_library_noise
-
     quiet_library_noise()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("hytrec").setLevel(logging.INFO)
     # after the logging setup: importing torchrec configures the root logger when none is
     if require_stack("hytrec-export"):
         return 2
-    stop_when_launcher_exits("hytrec-export")  # a rank of a killed local torchx job stops too
-    from hytrec_torchrec.config import ConfigError
+    # Imported after argument parsing and the stack check: --help answers without torch (seconds).
+    from hytrec_torchrec.runtime.checkpoint import DamagedCheckpointError
+    from hytrec_torchrec.runtime.safe_load import UnsafeCheckpointError
     from hytrec_torchrec.serving.export import ExportError, export_checkpoint
-    from hytrec_torchrec.training.checkpoint import DamagedCheckpointError
-    from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
+
+    stop_when_launcher_exits("hytrec-export")  # a rank of a killed local torchx job stops too
 
     try:
         card = export_checkpoint(args.checkpoint, args.out, int8=args.int8, data=args.data,

@@ -24,13 +24,16 @@ import platform
 import shutil
 import time
 import warnings
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from hytrec_torchrec.files import file_sha256, unwritable_dir
+from hytrec_torchrec.runtime.restore import config_dict, load_unsharded
 from hytrec_torchrec.serving.idmap import Vocab
 from hytrec_torchrec.serving.module import DEFAULT_MAX_TOKENS_PER_PASS, HyTRecServing
 
@@ -83,8 +86,6 @@ def read_vocabs(prepared: Path, sizes: Dict[str, int]) -> Dict[str, Vocab]:
     Raises:
         ExportError: a file is missing or lists an index outside the checkpoint's table.
     """
-    import pyarrow.parquet as pq
-
     out: Dict[str, Vocab] = {}
     for name in TABLES:
         path = prepared / "vocab" / f"{name}.parquet"
@@ -183,8 +184,6 @@ def input_contract(vocabs: Dict[str, Vocab], features: List[str], max_len: int, 
 
 
 def _versions() -> Dict[str, Optional[str]]:
-    from importlib import metadata
-
     out: Dict[str, Optional[str]] = {"python": platform.python_version(), "torch": torch.__version__}
     for pkg in ("hytrec_torchrec", "torchrec", "fbgemm_gpu_cpu", "fbgemm_gpu"):
         try:
@@ -282,8 +281,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
     Returns:
         The model card (also written to ``OUT/model_card.json``).
     """
-    from hytrec_torchrec.training.restore import config_dict, load_unsharded
-
     final = Path(out)
     check_export_dir(final, overwrite)
     started = time.monotonic()

@@ -1,1 +1,1 @@
-"""Distributed training: sharding, checkpoints, the training loop and its CLI."""
+"""Distributed training: the training loop, its learning-rate schedule, run directories, the plan preview and the CLI."""

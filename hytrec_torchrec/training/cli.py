@@ -15,29 +15,11 @@ import argparse
 import json
 import logging
 import sys
-import warnings
 from typing import Optional, Sequence
 
-from hytrec_torchrec.cli import enable_debug, internal_error, plain, report, require_stack
-from hytrec_torchrec.launcher import stop_when_launcher_exits
+from hytrec_torchrec.cli import enable_debug, internal_error, plain, quiet_library_noise, report, require_stack
 from hytrec_torchrec.config import ConfigError
-
-
-def quiet_library_noise() -> None:
-    """Keep TorchRec/TorchScript deprecation and planner chatter out of CLI output.
-
-    They are documented in docs/architecture.md ("Known warnings"); set ``PYTHONWARNINGS=default``
-    and ``HYTREC_LOG=INFO`` to see them.
-    """
-    import os
-
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="torchrec")
-    warnings.filterwarnings("ignore", category=UserWarning, module="torch.distributed")
-    level = os.environ.get("HYTREC_LOG", "WARNING").upper()
-    for name in ("torchrec", "torch.distributed", "torch.fx", "fbgemm_gpu"):
-        logging.getLogger(name).setLevel(getattr(logging, level, logging.WARNING))
+from hytrec_torchrec.launcher import stop_when_launcher_exits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,12 +48,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # after the logging setup: importing torchrec configures the root logger when none is
     if require_stack("hytrec-train"):
         return 2
-    stop_when_launcher_exits("hytrec-train")  # a rank of a killed local torchx job stops too
+    # Imported after argument parsing and the stack check: --help answers without torch (seconds).
     from hytrec_torchrec.data.reader import DatasetFormatError
-    from hytrec_torchrec.training.checkpoint import DamagedCheckpointError
-    from hytrec_torchrec.training.config import load_job_config
+    from hytrec_torchrec.runtime.checkpoint import DamagedCheckpointError
+    from hytrec_torchrec.runtime.config import load_job_config
+    from hytrec_torchrec.runtime.distributed import shutdown_distributed
+    from hytrec_torchrec.runtime.safe_load import UnsafeCheckpointError
     from hytrec_torchrec.training.loop import NonFiniteLossError, Trainer
-    from hytrec_torchrec.training.safe_load import UnsafeCheckpointError
+
+    stop_when_launcher_exits("hytrec-train")  # a rank of a killed local torchx job stops too
 
     prog = "hytrec-train"
     try:
@@ -89,8 +74,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return internal_error(prog, exc)
     if trainer.env.is_main:
         print(json.dumps({"final": summary}, indent=None))
-    from hytrec_torchrec.training.distributed import shutdown_distributed
-
     del trainer
     shutdown_distributed()
     return 0

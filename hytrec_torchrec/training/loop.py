@@ -33,8 +33,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
-import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
@@ -42,57 +40,31 @@ from hytrec_torchrec.config import ConfigError, to_dict
 from hytrec_torchrec.data.batch import Batch
 from hytrec_torchrec.data.loader import load_shard, make_dataloader
 from hytrec_torchrec.data.reader import FEATURES, read_meta, vocab_fingerprint
-from hytrec_torchrec.evaluation.metrics import ranking_metrics
-from hytrec_torchrec.evaluation.ranks import all_gather_rows
-from hytrec_torchrec.evaluation.scoring import batch_target_ranks, item_blocks
 from hytrec_torchrec.model import HyTRecModel
-from hytrec_torchrec.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from hytrec_torchrec.training.curves import write_curves
-from hytrec_torchrec.training.config import JobConfig, model_changes
-from hytrec_torchrec.training.rundir import claim_run_dir
-from hytrec_torchrec.training.dense_lookup import data_parallel_lookups
-from hytrec_torchrec.training.distributed import DistEnv, format_plan, init_distributed, shard_model
-from hytrec_torchrec.training.schedule import lr_multiplier
-from hytrec_torchrec.training.sharding import (
+from hytrec_torchrec.ranking.metrics import ranking_metrics
+from hytrec_torchrec.ranking.ranks import all_gather_rows
+from hytrec_torchrec.ranking.scoring import batch_target_ranks, item_blocks
+from hytrec_torchrec.runtime.checkpoint import latest_checkpoint, load_checkpoint, read_train_state, save_checkpoint
+from hytrec_torchrec.runtime.config import JobConfig, model_changes
+from hytrec_torchrec.runtime.dense_lookup import data_parallel_lookups
+from hytrec_torchrec.runtime.distributed import DistEnv, format_plan, init_distributed, shard_model
+from hytrec_torchrec.runtime.factory import build_model
+from hytrec_torchrec.runtime.sharding import (
     check_compute_kernels_device,
     check_sparse_optimizer_device,
     sparse_optimizer,
 )
+from hytrec_torchrec.training.curves import write_curves
+from hytrec_torchrec.training.rundir import claim_run_dir
+from hytrec_torchrec.training.schedule import lr_multiplier
 
-__all__ = ["Trainer", "train", "build_model", "read_item_counts", "NonFiniteLossError"]
+__all__ = ["Trainer", "train", "NonFiniteLossError"]
 
 log = logging.getLogger("hytrec.train")
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the message names the step and batch."""
-
-
-def read_item_counts(data_path: str | Path, num_items: int) -> torch.Tensor:
-    """[V] event count per item index from ``vocab/item.parquet`` (0 where absent)."""
-    path = Path(data_path) / "vocab" / "item.parquet"
-    counts = torch.zeros(num_items, dtype=torch.int64)
-    if path.is_file():
-        t = pq.read_table(path, columns=["index", "count"])
-        idx = torch.from_numpy(t.column("index").to_numpy().astype(np.int64))
-        cnt = torch.from_numpy(t.column("count").to_numpy().astype(np.int64))
-        keep = idx < num_items
-        counts[idx[keep]] = cnt[keep]
-    return counts
-
-
-def build_model(cfg: JobConfig, vocab_sizes: Dict[str, int], device: torch.device,
-                embedding_device: Optional[torch.device] = None) -> HyTRecModel:
-    """The unsharded model; dense part on ``device``, tables on ``embedding_device``."""
-    counts = read_item_counts(cfg.data.path, int(vocab_sizes["item"]))
-    torch.manual_seed(cfg.run.seed)
-    model = HyTRecModel(cfg.model, cfg.embeddings, vocab_sizes, counts,
-                        embedding_device=embedding_device or device, all_positions=cfg.data.all_positions,
-                        whole_catalog_negatives=cfg.data.num_negatives == -1,
-                        supervised_rows=cfg.data.supervised_rows if cfg.data.all_positions else 0)
-    model.tower.to(device)
-    model.loss.to(device)
-    return model
 
 
 def _sum_allreduce_hook(state, bucket):  # type: ignore[no-untyped-def]
@@ -233,8 +205,6 @@ class Trainer:
         path = path or (latest_checkpoint(self.cfg.run.dir) if self.cfg.train.resume else None)
         if path is None:
             return False
-        from hytrec_torchrec.training.checkpoint import read_train_state
-
         saved = read_train_state(path)
         if "config" in saved:  # a model config that differs would load weights into other layers
             changes = model_changes(saved, self.cfg)

@@ -1,7 +1,7 @@
 """Plan the embedding sharding of a job without running it: tables, shards and memory per rank.
 
 The planner sees the same tables, constraints and fused optimizer as the training job
-(:func:`~hytrec_torchrec.training.loop.build_model` on the meta device), but for a world size and
+(:func:`~hytrec_torchrec.runtime.factory.build_model` on the meta device), but for a world size and
 device of your choosing, so a 2-node × 8-GPU layout can be checked on a laptop::
 
     python -m hytrec_torchrec.training.plan --config configs/industrial.yaml \\
@@ -25,9 +25,14 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
+from hytrec_torchrec.cli import quiet_library_noise
 from hytrec_torchrec.config import ConfigError
-from hytrec_torchrec.training.config import JobConfig
+from hytrec_torchrec.model import HyTRecModel
+from hytrec_torchrec.runtime.config import JobConfig, load_job_config
+from hytrec_torchrec.runtime.factory import build_embeddings
+from hytrec_torchrec.runtime.sharding import make_planner, sharders, sparse_optimizer
 
 __all__ = ["ShardInfo", "plan_job", "format_memory"]
 
@@ -61,14 +66,8 @@ def plan_job(
         world_size: total ranks; ``local_world_size`` ranks per host (default: all on one).
         device: ``cuda`` (HBM) or ``cpu`` (DDR) compute device assumed by the planner.
     """
-    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
-
-    from hytrec_torchrec.model import HyTRecModel
-    from hytrec_torchrec.training.sharding import make_planner, sharders, sparse_optimizer
-
     counts = torch.ones(int(vocab_sizes["item"]), dtype=torch.int64)
-    model = HyTRecModel(cfg.model, cfg.embeddings, vocab_sizes, counts,
-                        embedding_device=torch.device("meta"))
+    model = HyTRecModel(cfg.model, build_embeddings(cfg.embeddings, vocab_sizes, torch.device("meta")), counts)
     opt_cls, opt_kwargs = sparse_optimizer(cfg.embeddings)
     apply_optimizer_in_backward(opt_cls, model.embeddings.parameters(), opt_kwargs)
     planner = make_planner(cfg.embeddings, world_size, device, local_world_size,
@@ -137,9 +136,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", help="also write the shards as JSON here")
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = parser.parse_args(argv)
-    from hytrec_torchrec.training.cli import quiet_library_noise
-    from hytrec_torchrec.training.config import load_job_config
-
     quiet_library_noise()
     try:
         cfg = load_job_config(args.config, list(args.overrides))

@@ -18,7 +18,7 @@ with ``W = warmup_steps``, ``m = min_lr_ratio`` and ``S = total - decay_steps`` 
 ``decay_steps`` gives a warm-up / stable / decay schedule whose plateau can be extended by
 resuming with a larger ``train.max_steps``). ``constant`` is warm-up then ``f = 1``.
 
-Example::
+Example (the config is :class:`~hytrec_torchrec.runtime.config.ScheduleConfig`, ``optim.schedule``)::
 
     >>> cfg = ScheduleConfig(name="cosine", warmup_steps=2, min_lr_ratio=0.1)
     >>> [round(lr_multiplier(s, 4, cfg), 3) for s in (1, 2, 3, 4)]
@@ -28,51 +28,10 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
 
-from hytrec_torchrec.config import ConfigError, check_choice, check_range
+from hytrec_torchrec.runtime.config import ScheduleConfig
 
-__all__ = ["SCHEDULES", "ScheduleConfig", "lr_multiplier"]
-
-SCHEDULES = ("constant", "cosine", "linear")
-
-
-@dataclass
-class ScheduleConfig:
-    """Learning-rate schedule (``optim.schedule`` in the job config).
-
-    Attributes:
-        name: ``constant`` (default), ``cosine`` or ``linear`` decay.
-        warmup_steps: steps of linear warm-up from ``lr / warmup_steps`` to ``lr``.
-        decay_steps: length of the decay at the end of the run (``None``: every step after the
-            warm-up decays).
-        min_lr_ratio: the multiplier reached at the last step of a decay.
-    """
-
-    name: str = "constant"
-    warmup_steps: int = 0
-    decay_steps: Optional[int] = None
-    min_lr_ratio: float = 0.0
-
-    def validate(self) -> None:
-        check_choice("name", self.name, SCHEDULES)
-        check_range("warmup_steps", self.warmup_steps, 0)
-        if self.decay_steps is not None:
-            check_range("decay_steps", self.decay_steps, 1)
-        check_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-
-    def check_total(self, total: int) -> None:
-        """Raise ``ConfigError`` when the decay is longer than a job of ``total`` steps.
-
-        A warm-up longer than the job is allowed: a job run in stages (resumed with a larger
-        ``train.max_steps``) may stop during its warm-up.
-        """
-        if self.decay_steps is not None and self.decay_steps > total:
-            raise ConfigError(
-                f"optim.schedule.decay_steps: {self.decay_steps} is more than the job's "
-                f"{total} steps"
-            )
+__all__ = ["lr_multiplier"]
 
 
 def lr_multiplier(step: int, total: int, cfg: ScheduleConfig) -> float:

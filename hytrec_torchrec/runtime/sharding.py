@@ -7,7 +7,7 @@ The four ID tables (item, attribution, category, behavior) live in one TorchRec
 pass of the embedding kernels (``apply_optimizer_in_backward``), so embedding gradients are never
 materialised; ``data_parallel`` tables (replicated, ``dense`` kernel) are the exception: their
 gradients are ordinary tensors, all-reduced, and the trainer steps them with the same configured
-optimizer (:mod:`~hytrec_torchrec.training.dense_lookup` makes their lookup work on CPU).
+optimizer (:mod:`~hytrec_torchrec.runtime.dense_lookup` makes their lookup work on CPU).
 
 Example::
 
@@ -191,7 +191,7 @@ def check_sparse_optimizer_device(cfg: EmbeddingsConfig, device: torch.device) -
     fbgemm's CPU table-batched embeddings implement only the Adagrad family and SGD. Tables on
     ``data_parallel`` (the ``dense`` kernel) take any optimizer on any device: their gradients
     are ordinary tensors and the trainer steps them with ``embeddings.optimizer``
-    (:mod:`~hytrec_torchrec.training.dense_lookup`). So ``adam`` on CPU needs every table on
+    (:mod:`~hytrec_torchrec.runtime.dense_lookup`). So ``adam`` on CPU needs every table on
     ``data_parallel``; otherwise the job would fail deep inside sharding with an assertion.
     """
     if device.type != "cpu" or cfg.optimizer in CPU_SPARSE_OPTIMIZERS:
@@ -211,8 +211,8 @@ def check_compute_kernels_device(cfg: EmbeddingsConfig, device: torch.device) ->
     cannot look up an ``EmbeddingCollection`` on ``device``: on CPU, ``fused_uvm`` and
     ``fused_uvm_caching`` (they need CUDA unified memory). The ``dense`` kernel (the one TorchRec
     gives ``data_parallel`` tables) runs on CPU through
-    :func:`~hytrec_torchrec.training.dense_lookup.patch_dense_sequence_lookups`, which
-    :func:`~hytrec_torchrec.training.distributed.shard_model` applies. Checked before planning, for
+    :func:`~hytrec_torchrec.runtime.dense_lookup.patch_dense_sequence_lookups`, which
+    :func:`~hytrec_torchrec.runtime.distributed.shard_model` applies. Checked before planning, for
     training, evaluation and export alike.
     """
     if device.type != "cpu":

@@ -4,7 +4,7 @@ YAML layout (every key optional except ``data.path``)::
 
     run:        {dir: runs/demo, seed: 0, log_every: 10, tensorboard: true, progress: true}
     data:       DataConfig            (hytrec_torchrec/data/config.py)
-    embeddings: EmbeddingsConfig      (hytrec_torchrec/training/sharding.py)
+    embeddings: EmbeddingsConfig      (hytrec_torchrec/runtime/sharding.py)
     model:      TowerConfig           (hytrec_torchrec/modules/config.py)
     optim:      {lr: 1e-3, weight_decay: 0.01, betas: [0.9, 0.98], eps: 1e-8, grad_clip: 1.0}
     train:      {max_steps: 200, epochs: null, validate_every: 100, val_batches: 20,
@@ -20,16 +20,56 @@ from typing import Optional
 from hytrec_torchrec.config import ConfigError, check_choice, check_range, from_dict, load_config, to_dict
 from hytrec_torchrec.data.config import DataConfig
 from hytrec_torchrec.modules.config import TowerConfig, fill_pre_memory_keys
-from hytrec_torchrec.training.schedule import ScheduleConfig
-from hytrec_torchrec.training.sharding import EmbeddingsConfig
+from hytrec_torchrec.runtime.sharding import EmbeddingsConfig
 
-__all__ = ["RunConfig", "OptimConfig", "TrainConfig", "JobConfig", "load_job_config", "parameter_changes",
-           "FREE_ON_RESUME", "stored_config", "model_changes"]
+__all__ = ["SCHEDULES", "ScheduleConfig", "RunConfig", "OptimConfig", "TrainConfig", "JobConfig", "load_job_config",
+           "parameter_changes", "FREE_ON_RESUME", "stored_config", "model_changes"]
 
 #: ``model`` keys that change no parameter and may differ between a checkpoint and the job that
 #: resumes or evaluates it; any other difference in ``model`` or ``embeddings.dim`` is refused.
 FREE_ON_RESUME = frozenset({"dropout", "temperature", "softmax_group_waste", "repeat_rows", "tadn.impl",
                             "tadn.chunk_size", "fusion.load_balance_weight"})
+
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule (``optim.schedule`` in the job config).
+
+    Attributes:
+        name: ``constant`` (default), ``cosine`` or ``linear`` decay.
+        warmup_steps: steps of linear warm-up from ``lr / warmup_steps`` to ``lr``.
+        decay_steps: length of the decay at the end of the run (``None``: every step after the
+            warm-up decays).
+        min_lr_ratio: the multiplier reached at the last step of a decay.
+    """
+
+    name: str = "constant"
+    warmup_steps: int = 0
+    decay_steps: Optional[int] = None
+    min_lr_ratio: float = 0.0
+
+    def validate(self) -> None:
+        check_choice("name", self.name, SCHEDULES)
+        check_range("warmup_steps", self.warmup_steps, 0)
+        if self.decay_steps is not None:
+            check_range("decay_steps", self.decay_steps, 1)
+        check_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+
+    def check_total(self, total: int) -> None:
+        """Raise ``ConfigError`` when the decay is longer than a job of ``total`` steps.
+
+        A warm-up longer than the job is allowed: a job run in stages (resumed with a larger
+        ``train.max_steps``) may stop during its warm-up.
+        """
+        if self.decay_steps is not None and self.decay_steps > total:
+            raise ConfigError(
+                f"optim.schedule.decay_steps: {self.decay_steps} is more than the job's "
+                f"{total} steps"
+            )
+
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -89,7 +129,7 @@ class RunConfig:
 class OptimConfig:
     """Dense (tower) optimizer: AdamW, with gradient-norm clipping of the dense parameters.
 
-    ``schedule`` (:class:`~hytrec_torchrec.training.schedule.ScheduleConfig`) scales this ``lr``
+    ``schedule`` (:class:`ScheduleConfig`) scales this ``lr``
     and ``embeddings.lr`` alike, step by step (warm-up, then constant, cosine or linear decay).
     """
 

@@ -24,9 +24,11 @@ import torch.distributed.checkpoint as dcp
 
 from hytrec_torchrec.config import ConfigError, apply_overrides, from_dict, to_dict
 from hytrec_torchrec.model import HyTRecModel
-from hytrec_torchrec.training.checkpoint import latest_checkpoint, read_train_state, verify_checkpoint
-from hytrec_torchrec.training.config import JobConfig, model_changes, stored_config
-from hytrec_torchrec.training.safe_load import SafeFileSystemReader, read_index
+from hytrec_torchrec.runtime.checkpoint import latest_checkpoint, read_train_state, verify_checkpoint
+from hytrec_torchrec.runtime.config import JobConfig, model_changes, stored_config
+from hytrec_torchrec.runtime.distributed import DistEnv, init_distributed, shard_model
+from hytrec_torchrec.runtime.factory import build_model
+from hytrec_torchrec.runtime.safe_load import SafeFileSystemReader, read_index
 
 __all__ = ["resolve_checkpoint", "checkpoint_config", "load_unsharded", "load_sharded"]
 
@@ -86,8 +88,6 @@ def load_unsharded(
     Returns:
         ``(model, cfg, train_state)``; ``train_state["path"]`` is the checkpoint directory.
     """
-    from hytrec_torchrec.training.loop import build_model
-
     cfg, state = checkpoint_config(path, overrides)
     dev = torch.device(device)
     model = build_model(cfg, _vocab_sizes(state), dev)
@@ -105,7 +105,7 @@ def load_unsharded(
 
 def load_sharded(
     path: str | Path,
-    env: Optional[Any] = None,
+    env: Optional[DistEnv] = None,
     overrides: Sequence[str] = (),
 ) -> Tuple[torch.nn.Module, Any, JobConfig, Dict[str, Any]]:
     """The checkpoint's model sharded over the current process group (collective).
@@ -116,9 +116,6 @@ def load_sharded(
     Returns:
         ``(dmp_model, plan, cfg, train_state)``; the model is in eval mode.
     """
-    from hytrec_torchrec.training.distributed import init_distributed, shard_model
-    from hytrec_torchrec.training.loop import build_model
-
     cfg, state = checkpoint_config(path, overrides)
     env = env or init_distributed(cfg.train.backend, cfg.train.device)
     model = build_model(cfg, _vocab_sizes(state), env.device, torch.device("meta"))

@@ -7,19 +7,44 @@ so the same code path (DMP, DCP) runs in a plain ``python`` process too.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from hytrec_torchrec.testing import free_port, shutdown_distributed
+from hytrec_torchrec.runtime.dense_lookup import patch_dense_sequence_lookups
+from hytrec_torchrec.runtime.sharding import check_compute_kernels_device, make_planner, sharders
 
-__all__ = ["DistEnv", "init_distributed", "shard_model", "format_plan", "shutdown_distributed"]
+__all__ = ["DistEnv", "format_plan", "free_port", "init_distributed", "shard_model", "shutdown_distributed"]
 
 log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A currently free TCP port on localhost."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down so the process exits cleanly.
+
+    Objects from the finished job (pipelines, awaitables, DDP reducers) can sit in reference
+    cycles that hold gloo work with tensors; if they are only freed during interpreter
+    finalisation the process aborts ("terminate called without an active exception", exit -6).
+    So: collect them now, wait for every rank, then destroy the group while Python is alive.
+    """
+    gc.collect()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    gc.collect()
 
 
 @dataclass(frozen=True)
@@ -82,7 +107,7 @@ def shard_model(
     """Plan and apply sharding with ``DistributedModelParallel``.
 
     Raises ``ConfigError`` first for a compute kernel the device cannot run
-    (:func:`~hytrec_torchrec.training.sharding.check_compute_kernels_device`).
+    (:func:`~hytrec_torchrec.runtime.sharding.check_compute_kernels_device`).
 
     The model's ``EmbeddingCollection`` must be on the meta device (its optimizer already attached
     with ``apply_optimizer_in_backward`` if training); dense modules on ``env.device``.
@@ -93,12 +118,6 @@ def shard_model(
     from torchrec.distributed.model_parallel import (
         DefaultDataParallelWrapper,
         DistributedModelParallel,
-    )
-
-    from hytrec_torchrec.training.sharding import (
-        check_compute_kernels_device,
-        make_planner,
-        sharders,
     )
 
     check_compute_kernels_device(emb_cfg, env.device)
@@ -117,7 +136,6 @@ def shard_model(
     dmp = DistributedModelParallel(
         model, device=env.device, plan=plan, sharders=shs, data_parallel_wrapper=wrapper
     )
-    from hytrec_torchrec.training.dense_lookup import patch_dense_sequence_lookups
 
     patch_dense_sequence_lookups(dmp)  # CPU tables on the "dense" kernel (no-op otherwise)
     return dmp, plan

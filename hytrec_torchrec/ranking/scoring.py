@@ -16,8 +16,8 @@ from typing import Any, List, Tuple
 import torch
 
 from hytrec_torchrec.data.batch import Batch
-from hytrec_torchrec.evaluation.ranks import ItemBlock, local_item_blocks, target_ranks_distributed
 from hytrec_torchrec.modules.tower import scoring_vectors
+from hytrec_torchrec.ranking.ranks import ItemBlock, local_item_blocks, target_ranks_distributed
 
 __all__ = ["ITEM_TABLE_KEY", "unwrap", "item_blocks", "first_targets", "history_items", "batch_target_ranks"]
 

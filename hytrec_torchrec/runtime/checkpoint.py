@@ -40,7 +40,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from hytrec_torchrec.files import file_sha256
-from hytrec_torchrec.training.safe_load import SafeFileSystemReader, read_index
+from hytrec_torchrec.runtime.safe_load import SafeFileSystemReader, read_index
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "read_train_state", "verify_checkpoint",
            "DamagedCheckpointError", "MANIFEST"]

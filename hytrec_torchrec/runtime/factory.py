@@ -1,0 +1,72 @@
+"""Build the model of a job: its embedding tables, the item counts of its loss, the model itself.
+
+Training (on the meta device, for ``DistributedModelParallel`` to shard), evaluation (sharded or
+not) and export all build the model here, so a checkpoint always meets the same construction.
+
+Example::
+
+    cfg = load_job_config("configs/demo.yaml", [])
+    sizes = {k: int(v) for k, v in read_meta(cfg.data.path).vocab_sizes.items()}
+    model = build_model(cfg, sizes, torch.device("cpu"))
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+from torchrec import EmbeddingCollection
+
+from hytrec_torchrec.model import HyTRecModel
+from hytrec_torchrec.runtime.config import JobConfig
+from hytrec_torchrec.runtime.sharding import EmbeddingsConfig, table_configs
+
+__all__ = ["build_embeddings", "build_model", "read_item_counts"]
+
+
+def read_item_counts(data_path: str | Path, num_items: int) -> torch.Tensor:
+    """[V] event count per item index from ``vocab/item.parquet`` (0 where absent)."""
+    path = Path(data_path) / "vocab" / "item.parquet"
+    counts = torch.zeros(num_items, dtype=torch.int64)
+    if path.is_file():
+        t = pq.read_table(path, columns=["index", "count"])
+        idx = torch.from_numpy(t.column("index").to_numpy().astype(np.int64))
+        cnt = torch.from_numpy(t.column("count").to_numpy().astype(np.int64))
+        keep = idx < num_items
+        counts[idx[keep]] = cnt[keep]
+    return counts
+
+
+def build_embeddings(cfg: EmbeddingsConfig, vocab_sizes: Dict[str, int],
+                     device: Optional[torch.device] = None) -> EmbeddingCollection:
+    """The four ID tables (rows per table from ``vocab_sizes``), initialised N(0, ``init_std``).
+
+    ``device`` ``meta`` leaves the rows unallocated for DMP to materialise shard by shard.
+    """
+    tables = table_configs(cfg, vocab_sizes)
+    init = functools.partial(nn.init.normal_, mean=0.0, std=cfg.init_std)
+    for t in tables:
+        t.init_fn = init
+    return EmbeddingCollection(tables=tables, device=device)
+
+
+def build_model(cfg: JobConfig, vocab_sizes: Dict[str, int], device: torch.device,
+                embedding_device: Optional[torch.device] = None) -> HyTRecModel:
+    """The unsharded model; dense part on ``device``, tables on ``embedding_device``.
+
+    Seeded with ``run.seed`` before anything is built, so every rank builds the same tower.
+    """
+    counts = read_item_counts(cfg.data.path, int(vocab_sizes["item"]))
+    torch.manual_seed(cfg.run.seed)
+    embeddings = build_embeddings(cfg.embeddings, vocab_sizes, embedding_device or device)
+    model = HyTRecModel(cfg.model, embeddings, counts, all_positions=cfg.data.all_positions,
+                        whole_catalog_negatives=cfg.data.num_negatives == -1,
+                        supervised_rows=cfg.data.supervised_rows if cfg.data.all_positions else 0)
+    model.tower.to(device)
+    model.loss.to(device)
+    return model
