@@ -18,8 +18,8 @@ import math
 import shutil
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -35,12 +35,13 @@ from data_prep.spill import SpillResult, spill_batches, spill_path
 from data_prep.vocab import FUNNEL, Vocab, behavior_vocab, build_vocab, empty_vocab, load_vocab
 from hytrec_torchrec.config import to_dict
 from hytrec_torchrec.files import remove_entries
+from hytrec_torchrec.schema import VOCABS
 
 __all__ = ["prepare", "plan_partitions", "check_output_apart", "clear_prepared", "MARKER", "SCHEMA_VERSION",
            "HASH_DOC", "TABLES"]
 
 SCHEMA_VERSION = 1
-TABLES = ("item", "attribution", "category", "behavior", "user")
+TABLES = VOCABS  # the vocabularies written (hytrec_torchrec/schema.py)
 HASH_DOC = "splitmix64(poly_1099511628211(utf8(raw)) + len * 0x9E3779B97F4A7C15) mod num_partitions"
 #: resident memory of the interpreter with pyarrow + numpy loaded, not available to partitions
 BASE_MB = 150

@@ -38,10 +38,10 @@ from hytrec_torchrec.modules.loss import (
 from hytrec_torchrec.modules.repeat import RepeatBonus, RepeatHead, dense_bonus, lookup_bonus
 from hytrec_torchrec.modules.tower import HyTRecTower, scoring_vectors
 from hytrec_torchrec.ops.jagged import last_index, split_tail
+from hytrec_torchrec.schema import TABLES, history_key
 
 __all__ = ["HyTRecModel", "UserTower", "RetrievalLoss", "AllPositionsLoss", "next_event_rows"]
 
-HISTORY_FEATURES: Tuple[str, ...] = ("item", "attribution", "category", "behavior")
 
 
 class UserTower(nn.Module):
@@ -73,7 +73,7 @@ class UserTower(nn.Module):
             emb: the collection's output; ``history_<feature>`` values are [N, D].
             offsets: [B+1] history offsets; timestamps [N] int64; t_current [B] int64.
         """
-        feats = {f: emb[f"history_{f}"].values() for f in HISTORY_FEATURES}
+        feats = {f: emb[history_key(f)].values() for f in TABLES}
         if all_positions:
             return self.net.forward_all_positions(feats, offsets, timestamps, t_current, last_rows)
         return self.net.forward_with_aux(feats, offsets, timestamps, t_current)

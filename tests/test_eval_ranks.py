@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hytrec_torchrec.ranking.metrics import ranking_metrics
+from hytrec_torchrec.ranking.metrics import metric_names, per_example_metrics, ranking_metrics
 from hytrec_torchrec.ranking.ranks import target_ranks, target_ranks_distributed
 from hytrec_torchrec.testing import run_distributed
 
@@ -51,6 +51,14 @@ def test_ranks_and_metrics_match_numpy() -> None:
     want = _np_metrics(ref, ks, table.shape[0] - 2)
     for k, v in want.items():
         assert got[k] == pytest.approx(v, abs=1e-12), k
+
+
+def test_metric_names_are_the_computed_metrics() -> None:
+    """The names the reports and config checks use are exactly those computed, in report order."""
+    ks = (1, 10, 50)
+    names = metric_names(ks)
+    assert sorted(names) == sorted(per_example_metrics(torch.tensor([1, 4]), ks, 100))
+    assert names[:3] == ["hr@1", "hr@10", "hr@50"] and names[-2:] == ["mrr", "auc"]
 
 
 def test_perfect_scorer_and_ties() -> None:

@@ -29,10 +29,10 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
-__all__ = ["Batch", "FEATURE_KEYS", "HISTORY_KEYS"]
+from hytrec_torchrec.schema import FEATURE_KEYS, HISTORY_KEYS
 
-HISTORY_KEYS = ("history_item", "history_attribution", "history_category", "history_behavior")
-FEATURE_KEYS = HISTORY_KEYS + ("target_item", "negative_item")
+__all__ = ["Batch", "FEATURE_KEYS", "HISTORY_KEYS"]  # the keys: hytrec_torchrec/schema.py
+
 
 
 @dataclass

@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hytrec_torchrec.schema import TABLES, TIMESTAMP, VOCABS
+
 __all__ = [
     "vocab_fingerprint",
     "SCHEMA_VERSION",
@@ -37,9 +39,9 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 #: history feature columns, in KJT key order.
-FEATURES = ("item", "attribution", "category", "behavior")
-_LIST_COLUMNS = FEATURES + ("timestamp",)
-_VOCABS = FEATURES + ("user",)
+FEATURES = TABLES  # the ID columns of a prepared row, in table order
+_LIST_COLUMNS = FEATURES + (TIMESTAMP,)
+_VOCABS = VOCABS
 
 
 class DatasetFormatError(ValueError):

@@ -58,6 +58,7 @@ from hytrec_torchrec.modules.config import TowerConfig
 from hytrec_torchrec.modules.tower import HyTRecTower, scoring_vectors
 from hytrec_torchrec.ops.jagged import lengths_to_offsets, pass_bounds
 from hytrec_torchrec.runtime.restore import checkpoint_config, load_unsharded
+from hytrec_torchrec.schema import TABLES, history_key
 
 __all__ = [
     "TOP_K",
@@ -78,7 +79,6 @@ log = logging.getLogger("hytrec.eval")
 #: length of the recommendation lists compared by the swap (and the long-contribution) test.
 TOP_K = 10
 #: history tables carried by a sampled example (``Batch.features["history_<table>"]``).
-HISTORY_TABLES: Tuple[str, ...] = ("item", "attribution", "category", "behavior")
 
 
 @dataclass
@@ -200,7 +200,7 @@ class ExampleSampler:
         tc = batch.t_current.cpu().numpy()
         member = membership.cpu().numpy().astype(bool)
         values = {t: batch.features[f"history_{t}"].values().cpu().numpy()
-                  for t in HISTORY_TABLES if f"history_{t}" in batch.features.keys()}
+                  for t in TABLES if history_key(t) in batch.features.keys()}
         for b in chosen:
             a, e = int(offsets[b]), int(offsets[b + 1])
             self.examples.append(Example(

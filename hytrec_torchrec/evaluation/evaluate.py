@@ -59,11 +59,12 @@ from hytrec_torchrec.evaluation.diagnostics import (
     exported_access,
 )
 from hytrec_torchrec.evaluation.segments import SegmentConfig, Segmenter
-from hytrec_torchrec.ranking.metrics import DEFAULT_KS, SegmentedRankingMetric
+from hytrec_torchrec.ranking.metrics import DEFAULT_KS, SegmentedRankingMetric, metric_names
 from hytrec_torchrec.ranking.ranks import ranked_catalog_sizes, target_ranks
 from hytrec_torchrec.ranking.scoring import batch_target_ranks, first_targets, history_items, item_blocks, unwrap
 from hytrec_torchrec.runtime.distributed import init_distributed
 from hytrec_torchrec.runtime.restore import checkpoint_config, load_sharded
+from hytrec_torchrec.schema import TABLES
 
 __all__ = [
     "EvalConfig",
@@ -86,7 +87,6 @@ PROGRESS_EVERY_S = 10.0
 #: first keys of overrides that go to the checkpoint's job config (JobConfig sections).
 JOB_SECTIONS = ("run", "data", "embeddings", "model", "optim", "train")
 #: tables of the model; their sizes must match between checkpoint and dataset.
-MODEL_TABLES = ("item", "attribution", "category", "behavior")
 
 
 class ExportedModelError(RuntimeError):
@@ -149,7 +149,7 @@ class EvalConfig:
             check_range("max_batches", self.max_batches, 1)
         if self.threads is not None:
             check_range("threads", self.threads, 1)
-        known = {f"hr@{k}" for k in self.ks} | {f"ndcg@{k}" for k in self.ks} | {"mrr", "auc"}
+        known = set(metric_names(self.ks))
         for key in ("plot_metrics", "table_metrics"):
             for i, m in enumerate(getattr(self, key)):
                 if m not in known:
@@ -234,16 +234,16 @@ def check_vocab(ckpt_state: Dict[str, Any], data_path: str | Path, ckpt_path: st
     meta = read_meta(data_path)
     have = {k: int(v) for k, v in meta.vocab_sizes.items()}
     want = {k: int(v) for k, v in ckpt_state.get("vocab_sizes", {}).items()}
-    bad = [t for t in MODEL_TABLES if want.get(t) != have.get(t)]
+    bad = [t for t in TABLES if want.get(t) != have.get(t)]
     if bad:
         raise VocabMismatchError(
             f"vocabulary mismatch: checkpoint {ckpt_path} was trained with table sizes "
-            f"{ {t: want.get(t) for t in MODEL_TABLES} } but dataset {data_path} (meta.json) has "
-            f"{ {t: have.get(t) for t in MODEL_TABLES} } (first difference: {bad[0]}); evaluate on "
+            f"{ {t: want.get(t) for t in TABLES} } but dataset {data_path} (meta.json) has "
+            f"{ {t: have.get(t) for t in TABLES} } (first difference: {bad[0]}); evaluate on "
             "a dataset prepared with the training vocabularies (hytrec-prep vocab_from=...)")
     stored = ckpt_state.get("vocab_fingerprints")
     if stored:
-        for t in MODEL_TABLES:
+        for t in TABLES:
             if t in stored and vocab_fingerprint(data_path, t) != stored[t]:
                 raise VocabMismatchError(
                     f"vocabulary mismatch: the {t} vocabulary of dataset {data_path} differs from the one "

@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from hytrec_torchrec.config import to_dict
 from hytrec_torchrec.evaluation.paired import RANKS_FILE, compare, markdown, write_ranks
+from hytrec_torchrec.ranking.metrics import metric_names
 
 __all__ = ["write_report", "markdown_report", "diagnostics_markdown", "plot_length_buckets"]
 
@@ -99,7 +100,7 @@ def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str,
     plot link); ``paired``: the rows of ``_paired(results, ecfg.plot_metrics)`` when already
     computed."""
     ks = list(ecfg.ks)
-    overall_cols = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr", "auc"]
+    overall_cols = metric_names(ks)
     lines = [f"# Offline evaluation: split `{ecfg.split}` of `{data}`", ""]
     catalog = results[0]["counts"]["catalog_size"] if results else 0
     removed = bool(results and results[0]["model"].get("history_removed"))

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import List
 
 from hytrec_torchrec.config import ConfigError, check_choice, check_range
+from hytrec_torchrec.schema import TABLES
 
 __all__ = ["TADNConfig", "FusionConfig", "TowerConfig", "FEATURES", "fill_pre_memory_keys"]
 
-FEATURES = ("item", "attribution", "category", "behavior")
+FEATURES = TABLES  # the ID tables a tower may read
 
 
 @dataclass

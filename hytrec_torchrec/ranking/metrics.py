@@ -10,7 +10,9 @@ With ``rank`` the 1-based rank of the target among ``C`` catalog items:
 ``C`` is one number, or one per example when items are left out of some rankings (history
 removal: ``C`` = catalog size minus the example's distinct removed items).
 
-Each is averaged over examples. Example::
+Each is averaged over examples. A metric is one entry of :data:`AT_K` or :data:`WHOLE_RANKING`;
+its name then reaches the per-segment sums, the evaluation config's checks, the reports and
+``hytrec-compare`` from there. Example::
 
     >>> ranking_metrics(torch.tensor([1, 3]), ks=(1, 10), catalog_size=100)["hr@1"]
     0.5
@@ -18,13 +20,41 @@ Each is averaged over examples. Example::
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["DEFAULT_KS", "per_example_metrics", "ranking_metrics"]
+__all__ = ["AT_K", "DEFAULT_KS", "WHOLE_RANKING", "metric_names", "per_example_metrics", "ranking_metrics"]
 
 DEFAULT_KS: tuple[int, ...] = (1, 10, 50, 100, 200, 500)
+
+
+def _hit(r: torch.Tensor, k: int) -> torch.Tensor:
+    return (r <= k).to(torch.float64)
+
+
+def _ndcg(r: torch.Tensor, k: int) -> torch.Tensor:
+    return _hit(r, k) / torch.log2(r + 1.0)
+
+
+def _mrr(r: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    return 1.0 / r
+
+
+def _auc(r: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    return 1.0 - (r - 1.0) / negatives
+
+
+#: the metrics with a cutoff: name -> per-example value from float64 ranks [B] and K (named NAME@K)
+AT_K: Dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {"hr": _hit, "ndcg": _ndcg}
+#: the metrics of the whole ranking: name -> per-example value from ranks [B] and negatives [B]
+WHOLE_RANKING: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"mrr": _mrr, "auc": _auc}
+
+
+def metric_names(ks: Sequence[int]) -> List[str]:
+    """Every computed metric's name for cutoffs ``ks``, in report order (``hr@K`` for each K, then
+    ``ndcg@K``, ..., then ``mrr``, ``auc``)."""
+    return [f"{m}@{k}" for m in AT_K for k in ks] + list(WHOLE_RANKING)
 
 
 def per_example_metrics(
@@ -34,15 +64,14 @@ def per_example_metrics(
     r = ranks.to(torch.float64)
     out: Dict[str, torch.Tensor] = {}
     for k in ks:
-        hit = (r <= k).to(torch.float64)
-        out[f"hr@{k}"] = hit
-        out[f"ndcg@{k}"] = hit / torch.log2(r + 1.0)
-    out["mrr"] = 1.0 / r
+        for name, at_k in AT_K.items():
+            out[f"{name}@{k}"] = at_k(r, k)
     if isinstance(catalog_size, torch.Tensor):
         negatives = (catalog_size.to(torch.float64) - 1.0).clamp(min=1.0)
     else:
         negatives = torch.full_like(r, float(max(catalog_size - 1, 1)))
-    out["auc"] = 1.0 - (r - 1.0) / negatives
+    for name, whole in WHOLE_RANKING.items():
+        out[name] = whole(r, negatives)
     return out
 
 

@@ -24,15 +24,10 @@ from typing import Any, Optional
 import torch
 
 from hytrec_torchrec.config import ConfigError, check_choice, check_range
+from hytrec_torchrec.schema import TABLE_FEATURES, TABLES
 
-#: Feature names of the batch KeyedJaggedTensor, grouped by the table they look up.
-TABLE_FEATURES: dict[str, tuple[str, ...]] = {
-    "item": ("history_item", "target_item", "negative_item"),
-    "attribution": ("history_attribution",),
-    "category": ("history_category",),
-    "behavior": ("history_behavior",),
-}
-TABLE_NAMES: tuple[str, ...] = tuple(TABLE_FEATURES)
+#: the embedding tables (one per ID table of hytrec_torchrec/schema.py)
+TABLE_NAMES: tuple[str, ...] = TABLES
 
 SHARDING_TYPES = (
     "row_wise",

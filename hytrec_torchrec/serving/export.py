@@ -34,6 +34,7 @@ import torch
 
 from hytrec_torchrec.files import file_sha256, unwritable_dir
 from hytrec_torchrec.runtime.restore import config_dict, load_unsharded
+from hytrec_torchrec.schema import TABLES
 from hytrec_torchrec.serving.idmap import Vocab
 from hytrec_torchrec.serving.module import DEFAULT_MAX_TOKENS_PER_PASS, HyTRecServing
 
@@ -42,7 +43,6 @@ __all__ = ["export_checkpoint", "find_prepared", "read_vocabs", "build_serving",
 
 log = logging.getLogger("hytrec.export")
 
-TABLES: Tuple[str, ...] = ("item", "attribution", "category", "behavior")
 #: documented int8 tolerance (docs/export.md; checked by tests/test_export.py).
 INT8_SCORE_TOLERANCE = "max |score_int8 - score_fp32| <= 0.05 * max |score_fp32| per request"
 

@@ -35,6 +35,7 @@ from torch import nn
 from hytrec_torchrec.modules.repeat import RepeatHead
 from hytrec_torchrec.modules.tower import NORM_EPS, HyTRecTower, scoring_vectors
 from hytrec_torchrec.ops.jagged import pass_bounds  # re-exported: part of this module's API
+from hytrec_torchrec.schema import REQUEST_KEYS
 from hytrec_torchrec.serving import DEFAULT_MAX_TOKENS_PER_PASS
 from hytrec_torchrec.serving.idmap import IdMap, Vocab
 from hytrec_torchrec.serving.quant import ServingTable
@@ -47,7 +48,6 @@ __all__ = ["DEFAULT_MAX_TOKENS_PER_PASS", "FeatureInput", "HyTRecServing", "REQU
            "pass_bounds", "truncate_rows"]
 
 #: every key a request may carry (``timestamp`` is always required).
-REQUEST_KEYS: Tuple[str, ...] = ("item", "attribution", "category", "behavior", "timestamp")
 
 
 class FeatureInput(nn.Module):

@@ -33,6 +33,7 @@ from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.runtime.config import JobConfig, load_job_config
 from hytrec_torchrec.runtime.factory import build_embeddings
 from hytrec_torchrec.runtime.sharding import make_planner, sharders, sparse_optimizer
+from hytrec_torchrec.schema import TABLES
 
 __all__ = ["ShardInfo", "plan_job", "format_memory"]
 
@@ -144,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if meta.is_file():
             vocab = {k: int(v) for k, v in json.loads(meta.read_text())["vocab_sizes"].items()}
         vocab.update(_parse_vocab(args.vocab))
-        missing = [t for t in ("item", "attribution", "category", "behavior") if t not in vocab]
+        missing = [t for t in TABLES if t not in vocab]
         if missing:
             raise ConfigError(f"no vocabulary size for {missing}: {meta} is absent; pass --vocab")
     except ConfigError as exc:
