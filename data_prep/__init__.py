@@ -1,1 +1,1 @@
-"""Raw behaviour logs to prepared training data (SPEC §3.1-3.2)."""
+"""Raw behaviour logs to prepared training data (docs/design.md §3.1-3.2)."""

@@ -13,7 +13,7 @@ from hytrec_torchrec.config import ConfigError, check_choice, check_range
 
 __all__ = ["ColumnMap", "Filters", "PrepConfig", "RAW_COLUMNS", "REQUIRED_COLUMNS"]
 
-#: canonical raw-schema column names (SPEC §3.1)
+#: canonical raw-schema column names (docs/design.md §3.1)
 RAW_COLUMNS = ("user_id", "item_id", "timestamp", "behavior", "attribution_id", "category_id")
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
 
@@ -37,7 +37,7 @@ class ColumnMap:
 
 @dataclass
 class Filters:
-    """The filters of SPEC §3.2, applied in this order, each counted in ``meta.json``."""
+    """The filters of docs/design.md §3.2, applied in this order, each counted in ``meta.json``."""
 
     #: drop repeated (user, item, timestamp, behavior) events, keeping the first in input order
     drop_duplicates: bool = True

@@ -1,4 +1,4 @@
-"""Readers for the raw event schema (SPEC §3.1): Parquet or CSV, a file, a directory or a glob.
+"""Readers for the raw event schema (docs/design.md §3.1): Parquet or CSV, a file, a directory or a glob.
 
 Input files are resolved and sorted by path (that order, then row order within a file, is the
 "input order" that breaks timestamp ties). Each file is streamed in record batches

@@ -1,4 +1,4 @@
-"""Synthetic raw events with known ground truth (SPEC §3.4).
+"""Synthetic raw events with known ground truth (docs/design.md §3.4).
 
     python -m data_prep.synthetic --events N --out DIR [--seed S] [--max-len 12288] [--k 64]
         [--min-len 20] [--alpha 1.2]
@@ -104,7 +104,7 @@ class _World:
 
 def events_table(user_id: np.ndarray, item_id: np.ndarray, timestamp: np.ndarray, behavior: np.ndarray,
                  attribution_id: np.ndarray, category_id: np.ndarray) -> pa.Table:
-    """Events in the raw schema (SPEC §3.1), one ``[N]`` array per column: raw IDs and Unix-second
+    """Events in the raw schema (docs/design.md §3.1), one ``[N]`` array per column: raw IDs and Unix-second
     timestamps (int64) and ``behavior`` as int8 codes into :data:`BEHAVIORS` (written
     dictionary-encoded). Shared by the generators of this package."""
     return pa.table({

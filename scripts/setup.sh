@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install the pinned CPU stack (SPEC §2) without ever downloading the CUDA
+# Create .venv and install the pinned CPU stack (docs/design.md §2) without ever downloading the CUDA
 # fbgemm-gpu. Idempotent: a second run checks a stamp and returns in about a second.
 #
 #   bash scripts/setup.sh            # CPU stack into ./.venv

@@ -1,5 +1,5 @@
 """Offline evaluation (hytrec-eval): metrics against NumPy, perfect scorer, ties, segments,
-1 rank == 2 ranks on one checkpoint, the report files, and bad input (SPEC §6, §7)."""
+1 rank == 2 ranks on one checkpoint, the report files, and bad input (docs/design.md §6, §7)."""
 
 from __future__ import annotations
 

@@ -116,8 +116,8 @@ class EvalConfig:
             stored fingerprint, training data gone); metrics.json and report.md then say so.
         threads: intra-op CPU threads per process (``torch.set_num_threads``; ``None``: torch's
             default, or ``OMP_NUM_THREADS``). Set 1 when evaluating beside a training job on the
-            same cores: oversubscribed OpenMP threads spin-wait, and on the 2-core VM next to a
-            2-rank training job the default ran ~10x slower (docs/evaluation.md, "Threads").
+            same cores: oversubscribed OpenMP threads spin-wait (measured in docs/evaluation.md,
+            "Threads").
         segments: segment thresholds and the optional side file (:class:`SegmentConfig`).
         plot_metrics: metrics drawn against the history-length bucket in the PNG plot.
         table_metrics: metrics of the per-segment Markdown table.

@@ -1,4 +1,4 @@
-"""User segments for offline evaluation (SPEC §6): which segments each evaluation example is in.
+"""User segments for offline evaluation (docs/design.md §6): which segments each evaluation example is in.
 
 Every example (user, cutoff) is in segment ``all`` and in zero or more of:
 
@@ -13,7 +13,7 @@ Every example (user, cutoff) is in segment ``all`` and in zero or more of:
 * ``<column>=<value>`` for each column of an optional Parquet side file (``user_id`` → value):
   user-level attributes such as country or acquisition channel.
 
-Side file rules (SPEC §7): the user column must exist and be unique (error naming the file and
+Side file rules (docs/design.md §7): the user column must exist and be unique (error naming the file and
 the first duplicate); raw user IDs are matched to the prepared ``vocab/user.parquet`` as strings;
 side-file users absent from the vocabulary are **counted** (``unknown_users``, with examples) and
 otherwise ignored; evaluated users absent from the side file are counted per column

@@ -149,7 +149,7 @@ class ShortBranch(nn.Module):
     ``offsets [B+1]``, ``ts [N_short]`` int64 event timestamps and optional query times
     ``qts [N_short]`` → ``[B, D]``. Every layer's attention has a sliding window of K rows, so
     :meth:`forward_rows` over whole histories gives every row exactly the output :meth:`forward`
-    gives for the R events ending there. With one layer (SPEC §4) R = K; each further layer
+    gives for the R events ending there. With one layer (docs/design.md §4) R = K; each further layer
     (``layers`` > 1) widens it by K − 1.
 
     The first layer is ``block`` and any further ones ``extra_blocks`` (so checkpoints of

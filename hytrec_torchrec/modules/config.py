@@ -95,7 +95,7 @@ class TowerConfig:
     """K: the short branch sees the last K events, the long branch the rest; 0 disables the short branch."""
     short_heads: int = 2
     short_layers: int = 1
-    """Softmax layers in the short branch (SPEC §4: 1). Each attends over a sliding window of
+    """Softmax layers in the short branch (docs/design.md §4: 1). Each attends over a sliding window of
     ``short_len`` rows, so with L layers the branch output for the last event depends on its last
     L·(K−1)+1 events (the receptive field), which :meth:`HyTRecTower.forward` feeds it; the long
     branch still takes everything before the last K. L > 1 is a documented extension
@@ -141,8 +141,8 @@ class TowerConfig:
     """B > 0: every softmax layer adds a learned per-head bias for the time gap between the query's
     and the key's events, in B log-scale buckets of √2 (``time_gap_bucket``: 1 min → 11, 1 day →
     32, 1 year → 49; gaps past the last bucket share it); 0 = softmax layers see no time.
-    Costs a ``[B, H, L, L]`` bias per softmax layer (benchmarks/bench_time_bias.py: 1.2–1.9× the
-    tower's training time at L = 100–800): for windows of hundreds of events, not 10k."""
+    Costs a ``[B, H, L, L]`` bias per softmax layer (measured: benchmarks/results/time_bias_cpu.txt):
+    for windows of hundreds of events, not 10k."""
     time_query: str = "event"
     """Which time the time-gap bias measures from, for query row i (used when ``time_bias`` > 0):
     ``event`` = the row's own event (gap t_i − t_j); ``next`` = the time of the event the row's

@@ -64,8 +64,8 @@ def time_gap_edges(num_buckets: int) -> torch.Tensor:
     ``torch.bucketize(gap.clamp(min=0), edges, right=True)`` equals
     ``time_gap_bucket(gap, num_buckets)`` with no floating-point logarithm, which is what the
     softmax layers use (exact for every int64 gap, whereas the float64 logarithm rounds one
-    bucket high just below some edges past ~10^14 s; on one CPU thread 1.0–2.8× faster for
-    ``[B, L, L]`` gaps of B·L = 6,400–12,800, measured side by side on a shared machine)::
+    bucket high just below some edges past ~10^14 s; and faster on CPU:
+    benchmarks/results/time_gap_edges_cpu.txt)::
 
         >>> time_gap_edges(8).tolist()
         [1, 1, 2, 3, 5, 7, 11]

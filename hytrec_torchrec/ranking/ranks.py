@@ -1,4 +1,4 @@
-"""Full-catalog rank of each target item, computed shard by shard (SPEC §6).
+"""Full-catalog rank of each target item, computed shard by shard (docs/design.md §6).
 
 Every ranking metric we report (HR@K, NDCG@K, MRR, AUC) is a function of the target's rank in
 the full catalog, so no top-K list is needed: each process scores the users of *all* processes

@@ -1,4 +1,4 @@
-"""Atomic, sharded, resumable checkpoints with ``torch.distributed.checkpoint`` (SPEC §5).
+"""Atomic, sharded, resumable checkpoints with ``torch.distributed.checkpoint`` (docs/design.md §5).
 
 Layout of a run directory::
 

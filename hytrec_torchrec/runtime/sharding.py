@@ -1,4 +1,4 @@
-"""Embedding tables, their sharding constraints and the TorchRec planner (SPEC §5).
+"""Embedding tables, their sharding constraints and the TorchRec planner (docs/design.md §5).
 
 The four ID tables (item, attribution, category, behavior) live in one TorchRec
 ``EmbeddingCollection``. Per-table sharding type and compute kernel come from the YAML config

@@ -17,9 +17,8 @@ Request layout (B requests, N history events in total)::
     ids, scores = model(values, lengths, request_time, k)   # [B, k'] int64, [B, k'] float32
 
 Large batches run through the tower in consecutive groups of requests holding at most
-``max_tokens_per_pass`` (truncated) history events each, so that the activations stay in cache: one
-pass over 32 requests of 10,000 events was measured 1.6× slower than the default passes
-(docs/export.md). Each request's result does not depend on how the batch is grouped.
+``max_tokens_per_pass`` (truncated) history events each, so that the activations stay in cache
+(one large pass is slower: docs/export.md and benchmarks/results/serving_passes.txt). Each request's result does not depend on how the batch is grouped.
 
 ``k' = min(k, V_item - 2)``. Padding (0) and unknown (1) items are never returned. Histories
 longer than ``max_len`` keep their last ``max_len`` events (as in training); an empty history is
