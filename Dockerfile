@@ -26,9 +26,9 @@ COPY scripts/setup.sh scripts/
 COPY hytrec_torchrec hytrec_torchrec/
 COPY data_prep data_prep/
 COPY launch launch/
+COPY configs configs/
 RUN HYTREC_FLAVOR="${FLAVOR}" HYTREC_TORCH_INDEX="${TORCH_INDEX}" bash scripts/setup.sh
 
-COPY configs configs/
 COPY examples examples/
 COPY .torchxconfig ./
 

@@ -14,8 +14,8 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from data_prep.config import ColumnMap, PrepConfig
-from data_prep.errors import PrepInputError
+from .config import ColumnMap, PrepConfig
+from .errors import PrepInputError
 from hytrec_torchrec.cli import enable_debug, internal_error, report
 from hytrec_torchrec.config import ConfigError, load_config
 
@@ -71,7 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         enable_debug()
     try:
         if ns.merge:
-            from data_prep.merge import merge
+            from .merge import merge
 
             meta = merge(ns.args[0], ns.args[1:])
             print(_summary(meta))
@@ -84,12 +84,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(PrepConfig, ns.config, overrides)
         sources = None
         if inp.startswith("movielens:") or cfg.format == "movielens":
-            from data_prep.movielens import movielens_sources
+            from .movielens import movielens_sources
 
             inp = inp.split(":", 1)[1] if inp.startswith("movielens:") else inp
             sources = movielens_sources(inp)
             cfg.columns = ColumnMap()  # the loaders produce the canonical column names
-        from data_prep.prepare import prepare
+        from .prepare import prepare
 
         meta = prepare(inp, out, cfg, shard=ns.shard, overwrite=ns.overwrite, sources=sources)
         print(_summary(meta))

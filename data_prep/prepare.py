@@ -27,12 +27,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_prep.config import PrepConfig
-from data_prep.errors import PrepInputError
-from data_prep.readers import InputPlan, Source, iter_normalized, plan_inputs
-from data_prep.sequences import FILTER_NAMES, DenseEvents, FilterCounts, build_sequences, to_table
-from data_prep.spill import SpillResult, spill_batches, spill_path
-from data_prep.vocab import FUNNEL, Vocab, behavior_vocab, build_vocab, empty_vocab, load_vocab
+from .config import PrepConfig
+from .errors import PrepInputError
+from .readers import InputPlan, Source, iter_normalized, plan_inputs
+from .sequences import FILTER_NAMES, DenseEvents, FilterCounts, build_sequences, to_table
+from .spill import SpillResult, spill_batches, spill_path
+from .vocab import FUNNEL, Vocab, behavior_vocab, build_vocab, empty_vocab, load_vocab
 from hytrec_torchrec.config import to_dict
 from hytrec_torchrec.files import remove_entries
 from hytrec_torchrec.schema import VOCABS

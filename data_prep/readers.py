@@ -35,8 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from data_prep.config import RAW_COLUMNS, REQUIRED_COLUMNS, PrepConfig
-from data_prep.errors import PrepInputError, bad_row
+from .config import RAW_COLUMNS, REQUIRED_COLUMNS, PrepConfig
+from .errors import PrepInputError, bad_row
 
 __all__ = ["Source", "InputPlan", "plan_inputs", "resolve_paths", "iter_normalized", "ID_COLUMNS"]
 

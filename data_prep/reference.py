@@ -16,10 +16,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from data_prep.config import PrepConfig
-from data_prep.hashing import hash_one
-from data_prep.readers import iter_normalized, plan_inputs
-from data_prep.vocab import FUNNEL
+from .config import PrepConfig
+from .hashing import hash_one
+from .readers import iter_normalized, plan_inputs
+from .vocab import FUNNEL
 
 __all__ = ["reference_prepare", "read_prepared"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from data_prep.config import Filters
+from .config import Filters
 
 __all__ = ["DenseEvents", "FilterCounts", "FILTER_NAMES", "build_sequences", "PAY_INDEX"]
 

@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_prep.hashing import hash_strings
-from data_prep.vocab import UniqueCollector
+from .hashing import hash_strings
+from .vocab import UniqueCollector
 
 __all__ = ["SpillResult", "spill_schema", "spill_path", "spill_batches"]
 

@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_prep.synthetic import DAY, T_END, clear_events_dir, events_table, list_column
+from .synthetic import DAY, T_END, clear_events_dir, events_table, list_column
 
 __all__ = ["RecallParams", "generate"]
 

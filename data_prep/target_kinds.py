@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_prep.errors import PrepInputError
+from .errors import PrepInputError
 
 __all__ = ["target_kind", "target_kinds"]
 

