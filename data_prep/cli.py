@@ -4,7 +4,9 @@
     hytrec-prep --merge OUTPUT [SHARD_OUTPUT ...]
 
 INPUT is a Parquet/CSV file, a directory or a glob; ``movielens:DIR`` (or ``format=movielens``)
-reads ``ratings.dat``/``movies.dat`` or RecBole ``*.inter``/``*.item`` from DIR.
+reads ``ratings.dat``/``movies.dat`` or RecBole ``*.inter``/``*.item`` from DIR, and
+``completejourney:DIR`` Complete Journey's ``transactions.parquet``/``products.parquet``
+(the formats: data_prep/sources.py).
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from .config import ColumnMap, PrepConfig
-from .errors import PrepInputError
 from hytrec_torchrec.cli import enable_debug, internal_error, report
 from hytrec_torchrec.config import ConfigError, load_config
+
+from .config import PrepConfig
+from .errors import PrepInputError
+from .merge import merge
+from .prepare import prepare
 
 __all__ = ["main", "parse_shard"]
 
@@ -71,8 +76,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         enable_debug()
     try:
         if ns.merge:
-            from .merge import merge
-
             meta = merge(ns.args[0], ns.args[1:])
             print(_summary(meta))
             return 0
@@ -82,16 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ap.error(f"expected INPUT OUTPUT, got {paths}")
         inp, out = paths
         cfg = load_config(PrepConfig, ns.config, overrides)
-        sources = None
-        if inp.startswith("movielens:") or cfg.format == "movielens":
-            from .movielens import movielens_sources
-
-            inp = inp.split(":", 1)[1] if inp.startswith("movielens:") else inp
-            sources = movielens_sources(inp)
-            cfg.columns = ColumnMap()  # the loaders produce the canonical column names
-        from .prepare import prepare
-
-        meta = prepare(inp, out, cfg, shard=ns.shard, overwrite=ns.overwrite, sources=sources)
+        meta = prepare(inp, out, cfg, shard=ns.shard, overwrite=ns.overwrite)
         print(_summary(meta))
         if ns.shard[1] > 1:
             print(f"shard {ns.shard[0]}/{ns.shard[1]} done; after all shards: hytrec-prep --merge {out}")

@@ -67,8 +67,8 @@ class Filters:
 class PrepConfig:
     """Configuration of one ``hytrec-prep`` run."""
 
-    #: input format: ``auto`` (by file extension), ``parquet``, ``csv``, ``movielens`` (ratings.dat /
-    #: movies.dat or RecBole ml-1m.inter / ml-1m.item in a directory)
+    #: input format: ``auto`` (by file extension), ``parquet``, ``csv``, or a dataset format
+    #: (``movielens``, ``completejourney``): data_prep/sources.py, checked when the input is read
     format: str = "auto"
     columns: ColumnMap = field(default_factory=ColumnMap)
     #: CSV only: field delimiter (one character)
@@ -103,7 +103,6 @@ class PrepConfig:
     spill_dir: Optional[str] = None
 
     def validate(self) -> None:
-        check_choice("format", self.format, ("auto", "parquet", "csv", "movielens"))
         check_choice("on_bad_rows", self.on_bad_rows, ("error", "skip"))
         check_choice("timestamp_unit", self.timestamp_unit, ("s", "ms", "us", "ns"))
         check_range("min_time", self.min_time, 0)

@@ -20,6 +20,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -27,15 +28,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import PrepConfig
-from .errors import PrepInputError
-from .readers import InputPlan, Source, iter_normalized, plan_inputs
-from .sequences import FILTER_NAMES, DenseEvents, FilterCounts, build_sequences, to_table
-from .spill import SpillResult, spill_batches, spill_path
-from .vocab import FUNNEL, Vocab, behavior_vocab, build_vocab, empty_vocab, load_vocab
 from hytrec_torchrec.config import to_dict
 from hytrec_torchrec.files import remove_entries
 from hytrec_torchrec.schema import VOCABS
+
+from .config import ColumnMap, PrepConfig
+from .errors import PrepInputError
+from .readers import InputPlan, Source, iter_normalized, plan_inputs
+from .sequences import FILTER_NAMES, DenseEvents, FilterCounts, build_sequences, to_table
+from .sources import DATASETS, split_format
+from .spill import SpillResult, spill_batches, spill_path
+from .vocab import FUNNEL, Vocab, behavior_vocab, build_vocab, empty_vocab, load_vocab
 
 __all__ = ["prepare", "plan_partitions", "check_output_apart", "clear_prepared", "MARKER", "SCHEMA_VERSION",
            "HASH_DOC", "TABLES"]
@@ -177,14 +180,19 @@ def prepare(
     """Run ``hytrec-prep``; returns the meta dict (the shard's meta for a sharded run).
 
     Args:
-        input_spec: file, directory or glob (ignored when ``sources`` is given).
+        input_spec: file, directory or glob, or ``NAME:DIR`` for a dataset format
+            (:mod:`.sources`; ignored when ``sources`` is given).
         output: the prepared directory.
         cfg: the configuration.
         shard: ``(i, n)``: process partitions ``p % n == i``.
         overwrite: for unsharded runs, replace an existing output directory.
-        sources: in-memory sources (MovieLens loaders) instead of files.
+        sources: in-memory sources in the raw schema instead of files.
     """
     t0 = time.time()
+    input_spec, fmt = split_format(input_spec, cfg.format)
+    if sources is None and fmt in DATASETS:
+        sources = DATASETS[fmt](input_spec)
+        cfg = replace(cfg, format=fmt, columns=ColumnMap())  # the loaders write the raw schema's names
     out = Path(output)
     si, sn = shard
     if not (0 <= si < sn):

@@ -13,7 +13,9 @@ import pytest
 
 from data_prep.completejourney import load_completejourney
 from data_prep.completejourney import main as cj_main
+from data_prep.cli import main as prep_main
 from data_prep.errors import PrepInputError
+from data_prep.sources import FILE_FORMATS, formats, split_format
 from data_prep.target_kinds import main as kinds_main
 from data_prep.target_kinds import target_kind, target_kinds
 from hytrec_torchrec.data.testing import random_sequences, write_prepared
@@ -46,6 +48,30 @@ def test_completejourney_lines_become_pay_events_with_the_department(tmp_path: P
         ("7", "26093", start + 61, "PASTRY"),
     ]
     assert {r["behavior"] for r in rows} == {"pay"} and {r["attribution_id"] for r in rows} == {None}
+
+
+def test_completejourney_is_a_prep_format(tmp_path: Path) -> None:
+    """``completejourney:DIR`` prepares the dataset directly, as the convert + prep route does."""
+    d = _journey(tmp_path / "cj")
+    assert prep_main([f"completejourney:{d}", str(tmp_path / "direct"), "filters.min_user_events=1"]) == 0
+    assert cj_main(["convert", str(d), str(tmp_path / "events.parquet")]) == 0
+    assert prep_main([str(tmp_path / "events.parquet"), str(tmp_path / "converted"), "filters.min_user_events=1"]) == 0
+    for name in ("sequences", "vocab"):
+        direct = sorted(p.name for p in (tmp_path / "direct" / name).iterdir())
+        assert direct == sorted(p.name for p in (tmp_path / "converted" / name).iterdir())
+    a = pq.read_table(tmp_path / "direct" / "sequences").sort_by("user")
+    b = pq.read_table(tmp_path / "converted" / "sequences").sort_by("user")
+    assert a.equals(b)
+
+
+def test_formats_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert formats()[:len(FILE_FORMATS)] == FILE_FORMATS and {"movielens", "completejourney"} <= set(formats())
+    assert split_format("movielens:/d", "auto") == ("/d", "movielens")
+    assert split_format("c:/data/x.csv", "csv") == ("c:/data/x.csv", "csv")  # not a format name: a path
+    assert prep_main([str(tmp_path / "x.csv"), str(tmp_path / "o"), "format=orc"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "format: 'orc' is not a known format" in err, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_completejourney_convert_cli_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
