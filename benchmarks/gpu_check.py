@@ -25,7 +25,7 @@ from hytrec_torchrec.ops.tadn import (  # noqa: E402
     delta_rule_recurrent,
     resolve_impl,
 )
-from hytrec_torchrec.ops.tadn_gpu import delta_rule_gpu, gpu_kernel_available  # noqa: E402
+from hytrec_torchrec.ops.tadn.gpu import delta_rule_gpu, gpu_kernel_available  # noqa: E402
 
 LINES: List[str] = []
 OUT_PATH: List[Path] = []
@@ -59,6 +59,8 @@ def fwd_bwd(fn, ts, off, cot):
     for t in ts:
         t.grad = None
     o = fn(*ts, off)
+    if isinstance(o, tuple):  # the torch forms return (o, final_state)
+        o = o[0]
     grads = torch.autograd.grad(o, ts, cot)
     return [o.detach().float()] + [g.float() for g in grads]
 
@@ -148,7 +150,7 @@ def throughput(h: int, d: int, batches: List[int]) -> None:
                 ts, off = inputs([length] * b, h, d, dtype, seed=2)
 
                 def run(ts=ts, off=off, impl=impl):
-                    o = delta_rule(*ts, off, 64, impl)
+                    o, _ = delta_rule(*ts, off, 64, impl)
                     o.backward(torch.ones_like(o))
 
                 t = timed(run)

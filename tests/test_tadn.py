@@ -1,4 +1,5 @@
-"""TADN delta rule: chunkwise form vs the token-by-token reference, jagged batching, the gate."""
+"""TADN delta rule: chunkwise form vs the token-by-token reference, jagged batching, state in and
+out (a history in pieces equals it whole), the gate."""
 
 import math
 
@@ -7,14 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from hytrec_torchrec.ops import jagged
-from hytrec_torchrec.ops.tadn import (
-    delta_rule,
-    delta_rule_chunked,
-    delta_rule_chunked_last,
-    delta_rule_recurrent,
-    resolve_impl,
-)
-from hytrec_torchrec.ops.tadn_gpu import gpu_kernel_available
+from hytrec_torchrec.ops import tadn
+from hytrec_torchrec.ops.tadn import gpu_kernel_available, resolve_impl
 from hytrec_torchrec.modules.layers import TADNMixer, TemporalGate, temporal_decay
 
 
@@ -35,6 +30,17 @@ def make_inputs(lengths, heads=2, dk=8, dv=6, dtype=torch.float32, seed=0, grad=
     if grad:
         tensors = [t.clone().requires_grad_(True) for t in tensors]
     return tensors, offsets
+
+
+def _out(fn):
+    """The op's output alone (every form returns ``(o, final_state or None)``)."""
+    return lambda *a, **kw: fn(*a, **kw)[0]
+
+
+delta_rule = _out(tadn.delta_rule)
+delta_rule_chunked = _out(tadn.delta_rule_chunked)
+delta_rule_chunked_last = _out(tadn.delta_rule_chunked_last)
+delta_rule_recurrent = _out(tadn.delta_rule_recurrent)
 
 
 def run_with_grads(fn, tensors, offsets, cot, **kw):
@@ -118,6 +124,52 @@ def test_empty_batch_and_validation():
         delta_rule_chunked(*tensors, torch.tensor([0, 3, 4]))
     with pytest.raises(ValueError, match="erase"):
         delta_rule_chunked(tensors[0], tensors[1], tensors[2], tensors[3][:, :1], tensors[4], offsets)
+
+
+@pytest.mark.parametrize("form", ["recurrent", "chunked", "chunked_last"])
+def test_history_in_two_pieces_equals_it_whole(form):
+    """The final state of a history's first part, fed as the initial state of the rest, gives the
+    rest's outputs and the whole history's final state (what incremental serving relies on)."""
+    lengths = [70, 5, 0, 33]
+    cuts = [40, 5, 0, 1]
+    tensors, offsets = make_inputs(lengths, dtype=torch.float64, seed=11)
+    op = {"recurrent": tadn.delta_rule_recurrent, "chunked": lambda *a, **kw: tadn.delta_rule_chunked(*a, chunk_size=16, **kw),
+          "chunked_last": lambda *a, **kw: tadn.delta_rule_chunked_last(*a, chunk_size=16, **kw)}[form]
+    whole, f_whole = tadn.delta_rule_recurrent(*tensors, offsets, None, True)
+    first = torch.cat([torch.arange(int(offsets[s]), int(offsets[s]) + c) for s, c in enumerate(cuts)])
+    rest = torch.cat([torch.arange(int(offsets[s]) + c, int(offsets[s + 1])) for s, c in enumerate(cuts)])
+    off1 = torch.tensor([0] + cuts).cumsum(0)
+    off2 = torch.tensor([0] + [n - c for n, c in zip(lengths, cuts)]).cumsum(0)
+    _, f1 = op(*[t[first] for t in tensors], off1, output_final_state=True)
+    o2, f2 = op(*[t[rest] for t in tensors], off2, initial_state=f1, output_final_state=True)
+    torch.testing.assert_close(f2, f_whole, atol=1e-10, rtol=0)
+    if form == "chunked_last":
+        for s, n in enumerate(lengths):
+            expect = whole[int(offsets[s + 1]) - 1] if n > cuts[s] else torch.zeros_like(o2[s])
+            torch.testing.assert_close(o2[s], expect, atol=1e-10, rtol=0)
+    else:
+        torch.testing.assert_close(o2, whole[rest], atol=1e-10, rtol=0)
+    # an empty sequence keeps its initial state; no state requested gives None
+    init = torch.randn(2, 2, 8, 6, dtype=torch.float64)
+    tensors0, off0 = make_inputs([0, 3], dtype=torch.float64)
+    _, f = op(*tensors0, off0, initial_state=init, output_final_state=True)
+    torch.testing.assert_close(f[0], init[0])
+    assert op(*tensors0, off0)[1] is None
+    with pytest.raises(ValueError, match="initial_state"):
+        op(*tensors0, off0, initial_state=init[:1])
+
+
+def test_initial_state_gradients_match():
+    lengths = [19, 0, 40]
+    tensors, offsets = make_inputs(lengths, dtype=torch.float64, seed=13, grad=True)
+    init = torch.randn(3, 2, 8, 6, dtype=torch.float64, requires_grad=True)
+    cot = torch.randn(sum(lengths), 2, 6, dtype=torch.float64)
+    grads = []
+    for o, f in (tadn.delta_rule_recurrent(*tensors, offsets, init, True),
+                 tadn.delta_rule_chunked(*tensors, offsets, 8, init, True)):
+        grads.append(torch.autograd.grad((o * cot).sum() + f.square().sum(), tensors + [init]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
 
 
 def test_gpu_guard_falls_back_to_chunked_on_cpu():

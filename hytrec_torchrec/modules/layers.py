@@ -30,7 +30,7 @@ from hytrec_torchrec.ops.jagged import (
     segment_ids,
     segment_mean,
 )
-from hytrec_torchrec.ops.tadn import _chunked_core, delta_rule
+from hytrec_torchrec.ops.tadn import chunked_core, delta_rule
 
 __all__ = ["TemporalGate", "TADNMixer", "SoftmaxMixer", "FeedForward", "Block", "temporal_decay",
            "time_gap_bucket", "time_gap_edges"]
@@ -175,9 +175,9 @@ class TADNMixer(nn.Module):
         beta = torch.sigmoid(self.beta(h_tilde))
         erase = g * beta
         if torch.jit.is_scripting():
-            o = _chunked_core(q, k, v, erase, beta, offsets, self.chunk_size, last_only)
+            o, _ = chunked_core(q, k, v, erase, beta, offsets, self.chunk_size, last_only, None, False)
         else:
-            o = delta_rule(q, k, v, erase, beta, offsets, self.chunk_size, self.impl, last_only)
+            o, _ = delta_rule(q, k, v, erase, beta, offsets, self.chunk_size, self.impl, last_only)
         return self.out(o.reshape(o.shape[0], -1))
 
 

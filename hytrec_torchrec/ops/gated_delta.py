@@ -41,7 +41,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from hytrec_torchrec.ops.tadn import _check, _chunk_pad, _chunk_plan, _chunk_states
+from hytrec_torchrec.ops.tadn.chunk import check_inputs, chunk_pad, chunk_plan, chunk_states
 
 __all__ = ["gated_delta_rule_recurrent", "gated_delta_rule_chunked", "gated_chunked_core"]
 
@@ -49,13 +49,9 @@ __all__ = ["gated_delta_rule_recurrent", "gated_delta_rule_chunked", "gated_chun
 def _check_gated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
                  erase: torch.Tensor, write: torch.Tensor, offsets: torch.Tensor,
                  initial_state: Optional[torch.Tensor]) -> None:
-    _check(q, k, v, erase, write, offsets)
+    check_inputs(q, k, v, erase, write, offsets, initial_state)
     if log_decay.shape != q.shape[:2]:
         raise ValueError(f"log_decay must be [N, H] = {list(q.shape[:2])}, got {list(log_decay.shape)}")
-    if initial_state is not None:
-        want = [offsets.numel() - 1, q.shape[1], q.shape[2], v.shape[2]]
-        if list(initial_state.shape) != want:
-            raise ValueError(f"initial_state must be [B, H, dk, dv] = {want}, got {list(initial_state.shape)}")
 
 
 def gated_delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
@@ -107,17 +103,17 @@ def gated_chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_de
     dv = v.shape[-1]
     c = chunk_size
     b = offsets.numel() - 1
-    dest, n_chunks, chunk_start, step_major, step_counts, nc = _chunk_plan(offsets, c)
+    dest, n_chunks, chunk_start, step_major, step_counts, nc = chunk_plan(offsets, c)
     init = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state
     if nc == 0:
         return v.new_zeros(0, h, dv).to(out_dtype), init.to(out_dtype)
     rows = nc * c
-    qc = _chunk_pad(q.transpose(0, 1), dest, rows).view(h, nc, c, dk)
-    kc = _chunk_pad(k.transpose(0, 1), dest, rows).view(h, nc, c, dk)
-    vc = _chunk_pad(v.transpose(0, 1), dest, rows).view(h, nc, c, dv)
-    ac = _chunk_pad(erase.t(), dest, rows).view(h, nc, c, 1)
-    bc = _chunk_pad(write.t(), dest, rows).view(h, nc, c, 1)
-    lc = _chunk_pad(log_decay.t(), dest, rows).view(h, nc, c, 1)
+    qc = chunk_pad(q.transpose(0, 1), dest, rows).view(h, nc, c, dk)
+    kc = chunk_pad(k.transpose(0, 1), dest, rows).view(h, nc, c, dk)
+    vc = chunk_pad(v.transpose(0, 1), dest, rows).view(h, nc, c, dv)
+    ac = chunk_pad(erase.t(), dest, rows).view(h, nc, c, 1)
+    bc = chunk_pad(write.t(), dest, rows).view(h, nc, c, 1)
+    lc = chunk_pad(log_decay.t(), dest, rows).view(h, nc, c, 1)
 
     lam = torch.cumsum(lc, dim=2)  # λ_t [H, NC, C, 1]
     g = torch.exp(lam)  # G_t
@@ -139,9 +135,9 @@ def gated_chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_de
     mb = torch.cat([m_mat, ktsol[..., dk:]], dim=-1).transpose(0, 1)  # [NC, H, dk, dk+dv]
 
     # Inter-chunk recurrence: step 0 of the step-major order lists every non-empty sequence by
-    # decreasing chunk count (ops.tadn._chunk_plan), so its initial states are init in that order.
+    # decreasing chunk count (ops.tadn.chunk.chunk_plan), so its initial states are init in that order.
     order = torch.argsort(n_chunks, descending=True, stable=True)
-    h0_chunks = _chunk_states(mb, step_major, step_counts, init[order[:step_counts[0]]])
+    h0_chunks = chunk_states(mb, step_major, step_counts, init[order[:step_counts[0]]])
 
     # Final state: one more transition out of each sequence's last chunk.
     nonempty = n_chunks > 0

@@ -50,7 +50,8 @@ def gpu_kernel_available() -> bool:
 
 def delta_rule_gpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
                    write: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Delta rule on CUDA via ``chunk_gdn2``. Shapes as :func:`hytrec_torchrec.ops.tadn.delta_rule_chunked`.
+    """Delta rule on CUDA via ``chunk_gdn2``. Shapes as :func:`hytrec_torchrec.ops.tadn.chunk.delta_rule_chunked`;
+    returns ``o`` only (the dispatcher runs the torch forms for a call with state).
 
     Raises RuntimeError when the kernel is unavailable (callers go through ``resolve_impl``).
     """

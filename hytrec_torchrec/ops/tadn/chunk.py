@@ -1,21 +1,10 @@
-"""The TADN delta rule over jagged batches: naive reference, chunkwise-parallel form, dispatcher.
+"""The TADN delta rule over jagged batches, chunkwise-parallel (WY/UT form); linear in length.
 
-Rule (per sequence, per head; state ``S`` is ``[dv, dk]``, zero at the start of every sequence)::
+Rule, shapes and state convention: :mod:`hytrec_torchrec.ops.tadn` (the reference recurrence is
+:mod:`.naive`, the GPU kernel :mod:`.gpu`). Chunks never cross sequences; each sequence's last
+chunk is zero-padded; only the ``[dk, dv]`` chunk-to-chunk state recurrence is a loop.
 
-    S_t = S_{t-1} (I - erase_t k_t k_tᵀ) + write_t v_t k_tᵀ
-    o_t = S_t q_t
-
-with ``erase = g·β`` and ``write = β`` in HyTRec's TADN. Inputs are packed back to back:
-``q, k [N, H, dk]``, ``v [N, H, dv]``, ``erase, write [N, H]``, ``offsets [B+1]`` int64
-(``cu_seqlens``). Keys are expected to be L2-normalised already.
-
-* :func:`delta_rule_recurrent` — token-by-token reference (slow, obviously correct).
-* :func:`delta_rule_chunked` — chunkwise-parallel WY/UT form (linear in length, batched over all
-  chunks of all sequences; only the ``[dk, dk]`` chunk-to-chunk state recurrence is a loop).
-* :func:`delta_rule` — dispatcher (``impl`` = auto | chunked | recurrent | gpu); the GPU path
-  (:mod:`hytrec_torchrec.ops.tadn_gpu`) is used only when CUDA and its kernel package import.
-
-Chunked derivation (docs/tower.md has the long form). Write the state transposed, ``H = Sᵀ``
+Derivation (docs/tower.md has the long form). Write the state transposed, ``H = Sᵀ``
 ``[dk, dv]``. Inside a chunk of ``C`` rows with initial state ``H0``, let
 ``new_t = write_t v_t - erase_t H_{t-1}ᵀ k_t`` so ``H_t = H0 + Σ_{i≤t} k_i new_iᵀ``. Then
 ``(I + StrictTril(diag(a) K Kᵀ)) New = diag(b) V - diag(a) K H0`` with ``a = erase``,
@@ -27,27 +16,23 @@ Chunked derivation (docs/tower.md has the long form). Write the state transposed
     H_next = H0 + Kᵀ New = (I - Kᵀ W) H0 + Kᵀ U
 
 so every chunk reduces to ``(M, Bm) = (I - KᵀW, KᵀU)`` and the only sequential part is
-``H_{j+1} = M_j H_j + Bm_j``.
+``H_{j+1} = M_j H_j + Bm_j``. The chunk plan (:func:`chunk_plan`, :func:`chunk_pad`,
+:func:`chunk_states`) is shared with the gated rule (:mod:`hytrec_torchrec.ops.gated_delta`).
 """
 
 
-from typing import List, Tuple
+
+from typing import List, Optional, Tuple
 
 import torch
 
-from hytrec_torchrec.ops.tadn_gpu import delta_rule_gpu, gpu_kernel_available
-
-__all__ = [
-    "delta_rule_recurrent",
-    "delta_rule_chunked",
-    "delta_rule_chunked_last",
-    "delta_rule",
-    "resolve_impl",
-]
+__all__ = ["check_inputs", "chunk_plan", "chunk_pad", "chunk_states", "chunked_core", "delta_rule_chunked",
+           "delta_rule_chunked_last"]
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
-           write: torch.Tensor, offsets: torch.Tensor) -> None:
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
+                 write: torch.Tensor, offsets: torch.Tensor, initial_state: Optional[torch.Tensor] = None) -> None:
+    """Shapes and offsets of a delta-rule call; ``ValueError`` naming what is wrong."""
     if q.dim() != 3 or k.shape != q.shape:
         raise ValueError(f"q and k must both be [N, H, dk], got {list(q.shape)} and {list(k.shape)}")
     if v.dim() != 3 or v.shape[0] != q.shape[0] or v.shape[1] != q.shape[1]:
@@ -62,48 +47,13 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tenso
         raise ValueError(f"offsets must start at 0 and end at N={q.shape[0]}, got {offsets.tolist()[:3]}...")
     if bool((offsets[1:] < offsets[:-1]).any()):
         raise ValueError("offsets must be non-decreasing")
+    if initial_state is not None:
+        want = [offsets.numel() - 1, q.shape[1], q.shape[2], v.shape[2]]
+        if list(initial_state.shape) != want:
+            raise ValueError(f"initial_state must be [B, H, dk, dv] = {want}, got {list(initial_state.shape)}")
 
 
-def delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
-                         write: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Reference: the recurrence one token at a time (all sequences advanced together).
-
-    Args:
-        q, k: ``[N, H, dk]``; v: ``[N, H, dv]``; erase, write: ``[N, H]``; offsets: ``[B+1]`` int64.
-    Returns:
-        o: ``[N, H, dv]`` with ``o_t = S_t q_t`` and
-        ``S_t = S_{t-1} (I - erase_t k_t k_tᵀ) + write_t v_t k_tᵀ``, ``S`` zero per sequence.
-    """
-    _check(q, k, v, erase, write, offsets)
-    n, h, dk = q.shape
-    dv = v.shape[-1]
-    if n == 0:
-        return v.new_zeros(0, h, dv)
-    lengths = offsets[1:] - offsets[:-1]
-    order = torch.argsort(lengths, descending=True, stable=True)  # longest first
-    steps = torch.arange(int(lengths.max()), device=q.device)
-    live = lengths[order].unsqueeze(0) > steps.unsqueeze(1)  # [T, B]: sequence still running at t
-    rows = (offsets[:-1][order].unsqueeze(0) + steps.unsqueeze(1))[live]  # time-major row order
-    counts: List[int] = live.sum(1).tolist()
-    # One gather + split (its backward is a single concatenation), not a gather per step.
-    qs, ks, vs = (torch.split(x[rows], counts) for x in (q, k, v))
-    as_, bs = (torch.split(x[rows], counts) for x in (erase, write))
-    S = q.new_zeros(counts[0], h, dv, dk)
-    outs: List[torch.Tensor] = []
-    for t, m in enumerate(counts):
-        k_t, v_t, q_t = ks[t], vs[t], qs[t]  # [m, H, d]
-        a_t = as_[t][..., None]  # [m, H, 1]
-        b_t = bs[t][..., None]
-        S = S[:m]
-        # S (I - a k kᵀ) + b v kᵀ  ==  S + (b v - a S k) kᵀ   (elementwise products: tiny matmuls
-        # are slow on a busy CPU, and this is the literal rank-1 update)
-        Sk = (S * k_t.unsqueeze(-2)).sum(-1)  # [m, H, dv]
-        S = S + (b_t * v_t - a_t * Sk).unsqueeze(-1) * k_t.unsqueeze(-2)
-        outs.append((S * q_t.unsqueeze(-2)).sum(-1))  # S q
-    return v.new_zeros(n, h, dv).index_copy(0, rows, torch.cat(outs))
-
-
-def _chunk_plan(offsets: torch.Tensor, chunk_size: int
+def chunk_plan(offsets: torch.Tensor, chunk_size: int
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, List[int], int]:
     """Index plan for the padded-per-sequence chunk layout.
 
@@ -137,18 +87,18 @@ def _chunk_plan(offsets: torch.Tensor, chunk_size: int
     return dest, n_chunks, chunk_start, step_major, step_counts, total_chunks
 
 
-def _chunk_pad(x: torch.Tensor, dest: torch.Tensor, rows: int) -> torch.Tensor:
+def chunk_pad(x: torch.Tensor, dest: torch.Tensor, rows: int) -> torch.Tensor:
     """Scatter ``x [H, N, ...]`` into a zero ``[H, rows, ...]`` tensor at ``dest`` along dim 1."""
     shape = [x.shape[0], rows] + list(x.shape[2:])
     return x.new_zeros(shape).index_copy(1, dest, x)
 
 
-def _chunk_states(mb: torch.Tensor, step_major: torch.Tensor, step_counts: List[int],
+def chunk_states(mb: torch.Tensor, step_major: torch.Tensor, step_counts: List[int],
                   init: torch.Tensor) -> torch.Tensor:
     """Initial state of every chunk ``[NC, H, dk, dv]`` (chunk order) from the per-chunk
     transitions ``mb [NC, H, dk, dk+dv] = [M | Bm]`` by ``H_{j+1} = M_j H_j + Bm_j``, one batched
     step per chunk index; ``init [step_counts[0], H, dk, dv]`` are the first chunks' states in
-    step-major order (:func:`_chunk_plan`).
+    step-major order (:func:`chunk_plan`).
 
     The transitions are split once (a single backward concatenation) instead of slicing the whole
     tensor per step, whose backward would materialise a full-size zero gradient at every step."""
@@ -169,35 +119,44 @@ def _chunk_states(mb: torch.Tensor, step_major: torch.Tensor, step_counts: List[
     return h0_s[inv]
 
 
-def _chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
-                  write: torch.Tensor, offsets: torch.Tensor, chunk_size: int, last_only: bool
-                  ) -> torch.Tensor:
-    """Chunkwise WY/UT delta rule. Returns ``o [N, H, dv]`` or, if ``last_only``, ``[B, H, dv]``
-    holding each sequence's last output (zeros for empty sequences)."""
+def chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
+                 write: torch.Tensor, offsets: torch.Tensor, chunk_size: int, last_only: bool,
+                 initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False
+                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Chunkwise WY/UT delta rule without input checks (TorchScript calls it directly).
+
+    Returns ``(o, final_state)``: ``o [N, H, dv]`` or, if ``last_only``, ``[B, H, dv]`` holding
+    each sequence's last output (zeros for empty sequences); ``final_state [B, H, dk, dv]`` when
+    ``output_final_state`` (an empty sequence's is its initial state), else None. The state starts
+    at ``initial_state [B, H, dk, dv]`` (zero when None)."""
     out_dtype = q.dtype
     if q.dtype == torch.float16 or q.dtype == torch.bfloat16:
         # Half precision: run the transform and the state recurrence in float32 (triangular
         # solves have no half kernels, and the state accumulates over thousands of rows).
         # Cast here rather than recursing: TorchScript rejects recursive calls.
         q, k, v, erase, write = q.float(), k.float(), v.float(), erase.float(), write.float()
+        if initial_state is not None:
+            initial_state = initial_state.float()
     n, h, dk = q.shape
     dv = v.shape[-1]
     c = chunk_size
     b = offsets.numel() - 1
-    dest, n_chunks, chunk_start, step_major, step_counts, nc = _chunk_plan(offsets, c)
+    dest, n_chunks, chunk_start, step_major, step_counts, nc = chunk_plan(offsets, c)
+    init = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state
+    final: Optional[torch.Tensor] = init.to(out_dtype) if output_final_state else None
     if nc == 0:
         if last_only:
-            return v.new_zeros(b, h, dv).to(out_dtype)
-        return v.new_zeros(0, h, dv).to(out_dtype)
+            return v.new_zeros(b, h, dv).to(out_dtype), final
+        return v.new_zeros(0, h, dv).to(out_dtype), final
     rows = nc * c
     # Head-major chunk layout [H, NC, C, d] (contiguous after padding, so no transposed copies
     # before the batched matmuls). Pad rows are zero (erase = write = 0, k = 0): they never touch
     # the state, and their outputs are dropped.
-    qc = _chunk_pad(q.transpose(0, 1), dest, rows).view(h, nc, c, dk)
-    kc = _chunk_pad(k.transpose(0, 1), dest, rows).view(h, nc, c, dk)
-    vc = _chunk_pad(v.transpose(0, 1), dest, rows).view(h, nc, c, dv)
-    ac = _chunk_pad(erase.t(), dest, rows).view(h, nc, c, 1)
-    bc = _chunk_pad(write.t(), dest, rows).view(h, nc, c, 1)
+    qc = chunk_pad(q.transpose(0, 1), dest, rows).view(h, nc, c, dk)
+    kc = chunk_pad(k.transpose(0, 1), dest, rows).view(h, nc, c, dk)
+    vc = chunk_pad(v.transpose(0, 1), dest, rows).view(h, nc, c, dv)
+    ac = chunk_pad(erase.t(), dest, rows).view(h, nc, c, 1)
+    bc = chunk_pad(write.t(), dest, rows).view(h, nc, c, 1)
 
     # Intra-chunk UT transform, batched over every chunk of every sequence.
     kt = kc.transpose(-1, -2)  # [H, NC, dk, C]
@@ -214,7 +173,16 @@ def _chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torc
     # Per-chunk transition, chunk-major for the loop: [NC, H, dk, dk+dv] = [M | Bm]
     mb = torch.cat([eye_k - ktsol[..., :dk], ktsol[..., dk:]], dim=-1).transpose(0, 1)
 
-    h0 = _chunk_states(mb, step_major, step_counts, q.new_zeros(step_counts[0], h, dk, dv)).transpose(0, 1)
+    # step 0 of the step-major order lists every non-empty sequence by decreasing chunk count
+    # (chunk_plan), so its initial states are init in that order
+    order = torch.argsort(n_chunks, descending=True, stable=True)
+    h0_chunks = chunk_states(mb, step_major, step_counts, init[order[:step_counts[0]]])
+    if output_final_state:  # one more transition out of each sequence's last chunk
+        last_c = (chunk_start + n_chunks - 1).clamp(min=0)
+        mb_last = mb[last_c]  # [B, H, dk, dk+dv]
+        fin = mb_last[..., :dk] @ h0_chunks[last_c] + mb_last[..., dk:]
+        final = torch.where((n_chunks > 0).view(b, 1, 1, 1), fin, init).to(out_dtype)
+    h0 = h0_chunks.transpose(0, 1)
 
     if last_only:
         lengths = offsets[1:] - offsets[:-1]
@@ -228,70 +196,41 @@ def _chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torc
         qs = (qk.unsqueeze(-2) @ sol[:, last_chunk]).squeeze(-2)  # [H, B, dk+dv]
         q_eff = ql - qs[..., :dk]
         o_last = (q_eff.unsqueeze(-2) @ h0[:, last_chunk]).squeeze(-2) + qs[..., dk:]  # [H, B, dv]
-        return (o_last.transpose(0, 1) * nonempty.view(b, 1, 1).to(o_last.dtype)).to(out_dtype)
+        return (o_last.transpose(0, 1) * nonempty.view(b, 1, 1).to(o_last.dtype)).to(out_dtype), final
 
     qk = (qc @ kt) * incl  # inclusive causal [H, NC, C, C]
     qsol = qk @ sol  # [H, NC, C, dk+dv]
     oc = (qc - qsol[..., :dk]) @ h0 + qsol[..., dk:]  # [H, NC, C, dv]
-    return oc.view(h, rows, dv).index_select(1, dest).transpose(0, 1).to(out_dtype)
+    return oc.view(h, rows, dv).index_select(1, dest).transpose(0, 1).to(out_dtype), final
 
 
 def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
-                       write: torch.Tensor, offsets: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
-    """Chunkwise-parallel delta rule over a jagged batch (same result as :func:`delta_rule_recurrent`).
-
-    Each sequence is split into chunks of ``chunk_size`` rows (its last chunk zero-padded; chunks
-    never cross sequences, no padding to the batch maximum). Differentiable by autograd.
+                       write: torch.Tensor, offsets: torch.Tensor, chunk_size: int = 64,
+                       initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False
+                       ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Chunkwise-parallel delta rule over a jagged batch (same result as
+    :func:`~hytrec_torchrec.ops.tadn.naive.delta_rule_recurrent`). Differentiable by autograd,
+    also through ``initial_state``.
 
     Args:
-        q, k: ``[N, H, dk]``; v: ``[N, H, dv]``; erase, write: ``[N, H]``; offsets: ``[B+1]`` int64.
+        q, k: ``[N, H, dk]``; v: ``[N, H, dv]``; erase, write: ``[N, H]``; offsets: ``[B+1]`` int64;
+        initial_state: ``[B, H, dk, dv]`` or None (zero).
     Returns:
-        o: ``[N, H, dv]``.
+        ``(o [N, H, dv], final_state [B, H, dk, dv] or None)``.
     """
-    _check(q, k, v, erase, write, offsets)
+    check_inputs(q, k, v, erase, write, offsets, initial_state)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return _chunked_core(q, k, v, erase, write, offsets, chunk_size, False)
+    return chunked_core(q, k, v, erase, write, offsets, chunk_size, False, initial_state, output_final_state)
 
 
 def delta_rule_chunked_last(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
-                            write: torch.Tensor, offsets: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
-    """Like :func:`delta_rule_chunked` but returns only each sequence's last output ``[B, H, dv]``
+                            write: torch.Tensor, offsets: torch.Tensor, chunk_size: int = 64,
+                            initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False
+                            ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Like :func:`delta_rule_chunked` but the outputs are each sequence's last one ``[B, H, dv]``
     (zeros for empty sequences); skips the per-row output product of all other rows."""
-    _check(q, k, v, erase, write, offsets)
-    return _chunked_core(q, k, v, erase, write, offsets, chunk_size, True)
-
-
-def resolve_impl(impl: str, device: torch.device) -> str:
-    """Map ``impl`` (auto | chunked | recurrent | gpu) to what will run on ``device``.
-
-    ``auto`` and ``gpu`` pick the GPU kernel only when ``device`` is CUDA and the kernel package
-    imports (:func:`hytrec_torchrec.ops.tadn_gpu.gpu_kernel_available`); otherwise ``chunked``.
-    """
-    if impl not in ("auto", "chunked", "recurrent", "gpu"):
-        raise ValueError(f"impl must be auto|chunked|recurrent|gpu, got {impl!r}")
-    if impl in ("auto", "gpu"):
-        return "gpu" if (device.type == "cuda" and gpu_kernel_available()) else "chunked"
-    return impl
-
-
-def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
-               write: torch.Tensor, offsets: torch.Tensor, chunk_size: int = 64, impl: str = "auto",
-               last_only: bool = False) -> torch.Tensor:
-    """Dispatching delta rule (eager only; TorchScript uses :func:`_chunked_core` directly).
-
-    Returns ``o [N, H, dv]``, or ``[B, H, dv]`` last outputs when ``last_only``.
-    """
-    which = resolve_impl(impl, q.device)
-    if which == "gpu":
-        o = delta_rule_gpu(q, k, v, erase, write, offsets)
-    elif which == "recurrent":
-        o = delta_rule_recurrent(q, k, v, erase, write, offsets)
-    else:
-        _check(q, k, v, erase, write, offsets)
-        return _chunked_core(q, k, v, erase, write, offsets, chunk_size, last_only)
-    if last_only:
-        lengths = offsets[1:] - offsets[:-1]
-        last = o[(offsets[1:] - 1).clamp(min=0)] if o.shape[0] > 0 else o.new_zeros(lengths.numel(), o.shape[1], o.shape[2])
-        return last * (lengths > 0).view(-1, 1, 1).to(o.dtype)
-    return o
+    check_inputs(q, k, v, erase, write, offsets, initial_state)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return chunked_core(q, k, v, erase, write, offsets, chunk_size, True, initial_state, output_final_state)
