@@ -26,7 +26,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hytrec_torchrec.config import from_dict  # noqa: E402
 from hytrec_torchrec.modules.branches import LongBranch  # noqa: E402
+from hytrec_torchrec.modules.config import TowerConfig  # noqa: E402
 from hytrec_torchrec.ops.tadn import delta_rule  # noqa: E402
 
 
@@ -102,6 +104,16 @@ def gemm_floor_case(b: int, length: int, h: int, d: int, device: torch.device, d
     return run
 
 
+def branch_config(dim: int, pattern: str, heads: int, impl: str, gated: bool = False) -> TowerConfig:
+    """The long branch measured here: FFN ×2, no dropout, α 0.5 fixed, chunks of 64; ``gated``: the
+    gated-delta layers with time inputs and the intent readout, else the paper's TADN."""
+    return from_dict(TowerConfig, dict(
+        embedding_dim=dim, long_pattern=pattern, heads=heads, ffn_mult=2, dropout=0.0, softmax_group_waste=0.25,
+        position_bias=0, time_bias=0, long_readout="intent" if gated else "last", long_time_inputs=gated,
+        tadn=dict(alpha=0.5, learn_alpha=False, temporal_gate=True, chunk_size=64, impl=impl, key_dim=0,
+                  gating="gated_delta" if gated else "paper")))
+
+
 def branch_case(spec: str, impl: str, b: int, length: int, h: int, d: int, device: torch.device,
                 dtype: torch.dtype):
     """Return fn(backward) running a LongBranch (width H·d) on [B·L, D] rows.
@@ -112,8 +124,7 @@ def branch_case(spec: str, impl: str, b: int, length: int, h: int, d: int, devic
     dim = h * d
     gd = spec.startswith("gd-")
     pattern = spec[3:] if gd else spec
-    extra = dict(gating="gated_delta", readout="intent", time_inputs=True) if gd else {}
-    branch = LongBranch(dim, pattern, h, 2, 0.0, 0.5, False, True, 64, impl, 0.25, **extra).to(device, dtype)
+    branch = LongBranch(branch_config(dim, pattern, h, impl, gd)).to(device, dtype)
     offsets = (torch.arange(b + 1, dtype=torch.int64) * length).to(device)
     x = torch.randn(b * length, dim, device=device, dtype=dtype, requires_grad=True)
     tau = torch.rand(b * length, device=device, dtype=dtype)

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hytrec_torchrec.config import from_dict  # noqa: E402
 from hytrec_torchrec.modules import HyTRecTower, TowerConfig  # noqa: E402
 from hytrec_torchrec.modules.branches import LongBranch  # noqa: E402
+from bench_tower import branch_config  # noqa: E402
 from hytrec_torchrec.ops.tadn import (  # noqa: E402
     delta_rule,
     delta_rule_chunked,
@@ -163,7 +164,7 @@ def throughput(h: int, d: int, batches: List[int]) -> None:
                     continue
                 torch.manual_seed(0)
                 dim = 64
-                br = LongBranch(dim, pattern, 2, 2, 0.0, 0.5, False, True, 64, impl, 0.25).cuda()
+                br = LongBranch(branch_config(dim, pattern, 2, impl)).cuda()
                 off = (torch.arange(b + 1, dtype=torch.int64) * length).cuda()
                 x = torch.randn(b * length, dim, device="cuda", requires_grad=True)
                 tau = torch.rand(b * length, device="cuda")

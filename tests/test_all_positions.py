@@ -16,7 +16,7 @@ from hytrec_torchrec.data.config import DataConfig
 from hytrec_torchrec.data.examples import make_examples
 from hytrec_torchrec.model import next_event_rows
 from hytrec_torchrec.modules import HyTRecTower, TowerConfig
-from hytrec_torchrec.modules.layers import SoftmaxMixer, time_gap_bucket, time_gap_edges
+from hytrec_torchrec.modules.layers import SeqContext, SoftmaxMixer, time_gap_bucket, time_gap_edges
 from hytrec_torchrec.modules.loss import shared_negatives_loss
 from hytrec_torchrec.ops.jagged import next_event_times, segment_ids, segment_prefix_mean
 
@@ -161,14 +161,14 @@ def test_sliding_window_softmax_rows_equal_last_only_on_each_window() -> None:
     mixer = SoftmaxMixer(16, 2, group_waste=0.0, window=3).eval()
     x, off, _, _ = _batch(LENGTHS)
     seg = segment_ids(off, x.shape[0])
-    full = mixer(x, off, seg, x.new_zeros(x.shape[0]), False)
+    full = mixer(x, SeqContext(off, seg, x.new_zeros(x.shape[0]), False, False, None, None))
     for b, n in enumerate(LENGTHS):
         a = int(off[b])
         for r in range(n):
             lo = max(0, r - 2)
             w = x[a + lo:a + r + 1]
             o = torch.tensor([0, w.shape[0]])
-            want = mixer(w, o, segment_ids(o, w.shape[0]), w.new_zeros(w.shape[0]), True)
+            want = mixer(w, SeqContext(o, segment_ids(o, w.shape[0]), w.new_zeros(w.shape[0]), True, False, None, None))
             torch.testing.assert_close(full[a + r], want[0], atol=1e-5, rtol=0)
 
 
@@ -227,8 +227,8 @@ def test_position_and_time_bias_match_a_dense_reference(max_distance: int, time_
     qts = ts + torch.randint(0, 4, ts.shape) * torch.tensor([1, 100_000])[torch.randint(0, 2, ts.shape)]
     qts = qts if query else ts
     seg = segment_ids(off, x.shape[0])
-    full = mixer(x, off, seg, x.new_zeros(x.shape[0]), False, False, ts, qts if query else None)
-    last = mixer(x, off, seg, x.new_zeros(x.shape[0]), True, False, ts, qts if query else None)
+    full = mixer(x, SeqContext(off, seg, x.new_zeros(x.shape[0]), False, False, ts, qts if query else None))
+    last = mixer(x, SeqContext(off, seg, x.new_zeros(x.shape[0]), True, False, ts, qts if query else None))
     for s, n in enumerate(lengths):
         a = int(off[s])
         if n == 0:

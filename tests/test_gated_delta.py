@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hytrec_torchrec.modules.layers import SeqContext
 from hytrec_torchrec.modules.memory import GapDecay, GatedDeltaMixer, IntentReadout, previous_gap
 from hytrec_torchrec.ops.gated_delta import gated_delta_rule_chunked, gated_delta_rule_recurrent
 from hytrec_torchrec.ops.jagged import segment_ids
@@ -125,8 +126,8 @@ def test_mixer_last_only_equals_the_last_row() -> None:
     x = torch.randn(21, 16, dtype=torch.float64)
     ts = torch.arange(21, dtype=torch.int64) * 300
     seg = segment_ids(off, 21)
-    rows = mixer(x, off, seg, x.new_zeros(21), False, False, ts)
-    last = mixer(x, off, seg, x.new_zeros(21), True, False, ts)
+    rows = mixer(x, SeqContext(off, seg, x.new_zeros(21), False, False, ts, None))
+    last = mixer(x, SeqContext(off, seg, x.new_zeros(21), True, False, ts, None))
     torch.testing.assert_close(last, rows[off[1:] - 1])
 
 

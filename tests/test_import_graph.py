@@ -67,6 +67,8 @@ def _imports(path: Path) -> List[Tuple[str, List[str], bool, int]]:
 
     def visit(node: ast.AST, local: bool) -> None:
         for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue  # imports for annotations only: never run, so no edge
             if isinstance(child, ast.Import):
                 out.extend((a.name, [], local, child.lineno) for a in child.names)
             elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hytrec_torchrec.ops import jagged
 from hytrec_torchrec.ops import tadn
 from hytrec_torchrec.ops.tadn import gpu_kernel_available, resolve_impl
-from hytrec_torchrec.modules.layers import TADNMixer, TemporalGate, temporal_decay
+from hytrec_torchrec.modules.layers import SeqContext, TADNMixer, TemporalGate, temporal_decay
 
 
 def make_inputs(lengths, heads=2, dk=8, dv=6, dtype=torch.float32, seed=0, grad=False):
@@ -256,9 +256,9 @@ def test_mixer_recurrent_and_chunked_impls_agree():
     x = torch.randn(sum(lengths), 8)
     seg = jagged.segment_ids(off, x.shape[0])
     tau = torch.rand(x.shape[0])
-    out_c = mixer(x, off, seg, tau, False)
+    out_c = mixer(x, SeqContext(off, seg, tau, False, False, None, None))
     mixer.impl = "recurrent"
-    out_r = mixer(x, off, seg, tau, False)
+    out_r = mixer(x, SeqContext(off, seg, tau, False, False, None, None))
     torch.testing.assert_close(out_c, out_r, atol=1e-5, rtol=0)
 
 

@@ -10,7 +10,7 @@ import torch
 from hytrec_torchrec.config import ConfigError, from_dict, load_config
 from hytrec_torchrec.modules import HyTRecTower, TowerConfig, log_q_from_counts, sampled_softmax_loss, score
 from hytrec_torchrec.modules.fusion import MoEFusion
-from hytrec_torchrec.modules.layers import SoftmaxMixer
+from hytrec_torchrec.modules.layers import SeqContext, SoftmaxMixer
 from hytrec_torchrec.ops.jagged import segment_ids
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,8 +44,8 @@ def test_softmax_mixer_matches_dense_per_sequence_reference():
     off = torch.tensor([0] + lengths).cumsum(0)
     x = torch.randn(sum(lengths), 8)
     seg = segment_ids(off, x.shape[0])
-    out = mixer(x, off, seg, x.new_zeros(x.shape[0]), False)
-    last = mixer(x, off, seg, x.new_zeros(x.shape[0]), True)
+    out = mixer(x, SeqContext(off, seg, x.new_zeros(x.shape[0]), False, False, None, None))
+    last = mixer(x, SeqContext(off, seg, x.new_zeros(x.shape[0]), True, False, None, None))
     for s, n in enumerate(lengths):
         a = int(off[s])
         if n == 0:
@@ -58,7 +58,7 @@ def test_softmax_mixer_matches_dense_per_sequence_reference():
         torch.testing.assert_close(out[a:a + n], ref, atol=1e-5, rtol=0)
         torch.testing.assert_close(last[s], ref[-1], atol=1e-5, rtol=0)
     mixer.group_waste = float("inf")  # one padded group: same answer
-    torch.testing.assert_close(mixer(x, off, seg, x.new_zeros(x.shape[0]), False), out, atol=1e-6, rtol=0)
+    torch.testing.assert_close(mixer(x, SeqContext(off, seg, x.new_zeros(x.shape[0]), False, False, None, None)), out, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("pattern", ["TTTS", "SS", "T", ""])

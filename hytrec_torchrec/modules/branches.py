@@ -10,16 +10,17 @@ from typing import Final, Optional, Tuple
 import torch
 from torch import nn
 
+from hytrec_torchrec.modules.config import TowerConfig
+from hytrec_torchrec.modules.layers import Block, SeqContext, SoftmaxMixer, time_gap_bucket
+from hytrec_torchrec.modules.memory import IntentReadout, previous_gap
+from hytrec_torchrec.modules.registry import build_layer
 from hytrec_torchrec.ops.jagged import lengths_to_offsets, segment_ids
-from hytrec_torchrec.modules.layers import Block, SoftmaxMixer, TADNMixer, time_gap_bucket
-from hytrec_torchrec.modules.memory import GatedDeltaMixer, IntentReadout, previous_gap
 
 __all__ = ["LongBranch", "ShortBranch", "TIME_INPUT_BUCKETS"]
 
 #: log-scale buckets of the gap-to-previous-event embedding (``time_inputs``): √2 apart, so 64
 #: reaches about 136 years; gaps past the last bucket share it.
 TIME_INPUT_BUCKETS = 64
-
 
 
 def _drop_empty(offsets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -41,16 +42,18 @@ def _restore_empty(rows: torch.Tensor, nonempty: torch.Tensor, sel: torch.Tensor
     full = rows.new_zeros(b, rows.shape[1]).index_copy(0, sel, rows)
     return torch.where(nonempty.unsqueeze(1), full, empty.unsqueeze(0).expand(b, rows.shape[1]))
 
-class LongBranch(nn.Module):
-    """N blocks from a pattern string (``T`` = TADN or gated delta rule per ``gating``, ``S`` =
-    causal softmax), final LayerNorm, then a readout.
 
-    ``readout="last"`` (the paper's form): only the last row of each sequence leaves the branch,
+class LongBranch(nn.Module):
+    """One block per letter of ``cfg.long_pattern`` (the layers of
+    :mod:`~hytrec_torchrec.modules.registry`: ``T`` = TADN or the gated delta rule per
+    ``tadn.gating``, ``S`` = causal softmax), final LayerNorm, then a readout.
+
+    ``long_readout: last`` (the paper's form): only the last row of each sequence leaves the branch,
     so the final block runs in ``last_only`` mode (a final S layer costs O(L), not O(L²)).
-    ``readout="intent"``: every block runs on every row and an
+    ``long_readout: intent``: every block runs on every row and an
     :class:`~hytrec_torchrec.modules.memory.IntentReadout` queries a memory of the rows with the
     caller's ``intent [B, D]`` (the short branch's output) at time ``t_query [B]``.
-    ``time_inputs``: a learned embedding of the log-bucketed gap to the previous event is added to
+    ``long_time_inputs``: a learned embedding of the log-bucketed gap to the previous event is added to
     every input row.
 
     Forward: ``x [N, D]``, ``offsets [B+1]``, ``tau [N]``, ``ts [N]`` int64 event timestamps,
@@ -61,32 +64,21 @@ class LongBranch(nn.Module):
     readout_intent: Final[bool]
     time_inputs: Final[bool]
 
-    def __init__(self, dim: int, pattern: str, heads: int, ffn_mult: int, dropout: float,
-                 alpha: float, learn_alpha: bool, temporal_gate: bool, chunk_size: int, impl: str,
-                 group_waste: float, position_bias: int = 0, time_bias: int = 0, *,
-                 gating: str = "paper", key_dim: int = 0, readout: str = "last",
-                 time_inputs: bool = False) -> None:
+    def __init__(self, cfg: TowerConfig) -> None:
         super().__init__()
-        if not pattern:
+        if not cfg.long_pattern:
             raise ValueError("LongBranch needs a non-empty pattern")
-        blocks = []
-        for ch in pattern:
-            if ch == "T" and gating == "gated_delta":
-                mixer: nn.Module = GatedDeltaMixer(dim, heads, chunk_size, key_dim)
-            elif ch == "T":
-                mixer = TADNMixer(dim, heads, alpha, learn_alpha, temporal_gate, chunk_size, impl)
-            elif ch == "S":
-                mixer = SoftmaxMixer(dim, heads, group_waste, dropout, 0, position_bias, time_bias)
-            else:
-                raise ValueError(f"unknown layer letter {ch!r} in pattern {pattern!r}")
-            blocks.append(Block(mixer, dim, ffn_mult, dropout))
-        self.blocks = nn.ModuleList(blocks)
+        dim = cfg.embedding_dim
+        self.blocks = nn.ModuleList([Block(build_layer(ch, cfg), dim, cfg.ffn_mult, cfg.dropout)
+                                     for ch in cfg.long_pattern])
         self.norm = nn.LayerNorm(dim)
         self.empty = nn.Parameter(torch.zeros(dim))
-        self.num_blocks = len(blocks)
-        self.readout_intent = readout == "intent"
-        self.reader = IntentReadout(dim, heads, chunk_size, key_dim) if self.readout_intent else nn.Identity()
+        self.num_blocks = len(self.blocks)
+        self.readout_intent = cfg.long_readout == "intent"
+        self.reader = (IntentReadout(dim, cfg.heads, cfg.tadn.chunk_size, cfg.tadn.key_dim)
+                       if self.readout_intent else nn.Identity())
         self.out_norm = nn.LayerNorm(dim) if self.readout_intent else nn.Identity()
+        time_inputs = cfg.long_time_inputs
         self.time_inputs = time_inputs
         self.time_buckets = TIME_INPUT_BUCKETS
         self.gap_emb = nn.Embedding(TIME_INPUT_BUCKETS, dim) if time_inputs else nn.Identity()
@@ -109,7 +101,7 @@ class LongBranch(nn.Module):
         i = 0
         for blk in self.blocks:
             last = i == self.num_blocks - 1 and not self.readout_intent
-            x = blk(x, off, seg, tau, last, False, ts, qts)
+            x = blk(x, SeqContext(offsets=off, seg=seg, tau=tau, last_only=last, prefix_mean=False, ts=ts, qts=qts))
             i += 1
         x = self.norm(x)
         if self.readout_intent:
@@ -132,8 +124,9 @@ class LongBranch(nn.Module):
             return self.norm(x)
         seg = segment_ids(off, x.shape[0])
         x = self._inputs(x, off, ts)
+        ctx = SeqContext(offsets=off, seg=seg, tau=tau, last_only=False, prefix_mean=True, ts=ts, qts=qts)
         for blk in self.blocks:
-            x = blk(x, off, seg, tau, False, True, ts, qts)
+            x = blk(x, ctx)
         x = self.norm(x)
         if self.readout_intent:
             if intent is None or t_query is None:
@@ -153,19 +146,22 @@ class ShortBranch(nn.Module):
     (``layers`` > 1) widens it by K − 1.
 
     The first layer is ``block`` and any further ones ``extra_blocks`` (so checkpoints of
-    one-layer branches keep their parameter names).
+    one-layer branches keep their parameter names). Built from ``cfg`` (``short_len`` = K,
+    ``short_heads``, ``short_layers``, ``position_bias``, ``time_bias``).
     """
 
-    def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float, window: int,
-                 position_bias: int = 0, time_bias: int = 0, layers: int = 1) -> None:
+    def __init__(self, cfg: TowerConfig) -> None:
         super().__init__()
+        dim, window, layers = cfg.embedding_dim, cfg.short_len, cfg.short_layers
         if layers < 1:
             raise ValueError(f"ShortBranch needs at least one layer, got {layers}")
 
         def make() -> Block:
             # group_waste = inf: K is small, so one padded [B, K] group is cheapest.
-            mixer = SoftmaxMixer(dim, heads, float("inf"), dropout, window, min(position_bias, window), time_bias)
-            return Block(mixer, dim, ffn_mult, dropout)
+            mixer = SoftmaxMixer(dim=dim, heads=cfg.short_heads, group_waste=float("inf"), dropout=cfg.dropout,
+                                 window=window, max_distance=min(cfg.position_bias, window),
+                                 time_buckets=cfg.time_bias)
+            return Block(mixer, dim, cfg.ffn_mult, cfg.dropout)
 
         self.block = make()
         self.extra_blocks = nn.ModuleList([make() for _ in range(layers - 1)])
@@ -179,11 +175,13 @@ class ShortBranch(nn.Module):
         seg = segment_ids(off, x.shape[0])
         zeros = x.new_zeros(x.shape[0])
         n_extra = len(self.extra_blocks)
-        x = self.block(x, off, seg, zeros, last_only and n_extra == 0, False, ts, qts)
+        x = self.block(x, SeqContext(offsets=off, seg=seg, tau=zeros, last_only=last_only and n_extra == 0,
+                                     prefix_mean=False, ts=ts, qts=qts))
         i = 0
         for blk in self.extra_blocks:
             i += 1
-            x = blk(x, off, seg, zeros, last_only and i == n_extra, False, ts, qts)
+            x = blk(x, SeqContext(offsets=off, seg=seg, tau=zeros, last_only=last_only and i == n_extra,
+                                  prefix_mean=False, ts=ts, qts=qts))
         return x
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor,

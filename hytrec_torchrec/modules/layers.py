@@ -1,19 +1,15 @@
 """Sequence layers on jagged batches: the TADN temporal gate and mixer, causal softmax attention,
 and the pre-norm residual block that wraps either.
 
-Every layer takes packed rows ``x [N, D]`` with ``offsets [B+1]`` int64, ``seg [N]`` (sequence id
-of each row, :func:`hytrec_torchrec.ops.jagged.segment_ids`), ``tau [N]`` (temporal decay, used by
-TADN only) and ``last_only``: when True it returns only each sequence's last row ``[B, D]``
-(all sequences must be non-empty then), computing only what that row needs, and
-``prefix_mean`` (TADN only): h̄ is the running mean of the rows up to each row instead of the
-whole sequence's mean, so that no row sees a later one (all-position training, docs/training.md),
-and ``ts [N]`` int64 event timestamps (read by softmax layers with a time-gap bias only).
+Every layer (token mixer, and the :class:`Block` around it) is called as ``layer(x, ctx)``:
+packed rows ``x [N, D]`` and a :class:`SeqContext` holding everything else a layer may read, so a
+new layer reads what it needs from one object instead of accepting a fixed list of arguments.
 All modules are TorchScript-scriptable.
 """
 
 
 import math
-from typing import Final, List, Optional, Tuple
+from typing import Final, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,18 +18,42 @@ from torch import nn
 from hytrec_torchrec.ops.jagged import (
     jagged_to_padded,
     jagged_to_padded_1d,
-    segment_prefix_mean,
     last_index,
     length_groups,
     lengths_to_offsets,
     padded_to_jagged,
     segment_ids,
     segment_mean,
+    segment_prefix_mean,
 )
 from hytrec_torchrec.ops.tadn import chunked_core, delta_rule
 
-__all__ = ["TemporalGate", "TADNMixer", "SoftmaxMixer", "FeedForward", "Block", "temporal_decay",
+__all__ = ["SeqContext", "TemporalGate", "TADNMixer", "SoftmaxMixer", "FeedForward", "Block", "temporal_decay",
            "time_gap_bucket", "time_gap_edges"]
+
+
+class SeqContext(NamedTuple):
+    """What a sequence layer reads besides its rows ``x [N, D]``.
+
+    Attributes:
+        offsets: ``[B+1]`` int64 row offsets of the sequences.
+        seg: ``[N]`` sequence id of each row (:func:`hytrec_torchrec.ops.jagged.segment_ids`).
+        tau: ``[N]`` temporal decay (read by the paper's TADN only).
+        last_only: return only each sequence's last row ``[B, D]`` (every sequence non-empty),
+            computing only what that row needs.
+        prefix_mean: TADN's h̄ is the running mean of the rows up to each row instead of the whole
+            sequence's mean, so no row sees a later one (all-position training, docs/training.md).
+        ts: ``[N]`` int64 event timestamps (softmax time bias, gated-delta decay), or None.
+        qts: ``[N]`` int64 query times of the softmax time bias (default ``ts``), or None.
+    """
+
+    offsets: torch.Tensor
+    seg: torch.Tensor
+    tau: torch.Tensor
+    last_only: bool
+    prefix_mean: bool
+    ts: Optional[torch.Tensor]
+    qts: Optional[torch.Tensor]
 
 
 def temporal_decay(timestamps: torch.Tensor, t_current: torch.Tensor, seg: torch.Tensor,
@@ -161,13 +181,13 @@ class TADNMixer(nn.Module):
             g = torch.ones(h.shape[0], self.heads, dtype=h.dtype, device=h.device)
         return h_tilde, g
 
-    def forward(self, h: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
-                last_only: bool, prefix_mean: bool = False,
-                ts: Optional[torch.Tensor] = None, qts: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``ts``, ``qts`` (event and query timestamps) are accepted for a uniform block interface;
-        TADN reads time through ``tau`` only."""
+    def forward(self, h: torch.Tensor, ctx: SeqContext) -> torch.Tensor:
+        """``h [N, D]`` → ``[N, D]`` (``[B, D]`` with ``ctx.last_only``); reads time through
+        ``ctx.tau`` only."""
         n = h.shape[0]
-        h_tilde, g = self.gates(h, offsets, seg, tau, prefix_mean)
+        offsets = ctx.offsets
+        last_only = ctx.last_only
+        h_tilde, g = self.gates(h, offsets, ctx.seg, ctx.tau, ctx.prefix_mean)
         qkv = self.qkv(h_tilde).view(n, 3, self.heads, self.head_dim)
         q = F.normalize(qkv[:, 0], dim=-1)
         k = F.normalize(qkv[:, 1], dim=-1)
@@ -254,13 +274,15 @@ class SoftmaxMixer(nn.Module):
             return bias.masked_fill(~keep.unsqueeze(0), float("-inf"))
         return keep
 
-    def forward(self, h: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
-                last_only: bool, prefix_mean: bool = False,
-                ts: Optional[torch.Tensor] = None, qts: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``h [N, D]`` → ``[N, D]`` (``[B, D]`` with ``last_only``); ``ts [N]`` int64 event
-        timestamps, required when ``time_buckets`` > 0; ``qts [N]`` int64 query times (default
+    def forward(self, h: torch.Tensor, ctx: SeqContext) -> torch.Tensor:
+        """``h [N, D]`` → ``[N, D]`` (``[B, D]`` with ``ctx.last_only``); ``ctx.ts [N]`` int64 event
+        timestamps, required when ``time_buckets`` > 0; ``ctx.qts [N]`` int64 query times (default
         ``ts``): the time bias of query row i and key row j is on ``qts[i] − ts[j]``
         (``tau`` and ``prefix_mean`` unused)."""
+        offsets = ctx.offsets
+        last_only = ctx.last_only
+        ts = ctx.ts
+        qts = ctx.qts
         if self.time_buckets > 0 and ts is None:
             raise ValueError("SoftmaxMixer with time_buckets > 0 needs the event timestamps ts")
         n, dim = h.shape
@@ -362,11 +384,9 @@ class Block(nn.Module):
         self.ffn = FeedForward(dim, ffn_mult, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
-                last_only: bool, prefix_mean: bool = False,
-                ts: Optional[torch.Tensor] = None, qts: Optional[torch.Tensor] = None) -> torch.Tensor:
-        y = self.mixer(self.norm1(x), offsets, seg, tau, last_only, prefix_mean, ts, qts)
-        if last_only:
-            x = x[last_index(offsets)]
+    def forward(self, x: torch.Tensor, ctx: SeqContext) -> torch.Tensor:
+        y = self.mixer(self.norm1(x), ctx)
+        if ctx.last_only:
+            x = x[last_index(ctx.offsets)]
         x = x + self.drop(y)
         return x + self.drop(self.ffn(self.norm2(x)))

@@ -9,13 +9,13 @@ All modules are TorchScript-scriptable. See docs/tower.md, "Long memory".
 
 
 import math
-from typing import Final, Optional, Tuple
+from typing import Final, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hytrec_torchrec.modules.layers import time_gap_bucket
+from hytrec_torchrec.modules.layers import SeqContext, time_gap_bucket
 from hytrec_torchrec.ops.gated_delta import gated_chunked_core
 from hytrec_torchrec.ops.jagged import last_index
 
@@ -90,10 +90,11 @@ class GatedDeltaMixer(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.chunk_size = chunk_size
 
-    def forward(self, h: torch.Tensor, offsets: torch.Tensor, seg: torch.Tensor, tau: torch.Tensor,
-                last_only: bool, prefix_mean: bool = False,
-                ts: Optional[torch.Tensor] = None, qts: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``tau``, ``prefix_mean`` and ``qts`` are accepted for the uniform block interface and unused."""
+    def forward(self, h: torch.Tensor, ctx: SeqContext) -> torch.Tensor:
+        """Reads ``ctx.offsets``, ``ctx.ts`` and ``ctx.last_only`` (not ``tau``, ``prefix_mean``, ``qts``)."""
+        offsets = ctx.offsets
+        last_only = ctx.last_only
+        ts = ctx.ts
         if ts is None:
             raise ValueError("GatedDeltaMixer needs the event timestamps ts")
         n = h.shape[0]

@@ -92,18 +92,10 @@ class HyTRecTower(nn.Module):
         self.decay_period = float(cfg.tadn.decay_period)
         self.load_balance_weight = float(cfg.fusion.load_balance_weight)
         t = cfg.tadn
-        self.long = (
-            LongBranch(d, cfg.long_pattern, cfg.heads, cfg.ffn_mult, cfg.dropout, t.alpha, t.learn_alpha,
-                       t.temporal_gate, t.chunk_size, t.impl, cfg.softmax_group_waste, cfg.position_bias,
-                       cfg.time_bias, gating=t.gating, key_dim=t.key_dim, readout=cfg.long_readout,
-                       time_inputs=cfg.long_time_inputs)
-            if self.has_long else nn.Identity()
-        )
+        self.long = LongBranch(cfg) if self.has_long else nn.Identity()
         # the long branch is read with the short branch's output (its intent readout)
         self.long_intent = self.has_long and cfg.long_readout == "intent"
-        self.short = (ShortBranch(d, cfg.short_heads, cfg.ffn_mult, cfg.dropout, cfg.short_len, cfg.position_bias,
-                                  cfg.time_bias, cfg.short_layers)
-                      if self.has_short else nn.Identity())
+        self.short = ShortBranch(cfg) if self.has_short else nn.Identity()
         # rows the short branch reads: the last K, or its receptive field when it has several layers
         self.short_input = self.short.receptive_field if isinstance(self.short, ShortBranch) else 0
         # far_copy: a soft pointer over the far events' embeddings, added to the user embedding
