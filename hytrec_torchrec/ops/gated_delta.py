@@ -41,7 +41,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from hytrec_torchrec.ops.tadn.chunk import check_inputs, chunk_pad, chunk_plan, chunk_states
+from hytrec_torchrec.ops.tadn.chunk import check_inputs, chunk_inputs, chunk_pad, chunk_plan, run_chunks
 
 __all__ = ["gated_delta_rule_recurrent", "gated_delta_rule_chunked", "gated_chunked_core"]
 
@@ -108,11 +108,7 @@ def gated_chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_de
     if nc == 0:
         return v.new_zeros(0, h, dv).to(out_dtype), init.to(out_dtype)
     rows = nc * c
-    qc = chunk_pad(q.transpose(0, 1), dest, rows).view(h, nc, c, dk)
-    kc = chunk_pad(k.transpose(0, 1), dest, rows).view(h, nc, c, dk)
-    vc = chunk_pad(v.transpose(0, 1), dest, rows).view(h, nc, c, dv)
-    ac = chunk_pad(erase.t(), dest, rows).view(h, nc, c, 1)
-    bc = chunk_pad(write.t(), dest, rows).view(h, nc, c, 1)
+    qc, kc, vc, ac, bc = chunk_inputs(q, k, v, erase, write, dest, nc, c)
     lc = chunk_pad(log_decay.t(), dest, rows).view(h, nc, c, 1)
 
     lam = torch.cumsum(lc, dim=2)  # λ_t [H, NC, C, 1]
@@ -134,17 +130,7 @@ def gated_chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_de
     m_mat = torch.exp(lam_end) * eye_k - ktsol[..., :dk]
     mb = torch.cat([m_mat, ktsol[..., dk:]], dim=-1).transpose(0, 1)  # [NC, H, dk, dk+dv]
 
-    # Inter-chunk recurrence: step 0 of the step-major order lists every non-empty sequence by
-    # decreasing chunk count (ops.tadn.chunk.chunk_plan), so its initial states are init in that order.
-    order = torch.argsort(n_chunks, descending=True, stable=True)
-    h0_chunks = chunk_states(mb, step_major, step_counts, init[order[:step_counts[0]]])
-
-    # Final state: one more transition out of each sequence's last chunk.
-    nonempty = n_chunks > 0
-    last_chunk = (chunk_start + n_chunks - 1).clamp(min=0)
-    mb_last = mb[last_chunk]  # [B, H, dk, dk+dv]
-    fin = mb_last[..., :dk] @ h0_chunks[last_chunk] + mb_last[..., dk:]
-    final = torch.where(nonempty.view(b, 1, 1, 1), fin, init)
+    h0_chunks, final = run_chunks(mb, n_chunks, chunk_start, step_major, step_counts, init)
 
     if not want_rows:
         return v.new_zeros(0, h, dv).to(out_dtype), final.to(out_dtype)

@@ -26,8 +26,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ["check_inputs", "chunk_plan", "chunk_pad", "chunk_states", "chunked_core", "delta_rule_chunked",
-           "delta_rule_chunked_last"]
+__all__ = ["check_inputs", "chunk_plan", "chunk_pad", "chunk_states", "chunk_inputs", "run_chunks", "chunked_core",
+           "delta_rule_chunked", "delta_rule_chunked_last"]
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
@@ -119,6 +119,40 @@ def chunk_states(mb: torch.Tensor, step_major: torch.Tensor, step_counts: List[i
     return h0_s[inv]
 
 
+def chunk_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor, write: torch.Tensor,
+                 dest: torch.Tensor, nc: int, c: int
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The packed inputs in the head-major chunk layout: ``q, k [H, NC, C, dk]``, ``v [H, NC, C, dv]``,
+    ``erase, write [H, NC, C, 1]`` (contiguous after padding, so no transposed copies before the
+    batched matmuls). Pad rows are zero (erase = write = 0, k = 0): they never touch the state,
+    and their outputs are dropped."""
+    h, dk, dv = q.shape[1], q.shape[2], v.shape[2]
+    rows = nc * c
+    qc = chunk_pad(q.transpose(0, 1), dest, rows).view(h, nc, c, dk)
+    kc = chunk_pad(k.transpose(0, 1), dest, rows).view(h, nc, c, dk)
+    vc = chunk_pad(v.transpose(0, 1), dest, rows).view(h, nc, c, dv)
+    ac = chunk_pad(erase.t(), dest, rows).view(h, nc, c, 1)
+    bc = chunk_pad(write.t(), dest, rows).view(h, nc, c, 1)
+    return qc, kc, vc, ac, bc
+
+
+def run_chunks(mb: torch.Tensor, n_chunks: torch.Tensor, chunk_start: torch.Tensor, step_major: torch.Tensor,
+               step_counts: List[int], init: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The state recurrence across chunks, from the per-chunk transitions ``mb [NC, H, dk, dk+dv]``
+    and each sequence's initial state ``init [B, H, dk, dv]``: returns the initial state of every
+    chunk ``[NC, H, dk, dv]`` and each sequence's final state ``[B, H, dk, dv]`` (its initial
+    state when it is empty)."""
+    # step 0 of the step-major order lists every non-empty sequence by decreasing chunk count
+    # (chunk_plan), so its initial states are init in that order
+    order = torch.argsort(n_chunks, descending=True, stable=True)
+    h0_chunks = chunk_states(mb, step_major, step_counts, init[order[:step_counts[0]]])
+    last = (chunk_start + n_chunks - 1).clamp(min=0)  # one more transition out of each last chunk
+    mb_last = mb[last]  # [B, H, dk, dk+dv]
+    dk = mb.shape[2]
+    fin = mb_last[..., :dk] @ h0_chunks[last] + mb_last[..., dk:]
+    return h0_chunks, torch.where((n_chunks > 0).view(-1, 1, 1, 1), fin, init)
+
+
 def chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
                  write: torch.Tensor, offsets: torch.Tensor, chunk_size: int, last_only: bool,
                  initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False
@@ -149,14 +183,7 @@ def chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch
             return v.new_zeros(b, h, dv).to(out_dtype), final
         return v.new_zeros(0, h, dv).to(out_dtype), final
     rows = nc * c
-    # Head-major chunk layout [H, NC, C, d] (contiguous after padding, so no transposed copies
-    # before the batched matmuls). Pad rows are zero (erase = write = 0, k = 0): they never touch
-    # the state, and their outputs are dropped.
-    qc = chunk_pad(q.transpose(0, 1), dest, rows).view(h, nc, c, dk)
-    kc = chunk_pad(k.transpose(0, 1), dest, rows).view(h, nc, c, dk)
-    vc = chunk_pad(v.transpose(0, 1), dest, rows).view(h, nc, c, dv)
-    ac = chunk_pad(erase.t(), dest, rows).view(h, nc, c, 1)
-    bc = chunk_pad(write.t(), dest, rows).view(h, nc, c, 1)
+    qc, kc, vc, ac, bc = chunk_inputs(q, k, v, erase, write, dest, nc, c)
 
     # Intra-chunk UT transform, batched over every chunk of every sequence.
     kt = kc.transpose(-1, -2)  # [H, NC, dk, C]
@@ -173,15 +200,9 @@ def chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch
     # Per-chunk transition, chunk-major for the loop: [NC, H, dk, dk+dv] = [M | Bm]
     mb = torch.cat([eye_k - ktsol[..., :dk], ktsol[..., dk:]], dim=-1).transpose(0, 1)
 
-    # step 0 of the step-major order lists every non-empty sequence by decreasing chunk count
-    # (chunk_plan), so its initial states are init in that order
-    order = torch.argsort(n_chunks, descending=True, stable=True)
-    h0_chunks = chunk_states(mb, step_major, step_counts, init[order[:step_counts[0]]])
-    if output_final_state:  # one more transition out of each sequence's last chunk
-        last_c = (chunk_start + n_chunks - 1).clamp(min=0)
-        mb_last = mb[last_c]  # [B, H, dk, dk+dv]
-        fin = mb_last[..., :dk] @ h0_chunks[last_c] + mb_last[..., dk:]
-        final = torch.where((n_chunks > 0).view(b, 1, 1, 1), fin, init).to(out_dtype)
+    h0_chunks, fin = run_chunks(mb, n_chunks, chunk_start, step_major, step_counts, init)
+    if output_final_state:
+        final = fin.to(out_dtype)
     h0 = h0_chunks.transpose(0, 1)
 
     if last_only:
