@@ -137,10 +137,20 @@ def test_the_default_tower_is_the_long_memory_tower_with_the_repeat_path():
         "TTTS", "paper", "last", False, False)
 
 
+def test_unknown_layer_letter_names_the_registered_ones() -> None:
+    """The pattern's letters are checked against modules/registry.py: by the job config at load,
+    and by the branch when a tower is built from a model config alone."""
+    from hytrec_torchrec.runtime.config import JobConfig  # the job config: one layer up from modules/
+
+    with pytest.raises(ConfigError, match=r"model\.long_pattern: 'TXS' has letters \['X'\]; use T \(.*\), S \("):
+        from_dict(JobConfig, dict(data=dict(path="p"), model=dict(long_pattern="TXS")))
+    with pytest.raises(ConfigError, match=r"long_pattern: 'X' has letters"):
+        HyTRecTower(from_dict(TowerConfig, dict(long_pattern="TXS")))
+
+
 @pytest.mark.parametrize(
     "override, key",
     [
-        (dict(long_pattern="TXS"), "long_pattern"),
         (dict(tadn=dict(alpha=1.5)), "tadn.alpha"),
         (dict(tadn=dict(impl="cuda")), "tadn.impl"),
         (dict(fusion=dict(num_experts=0)), "fusion.num_experts"),

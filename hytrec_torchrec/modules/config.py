@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import List
 
 from hytrec_torchrec.config import ConfigError, check_choice, check_range
-from hytrec_torchrec.modules.registry import LAYERS, layer_letters
 from hytrec_torchrec.schema import TABLES
 
 __all__ = ["TADNConfig", "FusionConfig", "TowerConfig", "FEATURES", "fill_pre_memory_keys"]
@@ -172,9 +171,6 @@ class TowerConfig:
         check_range("short_len", self.short_len, 0)
         check_range("short_heads", self.short_heads, 1)
         check_range("short_layers", self.short_layers, 1)
-        bad = sorted(set(self.long_pattern) - set(LAYERS))
-        if bad:
-            raise ConfigError(f"long_pattern: {self.long_pattern!r} has letters {bad}; use {layer_letters()}")
         if not self.long_pattern and self.short_len == 0:
             raise ConfigError("long_pattern: empty pattern and short_len 0 leave the tower with no branch")
         check_choice("long_readout", self.long_readout, ("last", "intent"))

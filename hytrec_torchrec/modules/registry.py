@@ -4,29 +4,28 @@ Each entry builds one token mixer from the tower config with keyword calls; the 
 a pre-norm residual :class:`~hytrec_torchrec.modules.layers.Block` and calls it as ``layer(x, ctx)``
 with a :class:`~hytrec_torchrec.modules.layers.SeqContext` (rows ``x [N, D]`` in, ``[N, D]`` out,
 or ``[B, D]`` with ``ctx.last_only``). A new layer type is its mixer class and one entry in
-:data:`LAYERS`; the config accepts every letter listed here.
+:data:`LAYERS`; a job config accepts every letter listed here (:func:`check_pattern`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Dict, NamedTuple
+from typing import Callable, Dict, NamedTuple
 
 from torch import nn
 
+from hytrec_torchrec.config import ConfigError
+from hytrec_torchrec.modules.config import TowerConfig
 from hytrec_torchrec.modules.layers import SoftmaxMixer, TADNMixer
 from hytrec_torchrec.modules.memory import GatedDeltaMixer
 
-if TYPE_CHECKING:  # typing only: modules/config.py imports this module to check the pattern
-    from hytrec_torchrec.modules.config import TowerConfig
-
-__all__ = ["LAYERS", "Layer", "build_layer", "layer_letters"]
+__all__ = ["LAYERS", "Layer", "build_layer", "check_pattern", "layer_letters"]
 
 
 class Layer(NamedTuple):
     """One registered layer: what it is, and how it is built from the tower config."""
 
     description: str
-    build: Callable[["TowerConfig"], nn.Module]
+    build: Callable[[TowerConfig], nn.Module]
 
 
 def memory_layer(cfg: TowerConfig) -> nn.Module:
@@ -57,8 +56,15 @@ def layer_letters() -> str:
     return ", ".join(f"{letter} ({layer.description})" for letter, layer in LAYERS.items())
 
 
+def check_pattern(pattern: str, key: str = "long_pattern") -> None:
+    """``ConfigError`` naming ``key`` when ``pattern`` has a letter no layer is registered under.
+    Called when a job config is loaded (``runtime/config.py``) and when a branch is built."""
+    bad = sorted(set(pattern) - set(LAYERS))
+    if bad:
+        raise ConfigError(f"{key}: {pattern!r} has letters {bad}; use {layer_letters()}")
+
+
 def build_layer(letter: str, cfg: TowerConfig) -> nn.Module:
-    """The token mixer for ``letter`` (``ValueError`` naming the known letters for another)."""
-    if letter not in LAYERS:
-        raise ValueError(f"unknown layer letter {letter!r} in pattern {cfg.long_pattern!r}; use {layer_letters()}")
+    """The token mixer for ``letter`` (``ConfigError`` naming the known letters for another)."""
+    check_pattern(letter, "long_pattern")
     return LAYERS[letter].build(cfg)

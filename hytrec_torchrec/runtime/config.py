@@ -20,6 +20,7 @@ from typing import Optional
 from hytrec_torchrec.config import ConfigError, check_choice, check_range, from_dict, load_config, to_dict
 from hytrec_torchrec.data.config import DataConfig
 from hytrec_torchrec.modules.config import TowerConfig, fill_pre_memory_keys
+from hytrec_torchrec.modules.registry import check_pattern
 from hytrec_torchrec.runtime.sharding import EmbeddingsConfig
 
 __all__ = ["SCHEDULES", "ScheduleConfig", "RunConfig", "OptimConfig", "TrainConfig", "JobConfig", "load_job_config",
@@ -210,6 +211,7 @@ class JobConfig:
     def validate(self) -> None:
         if not self.data.path:
             raise ConfigError("data.path: required (the prepared dataset directory)")
+        check_pattern(self.model.long_pattern, "model.long_pattern")  # the letters of modules/registry.py
         if self.train.max_steps is not None and self.train.epochs is None:
             self.optim.schedule.check_total(self.train.max_steps)
         if self.data.train_on_valid and self.train.validate_every:
