@@ -62,7 +62,7 @@ from hytrec_torchrec.evaluation.segments import SegmentConfig, Segmenter
 from hytrec_torchrec.ranking.metrics import DEFAULT_KS, SegmentedRankingMetric, metric_names
 from hytrec_torchrec.ranking.ranks import ranked_catalog_sizes, target_ranks
 from hytrec_torchrec.ranking.scoring import batch_target_ranks, first_targets, history_items, item_blocks, unwrap
-from hytrec_torchrec.runtime.distributed import init_distributed
+from hytrec_torchrec.runtime.distributed import DistEnv, init_distributed
 from hytrec_torchrec.runtime.restore import checkpoint_config, load_sharded
 from hytrec_torchrec.schema import TABLES
 
@@ -277,7 +277,8 @@ def _sum_ints(values: List[int], device: torch.device) -> List[int]:
     return [int(v) for v in t.tolist()]
 
 
-def _open_split(data_cfg: Any, ecfg: EvalConfig, env: Any, data_path: str | Path) -> Tuple[Any, Dict[str, int]]:
+def _open_split(data_cfg: DataConfig, ecfg: EvalConfig, env: DistEnv, data_path: str | Path
+                ) -> Tuple[Any, Dict[str, int]]:
     """This rank's loader of the evaluated split and the split's counts (summed over ranks).
 
     Raises:
@@ -357,7 +358,7 @@ def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: Seg
 
 
 def _result(results: Dict[str, Any], counts: Dict[str, int], catalog: int, segmenter: Segmenter,
-            env: Any, t_load: float, t_eval: float, vocab_check: Dict[str, Any],
+            env: DistEnv, t_load: float, t_eval: float, vocab_check: Dict[str, Any],
             example_ranks: Dict[str, np.ndarray], diagnostics: Dict[str, Any], **head: Any) -> Dict[str, Any]:
     """The result layout shared by checkpoints and exported models (``head`` goes first:
     name, checkpoint, step, model); collective when a side file is used. ``diagnostics``: the
@@ -397,7 +398,7 @@ def evaluate_checkpoint(
     checkpoint: str | Path,
     data_path: str | Path,
     ecfg: EvalConfig,
-    env: Optional[Any] = None,
+    env: Optional[DistEnv] = None,
     job_overrides: Sequence[str] = (),
     name: Optional[str] = None,
 ) -> Dict[str, Any]:
@@ -497,7 +498,7 @@ def evaluate_exported(
     model_file: str | Path,
     data_path: str | Path,
     ecfg: EvalConfig,
-    env: Optional[Any] = None,
+    env: Optional[DistEnv] = None,
     job_overrides: Sequence[str] = (),
     name: Optional[str] = None,
 ) -> Dict[str, Any]:
