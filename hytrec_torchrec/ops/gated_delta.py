@@ -41,7 +41,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from hytrec_torchrec.ops.tadn.chunk import check_inputs, chunk_inputs, chunk_pad, chunk_plan, run_chunks
+from hytrec_torchrec.ops.tadn.chunk import check_inputs, chunk_inputs, chunk_pad, plan_with_state, run_chunks
 
 __all__ = ["gated_delta_rule_recurrent", "gated_delta_rule_chunked", "gated_chunked_core"]
 
@@ -99,12 +99,8 @@ def gated_chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_de
         log_decay, erase, write = log_decay.float(), erase.float(), write.float()
         if initial_state is not None:
             initial_state = initial_state.float()
-    n, h, dk = q.shape
-    dv = v.shape[-1]
-    c = chunk_size
-    b = offsets.numel() - 1
-    dest, n_chunks, chunk_start, step_major, step_counts, nc = chunk_plan(offsets, c)
-    init = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state
+    h, dk, dv, c = q.shape[1], q.shape[2], v.shape[2], chunk_size
+    dest, n_chunks, chunk_start, step_major, step_counts, nc, init = plan_with_state(q, v, offsets, c, initial_state)
     if nc == 0:
         return v.new_zeros(0, h, dv).to(out_dtype), init.to(out_dtype)
     rows = nc * c

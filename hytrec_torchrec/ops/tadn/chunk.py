@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ["check_inputs", "chunk_plan", "chunk_pad", "chunk_states", "chunk_inputs", "run_chunks", "chunked_core",
+__all__ = ["check_inputs", "chunk_plan", "chunk_pad", "chunk_states", "plan_with_state", "chunk_inputs", "run_chunks", "chunked_core",
            "delta_rule_chunked", "delta_rule_chunked_last"]
 
 
@@ -119,6 +119,17 @@ def chunk_states(mb: torch.Tensor, step_major: torch.Tensor, step_counts: List[i
     return h0_s[inv]
 
 
+def plan_with_state(q: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor, chunk_size: int,
+                    initial_state: Optional[torch.Tensor]
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, List[int], int, torch.Tensor]:
+    """:func:`chunk_plan` of ``offsets`` plus each sequence's initial state ``[B, H, dk, dv]``
+    (``initial_state``, or zeros)."""
+    dest, n_chunks, chunk_start, step_major, step_counts, nc = chunk_plan(offsets, chunk_size)
+    b, h, dk, dv = offsets.numel() - 1, q.shape[1], q.shape[2], v.shape[2]
+    init = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state
+    return dest, n_chunks, chunk_start, step_major, step_counts, nc, init
+
+
 def chunk_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor, write: torch.Tensor,
                  dest: torch.Tensor, nc: int, c: int
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -171,12 +182,8 @@ def chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch
         q, k, v, erase, write = q.float(), k.float(), v.float(), erase.float(), write.float()
         if initial_state is not None:
             initial_state = initial_state.float()
-    n, h, dk = q.shape
-    dv = v.shape[-1]
-    c = chunk_size
-    b = offsets.numel() - 1
-    dest, n_chunks, chunk_start, step_major, step_counts, nc = chunk_plan(offsets, c)
-    init = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state
+    h, dk, dv, b, c = q.shape[1], q.shape[2], v.shape[2], offsets.numel() - 1, chunk_size
+    dest, n_chunks, chunk_start, step_major, step_counts, nc, init = plan_with_state(q, v, offsets, c, initial_state)
     final: Optional[torch.Tensor] = init.to(out_dtype) if output_final_state else None
     if nc == 0:
         if last_only:
