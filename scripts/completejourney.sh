@@ -32,7 +32,8 @@ config=configs/completejourney.yaml
 # window64 and ctx_* supervise the same targets (about 15,600 a step, 3.2 epochs in 300 steps);
 # the 1,024-purchase windows of the other recipes hold about 7,800 a step (most households have
 # fewer than 1,024 purchases), 1.6 epochs. ctx_default needs more than 24 GB on 2 ranks (killed at
-# step ~160); ctx64_*: the same pair at 128 windows a step, half the memory.
+# step ~160); ctx64_*: the same pair at 128 windows a step, half the memory; ctx64_sdrop: ctx64_default
+# with half the rows fused without the short branch in training (model.fusion.short_dropout).
 recipes="\
 default              -
 short_only           model.long_pattern=
@@ -47,7 +48,8 @@ window64             data.max_len=64 data.batch_size=128
 ctx_short_only       model.long_pattern= data.supervised_rows=64 data.batch_size=128
 ctx_default          data.supervised_rows=64 data.batch_size=128
 ctx64_short_only     model.long_pattern= data.supervised_rows=64 data.batch_size=64
-ctx64_default        data.supervised_rows=64 data.batch_size=64"
+ctx64_default        data.supervised_rows=64 data.batch_size=64
+ctx64_sdrop          data.supervised_rows=64 data.batch_size=64 model.fusion.short_dropout=0.5"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"

@@ -170,6 +170,7 @@ def test_unknown_layer_letter_names_the_registered_ones() -> None:
         (dict(short_len=0), "long_readout"),  # the default intent readout needs a short branch
         (dict(fusion=dict(long="add")), "fusion.long"),
         (dict(fusion=dict(long="residual"), short_len=0, long_readout="last"), "fusion.long"),
+        (dict(fusion=dict(short_dropout=1.0)), "fusion.short_dropout"),
     ],
 )
 def test_config_errors_name_the_key(override, key):
@@ -200,6 +201,37 @@ def test_a_residual_long_branch_starts_as_the_short_only_tower_and_learns_to_be_
         tower.long_scale.fill_(1.0)
     tower.eval()
     assert (tower(far, off, ts, tc) - tower(feats, off, ts, tc)).abs().max() > 1e-3
+
+
+def test_short_dropout_zeroes_the_short_branch_for_a_fraction_of_rows_in_training_only():
+    """fusion.short_dropout p: evaluation is the tower without it; in training, about p of the
+    rows are fused from the long branch and zeros in place of the short branch's output, the rest
+    exactly as without it (per example and, in all-position training, per row)."""
+    torch.manual_seed(0)
+    cfg = small_cfg(long_pattern="TT", long_readout="intent", tadn=dict(gating="gated_delta"), dropout=0.0,
+                    fusion=dict(short_dropout=0.5))
+    tower = HyTRecTower(cfg)
+    plain = HyTRecTower(small_cfg(long_pattern="TT", long_readout="intent", tadn=dict(gating="gated_delta"),
+                                  dropout=0.0))
+    plain.load_state_dict(tower.state_dict())
+    feats, off, ts, tc = batch([20] * 200, seed=5)
+    tower.eval(), plain.eval()
+    torch.testing.assert_close(tower(feats, off, ts, tc), plain(feats, off, ts, tc), atol=0, rtol=0)
+    tower.train(), plain.train()
+    torch.manual_seed(1)
+    got = tower(feats, off, ts, tc)
+    want = plain(feats, off, ts, tc)
+    same = (got - want).abs().amax(1) == 0
+    assert 0.35 < 1 - same.float().mean().item() < 0.65
+    with torch.no_grad():  # the dropped rows: the fusion of the long branch with zeros
+        plain_fuse = plain._fuse
+        plain._fuse = lambda br: plain_fuse(br[:-1] + [torch.zeros_like(br[-1])])  # type: ignore[method-assign]
+        dropped = plain(feats, off, ts, tc)
+    del plain._fuse  # the class's method again
+    torch.testing.assert_close(got[~same], dropped[~same], atol=1e-6, rtol=0)
+    rows, _ = tower.forward_all_positions(feats, off, ts, tc)
+    rows_plain, _ = plain.forward_all_positions(feats, off, ts, tc)
+    assert 0.35 < ((rows - rows_plain).abs().amax(1) > 0).float().mean().item() < 0.65
 
 
 def test_moe_load_balance_loss():

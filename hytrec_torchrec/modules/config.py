@@ -75,9 +75,15 @@ class FusionConfig:
     paper's form) or ``residual`` (the MoE fuses the short branch alone and the long branch is
     added to its output through a per-channel scale that starts at 0, so an untrained long
     branch changes nothing and the tower starts as its own short-only ablation)."""
+    short_dropout: float = 0.0
+    """Training only: the fraction of examples (rows) whose short-branch output is replaced by
+    zeros before the fusion, so the fusion has to predict those from the long branch alone (branch
+    dropout, as modality dropout keeps a multi-input network from leaning on one input). The long
+    branch's intent readout still reads the short branch. 0 = off; evaluation never drops."""
 
     def validate(self) -> None:
         check_range("num_experts", self.num_experts, 1)
+        check_range("short_dropout", self.short_dropout, 0.0, 1.0, hi_open=True)
         check_choice("long", self.long, ("concat", "residual"))
         check_range("hidden_dim", self.hidden_dim, 0)
         check_range("load_balance_weight", self.load_balance_weight, 0.0)

@@ -91,6 +91,8 @@ class HyTRecTower(nn.Module):
         self.has_short = cfg.short_len > 0
         self.decay_period = float(cfg.tadn.decay_period)
         self.load_balance_weight = float(cfg.fusion.load_balance_weight)
+        # branch dropout of the short branch's output in training (fusion.short_dropout)
+        self.short_dropout = float(cfg.fusion.short_dropout) if cfg.long_pattern and cfg.short_len > 0 else 0.0
         t = cfg.tadn
         self.long = LongBranch(cfg) if self.has_long else nn.Identity()
         # the long branch is read with the short branch's output (its intent readout)
@@ -133,7 +135,12 @@ class HyTRecTower(nn.Module):
     def _fuse(self, branches: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Branch outputs ``[long,] [short]`` (each ``[B, D]``) → ``(user [B, D], balance)``: the
         MoE over all of them, or with ``fusion.long: residual`` the MoE over the short branch plus
-        ``long_scale ⊙ long`` (``long_scale [D]``)."""
+        ``long_scale ⊙ long`` (``long_scale [D]``). In training, ``fusion.short_dropout`` of the
+        rows get zeros for the short branch's output."""
+        if self.training and self.short_dropout > 0.0:  # the short branch's output is the last
+            short = branches[-1]
+            keep = torch.rand(short.shape[0], 1, device=short.device) >= self.short_dropout
+            branches = branches[:-1] + [short * keep.to(short.dtype)]
         scale = self.long_scale
         if self.long_residual and scale is not None:
             user, balance = self.fusion(branches[1:])

@@ -29,7 +29,7 @@ __all__ = ["SCHEDULES", "ScheduleConfig", "RunConfig", "OptimConfig", "TrainConf
 #: ``model`` keys that change no parameter and may differ between a checkpoint and the job that
 #: resumes or evaluates it; any other difference in ``model`` or ``embeddings.dim`` is refused.
 FREE_ON_RESUME = frozenset({"dropout", "temperature", "softmax_group_waste", "repeat_rows", "tadn.impl",
-                            "tadn.chunk_size", "fusion.load_balance_weight"})
+                            "tadn.chunk_size", "fusion.load_balance_weight", "fusion.short_dropout"})
 
 
 SCHEDULES = ("constant", "cosine", "linear")
