@@ -23,6 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
+sys.path.insert(0, str(REPO))  # the checkout: data_prep/
 
 
 def _run_timed(cmd: list[str]) -> tuple[float, int, float, str]:

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
-from data_prep.synthetic import kind_histories as histories, ranker_hit_rates
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: data_prep/
+
+from data_prep.synthetic import kind_histories as histories, ranker_hit_rates  # noqa: E402
 
 Ranker = Callable[[Sequence[int]], List[int]]
 

@@ -74,3 +74,12 @@ def test_unknown_config_names_the_builtins(tmp_path: Path) -> None:
         resolve_config("nope")
     with pytest.raises(ConfigError, match="config file not found"):
         resolve_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("script", ["longhist_heuristics.py", "recall_heuristics.py", "bench_prep.py"])
+def test_benchmark_scripts_find_data_prep_from_any_folder(script: str, tmp_path: Path) -> None:
+    """data_prep is no top-level module once installed: the benchmark scripts that import it put
+    the checkout on their path themselves (scripts/longhist.sh runs longhist_heuristics.py)."""
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "usage" in res.stdout, res.stderr[-2000:]
