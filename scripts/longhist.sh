@@ -26,7 +26,8 @@ gd="model.tadn.gating=gated_delta"
 # One line per recipe: NAME OVERRIDE ... ("-" = none). hytrec is the long-memory tower
 # (gated delta rule, time inputs, intent readout); the abl_* rows switch one of its parts back;
 # *_copy add the copy path in embedding space (model.far_copy); *_repeat add the repeat path's
-# score bonus for history items (model.repeat).
+# score bonus for history items (model.repeat); *_sdrop fuse half the training rows without the
+# short branch (model.fusion.short_dropout).
 recipes="\
 hytrec            model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true
 hytrec_paper      model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false
@@ -37,6 +38,7 @@ short_copy        model.long_pattern= model.far_copy=true
 hytrec_copy_wide  model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.far_copy=true model.tadn.key_dim=128
 short_repeat      model.long_pattern= model.repeat=true
 hytrec_repeat     model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true
+hytrec_repeat_sdrop model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.fusion.short_dropout=0.5
 paper_repeat      model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false model.repeat=true
 abl_last_readout  model.long_pattern=TTT $gd model.long_readout=last model.long_time_inputs=true
 abl_paper_gating  model.long_pattern=TTT model.tadn.gating=paper model.long_readout=intent model.long_time_inputs=true
