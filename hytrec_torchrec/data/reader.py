@@ -41,7 +41,6 @@ SCHEMA_VERSION = 1
 #: history feature columns, in KJT key order.
 FEATURES = TABLES  # the ID columns of a prepared row, in table order
 _LIST_COLUMNS = FEATURES + (TIMESTAMP,)
-_VOCABS = VOCABS
 
 
 class DatasetFormatError(ValueError):
@@ -119,12 +118,12 @@ def read_meta(root: str | Path) -> PreparedMeta:
     sizes = raw.get("vocab_sizes")
     if not isinstance(sizes, dict):
         raise DatasetFormatError(f"{path}: vocab_sizes must be an object")
-    for name in _VOCABS:
+    for name in VOCABS:
         v = sizes.get(name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 2:
             raise DatasetFormatError(f"{path}: vocab_sizes.{name} must be an integer >= 2, got {v!r}")
     return PreparedMeta(root=root, num_partitions=nparts,
-                        vocab_sizes={k: int(sizes[k]) for k in _VOCABS}, raw=raw)
+                        vocab_sizes={k: int(sizes[k]) for k in VOCABS}, raw=raw)
 
 
 @dataclass

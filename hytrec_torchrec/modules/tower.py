@@ -92,7 +92,7 @@ class HyTRecTower(nn.Module):
         self.decay_period = float(cfg.tadn.decay_period)
         self.load_balance_weight = float(cfg.fusion.load_balance_weight)
         # branch dropout of the short branch's output in training (fusion.short_dropout)
-        self.short_dropout = float(cfg.fusion.short_dropout) if cfg.long_pattern and cfg.short_len > 0 else 0.0
+        self.short_dropout = float(cfg.fusion.short_dropout) if self.has_long and self.has_short else 0.0
         t = cfg.tadn
         self.long = LongBranch(cfg) if self.has_long else nn.Identity()
         # the long branch is read with the short branch's output (its intent readout)

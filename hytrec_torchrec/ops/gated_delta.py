@@ -41,7 +41,14 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from hytrec_torchrec.ops.tadn.chunk import check_inputs, chunk_inputs, chunk_pad, plan_with_state, run_chunks
+from hytrec_torchrec.ops.tadn.chunk import (
+    check_inputs,
+    chunk_inputs,
+    chunk_pad,
+    final_states,
+    plan_with_state,
+    run_chunks,
+)
 
 __all__ = ["gated_delta_rule_recurrent", "gated_delta_rule_chunked", "gated_chunked_core"]
 
@@ -126,7 +133,8 @@ def gated_chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_de
     m_mat = torch.exp(lam_end) * eye_k - ktsol[..., :dk]
     mb = torch.cat([m_mat, ktsol[..., dk:]], dim=-1).transpose(0, 1)  # [NC, H, dk, dk+dv]
 
-    h0_chunks, final = run_chunks(mb, n_chunks, chunk_start, step_major, step_counts, init)
+    h0_chunks = run_chunks(mb, n_chunks, step_major, step_counts, init)
+    final = final_states(mb, h0_chunks, n_chunks, chunk_start, init)
 
     if not want_rows:
         return v.new_zeros(0, h, dv).to(out_dtype), final.to(out_dtype)

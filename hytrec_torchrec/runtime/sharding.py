@@ -26,9 +26,6 @@ import torch
 from hytrec_torchrec.config import ConfigError, check_choice, check_range
 from hytrec_torchrec.schema import TABLE_FEATURES, TABLES
 
-#: the embedding tables (one per ID table of hytrec_torchrec/schema.py)
-TABLE_NAMES: tuple[str, ...] = TABLES
-
 SHARDING_TYPES = (
     "row_wise",
     "column_wise",
@@ -131,9 +128,9 @@ class EmbeddingsConfig:
         check_range("eps", self.eps, 0.0)
         check_range("init_std", self.init_std, 0.0, lo_open=True)
         for name in self.tables:
-            if name not in TABLE_NAMES:
-                raise ConfigError(f"tables.{name}: unknown table (valid: {list(TABLE_NAMES)})")
-        for name in TABLE_NAMES:
+            if name not in TABLES:
+                raise ConfigError(f"tables.{name}: unknown table (valid: {list(TABLES)})")
+        for name in TABLES:
             self.tables.setdefault(name, _default_tables()[name])
 
 
@@ -147,7 +144,7 @@ def table_configs(cfg: EmbeddingsConfig, vocab_sizes: dict[str, int]) -> list[An
     """
     from torchrec import EmbeddingConfig
 
-    missing = [t for t in TABLE_NAMES if t not in vocab_sizes]
+    missing = [t for t in TABLES if t not in vocab_sizes]
     if missing:
         raise ValueError(f"vocab_sizes lacks tables {missing}")
     return [
@@ -157,7 +154,7 @@ def table_configs(cfg: EmbeddingsConfig, vocab_sizes: dict[str, int]) -> list[An
             num_embeddings=int(vocab_sizes[name]),
             feature_names=list(TABLE_FEATURES[name]),
         )
-        for name in TABLE_NAMES
+        for name in TABLES
     ]
 
 

@@ -26,8 +26,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ["check_inputs", "chunk_plan", "chunk_pad", "chunk_states", "plan_with_state", "chunk_inputs", "run_chunks", "chunked_core",
-           "delta_rule_chunked", "delta_rule_chunked_last"]
+__all__ = ["check_inputs", "chunk_plan", "chunk_pad", "chunk_states", "plan_with_state", "chunk_inputs", "run_chunks",
+           "final_states", "chunked_core", "delta_rule_chunked", "delta_rule_chunked_last"]
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
@@ -147,21 +147,27 @@ def chunk_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch
     return qc, kc, vc, ac, bc
 
 
-def run_chunks(mb: torch.Tensor, n_chunks: torch.Tensor, chunk_start: torch.Tensor, step_major: torch.Tensor,
-               step_counts: List[int], init: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def run_chunks(mb: torch.Tensor, n_chunks: torch.Tensor, step_major: torch.Tensor, step_counts: List[int],
+               init: torch.Tensor) -> torch.Tensor:
     """The state recurrence across chunks, from the per-chunk transitions ``mb [NC, H, dk, dk+dv]``
-    and each sequence's initial state ``init [B, H, dk, dv]``: returns the initial state of every
-    chunk ``[NC, H, dk, dv]`` and each sequence's final state ``[B, H, dk, dv]`` (its initial
-    state when it is empty)."""
+    and each sequence's initial state ``init [B, H, dk, dv]``: the initial state of every chunk
+    ``[NC, H, dk, dv]``."""
     # step 0 of the step-major order lists every non-empty sequence by decreasing chunk count
     # (chunk_plan), so its initial states are init in that order
     order = torch.argsort(n_chunks, descending=True, stable=True)
-    h0_chunks = chunk_states(mb, step_major, step_counts, init[order[:step_counts[0]]])
-    last = (chunk_start + n_chunks - 1).clamp(min=0)  # one more transition out of each last chunk
+    return chunk_states(mb, step_major, step_counts, init[order[:step_counts[0]]])
+
+
+def final_states(mb: torch.Tensor, h0_chunks: torch.Tensor, n_chunks: torch.Tensor, chunk_start: torch.Tensor,
+                 init: torch.Tensor) -> torch.Tensor:
+    """Each sequence's state after its last row ``[B, H, dk, dv]``: one more transition out of its
+    last chunk (:func:`run_chunks` gives the chunks' initial states ``h0_chunks``); an empty
+    sequence keeps ``init``."""
+    last = (chunk_start + n_chunks - 1).clamp(min=0)
     mb_last = mb[last]  # [B, H, dk, dk+dv]
     dk = mb.shape[2]
     fin = mb_last[..., :dk] @ h0_chunks[last] + mb_last[..., dk:]
-    return h0_chunks, torch.where((n_chunks > 0).view(-1, 1, 1, 1), fin, init)
+    return torch.where((n_chunks > 0).view(-1, 1, 1, 1), fin, init)
 
 
 def chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch.Tensor,
@@ -207,9 +213,9 @@ def chunked_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, erase: torch
     # Per-chunk transition, chunk-major for the loop: [NC, H, dk, dk+dv] = [M | Bm]
     mb = torch.cat([eye_k - ktsol[..., :dk], ktsol[..., dk:]], dim=-1).transpose(0, 1)
 
-    h0_chunks, fin = run_chunks(mb, n_chunks, chunk_start, step_major, step_counts, init)
+    h0_chunks = run_chunks(mb, n_chunks, step_major, step_counts, init)
     if output_final_state:
-        final = fin.to(out_dtype)
+        final = final_states(mb, h0_chunks, n_chunks, chunk_start, init).to(out_dtype)
     h0 = h0_chunks.transpose(0, 1)
 
     if last_only:
