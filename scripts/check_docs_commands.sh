@@ -4,9 +4,14 @@
 #   README.md and docs/*.md (as tests/test_docs_commands.py extracts them) that can run on a CPU
 #   machine, in the order the docs give them, with PASS / FAIL / SKIP per command and a summary.
 #
-# usage: bash scripts/check_docs_commands.sh [--list] [--only REGEX] [SCRATCH_DIR]
+# usage: bash scripts/check_docs_commands.sh [--list] [--only REGEX] [--steps N] [SCRATCH_DIR]
 #   --list        print the plan (what would run, what is skipped and why) and run nothing
 #   --only REGEX  run only the commands whose "DOC: COMMAND" line matches REGEX (the demo still runs first)
+#   --steps N     shorten the experiment scripts' training recipes (bash scripts/ml1m.sh|longhist.sh|
+#                 completejourney.sh train ...) to N steps: the recipe's own flags, then
+#                 train.max_steps=N train.checkpoint_every=0 optim.schedule.decay_steps=N; such a
+#                 command is marked "shortened to N steps" in the plan and its PASS line. Without it
+#                 each recipe trains its whole schedule (ML-1M's 4020-step recipes: 2-3 hours each)
 #   SCRATCH_DIR   where the copy goes (default: a new folder under ${TMPDIR:-/tmp}); must not exist
 #
 # Not part of the test suite: the demo, training recipes and full evaluations take minutes to
@@ -26,11 +31,13 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 list=0
 only=""
+steps=""
 scratch=""
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --list) list=1 ;;
         --only) [ "$#" -ge 2 ] || { echo "check_docs_commands: --only needs a REGEX" >&2; exit 2; }; only="$2"; shift ;;
+        --steps) [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || { echo "check_docs_commands: --steps needs a positive integer" >&2; exit 2; }; steps="$2"; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "check_docs_commands: unknown option $1" >&2; exit 2 ;;
         *) scratch="$1" ;;
@@ -60,7 +67,7 @@ if [ "$list" = 0 ]; then
     cd "$scratch"
 fi
 export PATH="$venv/bin:$PATH" PYTHONPATH="$PWD" PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
-export CHECK_LIST="$list" CHECK_ONLY="$only" CHECK_SCRATCH="$scratch"
+export CHECK_LIST="$list" CHECK_ONLY="$only" CHECK_STEPS="$steps" CHECK_SCRATCH="$scratch"
 exec "$venv/bin/python" - <<'PY'
 import glob
 import os
@@ -78,6 +85,8 @@ scratch = Path(os.environ["CHECK_SCRATCH"])
 listing = os.environ["CHECK_LIST"] == "1"
 only = re.compile(os.environ["CHECK_ONLY"]) if os.environ["CHECK_ONLY"] else None
 limit = float(os.environ.get("HYTREC_CHECK_TIMEOUT", "3600"))
+steps = int(os.environ["CHECK_STEPS"]) if os.environ["CHECK_STEPS"] else None
+RECIPE_SCRIPTS = ("scripts/ml1m.sh", "scripts/longhist.sh", "scripts/completejourney.sh")
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
@@ -98,6 +107,14 @@ def plan_skip(argv):
     if argv[:2] == ["bash", "scripts/test.sh"] and os.environ.get("HYTREC_CHECK_TESTS") != "1":
         return "the test suite (HYTREC_CHECK_TESTS=1 runs it)"
     return placeholder(argv)
+
+
+def shorten(argv):
+    """The command with its training recipe cut to ``--steps`` steps, or None when it is not one."""
+    if steps is None or argv[:1] != ["bash"] or tuple(argv[1:3]) not in {(s, "train") for s in RECIPE_SCRIPTS}:
+        return None
+    return argv + [f"train.max_steps={steps}", "train.checkpoint_every=0",
+                   f"optim.schedule.decay_steps={steps}"]
 
 
 def rewrite(argv):
@@ -166,15 +183,17 @@ for n, (doc, argv) in enumerate(order, 1):
         counts["SKIP"] += 1
         print(f"SKIP  {head}\n      {why}", flush=True)
         continue
+    short = shorten(argv)
+    note = f"  (shortened to {steps} steps)" if short else ""
     if listing:
-        print(f"RUN   {head}", flush=True)
+        print(f"RUN   {head}{note}", flush=True)
         continue
     log = scratch / "_check" / f"{n:02d}.log"
     print(f"...   {head}", flush=True)
     t0 = time.time()
     with open(log, "w") as f:
         try:
-            rc = subprocess.run(rewrite(argv), cwd=scratch, stdin=subprocess.DEVNULL, stdout=f,
+            rc = subprocess.run(rewrite(short or argv), cwd=scratch, stdin=subprocess.DEVNULL, stdout=f,
                                 stderr=subprocess.STDOUT, timeout=limit).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
@@ -185,7 +204,7 @@ for n, (doc, argv) in enumerate(order, 1):
     last = ([line for line in log.read_text(errors="replace").splitlines() if line.strip()] or [""])[-1]
     status = "PASS" if rc == 0 else "FAIL"
     counts[status] += 1
-    print(f"{status}  {dt:7.1f} s  rc={rc}" + ("" if rc == 0 else f"  log {log}\n      {last[:300]}"), flush=True)
+    print(f"{status}  {dt:7.1f} s  rc={rc}{note}" + ("" if rc == 0 else f"  log {log}\n      {last[:300]}"), flush=True)
 print(f"check_docs_commands: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped"
       f"{' (plan only)' if listing else ''}; logs in {scratch / '_check'}", flush=True)
 sys.exit(1 if counts["FAIL"] else 0)

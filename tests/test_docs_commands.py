@@ -220,3 +220,21 @@ def test_the_check_script_plans_the_documented_commands() -> None:
     assert all(line.startswith("SKIP") for line in lines if re.search(r"-s (slurm|kubernetes)", line))
     skipped = res.stdout.split("SKIP")[1:]
     assert all("\n      " in s for s in skipped)  # every skip says why
+
+
+def test_the_check_script_shortens_only_the_recipe_trainings() -> None:
+    """``--steps N`` cuts the experiment scripts' ``train`` recipes to N steps and says so on
+    their lines; every other command keeps its line as written; a bad N is refused."""
+    plain = _run_here(["bash", "scripts/check_docs_commands.sh", "--list"])
+    short = _run_here(["bash", "scripts/check_docs_commands.sh", "--list", "--steps", "7"])
+    assert plain.returncode == 0 and short.returncode == 0, short.stderr[-2000:]
+    assert "shortened" not in plain.stdout
+    marked = [line for line in short.stdout.splitlines() if line.endswith("(shortened to 7 steps)")]
+    assert marked and all(re.search(r": bash scripts/\w+\.sh train ", line) for line in marked), marked
+    recipes = [line for line in plain.stdout.splitlines()
+               if line.startswith("RUN") and re.search(r": bash scripts/\w+\.sh train ", line)]
+    assert len(marked) == len(recipes)
+    assert [line.replace("  (shortened to 7 steps)", "") for line in short.stdout.splitlines()] == \
+        plain.stdout.splitlines()
+    bad = _run_here(["bash", "scripts/check_docs_commands.sh", "--list", "--steps", "0"])
+    assert bad.returncode == 2 and "--steps needs a positive integer" in bad.stderr

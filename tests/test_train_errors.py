@@ -221,9 +221,17 @@ def test_resume_with_a_changed_model_is_refused(datasets: tuple[Path, Path], tmp
     run = tmp_path / "run"
     assert _fit(_cfg(a, run), tmp_path) == "ok"
     changed = _cfg(a, run, max_steps=4)
-    changed.model.long_pattern = "ST"  # same parameter names, other layers
+    changed.model.long_pattern = "ST"  # other layers at the same block names
     msg = _fit(changed, tmp_path)
     assert "model.long_pattern: 'TS' -> 'ST'" in msg and "step_00000002" in msg, msg
+    # the issue's case: every parameter a TS tower needs is in a TTTS checkpoint (block 1's
+    # softmax layer would take the TADN layer's weights), which resumed without a word before
+    deep = _cfg(a, tmp_path / "deep")
+    deep.model.long_pattern = "TTTS"
+    assert _fit(deep, tmp_path) == "ok"
+    shallow = _cfg(a, tmp_path / "deep", max_steps=4)
+    msg = _fit(shallow, tmp_path)
+    assert "model.long_pattern: 'TTTS' -> 'TS'" in msg, msg
     free = _cfg(a, run, max_steps=4)
     free.model.dropout = 0.2  # changes no parameter: allowed
     assert _fit(free, tmp_path) == "ok"
