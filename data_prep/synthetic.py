@@ -444,8 +444,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-len", type=int, default=12288, help="cap on history length")
     ap.add_argument("--k", type=int, default=64, help="short-term window the long-term targets avoid")
-    ap.add_argument("--n-items", type=int, default=0)
-    ap.add_argument("--n-categories", type=int, default=0)
+    ap.add_argument("--n-items", type=int, default=0,
+                    help="catalog size (0: events / 50, clamped to [2000, 2000000])")
+    ap.add_argument("--n-categories", type=int, default=0,
+                    help="number of categories (0: items / 100, clamped to [20, 2000])")
     ap.add_argument("--n-targets", type=int, default=1)
     ap.add_argument("--min-len", type=int, default=20, help="shortest history (power-law scale)")
     ap.add_argument("--returns", type=int, default=0,

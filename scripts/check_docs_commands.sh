@@ -132,7 +132,8 @@ def inputs(argv):
     if prog == "hytrec-prep" and "--merge" not in args:
         pos = [a for a in args if not a.startswith("-") and "=" not in a]
         if pos:
-            found.append(pos[0].split(":", 1)[1] if pos[0].startswith("movielens:") else pos[0])
+            fmt, sep, rest = pos[0].partition(":")  # a dataset source: FORMAT:DIR
+            found.append(rest if sep and fmt.isidentifier() else pos[0])
     if prog in ("hytrec-eval", "hytrec-export"):
         for flag in ("--checkpoint", "--data", "--model"):
             found += [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
