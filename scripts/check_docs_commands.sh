@@ -164,11 +164,11 @@ def missing(argv):
 
 
 commands = list(documented_commands())
-demo = next(argv for doc, argv in commands if doc == "README.md")
-order = [("README.md (first screen)", demo)] + [(d, a) for d, a in commands if a != demo]
+demo = next((doc, env, argv) for doc, env, argv in commands if doc == "README.md")
+order = [("README.md (first screen)", demo[1], demo[2])] + [c for c in commands if c != demo]
 seen, counts = set(), {"PASS": 0, "FAIL": 0, "SKIP": 0}
-for n, (doc, argv) in enumerate(order, 1):
-    cmd = shlex.join(argv)
+for n, (doc, env, argv) in enumerate(order, 1):
+    cmd = shlex.join([f"{k}={v}" for k, v in env.items()] + argv)
     head = f"[{n:2d}/{len(order)}] {doc}: {cmd}"
     why = plan_skip(argv)
     if why is None and cmd in seen:
@@ -194,7 +194,8 @@ for n, (doc, argv) in enumerate(order, 1):
     t0 = time.time()
     with open(log, "w") as f:
         try:
-            rc = subprocess.run(rewrite(short or argv), cwd=scratch, stdin=subprocess.DEVNULL, stdout=f,
+            rc = subprocess.run(rewrite(short or argv), cwd=scratch, env={**os.environ, **env},
+                                stdin=subprocess.DEVNULL, stdout=f,
                                 stderr=subprocess.STDOUT, timeout=limit).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"

@@ -11,6 +11,9 @@ skipped) whose program is ours is checked without running the job:
 * ``bash scripts/NAME.sh SUBCOMMAND RECIPE ...``: the script exists and every recipe it names is
   one it knows (``flags RECIPE``); a ``for x in A B; do ...; done`` line is checked per value.
 
+Leading ``NAME=value`` assignments (``PROTOCOL=kept bash scripts/ml1m.sh eval ...``) are the
+command's environment: ``documented_commands`` yields them apart from the argument list.
+
 ``benchmarks/results/lab_notebook.md`` (the lab notebook of past runs, whose commands name runs that
 are gone) is not a doc and is not read. Optional arguments written as ``[--flag value]`` are checked with the flag.
 
@@ -30,7 +33,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -39,7 +42,11 @@ DOCS = ["README.md"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").
 OURS = ("hytrec-prep", "hytrec-train", "hytrec-eval", "hytrec-export", "hytrec-compare", "torchx", "python", "bash")
 
 
-def documented_commands() -> Iterator[Tuple[str, List[str]]]:
+ENV_ASSIGNMENT = re.compile(r"[A-Z_][A-Z0-9_]*=.*")
+
+
+def documented_commands() -> Iterator[Tuple[str, Dict[str, str], List[str]]]:
+    """(doc, environment, argv) of every documented command of ours, in the docs' order."""
     for doc in DOCS:
         text = (ROOT / doc).read_text()
         for lang, block in re.findall(r"```(\w*)\n(.*?)```", text, re.S):
@@ -56,17 +63,23 @@ def documented_commands() -> Iterator[Tuple[str, List[str]]]:
                          if loop else [line])
                 for one in lines:
                     argv = shlex.split(one)
+                    env: Dict[str, str] = {}
+                    while argv and ENV_ASSIGNMENT.fullmatch(argv[0]):
+                        key, value = argv.pop(0).split("=", 1)
+                        env[key] = value
                     if argv and argv[0] in OURS:
-                        yield doc, argv
+                        yield doc, env, argv
 
 
-COMMANDS = list(documented_commands())
+COMMANDS = [(doc, argv) for doc, _, argv in documented_commands()]
 
 
 def test_the_docs_have_commands_to_check() -> None:
     programs = {argv[0] for _, argv in COMMANDS}
     assert {"hytrec-prep", "hytrec-eval", "hytrec-export", "hytrec-compare", "torchx", "bash"} <= programs
     assert len(COMMANDS) >= 30
+    with_env = [(env, argv) for _, env, argv in documented_commands() if env]
+    assert ({"PROTOCOL": "kept"}, ["bash", "scripts/ml1m.sh", "eval", "mem200", "mem200_norep"]) in with_env
 
 
 def _check_tool(argv: List[str]) -> None:
