@@ -505,7 +505,8 @@ def test_a_truncated_exported_model_is_a_one_line_error(trained: tuple[Path, Pat
 def test_reports_name_models_not_generic_folders(trained: tuple[Path, Path], tmp_path: Path) -> None:
     """``runs/demo/train`` and ``.../export/model.pt`` are named by their architecture and the folder
     above (the plots' legends and report.md said "train"); a named run keeps its name."""
-    from hytrec_torchrec.evaluation.evaluate import describe_model, model_name
+    from hytrec_torchrec.evaluation.evaluate import model_name
+    from hytrec_torchrec.runtime.config import describe_model
 
     _, run = trained
     assert model_name(run) == f"HyTRec TS, long memory + repeat ({run.parent.name})"

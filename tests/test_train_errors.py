@@ -388,6 +388,7 @@ def test_every_checkpoint_draws_the_whole_curve(datasets: tuple[Path, Path], tmp
     """curves.png is written with each checkpoint from train_state's loss_log and validation
     history, which a resumed run continues (so its picture starts at step 1, not at the resume)."""
     from hytrec_torchrec.runtime.checkpoint import read_train_state
+    from hytrec_torchrec.runtime.config import describe_model
 
     a, _ = datasets
     run = tmp_path / "run"
@@ -396,6 +397,9 @@ def test_every_checkpoint_draws_the_whole_curve(datasets: tuple[Path, Path], tmp
     assert [s for s, _ in state["loss_log"]] == [2, 4] and [h["step"] for h in state["history"]] == [2, 4]
     png = (run / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # titled with the model, not only the folder (the PNG's Title text is the figure's title)
+    model = describe_model(to_dict(_cfg(a, run).model)).encode()
+    assert b"Title\x00" + model + b": " + str(run).encode() + b", step 4" in png
     assert _fit(_cfg(a, run, max_steps=6, validate_every=2), tmp_path) == "ok"
     resumed = read_train_state(run / "checkpoints" / "step_00000006")
     assert resumed["loss_log"][:2] == state["loss_log"] and [s for s, _ in resumed["loss_log"]] == [2, 4, 6]

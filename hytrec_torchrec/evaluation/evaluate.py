@@ -62,6 +62,7 @@ from hytrec_torchrec.evaluation.segments import SegmentConfig, Segmenter
 from hytrec_torchrec.ranking.metrics import DEFAULT_KS, SegmentedRankingMetric, metric_names
 from hytrec_torchrec.ranking.ranks import ranked_catalog_sizes, target_ranks
 from hytrec_torchrec.ranking.scoring import batch_target_ranks, first_targets, history_items, item_blocks, unwrap
+from hytrec_torchrec.runtime.config import describe_model
 from hytrec_torchrec.runtime.distributed import DistEnv, init_distributed
 from hytrec_torchrec.runtime.restore import checkpoint_config, load_sharded
 from hytrec_torchrec.schema import TABLES
@@ -170,23 +171,6 @@ def load_eval_config(path: Optional[str], overrides: Sequence[str]) -> Tuple[Eva
 
 #: folder names that say nothing about the model (``runs/demo/train``, ``.../export``)
 GENERIC_NAMES = frozenset({"train", "run", "runs", "checkpoints", "model", "models", "export", "eval", "out"})
-
-
-def describe_model(model: Dict[str, Any]) -> str:
-    """The architecture in a few words from a job config's ``model`` section: ``HyTRec TTTS`` (the
-    paper's form), ``HyTRec TTT, long memory`` (gated-delta layers or the intent readout),
-    ``short-only``, ``SASRec-like SS``, with ``+ repeat`` for the repeat path. Keys missing from an
-    older config read as the paper's form."""
-    pattern = str(model.get("long_pattern", ""))
-    tadn = model.get("tadn") or {}
-    memory = tadn.get("gating", "paper") == "gated_delta" or model.get("long_readout", "last") == "intent"
-    if int(model.get("short_len", 1)) == 0:
-        name = f"SASRec-like {pattern}"
-    elif not pattern:
-        name = "short-only"
-    else:
-        name = f"HyTRec {pattern}" + (", long memory" if memory else "")
-    return name + (" + repeat" if model.get("repeat") else "")
 
 
 def model_name(path: str | Path) -> str:

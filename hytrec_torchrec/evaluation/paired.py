@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -220,9 +221,12 @@ def plot_differences(rows: Sequence[Dict[str, object]], metrics: Sequence[str], 
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(x)
         ax.set_xticklabels([str(r["model"]) for r in paired], rotation=20, ha="right", fontsize=8)
-        ax.set_title(f"{m}: model − {paired[0]['baseline'] if paired else 'baseline'}", fontsize=9)
+        ax.set_title(m, fontsize=10)
         ax.set_ylabel("paired difference (±1.96 SE)")
         ax.grid(alpha=0.3, axis="y")
+    baseline = str(paired[0]["baseline"]) if paired else "baseline"
+    # the baseline once above all panels (a long model name in every panel's title ran into the next)
+    fig.suptitle(textwrap.fill(f"model − {baseline}, paired on the same examples", width=110), fontsize=10)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=110)

@@ -24,7 +24,7 @@ from hytrec_torchrec.modules.registry import check_pattern
 from hytrec_torchrec.runtime.sharding import EmbeddingsConfig
 
 __all__ = ["SCHEDULES", "ScheduleConfig", "RunConfig", "OptimConfig", "TrainConfig", "JobConfig", "load_job_config",
-           "parameter_changes", "FREE_ON_RESUME", "stored_config", "model_changes"]
+           "parameter_changes", "FREE_ON_RESUME", "stored_config", "model_changes", "describe_model"]
 
 #: ``model`` keys that change no parameter and may differ between a checkpoint and the job that
 #: resumes or evaluates it; any other difference in ``model`` or ``embeddings.dim`` is refused.
@@ -248,3 +248,20 @@ def model_changes(state: dict, cfg: JobConfig) -> list[str]:
     """:func:`parameter_changes` between the checkpoint's stored
     config (:func:`stored_config`) and ``cfg``."""
     return parameter_changes(to_dict(from_dict(JobConfig, stored_config(state))), to_dict(cfg))
+
+
+def describe_model(model: dict) -> str:
+    """The architecture in a few words from a job config's ``model`` section: ``HyTRec TTTS`` (the
+    paper's form), ``HyTRec TTT, long memory`` (gated-delta layers or the intent readout),
+    ``short-only``, ``SASRec-like SS``, with ``+ repeat`` for the repeat path. Keys missing from an
+    older config read as the paper's form."""
+    pattern = str(model.get("long_pattern", ""))
+    tadn = model.get("tadn") or {}
+    memory = tadn.get("gating", "paper") == "gated_delta" or model.get("long_readout", "last") == "intent"
+    if int(model.get("short_len", 1)) == 0:
+        name = f"SASRec-like {pattern}"
+    elif not pattern:
+        name = "short-only"
+    else:
+        name = f"HyTRec {pattern}" + (", long memory" if memory else "")
+    return name + (" + repeat" if model.get("repeat") else "")

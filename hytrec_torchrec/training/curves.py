@@ -15,7 +15,8 @@ __all__ = ["write_curves"]
 
 def write_curves(path: str | Path, loss_log: Sequence[Sequence[float]], history: Sequence[Dict[str, Any]],
                  title: str = "") -> Path:
-    """Draw the loss (left) and every validation metric but ``examples`` (right) into ``path``."""
+    """Draw the loss (left) and every validation metric but ``examples`` (right) into ``path``;
+    ``title`` (the model's description and the run) heads the figure and is the PNG's Title text."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,10 +41,13 @@ def write_curves(path: str | Path, loss_log: Sequence[Sequence[float]], history:
         right.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=right.transAxes)
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    val_steps = sorted({int(h["step"]) for h in history})
+    if metrics and len(val_steps) <= 8:  # a few validations: tick exactly where they were
+        right.set_xticks(val_steps)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, metadata={"Title": title} if title else None)  # the title as PNG text too
     plt.close(fig)
     return out

@@ -45,7 +45,7 @@ from hytrec_torchrec.ranking.metrics import ranking_metrics
 from hytrec_torchrec.ranking.ranks import all_gather_rows
 from hytrec_torchrec.ranking.scoring import batch_target_ranks, item_blocks
 from hytrec_torchrec.runtime.checkpoint import latest_checkpoint, load_checkpoint, read_train_state, save_checkpoint
-from hytrec_torchrec.runtime.config import JobConfig, model_changes
+from hytrec_torchrec.runtime.config import JobConfig, describe_model, model_changes
 from hytrec_torchrec.runtime.dense_lookup import data_parallel_lookups
 from hytrec_torchrec.runtime.distributed import DistEnv, format_plan, init_distributed, shard_model
 from hytrec_torchrec.runtime.factory import build_model
@@ -191,7 +191,7 @@ class Trainer:
         }
         if self.env.is_main:
             write_curves(Path(self.cfg.run.dir) / "curves.png", self.loss_log, self.history,
-                         title=f"{self.cfg.run.dir} (step {self.step})")
+                         title=f"{describe_model(to_dict(self.cfg.model))}: {self.cfg.run.dir}, step {self.step}")
         return save_checkpoint(self.cfg.run.dir, self.step, self.model, self.optimizer, state,
                                _rng_state(), keep_last=self.cfg.train.keep_last)
 
