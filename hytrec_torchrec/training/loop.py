@@ -191,7 +191,7 @@ class Trainer:
         }
         if self.env.is_main:
             write_curves(Path(self.cfg.run.dir) / "curves.png", self.loss_log, self.history,
-                         title=f"{describe_model(to_dict(self.cfg.model))}: {self.cfg.run.dir}, step {self.step}")
+                         title=f"{describe_model(state['config']['model'])}: {self.cfg.run.dir}, step {self.step}")
         return save_checkpoint(self.cfg.run.dir, self.step, self.model, self.optimizer, state,
                                _rng_state(), keep_last=self.cfg.train.keep_last)
 
