@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor
@@ -35,7 +36,7 @@ from hytrec_torchrec.modules.loss import (
     shared_negatives_loss,
     uniform_log_q,
 )
-from hytrec_torchrec.modules.repeat import RepeatBonus, RepeatHead, dense_bonus, lookup_bonus
+from hytrec_torchrec.modules.repeat import RepeatBonus, RepeatHead, dense_bonus, in_history, lookup_bonus
 from hytrec_torchrec.modules.tower import HyTRecTower, scoring_vectors
 from hytrec_torchrec.ops.jagged import last_index, split_tail
 from hytrec_torchrec.schema import TABLES, history_key
@@ -251,6 +252,8 @@ class HyTRecModel(nn.Module):
         whole_catalog_negatives: the batches' uniform negatives are every known item
             (``data.num_negatives: -1``); the per-example loss then leaves out in-batch negatives
             and is the exact softmax.
+        cycle_behaviors: ``[V_behavior]`` bool, the purchase-like behaviour indices of the repeat
+            path's cycle features (``data.cycle_behaviors``); None = every event counts.
     """
 
     def __init__(
@@ -261,6 +264,7 @@ class HyTRecModel(nn.Module):
         all_positions: bool = False,
         whole_catalog_negatives: bool = False,
         supervised_rows: int = 0,
+        cycle_behaviors: Optional[torch.Tensor] = None,
     ) -> None:
         super().__init__()
         self.all_positions = all_positions
@@ -277,8 +281,10 @@ class HyTRecModel(nn.Module):
         repeat_rows = tower_cfg.repeat_rows
         if self.supervised_rows > 0:  # only supervised rows get pairs
             repeat_rows = min(repeat_rows, self.supervised_rows) if repeat_rows > 0 else self.supervised_rows
-        self.repeat = (RepeatHead(tower_cfg.embedding_dim, train_rows=repeat_rows)
+        self.repeat = (RepeatHead(tower_cfg.embedding_dim, train_rows=repeat_rows, cycles=tower_cfg.repeat_cycles,
+                                  gate=tower_cfg.repeat_gate, cycle_behaviors=cycle_behaviors)
                        if tower_cfg.repeat else None)
+        self.gate_weight = float(tower_cfg.repeat_gate_weight) if tower_cfg.repeat_gate else 0.0
 
     def user_embedding(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, JaggedTensor]]:
         """User embeddings [B, D] and the looked-up embeddings of every feature."""
@@ -292,9 +298,25 @@ class HyTRecModel(nn.Module):
         per history row with ``all_positions``); None without ``model.repeat``."""
         if self.repeat is None:
             return None
+        return self.repeat_bonus_and_gate(batch, user, all_positions)[0]
+
+    def repeat_bonus_and_gate(self, batch: Batch, user: torch.Tensor, all_positions: bool = False
+                              ) -> Tuple[RepeatBonus, torch.Tensor]:
+        """:meth:`repeat_bonus` and the repeat gate's logit per user row (``[B]`` or ``[N]``; zeros
+        without ``model.repeat_gate``). Needs ``model.repeat``."""
+        assert self.repeat is not None
         offsets = batch.history_offsets().to(torch.int64)
-        return self.repeat(user, batch.features["history_item"].values().to(torch.int64), offsets,
-                           batch.timestamps, all_positions)
+        q, it, v, gate = self.repeat.with_gate(user, batch.features["history_item"].values().to(torch.int64), offsets,
+                                               batch.timestamps, all_positions,
+                                               batch.features["history_behavior"].values().to(torch.int64))
+        return (q, it, v), gate
+
+    def _gate_loss(self, bonus: RepeatBonus, gate: torch.Tensor, rows: torch.Tensor,
+                   target_ids: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy of the repeat gate: for user row ``rows[k]`` (``[K]``) whose next
+        item is ``target_ids[k]``, is that item one of the row's history items."""
+        label = in_history(bonus, rows, target_ids).to(gate.dtype)
+        return F.binary_cross_entropy_with_logits(gate[rows], label)
 
     def forward(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Loss (sampled softmax + weighted load balancing) and detached outputs for one batch.
@@ -310,24 +332,45 @@ class HyTRecModel(nn.Module):
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """:meth:`forward` after the lookup: ``emb`` is the collection's output for ``batch``."""
         offsets = batch.history_offsets().to(torch.int64)  # KJT lengths are int32
+        gate_loss = torch.zeros((), device=offsets.device)
         if self.all_positions and self.training:
             rows, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current, True, self.supervised_rows)
+            bonus: Optional[RepeatBonus] = None
+            if self.repeat is not None:
+                bonus, gate = self.repeat_bonus_and_gate(batch, rows, all_positions=True)
+                if self.gate_weight > 0:
+                    n = rows.shape[0]
+                    nxt = next_event_rows(offsets, n)
+                    ids = torch.cat([batch.features["history_item"].values(),
+                                     batch.features["target_item"].values()], 0).to(torch.int64)[nxt]
+                    sup = torch.unique(bonus[0]) if bonus[0].numel() > 0 else bonus[0]  # rows that get pairs
+                    gate_loss = self._gate_loss(bonus, gate, sup, ids[sup])
             loss = self.all_positions_loss(
                 rows, offsets, emb["history_item"], batch.features["history_item"].values(),
                 emb["target_item"], batch.features["target_item"].values(),
                 emb["negative_item"], batch.features["negative_item"].values(),
-                bonus=self.repeat_bonus(batch, rows, all_positions=True),
+                bonus=bonus,
                 last_rows=self.supervised_rows,
             )
         else:
             user, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current)
+            bonus = None
+            if self.repeat is not None:
+                bonus, gate = self.repeat_bonus_and_gate(batch, user)
+                if self.gate_weight > 0:
+                    tids = batch.features["target_item"].values().to(torch.int64)
+                    ex = torch.repeat_interleave(torch.arange(user.shape[0], device=user.device),
+                                                 batch.features["target_item"].lengths().to(torch.int64))
+                    gate_loss = self._gate_loss(bonus, gate, ex, tids)
             loss = self.loss(
                 user,
                 emb["target_item"],
                 batch.features["target_item"].values(),
                 emb["negative_item"],
                 batch.features["negative_item"].values(),
-                bonus=self.repeat_bonus(batch, user),
+                bonus=bonus,
             )
         out = {"loss": loss.detach(), "aux": aux.detach(), "tokens": offsets[-1]}
-        return loss + aux, out
+        if self.gate_weight > 0:
+            out["gate_loss"] = gate_loss.detach()
+        return loss + aux + self.gate_weight * gate_loss, out

@@ -5,8 +5,8 @@ See ``docs/data_loader.md`` for the meaning of every field and the exact example
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 from hytrec_torchrec.config import ConfigError, check_choice, check_range
 
@@ -63,6 +63,9 @@ class DataConfig:
         drop_last: training only: drop the last incomplete batch of each rank.
         shuffle: training only: shuffle examples and batch order (eval stages never shuffle).
         pin_memory: pin batches in the DataLoader (only useful with a CUDA device).
+        cycle_behaviors: raw behaviour IDs (``behavior`` column) that are purchase-like: the repeat
+            path's cycle features (``model.repeat_cycles``) measure an item's cycle between these
+            and tell them from the other (view-like) events. Empty = every event counts.
     """
 
     path: str = ""
@@ -83,6 +86,7 @@ class DataConfig:
     drop_last: bool = True
     shuffle: bool = True
     pin_memory: bool = False
+    cycle_behaviors: List[str] = field(default_factory=list)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid key."""
@@ -112,3 +116,6 @@ class DataConfig:
         check_range("group_window", self.group_window, 0)
         check_range("num_workers", self.num_workers, 0)
         check_range("seed", self.seed, 0)
+        for i, b in enumerate(self.cycle_behaviors):
+            if not isinstance(b, str) or not b:
+                raise ConfigError(f"cycle_behaviors[{i}]: need a non-empty behaviour ID string, got {b!r}")

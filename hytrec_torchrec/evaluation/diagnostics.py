@@ -417,10 +417,13 @@ def _bonus(access: TowerAccess, hist: Sequence[History], user: torch.Tensor
     offsets[1:] = torch.tensor([len(ts) for _, ts in hist], dtype=torch.int64).cumsum(0)
     items = torch.from_numpy(np.concatenate([h["item"] for h, _ in hist]) if hist else np.zeros(0, np.int64))
     ts = torch.from_numpy(np.concatenate([t for _, t in hist]) if hist else np.zeros(0, np.int64))
+    beh: Optional[torch.Tensor] = None
+    if hist and all("behavior" in h for h, _ in hist):
+        beh = torch.from_numpy(np.concatenate([h["behavior"] for h, _ in hist])).to(torch.int64).to(access.device)
     dev = access.device
     with torch.no_grad():
         ex, item, value = access.repeat(user.to(dev), items.to(torch.int64).to(dev), offsets.to(dev),
-                                        ts.to(torch.int64).to(dev), False)
+                                        ts.to(torch.int64).to(dev), False, beh)
     return ex.cpu(), item.cpu(), value.detach().float().cpu()
 
 

@@ -131,6 +131,19 @@ class TowerConfig:
     items already in the history, from how often, how many events ago and how long ago each was
     last seen, switched by the user embedding. Changes the score of history items in training,
     evaluation and serving alike; O(L) per request."""
+    repeat_cycles: bool = False
+    """Cycle features in the repeat path: whether the item's last occurrence was a cycle event
+    (purchase-like; ``data.cycle_behaviors``), how many cycle events it had, the time since the
+    last one, and that elapsed time over the item's own mean gap between cycle events, in events
+    and in seconds (quarter-octave buckets, so "due again" is learnable). O(L) per request after
+    one sort; exact in all-position training."""
+    repeat_gate: bool = False
+    """A repeat/explore gate in the repeat path: the probability that the next item is one of the
+    history's, from the user embedding and the strongest repeat evidence, trained with its own
+    binary cross-entropy target (weight ``repeat_gate_weight``); its logit shifts every history
+    item's score through a learned scale (docs/tower.md, "The repeat path")."""
+    repeat_gate_weight: float = 0.1
+    """Weight of the gate's binary cross-entropy in the training loss (``repeat_gate``)."""
     repeat_rows: int = 1024
     """All-position training with ``repeat``: only the last ``repeat_rows`` rows of each window get
     the bonus, so its pairs grow as ``repeat_rows · L`` (linear in the window length L); windows of
@@ -189,6 +202,9 @@ class TowerConfig:
         if self.far_copy and self.short_len == 0:
             raise ConfigError("far_copy: the copy path is read with the short branch's output; it needs short_len > 0")
         check_range("repeat_rows", self.repeat_rows, 0)
+        check_range("repeat_gate_weight", self.repeat_gate_weight, 0.0)
+        if (self.repeat_cycles or self.repeat_gate) and not self.repeat:
+            raise ConfigError("repeat_cycles, repeat_gate: parts of the repeat path; they need repeat: true")
         check_range("heads", self.heads, 1)
         if self.embedding_dim % self.heads:
             raise ConfigError(f"heads: embedding_dim {self.embedding_dim} is not divisible by heads {self.heads}")
@@ -207,7 +223,8 @@ class TowerConfig:
 
 
 #: the values of the long-memory keys that every tower had before they existed (the paper's form)
-PRE_MEMORY_KEYS = {"long_readout": "last", "long_time_inputs": False, "far_copy": False, "repeat": False}
+PRE_MEMORY_KEYS = {"long_readout": "last", "long_time_inputs": False, "far_copy": False, "repeat": False,
+                   "repeat_cycles": False, "repeat_gate": False}
 PRE_MEMORY_TADN_KEYS = {"gating": "paper", "key_dim": 0}
 
 

@@ -24,15 +24,16 @@ last ``model.repeat_rows`` rows of each window. Exact in all-position training: 
 """
 
 
-from typing import Final, Tuple
+from typing import Final, Optional, Tuple
 
 import torch
 from torch import nn
 
 from hytrec_torchrec.modules.layers import time_gap_bucket
-from hytrec_torchrec.ops.repeat import repeat_pairs
+from hytrec_torchrec.ops.repeat import cycle_rows, repeat_pairs
 
-__all__ = ["RepeatHead", "RepeatBonus", "dense_bonus", "lookup_bonus", "COUNT_BUCKETS", "DISTANCE_BUCKETS", "TIME_BUCKETS"]
+__all__ = ["RepeatHead", "RepeatBonus", "dense_bonus", "lookup_bonus", "in_history", "COUNT_BUCKETS",
+           "DISTANCE_BUCKETS", "TIME_BUCKETS", "RATIO_BUCKETS"]
 
 #: buckets of the occurrence count c >= 1: ⌊2·log2 c⌋ (1 → 0, 2 → 2, 4 → 4, 16 → 8, ≥ 182 → 15).
 COUNT_BUCKETS: Final[int] = 16
@@ -40,6 +41,8 @@ COUNT_BUCKETS: Final[int] = 16
 DISTANCE_BUCKETS: Final[int] = 32
 #: buckets of the seconds since the last occurrence (:func:`time_gap_bucket`; 1 day → 32).
 TIME_BUCKETS: Final[int] = 64
+#: buckets of a "due" ratio (elapsed / mean gap): 32 quarter-octaves from 1/16 to 16, and "unknown".
+RATIO_BUCKETS: Final[int] = 33
 
 #: ``(query [M], item [M], bonus [M])``: the bonus of item ``item[m]`` for query ``query[m]``
 #: (a history row in all-position training, an example otherwise). Pairs are unique.
@@ -51,6 +54,16 @@ def _log2_bucket(x: torch.Tensor, num_buckets: int) -> torch.Tensor:
     return torch.floor(2.0 * torch.log2(x.to(torch.float64))).to(torch.int64).clamp(0, num_buckets - 1)
 
 
+def _ratio_bucket(num: torch.Tensor, den: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Quarter-octave bucket of ``num / den`` (int64 ``[M]``): ``⌊4·log2(num / den)⌋`` clamped to
+    ``[−16, 15]`` and shifted to ``0 .. 31`` (a ratio of 1 → 16, 2 → 20, ½ → 12), and
+    :data:`RATIO_BUCKETS` − 1 (= 32) where ``known`` is False or ``den <= 0``."""
+    ok = known & (den > 0)
+    r = num.to(torch.float64).clamp(min=0.5) / den.to(torch.float64).clamp(min=1e-9)
+    b = torch.floor(4.0 * torch.log2(r)).to(torch.int64).clamp(-16, 15) + 16
+    return torch.where(ok, b, torch.full_like(b, 32))  # RATIO_BUCKETS - 1
+
+
 class RepeatHead(nn.Module):
     """Score bonus of history items (module docstring).
 
@@ -59,48 +72,118 @@ class RepeatHead(nn.Module):
         rank: R, width of the intent interaction.
         train_rows: in all-position training, only the last ``train_rows`` rows of each window get
             the bonus (0 = every row).
+        cycles: add the cycle features (``model.repeat_cycles``).
+        gate: add the repeat/explore gate (``model.repeat_gate``).
+        cycle_behaviors: ``[V_behavior]`` bool, which behaviour indices are cycle events
+            (purchase-like); None or all False = every event is one.
     """
 
     train_rows: Final[int]
     count_buckets: Final[int]
     distance_buckets: Final[int]
     time_buckets: Final[int]
+    cycles: Final[bool]
+    has_gate: Final[bool]
 
-    def __init__(self, dim: int, rank: int = 4, train_rows: int = 0) -> None:
+    def __init__(self, dim: int, rank: int = 4, train_rows: int = 0, cycles: bool = False, gate: bool = False,
+                 cycle_behaviors: Optional[torch.Tensor] = None) -> None:
         super().__init__()
         self.count_buckets, self.distance_buckets, self.time_buckets = COUNT_BUCKETS, DISTANCE_BUCKETS, TIME_BUCKETS
         self.count = nn.Embedding(COUNT_BUCKETS, rank + 1)
         self.distance = nn.Embedding(DISTANCE_BUCKETS, rank + 1)
         self.time = nn.Embedding(TIME_BUCKETS, rank + 1)
-        for table in (self.count, self.distance, self.time):
+        tables = [self.count, self.distance, self.time]
+        self.cycles = bool(cycles)
+        if self.cycles:
+            self.kind = nn.Embedding(2, rank + 1)  # is the last occurrence a cycle event
+            self.cycle_count = nn.Embedding(COUNT_BUCKETS, rank + 1)
+            self.since_cycle = nn.Embedding(TIME_BUCKETS + 1, rank + 1)  # last bucket: no cycle event yet
+            self.due_events = nn.Embedding(RATIO_BUCKETS, rank + 1)
+            self.due_seconds = nn.Embedding(RATIO_BUCKETS, rank + 1)
+            tables += [self.kind, self.cycle_count, self.since_cycle, self.due_events, self.due_seconds]
+        for table in tables:
             nn.init.zeros_(table.weight)
         self.intent = nn.Linear(dim, rank)
         self.train_rows = int(train_rows)
+        mask = cycle_behaviors if cycle_behaviors is not None else torch.zeros(0, dtype=torch.bool)
+        if not bool(mask.any()):
+            mask = torch.zeros(0, dtype=torch.bool)  # no mapping: every event is a cycle event
+        self.register_buffer("cycle_behaviors", mask.to(torch.bool).clone())
+        self.has_gate = bool(gate)
+        if self.has_gate:
+            # gate logit from the user and the strongest repeat evidence of its history (max over its
+            # pairs of the 1+R feature sums); enters every history item's bonus as gate_scale · logit
+            self.gate = nn.Linear(dim + rank + 1, 1)
+            self.gate_scale = nn.Parameter(torch.zeros(()))
+        else:
+            self.gate = nn.Identity()
+            self.gate_scale = None
 
-    def pair_bonus(self, user: torch.Tensor, query: torch.Tensor, occurrence: torch.Tensor,
-                   distance: torch.Tensor, seconds: torch.Tensor) -> torch.Tensor:
-        """Bonus ``[M]`` of M (query, history item) pairs: ``user [Q, D]``; ``query [M]`` rows of
-        ``user``; ``occurrence [M]`` (>= 1), ``distance [M]`` events and ``seconds [M]`` since the
-        item's last occurrence, int64."""
+    def _cycle_mask(self, behaviors: Optional[torch.Tensor], n: int, device: torch.device) -> torch.Tensor:
+        """``[N]`` bool: which rows are cycle events."""
+        mask = self.cycle_behaviors
+        if behaviors is None or mask.numel() == 0:
+            return torch.ones(n, dtype=torch.bool, device=device)
+        idx = behaviors.to(torch.int64).clamp(0, mask.numel() - 1)
+        return mask.to(device)[idx] & (behaviors.to(torch.int64) < mask.numel())
+
+    def pair_features(self, query: torch.Tensor, source: torch.Tensor, occurrence: torch.Tensor,
+                      timestamps: torch.Tensor, cycle: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+                      ) -> torch.Tensor:
+        """``[M, 1+R]`` sum of the bucket embeddings of M (query row, source row) pairs: the query's
+        history row ``query [M]``, the item's last occurrence ``source [M]`` (rows of the packed
+        history), ``occurrence [M]`` (>= 1) and ``timestamps [N]`` int64 seconds; ``cycle`` =
+        ``(is_cycle [N] bool, count [N], last [N], first [N])`` of :func:`cycle_rows`, or None."""
+        distance = query - source
         f = (self.count(_log2_bucket(occurrence, self.count_buckets))
              + self.distance(_log2_bucket(distance + 1, self.distance_buckets))
-             + self.time(time_gap_bucket(seconds, self.time_buckets)))  # [M, 1+R]
-        p = self.intent(user)[query]  # [M, R]
+             + self.time(time_gap_bucket(timestamps[query] - timestamps[source], self.time_buckets)))
+        if self.cycles and cycle is not None:
+            is_cycle, count, last, first = cycle
+            n = count[source]
+            lr = last[source].clamp(min=0)
+            fr = first[source].clamp(min=0)
+            has = n > 0
+            since = timestamps[query] - timestamps[lr]
+            since_b = torch.where(has, time_gap_bucket(since, self.time_buckets),
+                                  torch.full_like(since, self.time_buckets))
+            periodic = n >= 2
+            steps = (n - 1).clamp(min=1)
+            f = (f + self.kind(is_cycle[source].to(torch.int64))
+                 + self.cycle_count(_log2_bucket(n + 1, self.count_buckets))
+                 + self.since_cycle(since_b)
+                 # (elapsed since the last cycle event) / (mean gap between its cycle events), in
+                 # events and in seconds: about 1 when the item is due again
+                 + self.due_events(_ratio_bucket((query - lr) * steps, lr - fr, periodic))
+                 + self.due_seconds(_ratio_bucket((timestamps[query] - timestamps[lr]) * steps,
+                                                  timestamps[lr] - timestamps[fr], periodic)))
+        return f
+
+    def pair_bonus(self, user: torch.Tensor, row: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """Bonus ``[M]`` of M pairs with features ``f [M, 1+R]`` (:meth:`pair_features`) for the
+        user rows ``row [M]`` of ``user [Q, D]``."""
+        p = self.intent(user)[row]  # [M, R]
         return f[:, 0] + (p * f[:, 1:]).sum(-1)
 
-    def forward(self, user: torch.Tensor, items: torch.Tensor, offsets: torch.Tensor,
-                timestamps: torch.Tensor, all_positions: bool = False) -> RepeatBonus:
-        """The bonus of every (query, distinct history item) pair.
+    def gate_logits(self, user: torch.Tensor, row: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """``[Q]`` logit of "the next item is one of the history's" for every user row of
+        ``user [Q, D]``, from the row and the largest pair features ``f [M, 1+R]`` among its pairs
+        (``row [M]``; zeros for a row without pairs). Zeros without ``model.repeat_gate``."""
+        q = user.shape[0]
+        if not self.has_gate:
+            return torch.zeros(q, dtype=user.dtype, device=user.device)
+        pooled = torch.full((q, f.shape[1]), float("-inf"), dtype=f.dtype, device=f.device)
+        pooled = pooled.scatter_reduce(0, row.unsqueeze(1).expand(f.shape[0], f.shape[1]), f, "amax",
+                                       include_self=True)
+        pooled = torch.where(torch.isinf(pooled), torch.zeros_like(pooled), pooled)
+        return self.gate(torch.cat([user, pooled], 1)).squeeze(1)
 
-        Args:
-            user: ``[B, D]`` one user embedding per history, or with ``all_positions`` ``[N, D]``
-                one per history row (the prefix ending at that row).
-            items: ``[N]`` int64 item index of every history row; offsets ``[B+1]`` int64;
-                timestamps ``[N]`` int64 seconds.
-        Returns:
-            :data:`RepeatBonus`: query = example index ``[0, B)``, or the history row with
-            ``all_positions`` (rows before the last ``train_rows`` of a window get no pairs).
-        """
+    def with_gate(self, user: torch.Tensor, items: torch.Tensor, offsets: torch.Tensor,
+                  timestamps: torch.Tensor, all_positions: bool = False,
+                  behaviors: Optional[torch.Tensor] = None
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` and the gate: ``(query [M], item [M], bonus [M], gate_logit [Q])``, Q the
+        rows of ``user``. The bonus includes the gate's term ``gate_scale · gate_logit[query]``."""
         if all_positions:
             first = offsets[:-1]
             if self.train_rows > 0:
@@ -108,10 +191,39 @@ class RepeatHead(nn.Module):
         else:
             first = offsets[1:] - 1
         query, source, occ = repeat_pairs(items, offsets, first)
+        cycle: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = None
+        if self.cycles:
+            is_cycle = self._cycle_mask(behaviors, items.shape[0], items.device)
+            count, last, firstc = cycle_rows(items, offsets, is_cycle)
+            cycle = (is_cycle, count, last, firstc)
+        f = self.pair_features(query, source, occ, timestamps, cycle)
         # the user row of each pair: the history row itself, or its example
         row = query if all_positions else torch.searchsorted(offsets, query, right=True) - 1
-        bonus = self.pair_bonus(user, row, occ, query - source, timestamps[query] - timestamps[source])
-        return row, items[source], bonus
+        bonus = self.pair_bonus(user, row, f)
+        gate = self.gate_logits(user, row, f)
+        scale = self.gate_scale
+        if scale is not None:
+            bonus = bonus + scale * gate[row]
+        return row, items[source], bonus, gate
+
+    def forward(self, user: torch.Tensor, items: torch.Tensor, offsets: torch.Tensor,
+                timestamps: torch.Tensor, all_positions: bool = False,
+                behaviors: Optional[torch.Tensor] = None) -> RepeatBonus:
+        """The bonus of every (query, distinct history item) pair.
+
+        Args:
+            user: ``[B, D]`` one user embedding per history, or with ``all_positions`` ``[N, D]``
+                one per history row (the prefix ending at that row).
+            items: ``[N]`` int64 item index of every history row; offsets ``[B+1]`` int64;
+                timestamps ``[N]`` int64 seconds.
+            behaviors: ``[N]`` int64 behaviour index of every row (the cycle features read which
+                rows are purchase-like), or None (every row is a cycle event).
+        Returns:
+            :data:`RepeatBonus`: query = example index ``[0, B)``, or the history row with
+            ``all_positions`` (rows before the last ``train_rows`` of a window get no pairs).
+        """
+        row, item, bonus, _ = self.with_gate(user, items, offsets, timestamps, all_positions, behaviors)
+        return row, item, bonus
 
 
 def dense_bonus(bonus: RepeatBonus, num_queries: int, candidates: torch.Tensor) -> torch.Tensor:
@@ -129,6 +241,19 @@ def dense_bonus(bonus: RepeatBonus, num_queries: int, candidates: torch.Tensor) 
     cols = idx[lo[src] + k]
     out = torch.zeros(num_queries, candidates.shape[0], dtype=value.dtype, device=dev)
     return out.index_put((query[src], cols), value[src], accumulate=True)
+
+
+def in_history(bonus: RepeatBonus, query: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+    """``[K]`` bool: item ``item[k]`` is one of query ``query[k]``'s history items (has a pair in
+    ``bonus``). The repeat gate's target."""
+    q, it, _ = bonus
+    if it.numel() == 0 or item.numel() == 0:
+        return torch.zeros(query.shape[0], dtype=torch.bool, device=query.device)
+    span = int(torch.maximum(it.max(), item.max())) + 1
+    keys = torch.sort(q * span + it)[0]
+    want = query * span + item
+    pos = torch.searchsorted(keys, want).clamp(max=keys.numel() - 1)
+    return keys[pos] == want
 
 
 def lookup_bonus(bonus: RepeatBonus, query: torch.Tensor, item: torch.Tensor) -> torch.Tensor:

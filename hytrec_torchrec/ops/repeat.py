@@ -12,6 +12,15 @@ distinct items of its prefixes, up to L²/2), ``end − K`` the last K rows (at 
 ``repeat_interleave``); :func:`repeat_pairs_reference` walks every query with a dictionary, and
 ``tests/test_repeat.py`` checks that the two agree. :func:`repeat_pairs` is
 TorchScript-compatible (the served model calls it).
+
+:func:`cycle_rows` gives, for every row, what the item's *cycle events* (the rows marked by a
+boolean mask, e.g. purchases; every row when no behaviour is marked) up to and including that row
+say: how many there were, and the rows of the first and the last of them. With a pair's source row
+``j`` (the item's last occurrence up to the query ``r``), these give the item's mean
+inter-purchase gap ``(last − first) / (count − 1)`` and the time since its last purchase, so
+"due again" is a ratio of two numbers known at ``r``. One sort by (sequence, item) and segmented
+prefix scans: O(L log L) for a history, O(1) more per pair; :func:`cycle_rows_reference` walks
+the rows with dictionaries.
 """
 
 
@@ -19,10 +28,27 @@ from typing import Dict, Final, Tuple
 
 import torch
 
-__all__ = ["repeat_pairs", "repeat_pairs_reference", "FIRST_ITEM"]
+__all__ = ["repeat_pairs", "repeat_pairs_reference", "cycle_rows", "cycle_rows_reference", "FIRST_ITEM"]
 
 #: item indices below this (0 padding, 1 unknown) are never paired: they are not catalog items.
 FIRST_ITEM: Final[int] = 2
+
+
+def _item_groups(items: torch.Tensor, seg: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(order [N], skey [N])``: the rows grouped by (sequence, item), each group in row order
+    (one stable sort), and the sorted group keys."""
+    n = items.shape[0]
+    span = int(items.max()) + 1 if n > 0 else 1
+    key = seg * span + items
+    order = torch.sort(key, stable=True)[1]
+    return order, key[order]
+
+
+def _segments(offsets: torch.Tensor, n: int) -> torch.Tensor:
+    """``[N]`` int64 sequence index of every row."""
+    b = offsets.numel() - 1
+    lengths = offsets[1:] - offsets[:-1]
+    return torch.repeat_interleave(torch.arange(b, device=offsets.device), lengths, output_size=n)
 
 
 def _next_and_occurrence(items: torch.Tensor, offsets: torch.Tensor,
@@ -32,10 +58,7 @@ def _next_and_occurrence(items: torch.Tensor, offsets: torch.Tensor,
     occurred in the sequence up to and including the row (1 for a first occurrence)."""
     n = items.shape[0]
     dev = items.device
-    span = int(items.max()) + 1 if n > 0 else 1
-    key = seg * span + items
-    order = torch.sort(key, stable=True)[1]  # rows grouped by (sequence, item), in row order
-    skey = key[order]
+    order, skey = _item_groups(items, seg)
     ends = offsets[1:][seg]
     nxt = ends.clone()
     if n > 1:
@@ -68,9 +91,7 @@ def repeat_pairs(items: torch.Tensor, offsets: torch.Tensor,
     """
     n = items.shape[0]
     dev = items.device
-    b = offsets.numel() - 1
-    lengths = offsets[1:] - offsets[:-1]
-    seg = torch.repeat_interleave(torch.arange(b, device=dev), lengths, output_size=n)
+    seg = _segments(offsets, n)
     nxt, occ = _next_and_occurrence(items, offsets, seg)
     fq = torch.maximum(first_query, offsets[:-1])
     lo = torch.maximum(torch.arange(n, device=dev), fq[seg])  # first query row that sees row j
@@ -81,6 +102,70 @@ def repeat_pairs(items: torch.Tensor, offsets: torch.Tensor,
     starts = torch.cumsum(count, 0) - count
     query = lo[source] + torch.arange(total, device=dev) - starts[source]
     return query, source, occ[source]
+
+
+def cycle_rows(items: torch.Tensor, offsets: torch.Tensor,
+               cycle: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What each row's item's cycle events up to and including the row say.
+
+    Args:
+        items: ``[N]`` int64 item index of every row, sequences packed back to back.
+        offsets: ``[B+1]`` int64 sequence offsets.
+        cycle: ``[N]`` bool: the row is a cycle event (a purchase-like behaviour).
+    Returns:
+        ``(count [N], last [N], first [N])`` int64: how many rows ``i <= j`` of the sequence hold
+        row ``j``'s item as a cycle event, and the rows of the last and the first of them (−1 when
+        the count is 0).
+    """
+    n = items.shape[0]
+    dev = items.device
+    if n == 0:
+        e = torch.zeros(0, dtype=torch.int64, device=dev)
+        return e, e, e
+    seg = _segments(offsets, n)
+    order, skey = _item_groups(items, seg)
+    pos = torch.arange(n, device=dev)
+    first = torch.ones(n, dtype=torch.bool, device=dev)
+    first[1:] = skey[1:] != skey[:-1]
+    group_start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0)[0]
+    c = cycle[order].to(torch.int64)
+    csum = torch.cumsum(c, 0)
+    before = (csum - c)[group_start]  # cycle events of earlier groups
+    count_s = csum - before
+    # the last cycle event of the group so far: a running max over sorted positions where a cycle
+    # event holds its own position and every other row the position just before its group (never
+    # above any position of its own group, never below any of an earlier group)
+    last_s = torch.cummax(torch.where(c > 0, pos, group_start - 1), 0)[0]
+    first_s = torch.cummax(torch.where((c > 0) & (count_s == 1), pos, group_start - 1), 0)[0]
+    none = count_s == 0
+    last_row = torch.where(none, torch.full_like(pos, -1), order[last_s.clamp(min=0)])
+    first_row = torch.where(none, torch.full_like(pos, -1), order[first_s.clamp(min=0)])
+    count = torch.empty_like(pos)
+    last = torch.empty_like(pos)
+    firstr = torch.empty_like(pos)
+    count[order] = count_s
+    last[order] = last_row
+    firstr[order] = first_row
+    return count, last, firstr
+
+
+def cycle_rows_reference(items: torch.Tensor, offsets: torch.Tensor,
+                         cycle: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`cycle_rows` by walking every sequence with dictionaries (slow; for tests)."""
+    count: list[int] = []
+    last: list[int] = []
+    first: list[int] = []
+    for b in range(offsets.numel() - 1):
+        seen: Dict[int, list[int]] = {}
+        for r in range(int(offsets[b]), int(offsets[b + 1])):
+            rows = seen.setdefault(int(items[r]), [])
+            if bool(cycle[r]):
+                rows.append(r)
+            count.append(len(rows))
+            last.append(rows[-1] if rows else -1)
+            first.append(rows[0] if rows else -1)
+    t = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
+    return t(count), t(last), t(first)
 
 
 def repeat_pairs_reference(items: torch.Tensor, offsets: torch.Tensor,

@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch import nn
 from torchrec import EmbeddingCollection
 
+from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.runtime.config import JobConfig
 from hytrec_torchrec.runtime.sharding import EmbeddingsConfig, table_configs
 
-__all__ = ["build_embeddings", "build_model", "read_item_counts"]
+__all__ = ["build_embeddings", "build_model", "read_item_counts", "read_cycle_behaviors"]
 
 
 def read_item_counts(data_path: str | Path, num_items: int) -> torch.Tensor:
@@ -40,6 +42,31 @@ def read_item_counts(data_path: str | Path, num_items: int) -> torch.Tensor:
         keep = idx < num_items
         counts[idx[keep]] = cnt[keep]
     return counts
+
+
+def read_cycle_behaviors(data_path: str | Path, names: Sequence[str], num_behaviors: int) -> Optional[torch.Tensor]:
+    """``[V_behavior]`` bool: the behaviour indices whose raw ID is one of ``names``
+    (``data.cycle_behaviors``) in ``vocab/behavior.parquet``; None when ``names`` is empty.
+
+    Raises:
+        ConfigError: naming ``data.cycle_behaviors`` when a name is not in the vocabulary or the
+            dataset has no behaviour vocabulary.
+    """
+    if not names:
+        return None
+    path = Path(data_path) / "vocab" / "behavior.parquet"
+    if not path.is_file():
+        raise ConfigError(f"data.cycle_behaviors: {path} does not exist (the dataset has no behaviour vocabulary)")
+    t = pq.read_table(path, columns=["raw", "index"])
+    index = dict(zip(t.column("raw").cast(pa.string()).to_pylist(), t.column("index").to_pylist()))
+    mask = torch.zeros(num_behaviors, dtype=torch.bool)
+    for name in names:
+        if name not in index:
+            known = ", ".join(sorted(index)[:20])
+            raise ConfigError(f"data.cycle_behaviors: {name!r} is not a behaviour of {data_path} (it has: {known})")
+        if int(index[name]) < num_behaviors:
+            mask[int(index[name])] = True
+    return mask
 
 
 def build_embeddings(cfg: EmbeddingsConfig, vocab_sizes: Dict[str, int],
@@ -64,9 +91,12 @@ def build_model(cfg: JobConfig, vocab_sizes: Dict[str, int], device: torch.devic
     counts = read_item_counts(cfg.data.path, int(vocab_sizes["item"]))
     torch.manual_seed(cfg.run.seed)
     embeddings = build_embeddings(cfg.embeddings, vocab_sizes, embedding_device or device)
+    cycle = (read_cycle_behaviors(cfg.data.path, cfg.data.cycle_behaviors, int(vocab_sizes["behavior"]))
+             if cfg.model.repeat and cfg.model.repeat_cycles else None)
     model = HyTRecModel(cfg.model, embeddings, counts, all_positions=cfg.data.all_positions,
                         whole_catalog_negatives=cfg.data.num_negatives == -1,
-                        supervised_rows=cfg.data.supervised_rows if cfg.data.all_positions else 0)
+                        supervised_rows=cfg.data.supervised_rows if cfg.data.all_positions else 0,
+                        cycle_behaviors=cycle)
     model.tower.to(device)
     model.loss.to(device)
     return model

@@ -125,6 +125,8 @@ class HyTRecServing(nn.Module):
         self.max_tokens_per_pass = int(max_tokens_per_pass)
         self.max_seconds = MAX_SECONDS
         names = list(dict.fromkeys(["item"] + list(features)))
+        if repeat is not None and repeat.cycles and repeat.cycle_behaviors.numel() > 0 and "behavior" not in names:
+            names.append("behavior")  # the cycle features' purchase-like events (its IDs, not its embedding)
         self.inputs = nn.ModuleDict({f: FeatureInput(vocabs[f], weights[f], int8) for f in names})
         self.tower = tower.eval()
         self.repeat = repeat.eval() if repeat is not None else None
@@ -133,6 +135,8 @@ class HyTRecServing(nn.Module):
         self.features: List[str] = list(features)
         # the repeat path reads the history's item IDs even when the tower does not
         needed = list(features) + (["item"] if repeat is not None and "item" not in features else [])
+        if "behavior" in names and "behavior" not in needed:
+            needed.append("behavior")  # the cycle features read which events are purchase-like
         self.required: List[str] = needed + ["timestamp"]
         self.allowed: List[str] = list(REQUEST_KEYS)
         self.max_len = int(max_len)
@@ -229,7 +233,10 @@ class HyTRecServing(nn.Module):
         n = self._check(values, lengths, request_time)
         rows, offsets = truncate_rows(n, self.max_len)
         items = self.inputs["item"].ids(values["item"][rows])
-        return head(user, items, offsets, values["timestamp"][rows], False)
+        behaviors: Optional[torch.Tensor] = None
+        if head.cycles and "behavior" in self.inputs:
+            behaviors = self.inputs["behavior"].ids(values["behavior"][rows])
+        return head(user, items, offsets, values["timestamp"][rows], False, behaviors)
 
     def _item_rows(self) -> torch.Tensor:
         """The stored item table ``[V, D]`` float32 (dequantized for int8, not normalised)."""
