@@ -106,7 +106,9 @@ from .synthetic import DAY, T_END, clear_events_dir, events_table, list_column
 
 __all__ = ["LongHistParams", "SCENARIOS", "generate"]
 
-SCENARIOS = ("favourites", "periodic", "interleaved")
+SCENARIOS = ("favourites", "periodic", "interleaved", "replenishment")
+#: behaviour codes of the replenishment scenario (indices into data_prep.synthetic.BEHAVIORS)
+VIEW, PURCHASE = 0, 8  # "click", "pay"
 N_INTEREST = 4
 ZIPF = 0.8
 MAX_REDRAWS = 200
@@ -138,11 +140,18 @@ class LongHistParams:
     p_session: float = 0.75
     regime: int = 100
     p_interest: float = 0.5
+    staples: int = 5
+    cycle_min: int = 150
+    cycle_max: int = 600
+    jitter: float = 0.15
+    staple_views: float = 1.0
+    p_buy: float = 0.15
+    new_fraction: float = 0.2
 
     def n_pattern_items(self) -> int:
         """How many pattern items a user of this scenario has."""
         return {"favourites": self.favourites, "periodic": self.periodic,
-                "interleaved": self.interests * self.group_size}[self.scenario]
+                "interleaved": self.interests * self.group_size, "replenishment": self.staples}[self.scenario]
 
     def validate(self) -> "LongHistParams":
         """Raise ``ValueError`` naming the bad parameter; returns ``self``."""
@@ -166,6 +175,20 @@ class LongHistParams:
             self._check_range("favourites", "gap_min", "gap_max", "a favourite's return")
         elif self.scenario == "periodic":
             self._check_range("periodic", "period_min", "period_max", "a periodic item's next slot")
+        elif self.scenario == "replenishment":
+            self._check_range("staples", "cycle_min", "cycle_max", "a staple's next purchase")
+            for name in ("jitter", "p_buy", "new_fraction"):
+                v = getattr(self, name)
+                if not 0.0 <= v < 1.0:
+                    raise ValueError(f"{name}: need a value in [0, 1), got {v}")
+            if self.cycle_min * (1 - self.jitter) <= self.k:
+                raise ValueError(f"jitter: cycle_min * (1 - jitter) = {self.cycle_min * (1 - self.jitter):g} must "
+                                 f"exceed k = {self.k}")
+            if self.staple_views < 0:
+                raise ValueError(f"staple_views: need >= 0, got {self.staple_views}")
+            if self.far_fraction + self.new_fraction > 1.0:
+                raise ValueError(f"new_fraction: far_fraction + new_fraction must be <= 1, got "
+                                 f"{self.far_fraction} + {self.new_fraction}")
         else:
             if self.interests < 2 or self.group_size < 1:
                 raise ValueError(f"interests, group_size: need >= 2 and >= 1, got {self.interests}, {self.group_size}")
@@ -206,6 +229,7 @@ class _Process:
     far_ok: np.ndarray  # [M] bool: a pattern event that may end a far user's history
     items: np.ndarray  # [n_pattern_items] the user's pattern items
     extra: dict = field(default_factory=dict)  # periods, phases (periodic)
+    behavior: Optional[np.ndarray] = None  # [M] behaviour codes (replenishment; None = all views)
 
 
 @dataclass
@@ -221,6 +245,7 @@ class _User:
     far_in_training: int  # far recurrences at training positions (<= L - 3)
     ends_in_training: int  # of those, the ones a far user's history could end on
     redraws: int
+    behavior: Optional[np.ndarray] = None  # [L] behaviour codes (replenishment)
 
 
 def _zipf(w: _World, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -325,7 +350,55 @@ def _interleaved(p: LongHistParams, w: _World, rng: np.random.Generator) -> _Pro
     return _Process(item, first, first & shown, groups)
 
 
-_PROCESS = {"favourites": _favourites, "periodic": _periodic, "interleaved": _interleaved}
+def _replenishment(p: LongHistParams, w: _World, rng: np.random.Generator) -> _Process:
+    m, n = p.max_len, p.staples
+    staples = rng.choice(p.n_items, n, replace=False)
+    cycle = rng.integers(p.cycle_min, p.cycle_max + 1, n)
+    item = _background(p, w, rng)
+    _avoid(w, rng, item, np.ones(m, bool), staples)
+    behavior = np.where(rng.random(m) < p.p_buy, PURCHASE, VIEW).astype(np.int8)
+    # purchases: a renewal per staple with gaps of cycle · (1 ± jitter), started one cycle before
+    # position 0 at a uniform phase; ties wait for the next free position
+    heap = [(int(ph) - int(c), i) for i, (c, ph) in enumerate(zip(cycle, rng.integers(0, cycle)))]
+    heapq.heapify(heap)
+    last = -4 * p.cycle_max
+    bought: list[tuple[int, int]] = []
+    while heap:
+        due, i = heapq.heappop(heap)
+        pos = max(due, last + 1)
+        if pos >= m:
+            continue
+        last = pos
+        if pos >= 0:
+            bought.append((pos, i))
+        gap = int(round(cycle[i] * (1.0 + rng.uniform(-p.jitter, p.jitter))))
+        heapq.heappush(heap, (pos + gap, i))
+    at = np.array([b[0] for b in bought], np.int64)
+    which = np.array([b[1] for b in bought], np.int64)
+    pattern = np.zeros(m, bool)
+    pattern[at] = True
+    # views of the staples between purchases (they do not reset a cycle), off the purchase slots
+    n_views = rng.poisson(p.staple_views * m / cycle)
+    vpos = np.concatenate([rng.integers(0, m, k) for k in n_views]) if n_views.sum() else np.zeros(0, np.int64)
+    vwhich = np.repeat(np.arange(n), n_views)
+    free = ~pattern[vpos]
+    item[vpos[free]] = staples[vwhich[free]]
+    behavior[vpos[free]] = VIEW
+    item[at] = staples[which]
+    behavior[at] = PURCHASE
+    # a far end: a purchase with at least min_prior earlier purchases of its staple
+    nth = np.zeros(len(at), np.int64)
+    seen = np.zeros(n, np.int64)
+    for k, i in enumerate(which.tolist()):
+        nth[k] = seen[i]
+        seen[i] += 1
+    far_ok = np.zeros(m, bool)
+    far_ok[at[nth >= p.min_prior]] = True
+    return _Process(item, pattern, far_ok, staples, {"cycles": cycle.astype(np.int64)}, behavior)
+
+
+_PROCESS = {"favourites": _favourites, "periodic": _periodic, "interleaved": _interleaved,
+            "replenishment": _replenishment}
 
 
 def _previous(item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -348,23 +421,26 @@ def _far_events(p: LongHistParams, proc: _Process, prev: np.ndarray, count: np.n
     return proc.far_ok & (prev >= 0) & (pos - prev > p.k) & (count >= p.min_prior)
 
 
-def _user(p: LongHistParams, w: _World, rng: np.random.Generator, far: bool) -> _User:
+def _user(p: LongHistParams, w: _World, rng: np.random.Generator, far: bool, new: bool = False) -> _User:
+    """One user ending on a far pattern event (``far``), on an item it never had (``new``,
+    replenishment only), or on an item of its last ``k`` events."""
     for redraw in range(MAX_REDRAWS):
         proc = _PROCESS[p.scenario](p, w, rng)
         prev, count = _previous(proc.item)
         pos = np.arange(p.max_len)
         far_rec = proc.pattern & (prev >= 0) & (pos - prev > p.k)  # the far definition, at every position
         far_ev = _far_events(p, proc, prev, count)
-        ok = far_ev if far else (prev >= 0) & (pos - prev <= p.k)
+        ok = far_ev if far else (prev < 0) if new else (prev >= 0) & (pos - prev <= p.k)
         cand = np.flatnonzero(ok & (pos >= p.min_len - 1))
         if len(cand):
             end = int(cand[rng.integers(0, len(cand))])
+            beh = proc.behavior[: end + 1] if proc.behavior is not None else None
             return _User(item=proc.item[: end + 1], far=far, pattern_target=bool(proc.pattern[end]), items=proc.items,
                          extra=proc.extra, pattern_events=int(proc.pattern[: end + 1].sum()),
                          far_in_training=int(far_rec[: max(end - 1, 0)].sum()),
-                         ends_in_training=int(far_ev[: max(end - 1, 0)].sum()), redraws=redraw)
-    raise RuntimeError(f"{p.scenario}: no {'far' if far else 'recent'} end event in {MAX_REDRAWS} draws; "
-                       "widen min_len .. max_len")
+                         ends_in_training=int(far_ev[: max(end - 1, 0)].sum()), redraws=redraw, behavior=beh)
+    what = "far" if far else "new" if new else "recent"
+    raise RuntimeError(f"{p.scenario}: no {what} end event in {MAX_REDRAWS} draws; widen min_len .. max_len")
 
 
 def generate(params: LongHistParams, out: str | Path) -> dict:
@@ -378,7 +454,11 @@ def generate(params: LongHistParams, out: str | Path) -> dict:
     w = _World(pop_cdf=np.cumsum(pop / pop.sum()), pop_item=rng.permutation(p.n_items))
     far = np.zeros(p.users, bool)
     far[rng.permutation(p.users)[: int(round(p.far_fraction * p.users))]] = True
-    users = [_user(p, w, rng, bool(f)) for f in far]
+    new = np.zeros(p.users, bool)
+    if p.scenario == "replenishment":  # a share of the other users end on an item new to them
+        rest = np.flatnonzero(~far)
+        new[rest[rng.permutation(len(rest))[: int(round(p.new_fraction * p.users))]]] = True
+    users = [_user(p, w, rng, bool(f), bool(nw)) for f, nw in zip(far, new)]
 
     lens = np.array([len(u.item) for u in users], np.int64)
     item = np.concatenate([u.item for u in users]).astype(np.int64)
@@ -391,12 +471,16 @@ def generate(params: LongHistParams, out: str | Path) -> dict:
     end = T_END - rng.uniform(0, 2 * DAY, p.users)
     ts = (end[uid] - (cs[last[uid]] - cs)).astype(np.int64)
     item_raw = item + 100_000
-    pq.write_table(events_table(uid.astype(np.int64) + 1, item_raw, ts, np.zeros(n_ev, np.int8),
+    behavior = (np.concatenate([u.behavior for u in users]).astype(np.int8) if p.scenario == "replenishment"
+                else np.zeros(n_ev, np.int8))
+    pq.write_table(events_table(uid.astype(np.int64) + 1, item_raw, ts, behavior,
                                 np.zeros(n_ev, np.int64), item // 100 + 1),
                    out / "events" / "part-00000.parquet", compression="snappy")
 
     user_id = np.arange(p.users, dtype=np.int64) + 1
-    kind = np.where(far, "far", "recent")
+    kind = np.where(far, "far", np.where(new, "new", "recent"))
+    if p.scenario == "replenishment":  # a far end here is a staple's re-purchase when it is due
+        kind = np.where(far, "due", kind)
     gt = {
         "user_id": pa.array(user_id),
         "kind": pa.array(kind),
@@ -410,13 +494,15 @@ def generate(params: LongHistParams, out: str | Path) -> dict:
         gt["phases"] = list_column(np.stack([u.extra["phases"] for u in users]))
     if p.scenario == "interleaved":
         gt["session_start"] = gt["pattern_target"]
+    if p.scenario == "replenishment":
+        gt["cycles"] = list_column(np.stack([u.extra["cycles"] for u in users]))
     pq.write_table(pa.table(gt), out / "ground_truth.parquet")
     pq.write_table(pa.table({"user_id": pa.array(user_id), "kind": pa.array(kind)}), out / "segments.parquet")
     summary = {
         "params": asdict(p),
         "events": n_ev,
         "users": p.users,
-        "users_by_kind": {"far": int(far.sum()), "recent": int((~far).sum())},
+        "users_by_kind": {str(k): int((kind == k).sum()) for k in sorted(set(kind.tolist()))},
         "pattern_events": int(sum(u.pattern_events for u in users)),
         "far_recurrences_in_training": int(sum(u.far_in_training for u in users)),
         "far_end_events_in_training": int(sum(u.ends_in_training for u in users)),
@@ -459,6 +545,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--regime", type=int, default=d.regime, help="background: events per current interest")
     ap.add_argument("--p-interest", type=float, default=d.p_interest,
                     help="background: share from the current interest")
+    ap.add_argument("--staples", type=int, default=d.staples, help="replenishment: re-purchased items per user")
+    ap.add_argument("--cycle-min", type=int, default=d.cycle_min, help="replenishment: shortest cycle (events)")
+    ap.add_argument("--cycle-max", type=int, default=d.cycle_max, help="replenishment: longest cycle (events)")
+    ap.add_argument("--jitter", type=float, default=d.jitter,
+                    help="replenishment: each gap is the cycle times 1 +- a uniform share up to this")
+    ap.add_argument("--staple-views", type=float, default=d.staple_views,
+                    help="replenishment: views of a staple per cycle (they do not reset it)")
+    ap.add_argument("--p-buy", type=float, default=d.p_buy, help="replenishment: share of background purchases")
+    ap.add_argument("--new-fraction", type=float, default=d.new_fraction,
+                    help="replenishment: share of users ending on an item new to them")
     ns = ap.parse_args(argv)
     kw = {k: v for k, v in vars(ns).items() if k != "out"}
     try:

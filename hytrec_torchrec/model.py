@@ -236,6 +236,40 @@ class AllPositionsLoss(nn.Module):
                                      self.temperature, pos_bonus=pos_bonus, neg_bonus=neg_bonus)
 
 
+class RepeatGateLoss(nn.Module):
+    """Binary cross-entropy of the repeat gate (``model.repeat_gate``): for each supervised user
+    row, is its next item one of the row's history items. No state; a module so that TorchRec's
+    pipeline tracer treats it as a leaf (it has data-dependent shapes)."""
+
+    def forward(self, query: torch.Tensor, item: torch.Tensor, gate: torch.Tensor, offsets: torch.Tensor,
+                history_ids: torch.Tensor, target_ids: torch.Tensor, target_lengths: torch.Tensor,
+                all_positions: bool) -> torch.Tensor:
+        """Scalar loss.
+
+        Args:
+            query, item: ``[M]`` the repeat path's pairs (user row, history item).
+            gate: ``[Q]`` gate logits, one per user row (examples, or history rows with
+                ``all_positions``).
+            offsets: ``[B+1]``; history_ids ``[N]``; target_ids ``[T]`` with ``target_lengths [B]``.
+            all_positions: rows are history rows and each one's target is its next event; only
+                the rows that get pairs (the repeat path's rows) are supervised.
+        """
+        bonus = (query, item, torch.zeros(0))
+        if all_positions:
+            n = int(history_ids.shape[0])
+            ids = torch.cat([history_ids, target_ids], 0).to(torch.int64)[next_event_rows(offsets, n)]
+            rows = torch.unique(query)
+            want = ids[rows]
+        else:
+            rows = torch.repeat_interleave(torch.arange(gate.shape[0], device=gate.device),
+                                           target_lengths.to(torch.int64))
+            want = target_ids.to(torch.int64)
+        if rows.numel() == 0:
+            return (gate * 0.0).sum()
+        label = in_history(bonus, rows, want).to(gate.dtype)
+        return F.binary_cross_entropy_with_logits(gate[rows], label)
+
+
 class HyTRecModel(nn.Module):
     """Embeddings + HyTRec tower (+ the repeat path, ``model.repeat``) + sampled-softmax loss.
 
@@ -285,6 +319,7 @@ class HyTRecModel(nn.Module):
                                   gate=tower_cfg.repeat_gate, cycle_behaviors=cycle_behaviors)
                        if tower_cfg.repeat else None)
         self.gate_weight = float(tower_cfg.repeat_gate_weight) if tower_cfg.repeat_gate else 0.0
+        self.gate_loss = RepeatGateLoss() if tower_cfg.repeat and tower_cfg.repeat_gate and self.gate_weight > 0 else None
 
     def user_embedding(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, JaggedTensor]]:
         """User embeddings [B, D] and the looked-up embeddings of every feature."""
@@ -306,17 +341,10 @@ class HyTRecModel(nn.Module):
         without ``model.repeat_gate``). Needs ``model.repeat``."""
         assert self.repeat is not None
         offsets = batch.history_offsets().to(torch.int64)
-        q, it, v, gate = self.repeat.with_gate(user, batch.features["history_item"].values().to(torch.int64), offsets,
-                                               batch.timestamps, all_positions,
-                                               batch.features["history_behavior"].values().to(torch.int64))
+        q, it, v, gate = self.repeat(user, batch.features["history_item"].values().to(torch.int64), offsets,
+                                     batch.timestamps, all_positions,
+                                     batch.features["history_behavior"].values().to(torch.int64))
         return (q, it, v), gate
-
-    def _gate_loss(self, bonus: RepeatBonus, gate: torch.Tensor, rows: torch.Tensor,
-                   target_ids: torch.Tensor) -> torch.Tensor:
-        """Binary cross-entropy of the repeat gate: for user row ``rows[k]`` (``[K]``) whose next
-        item is ``target_ids[k]``, is that item one of the row's history items."""
-        label = in_history(bonus, rows, target_ids).to(gate.dtype)
-        return F.binary_cross_entropy_with_logits(gate[rows], label)
 
     def forward(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Loss (sampled softmax + weighted load balancing) and detached outputs for one batch.
@@ -332,45 +360,34 @@ class HyTRecModel(nn.Module):
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """:meth:`forward` after the lookup: ``emb`` is the collection's output for ``batch``."""
         offsets = batch.history_offsets().to(torch.int64)  # KJT lengths are int32
-        gate_loss = torch.zeros((), device=offsets.device)
+        target_ids = batch.features["target_item"].values()
         if self.all_positions and self.training:
             rows, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current, True, self.supervised_rows)
-            bonus: Optional[RepeatBonus] = None
-            if self.repeat is not None:
-                bonus, gate = self.repeat_bonus_and_gate(batch, rows, all_positions=True)
-                if self.gate_weight > 0:
-                    n = rows.shape[0]
-                    nxt = next_event_rows(offsets, n)
-                    ids = torch.cat([batch.features["history_item"].values(),
-                                     batch.features["target_item"].values()], 0).to(torch.int64)[nxt]
-                    sup = torch.unique(bonus[0]) if bonus[0].numel() > 0 else bonus[0]  # rows that get pairs
-                    gate_loss = self._gate_loss(bonus, gate, sup, ids[sup])
+            bonus, gate = self.repeat_bonus_and_gate(batch, rows, True) if self.repeat is not None else (None, None)
             loss = self.all_positions_loss(
                 rows, offsets, emb["history_item"], batch.features["history_item"].values(),
-                emb["target_item"], batch.features["target_item"].values(),
+                emb["target_item"], target_ids,
                 emb["negative_item"], batch.features["negative_item"].values(),
                 bonus=bonus,
                 last_rows=self.supervised_rows,
             )
         else:
             user, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current)
-            bonus = None
-            if self.repeat is not None:
-                bonus, gate = self.repeat_bonus_and_gate(batch, user)
-                if self.gate_weight > 0:
-                    tids = batch.features["target_item"].values().to(torch.int64)
-                    ex = torch.repeat_interleave(torch.arange(user.shape[0], device=user.device),
-                                                 batch.features["target_item"].lengths().to(torch.int64))
-                    gate_loss = self._gate_loss(bonus, gate, ex, tids)
+            bonus, gate = self.repeat_bonus_and_gate(batch, user) if self.repeat is not None else (None, None)
             loss = self.loss(
                 user,
                 emb["target_item"],
-                batch.features["target_item"].values(),
+                target_ids,
                 emb["negative_item"],
                 batch.features["negative_item"].values(),
                 bonus=bonus,
             )
         out = {"loss": loss.detach(), "aux": aux.detach(), "tokens": offsets[-1]}
-        if self.gate_weight > 0:
+        total = loss + aux
+        if self.gate_loss is not None and bonus is not None and gate is not None:
+            gate_loss = self.gate_loss(bonus[0], bonus[1], gate, offsets, batch.features["history_item"].values(),
+                                       target_ids, batch.features["target_item"].lengths(),
+                                       self.all_positions and self.training)
             out["gate_loss"] = gate_loss.detach()
-        return loss + aux + self.gate_weight * gate_loss, out
+            total = total + self.gate_weight * gate_loss
+        return total, out

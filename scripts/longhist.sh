@@ -2,7 +2,8 @@
 # Long-history benchmark runs of docs/results.md, by name: the data of one scenario of
 # data_prep.synthetic_longhist, each model recipe trained on it, their paired evaluation.
 #
-#   bash scripts/longhist.sh data SCENARIO          # generate + prepare (favourites | periodic | interleaved)
+#   bash scripts/longhist.sh data SCENARIO          # generate + prepare (favourites | periodic | interleaved
+#                                                   #   | replenishment)
 #   bash scripts/longhist.sh list                   # recipe names, one line each
 #   bash scripts/longhist.sh flags NAME             # the overrides NAME trains with
 #   bash scripts/longhist.sh train SCENARIO NAME [key=value ...]
@@ -23,11 +24,15 @@ root="${LONGHIST_DIR:-runs/longhist}"
 config="${LONGHIST_CONFIG:-configs/synthetic_longhist.yaml}"
 
 gd="model.tadn.gating=gated_delta"
+# the generator's purchase-like behaviour (replenishment: staples are bought with "pay", viewed with
+# "click"; the other scenarios have clicks only, where the mapping leaves every event a cycle event)
+cyc="data.cycle_behaviors=[pay]"
 # One line per recipe: NAME OVERRIDE ... ("-" = none). hytrec is the long-memory tower
 # (gated delta rule, time inputs, intent readout); the abl_* rows switch one of its parts back;
 # *_copy add the copy path in embedding space (model.far_copy); *_repeat add the repeat path's
 # score bonus for history items (model.repeat); *_sdrop fuse half the training rows without the
-# short branch (model.fusion.short_dropout).
+# short branch (model.fusion.short_dropout); *_cycles add the repeat path's cycle features
+# (model.repeat_cycles), *_gate its repeat/explore gate (model.repeat_gate).
 recipes="\
 hytrec            model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true
 hytrec_paper      model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false
@@ -42,7 +47,12 @@ hytrec_repeat_sdrop model.long_pattern=TTT $gd model.long_readout=intent model.l
 paper_repeat      model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false model.repeat=true
 abl_last_readout  model.long_pattern=TTT $gd model.long_readout=last model.long_time_inputs=true
 abl_paper_gating  model.long_pattern=TTT model.tadn.gating=paper model.long_readout=intent model.long_time_inputs=true
-abl_no_time       model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=false"
+abl_no_time       model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=false
+short_cycles      model.long_pattern= model.repeat=true model.repeat_cycles=true $cyc
+short_cycles_gate model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc
+short_gate        model.long_pattern= model.repeat=true model.repeat_gate=true
+hytrec_cycles     model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true $cyc
+hytrec_cycles_gate model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
@@ -51,8 +61,8 @@ source "$here/scripts/lib/recipes.sh"
 
 scenario_ok() {
     case "$1" in
-        favourites|periodic|interleaved) ;;
-        *) echo "unknown scenario '$1'; one of: favourites periodic interleaved" >&2; exit 2 ;;
+        favourites|periodic|interleaved|replenishment) ;;
+        *) echo "unknown scenario '$1'; one of: favourites periodic interleaved replenishment" >&2; exit 2 ;;
     esac
 }
 

@@ -54,7 +54,7 @@ def test_pairs_equal_a_dictionary_walk(queries: str) -> None:
 
 def test_a_new_head_adds_nothing() -> None:
     items, offsets, ts = _history(LENGTHS)
-    _, _, bonus = RepeatHead(8)(torch.randn(len(LENGTHS), 8), items, offsets, ts)
+    _, _, bonus = RepeatHead(8)(torch.randn(len(LENGTHS), 8), items, offsets, ts)[:3]
     assert bonus.numel() > 0 and torch.equal(bonus, torch.zeros_like(bonus))
 
 
@@ -62,11 +62,11 @@ def test_every_row_gets_the_bonus_of_its_own_prefix() -> None:
     items, offsets, ts = _history(LENGTHS, seed=1)
     head = _randomised_head(8)
     user = torch.randn(int(offsets[-1]), 8)
-    q, it, v = head(user, items, offsets, ts, True)
+    q, it, v = head(user, items, offsets, ts, True)[:3]
     for b in range(len(LENGTHS)):
         s = int(offsets[b])
         for r in range(s, int(offsets[b + 1])):
-            q2, it2, v2 = head(user[r:r + 1], items[s:r + 1], torch.tensor([0, r + 1 - s]), ts[s:r + 1], False)
+            q2, it2, v2 = head(user[r:r + 1], items[s:r + 1], torch.tensor([0, r + 1 - s]), ts[s:r + 1], False)[:3]
             assert torch.equal(q2, torch.zeros_like(q2))
             got = dict(zip(it[q == r].tolist(), v[q == r].tolist()))
             want = dict(zip(it2.tolist(), v2.tolist()))
@@ -80,8 +80,8 @@ def test_train_rows_limit_the_rows_that_get_a_bonus() -> None:
     user = torch.randn(int(offsets[-1]), 8)
     full = _randomised_head(8)
     part = _randomised_head(8, train_rows=3)
-    q, it, v = full(user, items, offsets, ts, True)
-    q3, it3, v3 = part(user, items, offsets, ts, True)
+    q, it, v = full(user, items, offsets, ts, True)[:3]
+    q3, it3, v3 = part(user, items, offsets, ts, True)[:3]
     ends = offsets[1:][torch.searchsorted(offsets, q3, right=True) - 1]
     assert bool((q3 >= ends - 3).all())
     keep = torch.isin(q, q3)
@@ -111,7 +111,7 @@ def test_the_bonus_follows_its_formula() -> None:
     items, offsets, ts = _history(LENGTHS, seed=3)
     head = _randomised_head(8)
     user = torch.randn(len(LENGTHS), 8)
-    q, it, v = head(user, items, offsets, ts)
+    q, it, v = head(user, items, offsets, ts)[:3]
     for b in range(len(LENGTHS)):
         s, e = int(offsets[b]), int(offsets[b + 1])
         want = _hand_bonus(head, user[b], items[s:e].tolist(), ts[s:e].tolist()) if e > s else {}
@@ -123,7 +123,7 @@ def test_the_bonus_follows_its_formula() -> None:
 
 def test_dense_and_lookup_bonus_agree() -> None:
     items, offsets, ts = _history(LENGTHS, seed=4)
-    bonus = _randomised_head(8)(torch.randn(len(LENGTHS), 8), items, offsets, ts)
+    bonus = _randomised_head(8)(torch.randn(len(LENGTHS), 8), items, offsets, ts)[:3]
     cands = torch.tensor([2, 5, 3, 5, 7, 1])  # repeats and the unknown item
     dense = dense_bonus(bonus, len(LENGTHS), cands)
     qq = torch.arange(len(LENGTHS)).repeat_interleave(cands.numel())
@@ -145,7 +145,7 @@ def test_losses_with_a_bonus_equal_the_dense_softmax() -> None:
     user = torch.randn(n, d)
     catalog = torch.randn(num_items - 2, d)
     pos = torch.randint(2, num_items, (n,))
-    bonus = _randomised_head(d)(user, items, offsets, ts, True)
+    bonus = _randomised_head(d)(user, items, offsets, ts, True)[:3]
     logits = (user @ catalog.t() + _dense(bonus, n, num_items)[:, 2:]) / tau
     want = F.cross_entropy(logits, pos - 2)
     torch.testing.assert_close(catalog_softmax_loss(user, pos, catalog, tau, bonus), want)
@@ -164,7 +164,7 @@ def test_per_example_loss_with_a_bonus_equals_the_dense_softmax() -> None:
     user = torch.randn(B, d)
     catalog = torch.randn(num_items, d)
     target = torch.randint(2, num_items, (B,))
-    bonus = _randomised_head(d)(user, items, offsets, ts)
+    bonus = _randomised_head(d)(user, items, offsets, ts)[:3]
     negs = torch.arange(2, num_items)
     loss = sampled_softmax_loss(user=user, pos_ids=target, pos_emb=catalog[target],
                                 target_to_example=torch.arange(B), pos_log_q=torch.zeros(B), neg_ids=negs,
@@ -182,7 +182,7 @@ def test_ranks_with_a_bonus_equal_ranks_of_dense_scores() -> None:
     user = torch.randn(B, d)
     table = torch.randn(num_items, d)
     head = _randomised_head(d)
-    bonus = head(user, items, offsets, ts)
+    bonus = head(user, items, offsets, ts)[:3]
     bonus = (bonus[0], bonus[1], bonus[2] * 3.0)  # large enough to reorder the catalog
     hist_last = [int(items[int(offsets[b + 1]) - 1]) if offsets[b + 1] > offsets[b] else 5 for b in range(B)]
     targets = torch.tensor([max(t, 2) for t in hist_last])  # targets that are history items

@@ -422,8 +422,10 @@ def _bonus(access: TowerAccess, hist: Sequence[History], user: torch.Tensor
         beh = torch.from_numpy(np.concatenate([h["behavior"] for h, _ in hist])).to(torch.int64).to(access.device)
     dev = access.device
     with torch.no_grad():
-        ex, item, value = access.repeat(user.to(dev), items.to(torch.int64).to(dev), offsets.to(dev),
-                                        ts.to(torch.int64).to(dev), False, beh)
+        # (example, item, bonus[, gate]): exported models before the gate return three
+        out = access.repeat(user.to(dev), items.to(torch.int64).to(dev), offsets.to(dev),
+                            ts.to(torch.int64).to(dev), False, beh)
+        ex, item, value = out[0], out[1], out[2]
     return ex.cpu(), item.cpu(), value.detach().float().cpu()
 
 

@@ -178,12 +178,26 @@ class RepeatHead(nn.Module):
         pooled = torch.where(torch.isinf(pooled), torch.zeros_like(pooled), pooled)
         return self.gate(torch.cat([user, pooled], 1)).squeeze(1)
 
-    def with_gate(self, user: torch.Tensor, items: torch.Tensor, offsets: torch.Tensor,
-                  timestamps: torch.Tensor, all_positions: bool = False,
-                  behaviors: Optional[torch.Tensor] = None
-                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`forward` and the gate: ``(query [M], item [M], bonus [M], gate_logit [Q])``, Q the
-        rows of ``user``. The bonus includes the gate's term ``gate_scale · gate_logit[query]``."""
+    def forward(self, user: torch.Tensor, items: torch.Tensor, offsets: torch.Tensor,
+                timestamps: torch.Tensor, all_positions: bool = False,
+                behaviors: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The bonus of every (query, distinct history item) pair, and the gate.
+
+        Args:
+            user: ``[B, D]`` one user embedding per history, or with ``all_positions`` ``[N, D]``
+                one per history row (the prefix ending at that row).
+            items: ``[N]`` int64 item index of every history row; offsets ``[B+1]`` int64;
+                timestamps ``[N]`` int64 seconds.
+            behaviors: ``[N]`` int64 behaviour index of every row (the cycle features read which
+                rows are purchase-like), or None (every row is a cycle event).
+        Returns:
+            ``(query [M], item [M], bonus [M], gate_logit [Q])``: the first three are a
+            :data:`RepeatBonus` (query = example index ``[0, B)``, or the history row with
+            ``all_positions``; rows before the last ``train_rows`` of a window get no pairs); the
+            bonus includes the gate's term ``gate_scale · gate_logit[query]``; ``gate_logit`` has
+            one entry per row of ``user`` (zeros without ``model.repeat_gate``).
+        """
         if all_positions:
             first = offsets[:-1]
             if self.train_rows > 0:
@@ -205,25 +219,6 @@ class RepeatHead(nn.Module):
         if scale is not None:
             bonus = bonus + scale * gate[row]
         return row, items[source], bonus, gate
-
-    def forward(self, user: torch.Tensor, items: torch.Tensor, offsets: torch.Tensor,
-                timestamps: torch.Tensor, all_positions: bool = False,
-                behaviors: Optional[torch.Tensor] = None) -> RepeatBonus:
-        """The bonus of every (query, distinct history item) pair.
-
-        Args:
-            user: ``[B, D]`` one user embedding per history, or with ``all_positions`` ``[N, D]``
-                one per history row (the prefix ending at that row).
-            items: ``[N]`` int64 item index of every history row; offsets ``[B+1]`` int64;
-                timestamps ``[N]`` int64 seconds.
-            behaviors: ``[N]`` int64 behaviour index of every row (the cycle features read which
-                rows are purchase-like), or None (every row is a cycle event).
-        Returns:
-            :data:`RepeatBonus`: query = example index ``[0, B)``, or the history row with
-            ``all_positions`` (rows before the last ``train_rows`` of a window get no pairs).
-        """
-        row, item, bonus, _ = self.with_gate(user, items, offsets, timestamps, all_positions, behaviors)
-        return row, item, bonus
 
 
 def dense_bonus(bonus: RepeatBonus, num_queries: int, candidates: torch.Tensor) -> torch.Tensor:

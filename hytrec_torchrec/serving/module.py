@@ -236,7 +236,8 @@ class HyTRecServing(nn.Module):
         behaviors: Optional[torch.Tensor] = None
         if head.cycles and "behavior" in self.inputs:
             behaviors = self.inputs["behavior"].ids(values["behavior"][rows])
-        return head(user, items, offsets, values["timestamp"][rows], False, behaviors)
+        out = head(user, items, offsets, values["timestamp"][rows], False, behaviors)
+        return out[0], out[1], out[2]
 
     def _item_rows(self) -> torch.Tensor:
         """The stored item table ``[V, D]`` float32 (dequantized for int8, not normalised)."""
