@@ -18,7 +18,10 @@ events but occurs earlier; ``recent``: it is in the last ``k``):
   whose 2+ visits are exactly equally spaced (at least ``period_min`` apart), the one whose next
   visit is due closest to now first. ``interleaved``: *bursty* items (at least 3 occurrences in the
   ``k`` events ending at their last one) absent from the last ``k``, the one absent longest first:
-  in a cycle of interests the next one is the interest visited longest ago.
+  in a cycle of interests the next one is the interest visited longest ago. ``replenishment``
+  (kinds ``due`` / ``recent`` / ``new``): items bought at least twice and absent from the last
+  ``k``, the one whose events since its last purchase are closest to its mean gap between
+  purchases first; with ``most_purchased`` (the user's most bought items) beside it.
 
 Ties keep the first-seen order (``collections.Counter.most_common``, stable sorts). Usage::
 
@@ -106,9 +109,60 @@ def rankers(params: dict, counts: Counter) -> Dict[str, Ranker]:
     return {"last_k_counts": last_k_counts, "history_counts": history_counts, "oracle": oracle(params, counts)}
 
 
+PURCHASE = 8  # data_prep.synthetic.BEHAVIORS.index("pay"): the replenishment scenario's purchases
+
+
+def _purchase_histories(raw_dir: Path) -> Dict[str, List[tuple]]:
+    """Kind → per-user ``(items, purchased)`` arrays in time order (the last event is the target)."""
+    import pyarrow.parquet as pq
+
+    ev = pq.read_table(raw_dir / "events", columns=["user_id", "item_id", "timestamp", "behavior"])
+    seg = pq.read_table(raw_dir / "segments.parquet").to_pydict()
+    kind = dict(zip(seg["user_id"], seg["kind"]))
+    u = ev.column("user_id").to_numpy()
+    beh = ev.column("behavior").combine_chunks()
+    codes = np.asarray(beh.indices) if hasattr(beh, "indices") else np.asarray(beh)
+    order = np.lexsort((ev.column("timestamp").to_numpy(), u))
+    u, items, buy = u[order], ev.column("item_id").to_numpy()[order], codes[order] == PURCHASE
+    starts = np.r_[0, np.flatnonzero(np.diff(u)) + 1]
+    out: Dict[str, List[tuple]] = {}
+    for a, b in zip(starts, np.r_[starts[1:], len(u)]):
+        out.setdefault(kind[int(u[a])], []).append((items[a:b], buy[a:b]))
+    return out
+
+
+def replenishment_rankers(params: dict) -> Dict[str, Callable[[Sequence[int], Sequence[bool]], List[int]]]:
+    """Rankers that also read which events were purchases: ``most_purchased`` (the user's most
+    bought items) and ``oracle`` (items bought at least twice and absent from the last ``k``
+    events, the one whose time since its last purchase is closest to its mean gap between
+    purchases first, in events: "due again")."""
+    k = params["k"]
+
+    def most_purchased(hist: Sequence[int], buy: Sequence[bool]) -> List[int]:
+        return [x for x, _ in Counter(x for x, b in zip(hist, buy) if b).most_common(10)]
+
+    def due(hist: Sequence[int], buy: Sequence[bool]) -> List[int]:
+        t, near = len(hist), set(hist[-k:])
+        bought: Dict[int, List[int]] = {}
+        for i, (x, b) in enumerate(zip(hist, buy)):
+            if b:
+                bought.setdefault(x, []).append(i)
+        hits = []
+        for x, p in bought.items():
+            if x in near or len(p) < 2:
+                continue
+            gap = (p[-1] - p[0]) / (len(p) - 1)
+            hits.append((abs(np.log((t - p[-1]) / gap)), x))
+        return [x for _, x in sorted(hits, key=lambda h: h[0])[:10]]
+
+    return {"most_purchased": most_purchased, "oracle": due}
+
+
 def evaluate(raw_dir: Path) -> Dict[str, Dict[str, Dict[str, float]]]:
     """``{kind: {ranker: {"users", "hr@1", "hr@10"}}}`` over every user's last event."""
     params = json.loads((raw_dir / "synthetic.json").read_text())["params"]
+    if params["scenario"] == "replenishment":
+        return _evaluate_replenishment(raw_dir, params)
     hists = histories(raw_dir)
     counts: Counter = Counter()
     for seqs in hists.values():
@@ -116,6 +170,22 @@ def evaluate(raw_dir: Path) -> Dict[str, Dict[str, Dict[str, float]]]:
             counts.update(s[:-1].tolist())
     fns = rankers(params, counts)
     return ranker_hit_rates(hists, fns)
+
+
+def _evaluate_replenishment(raw_dir: Path, params: dict) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """:func:`evaluate` for the replenishment scenario: the item-only rankers and the ones that read
+    purchases (:func:`replenishment_rankers`)."""
+    hists = _purchase_histories(raw_dir)
+    plain = rankers({**params, "scenario": "favourites"}, Counter())
+    fns = {"last_k_counts": plain["last_k_counts"], "history_counts": plain["history_counts"]}
+    res = ranker_hit_rates({kind: [h for h, _ in v] for kind, v in hists.items()}, fns)
+    for name, fn in replenishment_rankers(params).items():
+        for kind, seqs in hists.items():
+            top = [(fn(h[:-1].tolist(), b[:-1].tolist()), int(h[-1])) for h, b in seqs]
+            res[kind][name] = {"users": len(seqs),
+                               "hr@1": round(sum(t[:1] == [y] for t, y in top) / len(seqs), 4),
+                               "hr@10": round(sum(y in t for t, y in top) / len(seqs), 4)}
+    return res
 
 
 def table(res: Dict[str, Dict[str, Dict[str, float]]]) -> str:

@@ -12,9 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_prep.cli import main as prep_main
+from benchmarks.longhist_heuristics import evaluate as evaluate_rankers
 from data_prep.synthetic_longhist import SCENARIOS, LongHistParams, generate, main
 
 PREP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "prep" / "synthetic.yaml"
+#: the scenarios with far / recent users (replenishment has due / recent / new: its own tests)
+FAR_RECENT = tuple(s for s in SCENARIOS if s != "replenishment")
 SMALL = dict(min_len=300, max_len=700)
 
 
@@ -71,7 +74,7 @@ def _far_positions(items: np.ndarray, pattern: np.ndarray, k: int) -> np.ndarray
     return np.array(out, np.int64)
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", FAR_RECENT)
 def test_far_and_recent_hold_on_the_data(generated: dict, scenario: str) -> None:
     out, summary = generated[scenario]
     p = LongHistParams(**summary["params"])
@@ -142,7 +145,7 @@ def test_reference_rankers_need_the_far_history(generated: dict) -> None:
     scenario oracle finds most of them; the window explains most recent targets."""
     from benchmarks.longhist_heuristics import evaluate
 
-    for scenario in SCENARIOS:
+    for scenario in FAR_RECENT:
         res = evaluate(generated[scenario][0])
         far, recent = res["far"], res["recent"]
         assert far["last_k_counts"]["users"] == recent["last_k_counts"]["users"] == 80
@@ -150,6 +153,47 @@ def test_reference_rankers_need_the_far_history(generated: dict) -> None:
         assert far["oracle"]["hr@10"] >= 0.85, (scenario, far)
         assert far["oracle"]["hr@10"] >= far["history_counts"]["hr@10"] + 0.5, (scenario, far)
         assert recent["last_k_counts"]["hr@10"] > 0.6, (scenario, recent)
+
+
+def test_replenishment_due_recent_and_new_hold_on_the_data(generated: dict) -> None:
+    """Staples are bought every cycle · (1 ± jitter) events (a few more on collisions) and viewed
+    in between; a due target is a staple bought at least min_prior times before and absent from
+    the last k events; a new target was never seen; a recent one is in the last k events."""
+    out, summary = generated["replenishment"]
+    p = LongHistParams(**summary["params"])
+    ev = pq.read_table(out / "events")
+    gt = pq.read_table(out / "ground_truth.parquet").to_pydict()
+    assert summary["users_by_kind"] == {"due": 80, "new": 32, "recent": 48}
+    user, item, ts = (ev.column(c).to_numpy() for c in ("user_id", "item_id", "timestamp"))
+    beh = np.asarray(ev.column("behavior").to_pylist())
+    order = np.lexsort((ts, user))
+    user, item, beh = user[order], item[order], beh[order]
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    ends = np.r_[starts[1:], len(user)]
+    views, cycles = 0, 0.0
+    for i, (a, b) in enumerate(zip(starts, ends)):
+        items, bought = item[a:b], beh[a:b] == "pay"
+        hist, y, kind = items[:-1], items[-1], gt["kind"][i]
+        window = set(hist[-p.k:].tolist())
+        if kind == "due":
+            assert y in gt["items"][i] and bought[-1] and y not in window
+            assert int((bought[:-1] & (hist == y)).sum()) >= p.min_prior
+        elif kind == "new":
+            assert y not in set(hist.tolist())
+        else:
+            assert kind == "recent" and y in window
+        for f, cycle in zip(gt["items"][i], gt["cycles"][i]):
+            assert p.cycle_min <= cycle <= p.cycle_max
+            gaps = np.diff(np.flatnonzero((items == f) & bought))
+            lo, hi = cycle * (1 - p.jitter) - 1, cycle * (1 + p.jitter) + 1 + 2 * p.staples
+            assert len(gaps) == 0 or (gaps.min() >= lo and gaps.max() <= hi), (f, cycle, gaps)
+            views += int(((items == f) & ~bought).sum())
+            cycles += len(items) / cycle
+    assert 0.8 * p.staple_views * cycles <= views <= 1.1 * p.staple_views * cycles  # views between purchases
+    res = evaluate_rankers(out)
+    assert res["due"]["last_k_counts"]["hr@10"] == 0.0
+    assert res["due"]["oracle"]["hr@10"] >= 0.9 and res["due"]["most_purchased"]["hr@10"] < 0.8
+    assert res["new"]["oracle"]["hr@10"] == 0.0 and res["recent"]["last_k_counts"]["hr@10"] > 0.6
 
 
 def test_prepares_with_hytrec_prep(tmp_path: Path) -> None:
@@ -180,6 +224,12 @@ def test_prepares_with_hytrec_prep(tmp_path: Path) -> None:
     (dict(scenario="interleaved", n_items=20), "n_items"),
     (dict(p_interest=-0.1), "p_interest"),
     (dict(regime=0), "regime"),
+    (dict(scenario="replenishment", cycle_min=60), "cycle_min"),
+    (dict(scenario="replenishment", staples=0), "staples"),
+    (dict(scenario="replenishment", jitter=1.0), "jitter"),
+    (dict(scenario="replenishment", cycle_min=70, jitter=0.2), "jitter"),
+    (dict(scenario="replenishment", new_fraction=0.6), "new_fraction"),
+    (dict(scenario="replenishment", staple_views=-1.0), "staple_views"),
 ])
 def test_bad_parameters_name_the_field(kw: dict, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
