@@ -58,10 +58,11 @@ from hytrec_torchrec.evaluation.diagnostics import (
     collect_diagnostics,
     exported_access,
 )
+from hytrec_torchrec.evaluation.calibration import GateCalibration
 from hytrec_torchrec.evaluation.segments import SegmentConfig, Segmenter
 from hytrec_torchrec.ranking.metrics import DEFAULT_KS, SegmentedRankingMetric, metric_names
 from hytrec_torchrec.ranking.ranks import ranked_catalog_sizes, target_ranks
-from hytrec_torchrec.ranking.scoring import batch_target_ranks, first_targets, history_items, item_blocks, unwrap
+from hytrec_torchrec.ranking.scoring import batch_ranks_and_gate, first_targets, history_items, item_blocks, unwrap
 from hytrec_torchrec.runtime.config import describe_model
 from hytrec_torchrec.runtime.distributed import DistEnv, init_distributed
 from hytrec_torchrec.runtime.restore import checkpoint_config, load_sharded
@@ -300,13 +301,16 @@ def _gather_examples(parts: Dict[str, List[torch.Tensor]]) -> Dict[str, np.ndarr
 
 
 def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: SegmentedRankingMetric,
-                ranks_of: Callable[[Any], torch.Tensor], sampler: Optional[ExampleSampler] = None
+                ranks_of: Callable[[Any], Any], sampler: Optional[ExampleSampler] = None,
+                gate: Optional[GateCalibration] = None
                 ) -> Tuple[Dict[str, Any], float, Dict[str, np.ndarray]]:
     """Feed ``ranks_of(batch)`` ([B] CPU ranks) of the valid examples of up to
     ``ecfg.max_batches`` batches into ``metric``; returns (synced results, seconds, every
     rank's evaluated examples ``{"user", "cutoff", "rank", "catalog": [n] int64}`` for
     :mod:`~hytrec_torchrec.evaluation.paired`). ``sampler`` is offered every evaluated example
-    with its segment membership (diagnostics sample)."""
+    with its segment membership (diagnostics sample). ``ranks_of`` may return ``(ranks, gate
+    probability [B], target in history [B])`` instead (:func:`batch_ranks_and_gate`); ``gate``
+    then accumulates the gate's calibration."""
     n_batches = len(loader) if ecfg.max_batches is None else min(len(loader), ecfg.max_batches)
     t1 = time.perf_counter()
     it = iter(loader)
@@ -321,7 +325,8 @@ def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: Seg
                      (n_batches - i) * (now - t1) / i)
             t_log = now
         batch = next(it)
-        ranks = ranks_of(batch)
+        got = ranks_of(batch)
+        ranks, prob, label = got if isinstance(got, tuple) else (got, None, None)
         keep = batch.valid.cpu()
         catalog = None
         if ecfg.remove_history:  # AUC: each example is ranked among fewer items
@@ -330,6 +335,8 @@ def _accumulate(loader: Any, ecfg: EvalConfig, segmenter: Segmenter, metric: Seg
                                            metric.catalog_size + 2)[keep]
         member = segmenter.membership(batch)
         metric.update(ranks[keep], member[keep], catalog)
+        if gate is not None and prob is not None and label is not None:
+            gate.update(prob.cpu()[keep], label.cpu()[keep], member[keep])
         if sampler is not None:
             sampler.add(batch, member, keep)
         done += int(keep.sum())
@@ -414,12 +421,14 @@ def evaluate_checkpoint(
     metric = SegmentedRankingMetric(ecfg.ks, catalog, segmenter.names)
     t_load = time.perf_counter() - t0
 
-    def ranks_of(batch: Any) -> torch.Tensor:
+    def ranks_of(batch: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         on_device = batch.to(env.device)
-        return batch_target_ranks(tower, on_device, blocks, num_items, ecfg.remove_history).cpu()
+        ranks, prob, label = batch_ranks_and_gate(tower, on_device, blocks, num_items, ecfg.remove_history)
+        return ranks.cpu(), prob, label
 
     sampler = ExampleSampler(ecfg.diagnostics, segmenter.names) if ecfg.diagnostics.users > 0 else None
-    results, t_eval, examples = _accumulate(loader, ecfg, segmenter, metric, ranks_of, sampler)
+    gate = GateCalibration(segmenter.names) if cfg.model.repeat and cfg.model.repeat_gate else None
+    results, t_eval, examples = _accumulate(loader, ecfg, segmenter, metric, ranks_of, sampler, gate)
     diagnostics = collect_diagnostics(sampler, ecfg.diagnostics,
                                       lambda: checkpoint_access(state["path"], job_overrides, env.device,
                                                                 ecfg.diagnostics.max_table_gb))
@@ -435,6 +444,7 @@ def evaluate_checkpoint(
         vocab_check=vocab_check,
         example_ranks=examples,
         diagnostics=diagnostics,
+        **({"repeat_gate": gate.compute()} if gate is not None else {}),
     )
 
 

@@ -134,6 +134,7 @@ def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str,
             rows.append([seg, r["name"], s["examples"]] + [s[c] for c in seg_cols])
     lines += _table(["segment", "model", "users"] + seg_cols, rows)
     lines += ["", "![metrics by history length](length_buckets.png)", ""]
+    lines += gate_markdown(results)
     lines += diagnostics_markdown(results, ecfg.diagnostics.distances if hasattr(ecfg, "diagnostics") else ())
     lines += ["## Counts", ""]
     for r in results:
@@ -152,6 +153,36 @@ def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str,
                 f"users (not in the dataset's user vocabulary; ignored; e.g. {side['unknown_examples']}), "
                 f"evaluated users without a value: {side.get('users_missing', {})}")
     return "\n".join(lines) + "\n"
+
+
+def gate_markdown(results: Sequence[Dict[str, Any]]) -> List[str]:
+    """The repeat gate's calibration of every model that has one (``repeat_gate`` of a result,
+    :mod:`~hytrec_torchrec.evaluation.calibration`): predicted against observed repeat rate per
+    segment, and the expected calibration error; no lines when no model has a gate."""
+    gated = [r for r in results if r.get("repeat_gate")]
+    if not gated:
+        return []
+    lines = ["## Repeat gate calibration", "",
+             "The gate's mean probability that the next item is one of the user's history items "
+             "(predicted) against the share of examples whose target is (observed); ECE over 10 "
+             "equal-width probability bins.", ""]
+    rows = []
+    for r in gated:
+        g = r["repeat_gate"]
+        rows.append(["all", r["name"], g["examples"], _overall_gate(g, "predicted"), _overall_gate(g, "observed"),
+                     g["ece"]])
+        for seg, v in g["segments"].items():
+            rows.append([seg, r["name"], v["examples"], v["predicted"], v["observed"], ""])
+    lines += _table(["segment", "model", "users", "predicted", "observed", "ECE"], rows)
+    return lines + [""]
+
+
+def _overall_gate(g: Dict[str, Any], key: str) -> float:
+    """Mean of ``key`` over every example, from the reliability bins."""
+    n = sum(b["examples"] for b in g["bins"])
+    if not n:
+        return math.nan
+    return round(sum(b[key] * b["examples"] for b in g["bins"] if b["examples"]) / n, 4)
 
 
 def _ret(group: Dict[str, Any], d: int) -> Any:

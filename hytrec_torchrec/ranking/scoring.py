@@ -11,15 +11,17 @@ Example (every rank, inside ``torch.no_grad()``)::
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 
 from hytrec_torchrec.data.batch import Batch
+from hytrec_torchrec.modules.repeat import in_history
 from hytrec_torchrec.modules.tower import scoring_vectors
 from hytrec_torchrec.ranking.ranks import ItemBlock, local_item_blocks, target_ranks_distributed
 
-__all__ = ["ITEM_TABLE_KEY", "unwrap", "item_blocks", "first_targets", "history_items", "batch_target_ranks"]
+__all__ = ["ITEM_TABLE_KEY", "unwrap", "item_blocks", "first_targets", "history_items", "batch_target_ranks",
+           "batch_ranks_and_gate"]
 
 #: state-dict key of the item table in a DMP-wrapped :class:`~hytrec_torchrec.model.HyTRecModel`.
 ITEM_TABLE_KEY = "embeddings.embeddings.item.weight"
@@ -62,7 +64,24 @@ def batch_target_ranks(model: Any, batch: Batch, blocks: List[ItemBlock], num_it
     ``remove_history`` leaves the items of each example's (truncated) history out of its ranking.
     A model with the repeat path (``model.repeat``) adds its bonus to the history items' scores.
     """
+    return batch_ranks_and_gate(model, batch, blocks, num_items, remove_history)[0]
+
+
+def batch_ranks_and_gate(model: Any, batch: Batch, blocks: List[ItemBlock], num_items: int,
+                         remove_history: bool = False
+                         ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """:func:`batch_target_ranks` and, for a model with the repeat gate (``model.repeat_gate``),
+    each example's gate probability ``[B]`` (the next item is one of the history's) and whether
+    its first target is in its history ``[B]`` bool; None, None otherwise."""
     user, _ = model.user_embedding(batch)
     hist = history_items(batch) if remove_history else None
-    bonus = model.repeat_bonus(batch, user) if getattr(model, "repeat", None) is not None else None
-    return target_ranks_distributed(user, first_targets(batch), blocks, num_items, history=hist, bonus=bonus)
+    head = getattr(model, "repeat", None)
+    bonus = prob = label = None
+    targets = first_targets(batch)
+    if head is not None:
+        bonus, gate = model.repeat_bonus_and_gate(batch, user)
+        if getattr(head, "has_gate", False):
+            prob = torch.sigmoid(gate)
+            label = in_history(bonus, torch.arange(user.shape[0], device=user.device), targets.to(torch.int64))
+    ranks = target_ranks_distributed(user, targets, blocks, num_items, history=hist, bonus=bonus)
+    return ranks, prob, label
