@@ -19,7 +19,8 @@ builds them on the meta device for ``DistributedModelParallel`` to shard and mat
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+import math
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ from hytrec_torchrec.modules.loss import (
 )
 from hytrec_torchrec.modules.repeat import RepeatBonus, RepeatHead, dense_bonus, in_history, lookup_bonus
 from hytrec_torchrec.modules.tower import HyTRecTower, scoring_vectors
-from hytrec_torchrec.ops.jagged import last_index, split_tail
+from hytrec_torchrec.ops.jagged import last_index, segment_ids, split_tail
 from hytrec_torchrec.schema import TABLES, history_key
 
 __all__ = ["HyTRecModel", "UserTower", "RetrievalLoss", "AllPositionsLoss", "next_event_rows"]
@@ -64,11 +65,12 @@ class UserTower(nn.Module):
         t_current: torch.Tensor,
         all_positions: bool = False,
         last_rows: int = 0,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """User embeddings [B, D] (or [N, D], one per history row, with ``all_positions``, only
         the last ``last_rows`` rows of each history computed when > 0; see
-        :meth:`~hytrec_torchrec.modules.tower.HyTRecTower.forward_all_positions`) and the
-        weighted load-balancing loss (0-d).
+        :meth:`~hytrec_torchrec.modules.tower.HyTRecTower.rows_and_long`), the weighted
+        load-balancing loss (0-d) and, with ``all_positions``, the long branch's output per row
+        ``[N, D]`` (``[0, D]`` otherwise).
 
         Args:
             emb: the collection's output; ``history_<feature>`` values are [N, D].
@@ -76,8 +78,9 @@ class UserTower(nn.Module):
         """
         feats = {f: emb[history_key(f)].values() for f in TABLES}
         if all_positions:
-            return self.net.forward_all_positions(feats, offsets, timestamps, t_current, last_rows)
-        return self.net.forward_with_aux(feats, offsets, timestamps, t_current)
+            return self.net.rows_and_long(feats, offsets, timestamps, t_current, last_rows)
+        user, balance = self.net.forward_with_aux(feats, offsets, timestamps, t_current)
+        return user, balance, user.new_zeros(0, user.shape[1])
 
 
 def next_event_rows(offsets: torch.Tensor, num_history: int) -> torch.Tensor:
@@ -236,6 +239,68 @@ class AllPositionsLoss(nn.Module):
                                      self.temperature, pos_bonus=pos_bonus, neg_bonus=neg_bonus)
 
 
+def future_rows(offsets: torch.Tensor, num_history: int, steps: int) -> torch.Tensor:
+    """``[N]`` row, in ``[history rows; example targets]``, of the event ``steps`` >= 1 after each
+    history row (``steps`` = 1: :func:`next_event_rows`), or −1 past the example's target."""
+    nxt = next_event_rows(offsets, num_history)
+    b = offsets.numel() - 1
+    ext = torch.cat([nxt, torch.full((b,), -1, dtype=torch.int64, device=nxt.device)])  # a target has no next
+    cur = nxt
+    for _ in range(steps - 1):
+        cur = torch.where(cur >= 0, ext[cur.clamp(min=0)], cur)
+    return cur
+
+
+class LongAuxLoss(nn.Module):
+    """The long branch's own loss (``model.long_aux_weight``, all-position training): each history
+    row's long-branch output predicts each of the W events after the row's next target (rows
+    ``r + 2 .. r + W + 1`` of its history, the example's target included), by a sampled softmax
+    against the batch's shared uniform negatives with log-Q (−log(V − 2)); accidental hits among
+    the negatives are not masked. Rows whose long branch has no memory yet (the first K of a
+    history) are left out. No state; a module so that TorchRec's pipeline tracer keeps it a leaf.
+
+    Args:
+        num_items: V, rows of the item table; window: W; short_len: K.
+        cosine, temperature: as the retrieval loss.
+    """
+
+    def __init__(self, num_items: int, window: int, short_len: int, cosine: bool, temperature: float) -> None:
+        super().__init__()
+        self.neg_log_q = uniform_log_q(num_items)
+        self.window = int(window)
+        self.short_len = int(short_len)
+        self.cosine = cosine
+        self.temperature = temperature
+
+    def forward(self, long_rows: torch.Tensor, offsets: torch.Tensor, history_ids: torch.Tensor,
+                history_emb: torch.Tensor, target_ids: torch.Tensor, target_emb: torch.Tensor,
+                negative_ids: torch.Tensor, negative_emb: torch.Tensor) -> torch.Tensor:
+        """Scalar loss: ``long_rows [N, D]``, ``offsets [B+1]``, history ``[N]`` ids and ``[N, D]``
+        embeddings, example targets ``[B]`` / ``[B, D]``, negatives ``[R]`` / ``[R, D]``."""
+        n = int(history_ids.shape[0])
+        start = offsets[:-1][segment_ids(offsets, n)] if n > 0 else offsets[:0]
+        has_memory = torch.arange(n, device=offsets.device) - start >= self.short_len
+        rows = torch.nonzero(has_memory).squeeze(1)
+        if rows.numel() == 0:
+            return (long_rows * 0.0).sum()
+        u = scoring_vectors(long_rows[rows], self.cosine) / self.temperature  # [P, D]
+        negs = scoring_vectors(negative_emb, self.cosine)
+        z = u @ negs.t() - (math.log(max(int(negative_ids.shape[0]), 1)) + self.neg_log_q)  # [P, R]
+        lse_neg = torch.logsumexp(z, dim=1)  # [P]
+        all_emb = scoring_vectors(torch.cat([history_emb, target_emb], 0), self.cosine)
+        losses: List[torch.Tensor] = []
+        for k in range(2, self.window + 2):
+            fut = future_rows(offsets, n, k)[rows]
+            ok = fut >= 0
+            if not bool(ok.any()):
+                break
+            pos = (u[ok] * all_emb[fut[ok]]).sum(-1)
+            losses.append(torch.logaddexp(pos, lse_neg[ok]) - pos)
+        if not losses:
+            return (long_rows * 0.0).sum()
+        return torch.cat(losses).mean()
+
+
 class RepeatGateLoss(nn.Module):
     """Binary cross-entropy of the repeat gate (``model.repeat_gate``): for each supervised user
     row, is its next item one of the row's history items. No state; a module so that TorchRec's
@@ -319,13 +384,17 @@ class HyTRecModel(nn.Module):
                                   gate=tower_cfg.repeat_gate, cycle_behaviors=cycle_behaviors)
                        if tower_cfg.repeat else None)
         self.gate_weight = float(tower_cfg.repeat_gate_weight) if tower_cfg.repeat_gate else 0.0
+        self.long_aux_weight = float(tower_cfg.long_aux_weight) if all_positions else 0.0
+        self.long_aux = (LongAuxLoss(num_items, tower_cfg.long_aux_window, tower_cfg.short_len, self.cosine,
+                                     tower_cfg.temperature)
+                         if self.long_aux_weight > 0 else None)
         self.gate_loss = RepeatGateLoss() if tower_cfg.repeat and tower_cfg.repeat_gate and self.gate_weight > 0 else None
 
     def user_embedding(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, JaggedTensor]]:
         """User embeddings [B, D] and the looked-up embeddings of every feature."""
         emb = self.embeddings(batch.features)
         offsets = batch.history_offsets().to(torch.int64)
-        user, _ = self.tower(emb, offsets, batch.timestamps, batch.t_current)
+        user, _, _ = self.tower(emb, offsets, batch.timestamps, batch.t_current)
         return user, emb
 
     def repeat_bonus(self, batch: Batch, user: torch.Tensor, all_positions: bool = False) -> Optional[RepeatBonus]:
@@ -361,8 +430,11 @@ class HyTRecModel(nn.Module):
         """:meth:`forward` after the lookup: ``emb`` is the collection's output for ``batch``."""
         offsets = batch.history_offsets().to(torch.int64)  # KJT lengths are int32
         target_ids = batch.features["target_item"].values()
+        out_extra: Dict[str, torch.Tensor] = {}
+        extra = torch.zeros((), dtype=torch.float32)
         if self.all_positions and self.training:
-            rows, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current, True, self.supervised_rows)
+            rows, aux, long_rows = self.tower(emb, offsets, batch.timestamps, batch.t_current, True,
+                                              self.supervised_rows)
             bonus, gate = self.repeat_bonus_and_gate(batch, rows, True) if self.repeat is not None else (None, None)
             loss = self.all_positions_loss(
                 rows, offsets, emb["history_item"], batch.features["history_item"].values(),
@@ -371,8 +443,14 @@ class HyTRecModel(nn.Module):
                 bonus=bonus,
                 last_rows=self.supervised_rows,
             )
+            if self.long_aux is not None:
+                long_loss = self.long_aux(long_rows, offsets, batch.features["history_item"].values(),
+                                          emb["history_item"].values(), target_ids, emb["target_item"].values(),
+                                          batch.features["negative_item"].values(), emb["negative_item"].values())
+                out_extra["long_aux_loss"] = long_loss.detach()
+                extra = extra + self.long_aux_weight * long_loss
         else:
-            user, aux = self.tower(emb, offsets, batch.timestamps, batch.t_current)
+            user, aux, _ = self.tower(emb, offsets, batch.timestamps, batch.t_current)
             bonus, gate = self.repeat_bonus_and_gate(batch, user) if self.repeat is not None else (None, None)
             loss = self.loss(
                 user,
@@ -382,8 +460,8 @@ class HyTRecModel(nn.Module):
                 batch.features["negative_item"].values(),
                 bonus=bonus,
             )
-        out = {"loss": loss.detach(), "aux": aux.detach(), "tokens": offsets[-1]}
-        total = loss + aux
+        out = {"loss": loss.detach(), "aux": aux.detach(), "tokens": offsets[-1], **out_extra}
+        total = loss + aux + extra.to(loss.device)
         if self.gate_loss is not None and bonus is not None and gate is not None:
             gate_loss = self.gate_loss(bonus[0], bonus[1], gate, offsets, batch.features["history_item"].values(),
                                        target_ids, batch.features["target_item"].lengths(),

@@ -75,6 +75,11 @@ class FusionConfig:
     paper's form) or ``residual`` (the MoE fuses the short branch alone and the long branch is
     added to its output through a per-channel scale that starts at 0, so an untrained long
     branch changes nothing and the tower starts as its own short-only ablation)."""
+    long_detach: bool = False
+    """Training only: the fusion reads the long branch's output without its gradient, so the
+    fused loss does not train the long branch; it then learns only from its own loss
+    (``model.long_aux_weight``), against the "greedy learner" effect where a network leans on the
+    branch that learns fastest. Evaluation and serving are unchanged."""
     short_dropout: float = 0.0
     """Training only: the fraction of examples (rows) whose short-branch output is replaced by
     zeros before the fusion, so the fusion has to predict those from the long branch alone (branch
@@ -144,6 +149,13 @@ class TowerConfig:
     item's score through a learned scale (docs/tower.md, "The repeat path")."""
     repeat_gate_weight: float = 0.1
     """Weight of the gate's binary cross-entropy in the training loss (``repeat_gate``)."""
+    long_aux_weight: float = 0.0
+    """All-position training: weight of an auxiliary loss on the long branch's output alone, which
+    predicts each of the ``long_aux_window`` events after a row's next target (sampled softmax
+    against the batch's negatives, a dense all-action loss as PinnerFormer's), so the long memory
+    has a training signal of its own. 0 = off."""
+    long_aux_window: int = 8
+    """W, the future events each row's long-branch output predicts (``long_aux_weight``)."""
     repeat_rows: int = 1024
     """All-position training with ``repeat``: only the last ``repeat_rows`` rows of each window get
     the bonus, so its pairs grow as ``repeat_rows · L`` (linear in the window length L); windows of
@@ -203,6 +215,14 @@ class TowerConfig:
             raise ConfigError("far_copy: the copy path is read with the short branch's output; it needs short_len > 0")
         check_range("repeat_rows", self.repeat_rows, 0)
         check_range("repeat_gate_weight", self.repeat_gate_weight, 0.0)
+        check_range("long_aux_weight", self.long_aux_weight, 0.0)
+        check_range("long_aux_window", self.long_aux_window, 1, 1024)
+        if self.long_aux_weight > 0 and not (self.long_pattern and self.short_len > 0):
+            raise ConfigError("long_aux_weight: the auxiliary loss trains the long branch's output before the "
+                              "fusion; it needs a long branch and a short branch (long_pattern and short_len > 0)")
+        if self.fusion.long_detach and not self.long_pattern:
+            raise ConfigError("fusion.long_detach: stops the fused loss's gradient into the long branch; "
+                              "it needs a long branch (long_pattern)")
         if (self.repeat_cycles or self.repeat_gate) and not self.repeat:
             raise ConfigError("repeat_cycles, repeat_gate: parts of the repeat path; they need repeat: true")
         check_range("heads", self.heads, 1)

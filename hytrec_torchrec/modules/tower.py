@@ -80,6 +80,7 @@ class HyTRecTower(nn.Module):
     long_intent: Final[bool]
     long_residual: Final[bool]
     has_copy: Final[bool]
+    long_detach: Final[bool]
 
     def __init__(self, cfg: TowerConfig, feature_dims: Optional[Dict[str, int]] = None) -> None:
         super().__init__()
@@ -93,6 +94,8 @@ class HyTRecTower(nn.Module):
         self.load_balance_weight = float(cfg.fusion.load_balance_weight)
         # branch dropout of the short branch's output in training (fusion.short_dropout)
         self.short_dropout = float(cfg.fusion.short_dropout) if self.has_long and self.has_short else 0.0
+        # training: the fusion reads the long branch's output without its gradient
+        self.long_detach = bool(cfg.fusion.long_detach) and self.has_long
         t = cfg.tadn
         self.long = LongBranch(cfg) if self.has_long else nn.Identity()
         # the long branch is read with the short branch's output (its intent readout)
@@ -137,6 +140,8 @@ class HyTRecTower(nn.Module):
         MoE over all of them, or with ``fusion.long: residual`` the MoE over the short branch plus
         ``long_scale ⊙ long`` (``long_scale [D]``). In training, ``fusion.short_dropout`` of the
         rows get zeros for the short branch's output."""
+        if self.training and self.long_detach and self.has_long:  # the long branch's output is the first
+            branches = [branches[0].detach()] + branches[1:]
         if self.training and self.short_dropout > 0.0:  # the short branch's output is the last
             short = branches[-1]
             keep = torch.rand(short.shape[0], 1, device=short.device) >= self.short_dropout
@@ -189,6 +194,13 @@ class HyTRecTower(nn.Module):
     def forward_all_positions(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
                               timestamps: torch.Tensor, t_current: torch.Tensor,
                               last_rows: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`rows_and_long` without the long branch's rows."""
+        user, balance, _ = self.rows_and_long(features, offsets, timestamps, t_current, last_rows)
+        return user, balance
+
+    def rows_and_long(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
+                      timestamps: torch.Tensor, t_current: torch.Tensor,
+                      last_rows: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One user embedding per history row ``[N, D]`` (all-position training) and the weighted
         load-balancing loss (0-d); inputs as :meth:`forward`.
 
@@ -204,6 +216,11 @@ class HyTRecTower(nn.Module):
         their embedding, equal to the rows computed without it; every other row is 0. The short
         branch then runs on the rows the last M need (M + its receptive field − 1), the fusion on
         the M rows; the long branch still scans every row (its memory needs them).
+
+        Returns ``(user [N, D], balance, long [N, D])``: ``long`` is the long branch's output for
+        every row (the prefix ending K rows earlier, the learned empty vector before that), with
+        its gradient (the auxiliary loss's input, ``model.long_aux_weight``); ``[0, D]`` without a
+        long branch.
         """
         h = self.combine(features)
         n = h.shape[0]
@@ -214,6 +231,7 @@ class HyTRecTower(nn.Module):
         if last_rows > 0:
             sel_rows = split_tail(offsets, last_rows)[2]
         branches: List[torch.Tensor] = []
+        long_all = h.new_zeros(0, self.dim)
         # the short branch's output at every row (0 where it is not computed)
         short_rows: Optional[torch.Tensor] = None
         short_sel: Optional[torch.Tensor] = None
@@ -247,6 +265,7 @@ class HyTRecTower(nn.Module):
             # head row m of a history feeds the prefix ending K rows later
             long_out = self.long.empty.unsqueeze(0).expand(n, self.dim)
             long_out = long_out.index_copy(0, head_rows + self.short_len, rows)
+            long_all = long_out
             branches.append(long_out if sel_rows is None else long_out[sel_rows])
         if short_sel is not None:
             branches.append(short_sel)
@@ -260,7 +279,7 @@ class HyTRecTower(nn.Module):
         user = scoring_vectors(user, self.cosine)
         if sel_rows is not None:
             user = h.new_zeros(n, self.dim).index_copy(0, sel_rows, user)
-        return user, balance * self.load_balance_weight
+        return user, balance * self.load_balance_weight, long_all
 
 
 def score(user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

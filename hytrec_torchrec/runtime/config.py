@@ -229,6 +229,12 @@ class JobConfig:
                 f"model.embedding_dim: {self.model.embedding_dim} must equal embeddings.dim "
                 f"({self.embeddings.dim})"
             )
+        if self.model.long_aux_weight > 0 and not self.data.all_positions:
+            raise ConfigError(
+                f"model.long_aux_weight: {self.model.long_aux_weight} needs data.all_positions: true (each "
+                "history row's long-branch output predicts the events after it, which only all-position "
+                "batches hold)"
+            )
 
 
 def load_job_config(path: Optional[str], overrides: list[str]) -> JobConfig:
