@@ -33,7 +33,9 @@ config=configs/completejourney.yaml
 # the 1,024-purchase windows of the other recipes hold about 7,800 a step (most households have
 # fewer than 1,024 purchases), 1.6 epochs. ctx_default needs more than 24 GB on 2 ranks (killed at
 # step ~160); ctx64_*: the same pair at 128 windows a step, half the memory; ctx64_sdrop: ctx64_default
-# with half the rows fused without the short branch in training (model.fusion.short_dropout).
+# with half the rows fused without the short branch in training (model.fusion.short_dropout);
+# cycles_gate: the default tower with the repeat path's cycle features and repeat/explore gate
+# (every Complete Journey event is a purchase, so every event is a cycle event).
 recipes="\
 default              -
 short_only           model.long_pattern=
@@ -49,7 +51,8 @@ ctx_short_only       model.long_pattern= data.supervised_rows=64 data.batch_size
 ctx_default          data.supervised_rows=64 data.batch_size=128
 ctx64_short_only     model.long_pattern= data.supervised_rows=64 data.batch_size=64
 ctx64_default        data.supervised_rows=64 data.batch_size=64
-ctx64_sdrop          data.supervised_rows=64 data.batch_size=64 model.fusion.short_dropout=0.5"
+ctx64_sdrop          data.supervised_rows=64 data.batch_size=64 model.fusion.short_dropout=0.5
+cycles_gate          model.repeat_cycles=true model.repeat_gate=true"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
