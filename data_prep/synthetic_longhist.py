@@ -96,7 +96,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -277,27 +277,36 @@ def _background(p: LongHistParams, w: _World, rng: np.random.Generator) -> np.nd
     return np.where(use_int, pick, _zipf(w, rng, m))
 
 
+def _renewals(m: int, first: list[int], next_gap: Callable[[int], int], before: int) -> tuple[np.ndarray, np.ndarray]:
+    """Renewal processes, one per item ``i`` due first at ``first[i]`` and again ``next_gap(i)``
+    events after each visit, merged on one line of ``m`` positions: two items due at once take
+    the next free positions in turn (so no two visits share a position). ``before`` is a
+    position before every first visit. Returns ``(positions [V], items [V])`` int64 of the visits
+    at ``0 .. m − 1``, in position order."""
+    heap = [(due, i) for i, due in enumerate(first)]
+    heapq.heapify(heap)
+    last = before
+    visits: list[tuple[int, int]] = []
+    while heap:
+        due, i = heapq.heappop(heap)
+        pos = max(due, last + 1)
+        if pos >= m:
+            break  # every later visit is due later still
+        last = pos
+        if pos >= 0:
+            visits.append((pos, i))
+        heapq.heappush(heap, (pos + next_gap(i), i))
+    return np.array([v[0] for v in visits], np.int64), np.array([v[1] for v in visits], np.int64)
+
+
 def _favourites(p: LongHistParams, w: _World, rng: np.random.Generator) -> _Process:
     m, f = p.max_len, p.favourites
     fav = rng.choice(p.n_items, f, replace=False)
     item = _background(p, w, rng)
     pattern = np.zeros(m, bool)
     # renewal per favourite, started 2 * gap_max before position 0; ties wait for the next free position
-    heap = [(int(-2 * p.gap_max + d), i) for i, d in enumerate(rng.integers(0, p.gap_max, f))]
-    heapq.heapify(heap)
-    last = -4 * p.gap_max
-    visits: list[tuple[int, int]] = []
-    while True:
-        due, i = heapq.heappop(heap)
-        pos = max(due, last + 1)
-        if pos >= m:
-            break
-        last = pos
-        if pos >= 0:
-            visits.append((pos, i))
-        heapq.heappush(heap, (pos + int(rng.integers(p.gap_min, p.gap_max + 1)), i))
-    at = np.array([v[0] for v in visits], np.int64)
-    which = np.array([v[1] for v in visits], np.int64)
+    first = [int(-2 * p.gap_max + d) for d in rng.integers(0, p.gap_max, f)]
+    at, which = _renewals(m, first, lambda i: int(rng.integers(p.gap_min, p.gap_max + 1)), -4 * p.gap_max)
     _avoid(w, rng, item, np.ones(m, bool), fav)
     item[at] = fav[which]
     pattern[at] = True
@@ -359,22 +368,9 @@ def _replenishment(p: LongHistParams, w: _World, rng: np.random.Generator) -> _P
     behavior = np.where(rng.random(m) < p.p_buy, PURCHASE, VIEW).astype(np.int8)
     # purchases: a renewal per staple with gaps of cycle · (1 ± jitter), started one cycle before
     # position 0 at a uniform phase; ties wait for the next free position
-    heap = [(int(ph) - int(c), i) for i, (c, ph) in enumerate(zip(cycle, rng.integers(0, cycle)))]
-    heapq.heapify(heap)
-    last = -4 * p.cycle_max
-    bought: list[tuple[int, int]] = []
-    while heap:
-        due, i = heapq.heappop(heap)
-        pos = max(due, last + 1)
-        if pos >= m:
-            continue
-        last = pos
-        if pos >= 0:
-            bought.append((pos, i))
-        gap = int(round(cycle[i] * (1.0 + rng.uniform(-p.jitter, p.jitter))))
-        heapq.heappush(heap, (pos + gap, i))
-    at = np.array([b[0] for b in bought], np.int64)
-    which = np.array([b[1] for b in bought], np.int64)
+    first = [int(ph) - int(c) for c, ph in zip(cycle, rng.integers(0, cycle))]
+    at, which = _renewals(m, first, lambda i: int(round(cycle[i] * (1.0 + rng.uniform(-p.jitter, p.jitter)))),
+                          -4 * p.cycle_max)
     pattern = np.zeros(m, bool)
     pattern[at] = True
     # views of the staples between purchases (they do not reset a cycle), off the purchase slots
