@@ -135,9 +135,12 @@ class RepeatHead(nn.Module):
         history), ``occurrence [M]`` (>= 1) and ``timestamps [N]`` int64 seconds; ``cycle`` =
         ``(is_cycle [N] bool, count [N], last [N], first [N])`` of :func:`cycle_rows`, or None."""
         distance = query - source
-        f = (self.count(_log2_bucket(occurrence, self.count_buckets))
-             + self.distance(_log2_bucket(distance + 1, self.distance_buckets))
-             + self.time(time_gap_bucket(timestamps[query] - timestamps[source], self.time_buckets)))
+        # table lookups as weight.index_select: the same values as table(index), and a backward
+        # that is an index_add, about 6x faster on CPU than the embedding backward for the ~10^6
+        # lookups into a few dozen rows that all-position training makes
+        f = (self.count.weight.index_select(0, _log2_bucket(occurrence, self.count_buckets))
+             + self.distance.weight.index_select(0, _log2_bucket(distance + 1, self.distance_buckets))
+             + self.time.weight.index_select(0, time_gap_bucket(timestamps[query] - timestamps[source], self.time_buckets)))
         if self.cycles and cycle is not None:
             is_cycle, count, last, first = cycle
             n = count[source]
@@ -149,13 +152,13 @@ class RepeatHead(nn.Module):
                                   torch.full_like(since, self.time_buckets))
             periodic = n >= 2
             steps = (n - 1).clamp(min=1)
-            f = (f + self.kind(is_cycle[source].to(torch.int64))
-                 + self.cycle_count(_log2_bucket(n + 1, self.count_buckets))
-                 + self.since_cycle(since_b)
+            f = (f + self.kind.weight.index_select(0, is_cycle[source].to(torch.int64))
+                 + self.cycle_count.weight.index_select(0, _log2_bucket(n + 1, self.count_buckets))
+                 + self.since_cycle.weight.index_select(0, since_b)
                  # (elapsed since the last cycle event) / (mean gap between its cycle events), in
                  # events and in seconds: about 1 when the item is due again
-                 + self.due_events(_ratio_bucket((query - lr) * steps, lr - fr, periodic))
-                 + self.due_seconds(_ratio_bucket((timestamps[query] - timestamps[lr]) * steps,
+                 + self.due_events.weight.index_select(0, _ratio_bucket((query - lr) * steps, lr - fr, periodic))
+                 + self.due_seconds.weight.index_select(0, _ratio_bucket((timestamps[query] - timestamps[lr]) * steps,
                                                   timestamps[lr] - timestamps[fr], periodic)))
         return f
 
