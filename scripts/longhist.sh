@@ -32,7 +32,8 @@ cyc="data.cycle_behaviors=[pay]"
 # *_copy add the copy path in embedding space (model.far_copy); *_repeat add the repeat path's
 # score bonus for history items (model.repeat); *_sdrop fuse half the training rows without the
 # short branch (model.fusion.short_dropout); *_cycles add the repeat path's cycle features
-# (model.repeat_cycles), *_gate its repeat/explore gate (model.repeat_gate).
+# (model.repeat_cycles), *_gate its repeat/explore gate (model.repeat_gate); *_lr20 train the repeat
+# path at 20x the tower's learning rate (optim.repeat_lr_scale).
 recipes="\
 hytrec            model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true
 hytrec_paper      model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false
@@ -52,7 +53,10 @@ short_cycles      model.long_pattern= model.repeat=true model.repeat_cycles=true
 short_cycles_gate model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc
 short_gate        model.long_pattern= model.repeat=true model.repeat_gate=true
 hytrec_cycles     model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true $cyc
-hytrec_cycles_gate model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc"
+hytrec_cycles_gate model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc
+hytrec_repeat_lr20 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true optim.repeat_lr_scale=20
+hytrec_cycles_gate_lr20 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc optim.repeat_lr_scale=20
+short_cycles_gate_lr20 model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc optim.repeat_lr_scale=20"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"

@@ -90,6 +90,11 @@ def _set_rng_state(state: Dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _is_repeat_param(name: str) -> bool:
+    """A parameter of the model's repeat path (``model.repeat``), by its name under DMP/DDP."""
+    return name.startswith("repeat.") or ".repeat." in name
+
+
 class Trainer:
     """Owns the sharded model, optimizer and loaders of one training job.
 
@@ -153,12 +158,17 @@ class Trainer:
             tables = KeyedOptimizerWrapper(table_params, lambda params: opt_cls(params, **opt_kwargs))
             parts.append(("tables", tables))
             self._lazy.append(tables)
-        self._dense_inner = KeyedOptimizerWrapper(
-            dense_params,
-            lambda params: torch.optim.AdamW(
-                params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
-            ),
-        )
+        # the repeat path's parameters in a group of their own at lr × optim.repeat_lr_scale
+        fast = {id(p) for n, p in dense_params.items() if _is_repeat_param(n)} if o.repeat_lr_scale != 1.0 else set()
+
+        def adamw(params: Any) -> torch.optim.AdamW:
+            params = list(params)
+            groups = [{"params": [p for p in params if id(p) not in fast]}]
+            if fast:
+                groups.append({"params": [p for p in params if id(p) in fast], "lr": o.lr * o.repeat_lr_scale})
+            return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+        self._dense_inner = KeyedOptimizerWrapper(dense_params, adamw)
         self._lazy.append(self._dense_inner)
         dense: Any = self._dense_inner
         if o.grad_clip is not None:
