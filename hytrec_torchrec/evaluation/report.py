@@ -172,7 +172,8 @@ def gate_markdown(results: Sequence[Dict[str, Any]]) -> List[str]:
         rows.append(["all", r["name"], g["examples"], _overall_gate(g, "predicted"), _overall_gate(g, "observed"),
                      g["ece"]])
         for seg, v in g["segments"].items():
-            rows.append([seg, r["name"], v["examples"], v["predicted"], v["observed"], ""])
+            if v["examples"] and seg != "all":  # "all" is the first row; empty segments say nothing
+                rows.append([seg, r["name"], v["examples"], v["predicted"], v["observed"], ""])
     lines += _table(["segment", "model", "users", "predicted", "observed", "ECE"], rows)
     return lines + [""]
 
