@@ -123,6 +123,14 @@ def gen_truncated_train_state(tmp: Path, fx: "Fixtures") -> None:
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
+def gen_lock_symlink(tmp: Path, fx: "Fixtures") -> None:
+    """``run/.hytrec-train.lock``, a symbolic link to ``victim.txt`` beside the run (a resume once
+    truncated it and wrote its pid there)."""
+    (tmp / "run").mkdir()
+    (tmp / "victim.txt").write_text("the user's file\n")
+    (tmp / "run" / ".hytrec-train.lock").symlink_to(tmp / "victim.txt")
+
+
 GENERATORS: Dict[str, Callable[[Path, "Fixtures"], None]] = {
     "events": gen_events,
     "prepared": gen_prepared,
@@ -131,6 +139,7 @@ GENERATORS: Dict[str, Callable[[Path, "Fixtures"], None]] = {
     "truncated_parquet": gen_truncated_parquet,
     "run_copy": gen_run_copy,
     "truncated_train_state": gen_truncated_train_state,
+    "lock_symlink": gen_lock_symlink,
 }
 
 
