@@ -169,6 +169,17 @@ def gen_bytes_entry_checkpoint(tmp: Path, fx: "Fixtures") -> None:
     (ckpt / "manifest.json").unlink()
 
 
+def gen_unsafe_rank_file(tmp: Path, fx: "Fixtures") -> None:
+    """``run/`` (a copy) whose ``rank_00000.pt`` holds a global that would create ``PWNED`` when
+    unpickled; the manifest is deleted (a checkpoint without one loads unverified)."""
+    import torch
+
+    gen_run_copy(tmp, fx)
+    ckpt = tmp / "run" / "checkpoints" / "step_00000002"
+    torch.save({"torch": _TouchOnLoad(tmp / "PWNED")}, ckpt / "rank_00000.pt")
+    (ckpt / "manifest.json").unlink()
+
+
 def gen_permuted_vocab(tmp: Path, fx: "Fixtures") -> None:
     """``permuted/``: the session's prepared dataset with the raw IDs of its item vocabulary
     reversed: every table has the same size, but each raw ID maps to another row."""
@@ -191,6 +202,7 @@ GENERATORS: Dict[str, Callable[[Path, "Fixtures"], None]] = {
     "lock_symlink": gen_lock_symlink,
     "bytes_entry_checkpoint": gen_bytes_entry_checkpoint,
     "permuted_vocab": gen_permuted_vocab,
+    "unsafe_rank_file": gen_unsafe_rank_file,
 }
 
 

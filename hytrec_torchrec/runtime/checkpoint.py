@@ -383,6 +383,8 @@ def load_checkpoint(
     verify_checkpoint(path)
     train_state = read_train_state(path)
     saved = set(read_index(str(path)).state_dict_metadata)  # refuses an index that could run code
+    rank_file = path / f"rank_{_rank():05d}.pt"
+    rank_state = read_rank_state(rank_file) if rank_file.is_file() else None  # refused before any load
     state: dict[str, Any] = {"model": model.state_dict()}
     never_stepped: dict[str, Any] = {}
     if optimizer is not None:
@@ -404,14 +406,23 @@ def load_checkpoint(
         optimizer.load_state_dict(state["optim"])
         for key in never_stepped:
             optimizer.state[optimizer.params[key]].clear()
-    rank_file = path / f"rank_{_rank():05d}.pt"
-    rank_state = read_rank_state(rank_file) if rank_file.is_file() else None
     return train_state, rank_state
 
 
+def _weights_only_detail(exc: BaseException) -> str:
+    """The reason inside torch's long ``weights_only`` refusal (``Unsupported global: ...``), on
+    one line."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def read_rank_state(rank_file: Path) -> dict[str, torch.Tensor]:
-    """A ``rank_*.pt`` read with ``torch.load(weights_only=True)``: a mapping of RNG states
-    (``torch``, optionally ``cuda``), each a ``uint8`` tensor.
+    """A ``rank_*.pt`` read with ``torch.load(weights_only=True)``: a mapping of names to tensors
+    or integers whose ``torch`` entry is the CPU RNG state (a ``uint8`` vector).
 
     Raises:
         UnsafeCheckpointError: ``weights_only`` refuses the file (it names a class that could run
@@ -421,14 +432,17 @@ def read_rank_state(rank_file: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(rank_file, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(f"{rank_file}: refused by torch.load(weights_only=True), it could run code "
-                                    f"({first_line(exc)[:160]})") from None
+        detail = _weights_only_detail(exc)
+        if "Unsupported global" in detail:
+            raise UnsafeCheckpointError(f"{rank_file}: refused by torch.load(weights_only=True): it names a "
+                                        f"global that could run code ({detail[:160]})") from None
+        raise DamagedCheckpointError(f"{rank_file}: not a readable rank state ({detail[:160]})") from None
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file; torch raises many types
         raise DamagedCheckpointError(f"{rank_file}: not a readable rank state ({type(exc).__name__}: "
                                      f"{first_line(exc)[:160]})") from None
-    ok = isinstance(state, dict) and "torch" in state and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.dim() == 1
-        for k, v in state.items())
+    rng = state.get("torch") if isinstance(state, dict) else None
+    ok = (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.dim() == 1 and all(
+        isinstance(k, str) and (isinstance(v, torch.Tensor) or _is_int(v)) for k, v in state.items()))
     if not ok:
         raise DamagedCheckpointError(f"{rank_file}: not a rank state (expected {{'torch': uint8 tensor, ...}}, "
                                      f"got {show_value(state)})")
