@@ -153,3 +153,47 @@ def test_an_index_holds_tensors_read_from_its_own_folder_only() -> None:
             check_index(_index(_tensor_entry(), _StorageInfo(name, 0, 8)))
     with pytest.raises(UnsafeCheckpointError, match="stream transforms"):
         check_index(_index(_tensor_entry(), _StorageInfo("__0_0.distcp", 0, 8, ["zstd/1"])))
+
+
+def _card() -> Dict[str, Any]:
+    item = {"dtype": "int64", "required": True, "id_space": "raw_int64", "table_rows": 30}
+    return {"format": "hytrec-serving", "format_version": 1, "config": {"model": {}, "data": {}},
+            "input_contract": {"values": {"item": item, "timestamp": {"required": True}}},
+            "checkpoint": {"step": 2}, "tables": {"storage": "float32"}}
+
+
+@pytest.mark.parametrize("path,value,needle", [
+    (("format_version",), 2, "format: expected 'hytrec-serving' version 1"),
+    (("config",), "x", "config: expected a mapping"),
+    (("config", "model"), [], "config.model: expected a mapping"),
+    (("input_contract", "values"), None, "input_contract.values: expected a mapping"),
+    (("input_contract", "values", "item", "table_rows"), 10**12, "item.table_rows: expected an integer in 2.."),
+    (("input_contract", "values", "item", "table_rows"), "30", "item.table_rows: expected an integer"),
+    (("input_contract", "values", "item", "id_space"), "pickle", "item.id_space: expected one of"),
+    (("input_contract", "values", "item", "required"), "yes", "item.required: expected true/false"),
+    (("checkpoint", "step"), -3, "checkpoint.step: expected an integer >= 0"),
+    (("tables", "storage"), "int4", "tables.storage: expected one of"),
+])
+def test_model_card_fields_are_checked(path: tuple, value: Any, needle: str) -> None:
+    from hytrec_torchrec.evaluation.card import ModelCardError, check_model_card
+
+    check_model_card(_card())
+    card = _card()
+    node = card
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ModelCardError, match=needle.replace("(", r"\(")):
+        check_model_card(card)
+
+
+def test_exported_vocab_files_are_checked() -> None:
+    from hytrec_torchrec.evaluation.card import ModelCardError, check_vocab_file
+
+    check_vocab_file({"table_rows": 5, "raw": ["7", "9"], "index": [2, 4]}, "item")
+    for doc, needle in [({"table_rows": 5, "raw": ["7"], "index": [5]}, "index: expected integers in 2..4"),
+                        ({"table_rows": 5, "raw": [7], "index": [2]}, "raw: expected a list of strings"),
+                        ({"table_rows": 5, "raw": ["7"], "index": [2, 3]}, "index: expected a list of 1"),
+                        ({"table_rows": -1, "raw": [], "index": []}, "table_rows: expected an integer")]:
+        with pytest.raises(ModelCardError, match=needle):
+            check_vocab_file(doc, "item")

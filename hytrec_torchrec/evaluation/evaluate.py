@@ -52,6 +52,7 @@ from hytrec_torchrec.config import (
 from hytrec_torchrec.data.config import DataConfig
 from hytrec_torchrec.data.loader import load_shard, make_dataloader
 from hytrec_torchrec.data.reader import read_meta
+from hytrec_torchrec.evaluation.card import ModelCardError, check_model_card, check_vocab_file
 from hytrec_torchrec.evaluation.diagnostics import (
     DiagnosticsConfig,
     ExampleSampler,
@@ -383,10 +384,21 @@ def evaluate_checkpoint(
 
 # ---------------------------------------------------------------------- exported models
 def _exported_vocab(model_dir: Path, table: str) -> Dict[str, Any]:
+    """``vocab/<table>.json`` of an export, checked (:func:`~hytrec_torchrec.evaluation.card.check_vocab_file`).
+
+    Raises:
+        FileNotFoundError: it is missing.
+        ExportedModelError: it is not JSON, or a field has the wrong type or is out of range.
+    """
     path = model_dir / "vocab" / f"{table}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: vocabulary of the exported model not found (hytrec-export writes it)")
-    return json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+        check_vocab_file(doc, table)
+    except ValueError as exc:  # JSONDecodeError and ModelCardError
+        raise ExportedModelError(f"{path}: {first_line(exc)}") from None
+    return doc
 
 
 def check_exported_vocab(model_file: str | Path, card: Dict[str, Any], data_path: str | Path) -> Dict[str, str]:
@@ -449,6 +461,10 @@ def evaluate_exported(
     except (RuntimeError, ValueError) as exc:  # a zip reader or JSON error: cut short or not an export
         raise ExportedModelError(f"{path}: not a readable hytrec-export model (truncated or another file?): "
                                  f"{first_line(exc)}") from None
+    try:
+        check_model_card(card)
+    except ModelCardError as exc:
+        raise ExportedModelError(f"{path}: embedded model_card.json: {exc}") from None
     model.eval()
     spaces = check_exported_vocab(path, card, data_path)
     env = env or init_distributed("auto", "cpu")
