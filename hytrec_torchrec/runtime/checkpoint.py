@@ -24,6 +24,12 @@ resolves to its newest checkpoint that verifies (:func:`latest_checkpoint` logs 
 skips: a truncated ``.distcp``, ``rank_*.pt`` or ``train_state.json``, a missing file); a checkpoint
 named directly that does not verify raises :class:`DamagedCheckpointError`. Checkpoints written
 before manifests existed have none and load unverified.
+
+A checkpoint may come from someone else (docs/training.md, "Loading checkpoints from someone
+else"): its index is checked by :mod:`~hytrec_torchrec.runtime.safe_load` with or without a
+manifest, ``train_state.json`` by type and range (:func:`check_train_state`), ``latest`` must name
+a ``step_N`` directory of the run itself, and ``rank_*.pt`` is read with ``weights_only=True``
+(:func:`read_rank_state`).
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ from hytrec_torchrec.files import file_sha256
 from hytrec_torchrec.runtime.safe_load import SafeFileSystemReader, UnsafeCheckpointError, read_index
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "read_train_state", "verify_checkpoint",
-           "DamagedCheckpointError", "MANIFEST"]
+           "check_train_state", "read_rank_state", "DamagedCheckpointError", "MANIFEST", "INDEX",
+           "MAX_TABLE_ROWS", "MAX_WORLD_SIZE"]
 
 _PREFIX = "step_"
 MANIFEST = "manifest.json"
@@ -238,8 +245,9 @@ def read_train_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-#: the largest table a checkpoint may declare (rows): far above any real vocabulary, far below
-#: sizes that would only allocate memory until the process dies
+#: the largest table a checkpoint may declare (rows): far above any real vocabulary; a bound on
+#: nonsense, not on memory (resume, evaluation and export compare the sizes with the dataset's
+#: before they build a model: runtime/data_check.py)
 MAX_TABLE_ROWS = 2**36
 #: the largest world size a checkpoint may declare
 MAX_WORLD_SIZE = 2**20
