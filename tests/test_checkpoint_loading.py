@@ -66,6 +66,7 @@ def test_a_well_formed_train_state_passes(tmp_path: Path) -> None:
     ("batch_in_epoch", None, "batch_in_epoch: expected an integer"),
     ("data_path", 3, "data_path: expected a string"),
     ("config", [], "config: expected a mapping"),
+    ("config", {"model": 5}, "config.model: expected a mapping"),
     ("history", [1], "history[0]: expected a mapping"),
     ("loss_log", [[1, "nan"]], "loss_log[0]: expected [step, loss]"),
 ])

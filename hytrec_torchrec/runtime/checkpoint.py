@@ -311,6 +311,8 @@ def check_train_state(state: Any) -> None:
         _check_type("data_path", state["data_path"], str, "a string")
     if "config" in state:
         _check_type("config", state["config"], dict, "a mapping")
+        for section, value in state["config"].items():  # each key is checked where it is read
+            _check_type(f"config.{section}", value, dict, "a mapping")
     if "history" in state:
         _check_type("history", state["history"], list, "a list")
         for i, row in enumerate(state["history"]):
