@@ -51,7 +51,6 @@ from hytrec_torchrec.config import (
 )
 from hytrec_torchrec.data.config import DataConfig
 from hytrec_torchrec.data.loader import load_shard, make_dataloader
-from hytrec_torchrec.data.reader import read_meta
 from hytrec_torchrec.evaluation.card import ModelCardError, check_model_card, check_vocab_file
 from hytrec_torchrec.evaluation.diagnostics import (
     DiagnosticsConfig,
@@ -65,7 +64,7 @@ from hytrec_torchrec.ranking.metrics import DEFAULT_KS, SegmentedRankingMetric, 
 from hytrec_torchrec.ranking.ranks import ranked_catalog_sizes, target_ranks
 from hytrec_torchrec.ranking.scoring import batch_target_ranks, first_targets, history_items, item_blocks, unwrap
 from hytrec_torchrec.runtime.config import describe_model
-from hytrec_torchrec.runtime.data_check import VocabMismatchError, check_vocab
+from hytrec_torchrec.runtime.data_check import VocabMismatchError, check_tables, check_vocab, pairs_fingerprint
 from hytrec_torchrec.runtime.distributed import DistEnv, init_distributed
 from hytrec_torchrec.runtime.restore import checkpoint_config, load_sharded
 
@@ -402,33 +401,28 @@ def _exported_vocab(model_dir: Path, table: str) -> Dict[str, Any]:
 
 
 def check_exported_vocab(model_file: str | Path, card: Dict[str, Any], data_path: str | Path) -> Dict[str, str]:
-    """Raise :class:`VocabMismatchError` unless the exported model's vocabularies equal the dataset's.
+    """Raise :class:`VocabMismatchError` unless the exported model's vocabularies are the dataset's.
 
-    Every table the model uses must have the same rows and the same raw ID → index pairs.
+    Every table the model takes must have the same rows and the same raw ID → index pairs: the
+    shared check (:func:`~hytrec_torchrec.runtime.data_check.check_tables`) with the fingerprints of
+    the export's ``vocab/<table>.json``.
 
     Returns:
         ``{table: id_space}`` of the tables the model takes.
     """
-    meta = read_meta(data_path)
     model_dir = Path(model_file).parent
     spaces: Dict[str, str] = {}
+    sizes: Dict[str, Optional[int]] = {}
+    fingerprints: Dict[str, str] = {}
     for table, spec in card["input_contract"]["values"].items():
         if table == "timestamp" or not spec.get("required"):
             continue
         ev = _exported_vocab(model_dir, table)
-        have = int(meta.vocab_sizes.get(table, -1))
-        if int(ev["table_rows"]) != have:
-            raise VocabMismatchError(
-                f"vocabulary mismatch: exported model {model_file} has {ev['table_rows']} {table} rows but "
-                f"dataset {data_path} (meta.json) has {have}")
-        dv = pq.read_table(Path(data_path) / "vocab" / f"{table}.parquet", columns=["raw", "index"])
-        if ([str(r) for r in dv.column("raw").to_pylist()] != list(ev["raw"])
-                or dv.column("index").to_pylist() != list(ev["index"])):
-            raise VocabMismatchError(
-                f"vocabulary mismatch: {table} vocabulary of exported model {model_file} "
-                f"({model_dir / 'vocab' / (table + '.json')}) differs from dataset {data_path} "
-                "(same size, different IDs)")
+        sizes[table] = int(ev["table_rows"])
+        fingerprints[table] = pairs_fingerprint(ev["raw"], ev["index"])
         spaces[table] = spec["id_space"]
+    check_tables(f"exported model {model_file}", sizes, fingerprints, data_path,
+                 source=f"of {model_dir / 'vocab'}/<table>.json")
     return spaces
 
 

@@ -1,53 +1,67 @@
-"""Data meets model in one place: does a prepared dataset fit a checkpoint?
+"""Data meets model in one place: does a prepared dataset fit a model's tables?
 
-Every tool that brings a dataset together with a training checkpoint calls :func:`check_vocab`
-before it loads any weights: a resume (``hytrec-train`` with ``train.resume``), an evaluation
-(``hytrec-eval --checkpoint``) and an export (``hytrec-export``, its vocabularies from
-``--data`` or the checkpoint's ``data.path``). Equal table sizes are not enough: a dataset
-prepared from other raw IDs can have the same sizes and map every ID to another row, so the
-vocabularies are compared too, by the SHA-256 fingerprints the checkpoint stores
-(``vocab_fingerprints`` in ``train_state.json``).
+:func:`check_tables` is the one check: the dataset's table sizes (``meta.json``) and vocabulary
+fingerprints (SHA-256 of every ``raw → index`` pair, :func:`~hytrec_torchrec.data.reader.vocab_fingerprint`)
+must be the model's. Equal sizes are not enough: a dataset prepared from other raw IDs can have
+the same sizes and map every ID to another row. Every tool that brings a dataset together with a
+model runs it before it loads any weights:
+
+* a checkpoint, through :func:`check_vocab` (the fingerprints stored in ``train_state.json``):
+  a resume (``hytrec-train`` with ``train.resume``), an evaluation (``hytrec-eval --checkpoint``)
+  and an export (``hytrec-export``, its vocabularies from ``--data`` or the checkpoint's
+  ``data.path``);
+* an exported model served on a dataset (``hytrec-eval --model M --data D``), with the
+  fingerprints of the export's ``vocab/<table>.json`` (:func:`pairs_fingerprint`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Optional
 
 import pyarrow.parquet as pq
 
-from hytrec_torchrec.data.reader import read_meta, vocab_fingerprint
+from hytrec_torchrec.data.reader import pairs_fingerprint, read_meta, vocab_fingerprint
 from hytrec_torchrec.schema import TABLES
 
-__all__ = ["VocabMismatchError", "check_vocab"]
+__all__ = ["VocabMismatchError", "check_tables", "check_vocab", "pairs_fingerprint"]
 
 
 class VocabMismatchError(ValueError):
     """Checkpoint and dataset vocabularies differ (message names both)."""
 
 
-def _check_sizes(ckpt_state: Dict[str, Any], data_path: str | Path, ckpt_path: str | Path) -> None:
-    """Raise :class:`VocabMismatchError` unless every table has the checkpoint's size."""
-    meta = read_meta(data_path)
-    have = {k: int(v) for k, v in meta.vocab_sizes.items()}
-    want = {k: int(v) for k, v in ckpt_state.get("vocab_sizes", {}).items()}
-    bad = [t for t in TABLES if want.get(t) != have.get(t)]
+def check_tables(model: str, sizes: Mapping[str, Optional[int]], fingerprints: Mapping[str, str],
+                 data_path: str | Path, source: str) -> None:
+    """Raise :class:`VocabMismatchError` unless the dataset has the model's tables.
+
+    Args:
+        model: what the tables belong to, for messages (``checkpoint RUN/checkpoints/step_N``).
+        sizes: table → rows the model has (None: unknown, a mismatch); each must equal the
+            dataset's ``meta.json``. Only these tables are compared.
+        fingerprints: table → SHA-256 of the vocabulary the model was trained with; each must
+            equal the dataset's (tables left out are not compared).
+        data_path: the prepared dataset.
+        source: where ``fingerprints`` come from, for messages.
+
+    Raises:
+        VocabMismatchError: naming the model, the dataset and the first difference.
+        DatasetFormatError: the dataset has no readable ``meta.json``.
+    """
+    have = {k: int(v) for k, v in read_meta(data_path).vocab_sizes.items()}
+    tables = [t for t in TABLES if t in sizes]
+    bad = [t for t in tables if sizes.get(t) != have.get(t)]
     if bad:
         raise VocabMismatchError(
-            f"vocabulary mismatch: checkpoint {ckpt_path} was trained with table sizes "
-            f"{ {t: want.get(t) for t in TABLES} } but dataset {data_path} (meta.json) has "
-            f"{ {t: have.get(t) for t in TABLES} } (first difference: {bad[0]}); use "
+            f"vocabulary mismatch: {model} was trained with table sizes "
+            f"{ {t: sizes.get(t) for t in tables} } but dataset {data_path} (meta.json) has "
+            f"{ {t: have.get(t) for t in tables} } (first difference: {bad[0]}); use "
             "a dataset prepared with the training vocabularies (hytrec-prep vocab_from=...)")
-
-
-def _check_fingerprints(stored: Dict[str, str], data_path: str | Path, ckpt_path: str | Path) -> None:
-    """Raise :class:`VocabMismatchError` unless every stored fingerprint matches the dataset's."""
     for t in TABLES:
-        if t in stored and vocab_fingerprint(data_path, t) != stored[t]:
+        if t in fingerprints and vocab_fingerprint(data_path, t) != fingerprints[t]:
             raise VocabMismatchError(
                 f"vocabulary mismatch: the {t} vocabulary of dataset {data_path} differs from the one "
-                f"checkpoint {ckpt_path} was trained with (same size, different IDs; fingerprint "
-                "stored in the checkpoint)")
+                f"{model} was trained with (same size, different IDs; fingerprint {source})")
 
 
 def _check_against_training_data(train_path: str, data_path: str | Path) -> None:
@@ -88,10 +102,11 @@ def check_vocab(ckpt_state: Dict[str, Any], data_path: str | Path, ckpt_path: st
         VocabMismatchError: naming the checkpoint, the dataset and the first difference.
         DatasetFormatError: the dataset has no readable ``meta.json``.
     """
-    _check_sizes(ckpt_state, data_path, ckpt_path)
-    stored = ckpt_state.get("vocab_fingerprints")
+    saved = ckpt_state.get("vocab_sizes", {})
+    sizes = {t: (int(saved[t]) if t in saved else None) for t in TABLES}
+    stored = ckpt_state.get("vocab_fingerprints") or {}
+    check_tables(f"checkpoint {ckpt_path}", sizes, stored, data_path, source="stored in the checkpoint")
     if stored:
-        _check_fingerprints(stored, data_path, ckpt_path)
         return {"sizes_checked": True, "item_vocab_checked": True, "how": "fingerprint"}
     train_path = ckpt_state.get("data_path")
     if train_path and Path(train_path, "vocab", "item.parquet").is_file():
