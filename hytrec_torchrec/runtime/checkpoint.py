@@ -40,7 +40,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -262,7 +262,7 @@ def _check_int(key: str, value: Any, lo: int, hi: int) -> None:
         raise ValueError(f"{key}: expected an integer in {lo}..{hi}, got {show_value(value)}")
 
 
-def _check_mapping(key: str, value: Any, check_value: Any) -> None:
+def _check_mapping(key: str, value: Any, check_value: Callable[[str, Any], None]) -> None:
     if not isinstance(value, dict):
         raise ValueError(f"{key}: expected a mapping, got {show_value(value)}")
     for name, item in value.items():
