@@ -180,6 +180,26 @@ def gen_unsafe_rank_file(tmp: Path, fx: "Fixtures") -> None:
     (ckpt / "manifest.json").unlink()
 
 
+def gen_latest_outside(tmp: Path, fx: "Fixtures") -> None:
+    """``run/`` (a copy) whose ``checkpoints/latest`` names another run's checkpoint by its absolute
+    path (the session's run): once followed, so a run resumed or evaluated someone else's model."""
+    gen_run_copy(tmp, fx)
+    (tmp / "run" / "checkpoints" / "latest").write_text(str(fx.run() / "checkpoints" / "step_00000002"))
+
+
+def gen_train_state_bad_field(tmp: Path, fx: "Fixtures") -> None:
+    """``run/`` (a copy) whose ``train_state.json`` gives the item table's size as a string, with the
+    manifest deleted (it would not verify otherwise)."""
+    import json
+
+    gen_run_copy(tmp, fx)
+    ckpt = tmp / "run" / "checkpoints" / "step_00000002"
+    state = json.loads((ckpt / "train_state.json").read_text())
+    state["vocab_sizes"]["item"] = str(state["vocab_sizes"]["item"])
+    (ckpt / "train_state.json").write_text(json.dumps(state))
+    (ckpt / "manifest.json").unlink()
+
+
 def gen_permuted_vocab(tmp: Path, fx: "Fixtures") -> None:
     """``permuted/``: the session's prepared dataset with the raw IDs of its item vocabulary
     reversed: every table has the same size, but each raw ID maps to another row."""
@@ -203,6 +223,8 @@ GENERATORS: Dict[str, Callable[[Path, "Fixtures"], None]] = {
     "bytes_entry_checkpoint": gen_bytes_entry_checkpoint,
     "permuted_vocab": gen_permuted_vocab,
     "unsafe_rank_file": gen_unsafe_rank_file,
+    "latest_outside": gen_latest_outside,
+    "train_state_bad_field": gen_train_state_bad_field,
 }
 
 
