@@ -28,6 +28,12 @@ parsed as YAML scalars (``a.b=3`` is an int, ``a.b=[1,2]`` a list, ``a.b=null`` 
 A ``validate(self)`` method on any dataclass is called after its fields are filled; raise
 :class:`ConfigError` (or ``ValueError``, which is wrapped with the key prefix) from it.
 
+YAML subset: plain mappings, lists and scalars. Anchors (``&name``), aliases (``*name``) and
+merge keys (``<<:``) are refused with a one-line :class:`ConfigError` naming the file and line:
+no shipped config uses them, and an alias lets a file of a kilobyte expand into gigabytes (the
+"billion laughs"); write the repeated values out instead. A key given twice is refused too.
+Values quoted in error messages are shortened (:func:`show_value`).
+
 A config is a YAML path, or the name of a built-in config (``demo``, ``eval/published``,
 ``model/short_only``): the repository's ``configs/`` in a checkout, ``hytrec_torchrec/configs/``
 in an installed wheel (:func:`resolve_config`).
@@ -36,6 +42,7 @@ in an installed wheel (:func:`resolve_config`).
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -56,7 +63,11 @@ __all__ = [
     "apply_overrides",
     "check_choice",
     "check_range",
+    "show_value",
 ]
+
+#: longest value (as ``repr``) an error message quotes; longer ones are cut with ``...``
+MAX_SHOWN = 80
 
 
 class ConfigError(ValueError):
@@ -66,11 +77,23 @@ class ConfigError(ValueError):
     """
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 3, 8, 8, 8
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = MAX_SHOWN, MAX_SHOWN, MAX_SHOWN
+
+
+def show_value(value: Any) -> str:
+    """``repr(value)`` for an error message, at most :data:`MAX_SHOWN` characters (plus ``...``):
+    a huge list or string is never formatted whole."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN] + "..."
+
+
 def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
     """Raise ``ConfigError`` unless ``value`` is one of ``choices``."""
     choices = tuple(choices)
     if value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+        raise ConfigError(f"{key}: {show_value(value)} is not one of {list(choices)}")
 
 
 def check_range(
@@ -84,9 +107,9 @@ def check_range(
 ) -> None:
     """Raise ``ConfigError`` unless ``lo <= value <= hi`` (open ends if requested)."""
     if lo is not None and (value < lo or (lo_open and value == lo)):
-        raise ConfigError(f"{key}: {value!r} must be {'>' if lo_open else '>='} {lo}")
+        raise ConfigError(f"{key}: {show_value(value)} must be {'>' if lo_open else '>='} {lo}")
     if hi is not None and (value > hi or (hi_open and value == hi)):
-        raise ConfigError(f"{key}: {value!r} must be {'<' if hi_open else '<='} {hi}")
+        raise ConfigError(f"{key}: {show_value(value)} must be {'<' if hi_open else '<='} {hi}")
 
 
 def _join(prefix: str, key: str) -> str:
@@ -114,17 +137,17 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 return _coerce(arg, value, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"{key}: {value!r} does not match {_type_name(tp)}")
+        raise ConfigError(f"{key}: {show_value(value)} does not match {_type_name(tp)}")
     if origin is typing.Literal:
         check_choice(key, value, args)
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {show_value(value)}")
         return from_dict(tp, value, prefix=key)
     if origin in (list, Sequence, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {show_value(value)}")
         if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
@@ -134,7 +157,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return tuple(items) if (origin is tuple or tp is tuple) else items
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {show_value(value)}")
         k_tp, v_tp = args if args else (Any, Any)
         return {
             _coerce(k_tp, k, f"{key}.<key>"): _coerce(v_tp, v, _join(key, str(k)))
@@ -142,23 +165,23 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         }
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+            raise ConfigError(f"{key}: expected true/false, got {show_value(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {show_value(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {show_value(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {show_value(value)}")
         return value
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {show_value(value)}")
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
@@ -223,15 +246,15 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     """
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value")
+            raise ConfigError(f"override {show_value(item)}: expected key=value")
         dotted, raw = item.split("=", 1)
         parts = [p for p in dotted.strip().split(".") if p]
         if not parts:
-            raise ConfigError(f"override {item!r}: empty key")
+            raise ConfigError(f"override {show_value(item)}: empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{dotted}: cannot parse override value {raw!r}: {exc}") from exc
+            raise ConfigError(f"{dotted}: cannot parse override value {show_value(raw)}: {exc}") from exc
         node = data
         for i, p in enumerate(parts[:-1]):
             child = node.get(p)
@@ -245,13 +268,32 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (the plain loader keeps
-    the last one without a word, so a pasted second ``lr:`` silently wins)."""
+    """``yaml.SafeLoader`` for configs: refuses a mapping with the same key twice (the plain
+    loader keeps the last one without a word, so a pasted second ``lr:`` silently wins), anchors
+    and aliases (an alias bomb of a kilobyte expands into gigabytes) and merge keys (module
+    docstring)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        """Refuse an anchor or alias before anything is composed from it."""
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            mark = event.start_mark
+            raise yaml.composer.ComposerError(
+                None, None, f"line {mark.line + 1}: YAML anchors and aliases (&{event.anchor} / *{event.anchor}) "
+                "are not supported in configs; write the value out", mark)
+        return super().compose_node(parent, index)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict = {}
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"line {key_node.start_mark.line + 1}: YAML merge keys (<<) are not supported in "
+                "configs; write the keys out", key_node.start_mark)
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -261,6 +303,11 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _load_yaml(text: str) -> Any:
+    """``text`` parsed by :class:`_UniqueKeyLoader` (the YAML subset configs use)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def builtin_configs_dir() -> Path:
@@ -305,7 +352,7 @@ def load_config(
     if path is not None:
         p = resolve_config(path)
         try:
-            loaded = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
+            loaded = _load_yaml(p.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
@@ -319,5 +366,5 @@ def load_config(
         key = msg.split(":", 1)[0].strip()
         given = [o for o in overrides if o.split("=", 1)[0].strip() == key]
         if given:  # the value came from the command line, not from the file
-            raise ConfigError(f"override {given[-1]!r} (config {source}): {msg}") from None
+            raise ConfigError(f"override {show_value(given[-1])} (config {source}): {msg}") from None
         raise ConfigError(f"{source}: {msg}") from None

@@ -9,7 +9,8 @@ the tool's entry module in a fresh folder and must
 * end stderr with a line ``TOOL: ...`` holding the expected text (and have no other line where the
   case says ``only_line: true``), with no ``Traceback`` anywhere,
 * leave every file of ``keeps`` as it was (nothing of the input, or of a folder the tool did not
-  write, is lost).
+  write, is lost), and make none of ``absent`` (no output of a refused run, no file an attacker's
+  code would have made).
 
 A case that needs a prepared dataset or a trained run names ``{prepared}`` / ``{run}``: both are
 made once per session (the run by ``hytrec-train`` itself) and only read by the cases.
@@ -42,7 +43,8 @@ TINY = [
     "train.checkpoint_every=2", "run.tensorboard=false", "run.progress=false",
 ]
 
-KEYS = {"about", "tool", "argv", "files", "generate", "code", "stderr", "stdout", "only_line", "keeps"}
+KEYS = {"about", "tool", "argv", "files", "generate", "code", "stderr", "stdout", "only_line", "keeps",
+        "absent"}
 
 
 def load_cases() -> List[Dict[str, Any]]:
@@ -123,6 +125,92 @@ def gen_truncated_train_state(tmp: Path, fx: "Fixtures") -> None:
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
+def gen_lock_symlink(tmp: Path, fx: "Fixtures") -> None:
+    """``run/.hytrec-train.lock``, a symbolic link to ``victim.txt`` beside the run (a resume once
+    truncated it and wrote its pid there)."""
+    (tmp / "run").mkdir()
+    (tmp / "victim.txt").write_text("the user's file\n")
+    (tmp / "run" / ".hytrec-train.lock").symlink_to(tmp / "victim.txt")
+
+
+class _TouchOnLoad:
+    """Unpickling it creates ``path`` (what an attacker's ``__reduce__`` could do, harmlessly)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.path,))
+
+
+def gen_bytes_entry_checkpoint(tmp: Path, fx: "Fixtures") -> None:
+    """``run/`` (a copy) whose checkpoint index, made only of allow-listed classes, declares one
+    model weight as a bytes entry stored in an extra ``evil.distcp``; DCP's default planner reads
+    such an entry with ``torch.load(weights_only=False)``, which creates ``PWNED``. The manifest is
+    deleted (a checkpoint without one loads unverified)."""
+    import pickle
+
+    import torch
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
+
+    gen_run_copy(tmp, fx)
+    ckpt = tmp / "run" / "checkpoints" / "step_00000002"
+    with open(ckpt / ".metadata", "rb") as f:
+        index = pickle.load(f)  # our own checkpoint, made by the session's hytrec-train
+    fqn = next(k for k in sorted(index.state_dict_metadata) if k.startswith("model.") and "tower" in k)
+    index.state_dict_metadata[fqn] = BytesStorageMetadata()
+    index.storage_data = {k: v for k, v in index.storage_data.items() if k.fqn != fqn}
+    torch.save(_TouchOnLoad(tmp / "PWNED"), ckpt / "evil.distcp")
+    size = (ckpt / "evil.distcp").stat().st_size
+    index.storage_data[MetadataIndex(fqn)] = _StorageInfo("evil.distcp", 0, size)
+    with open(ckpt / ".metadata", "wb") as f:
+        pickle.dump(index, f)
+    (ckpt / "manifest.json").unlink()
+
+
+def gen_unsafe_rank_file(tmp: Path, fx: "Fixtures") -> None:
+    """``run/`` (a copy) whose ``rank_00000.pt`` holds a global that would create ``PWNED`` when
+    unpickled; the manifest is deleted (a checkpoint without one loads unverified)."""
+    import torch
+
+    gen_run_copy(tmp, fx)
+    ckpt = tmp / "run" / "checkpoints" / "step_00000002"
+    torch.save({"torch": _TouchOnLoad(tmp / "PWNED")}, ckpt / "rank_00000.pt")
+    (ckpt / "manifest.json").unlink()
+
+
+def gen_latest_outside(tmp: Path, fx: "Fixtures") -> None:
+    """``run/`` (a copy) whose ``checkpoints/latest`` names another run's checkpoint by its absolute
+    path (the session's run): once followed, so a run resumed or evaluated someone else's model."""
+    gen_run_copy(tmp, fx)
+    (tmp / "run" / "checkpoints" / "latest").write_text(str(fx.run() / "checkpoints" / "step_00000002"))
+
+
+def gen_train_state_bad_field(tmp: Path, fx: "Fixtures") -> None:
+    """``run/`` (a copy) whose ``train_state.json`` gives the item table's size as a string, with the
+    manifest deleted (it would not verify otherwise)."""
+    import json
+
+    gen_run_copy(tmp, fx)
+    ckpt = tmp / "run" / "checkpoints" / "step_00000002"
+    state = json.loads((ckpt / "train_state.json").read_text())
+    state["vocab_sizes"]["item"] = str(state["vocab_sizes"]["item"])
+    (ckpt / "train_state.json").write_text(json.dumps(state))
+    (ckpt / "manifest.json").unlink()
+
+
+def gen_permuted_vocab(tmp: Path, fx: "Fixtures") -> None:
+    """``permuted/``: the session's prepared dataset with the raw IDs of its item vocabulary
+    reversed: every table has the same size, but each raw ID maps to another row."""
+    shutil.copytree(fx.prepared(), tmp / "permuted")
+    f = tmp / "permuted" / "vocab" / "item.parquet"
+    table = pq.read_table(f)
+    raw = table.column("raw")
+    table = table.set_column(table.schema.get_field_index("raw"), "raw", raw.take(list(range(len(raw)))[::-1]))
+    pq.write_table(table, f)
+
+
 GENERATORS: Dict[str, Callable[[Path, "Fixtures"], None]] = {
     "events": gen_events,
     "prepared": gen_prepared,
@@ -131,6 +219,12 @@ GENERATORS: Dict[str, Callable[[Path, "Fixtures"], None]] = {
     "truncated_parquet": gen_truncated_parquet,
     "run_copy": gen_run_copy,
     "truncated_train_state": gen_truncated_train_state,
+    "lock_symlink": gen_lock_symlink,
+    "bytes_entry_checkpoint": gen_bytes_entry_checkpoint,
+    "permuted_vocab": gen_permuted_vocab,
+    "unsafe_rank_file": gen_unsafe_rank_file,
+    "latest_outside": gen_latest_outside,
+    "train_state_bad_field": gen_train_state_bad_field,
 }
 
 
@@ -224,3 +318,5 @@ def test_bad_input(case: Dict[str, Any], tmp_path: Path, fixtures: Fixtures) -> 
         assert needle in res.stdout, f"{needle!r} not in stdout\n{res.stdout[-2000:]}\n{why}"
     for name, digest in keeps.items():
         assert (tmp_path / name).is_file() and file_sha256(tmp_path / name) == digest, f"{name} lost\n{why}"
+    for name in case.get("absent", []):
+        assert not (tmp_path / name).exists(), f"{name} was made\n{why}"

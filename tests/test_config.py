@@ -77,3 +77,26 @@ def test_an_override_error_names_the_override_not_the_file(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as info:  # a bad value in the file is still the file's
         load_config(_Outer, _write(tmp_path, "steps: many\n"), ["inner.alpha=0.5"])
     assert str(info.value).startswith(f"{path}: steps: expected an integer")
+
+
+def test_yaml_subset_refuses_anchors_aliases_and_merge_keys(tmp_path: Path) -> None:
+    """Issue 43 BAD 14: an alias bomb is refused before it expands; merge keys have one rule."""
+    bomb = "name: [&a [x, x, x], &b [*a, *a, *a], &c [*b, *b, *b]]\n"
+    with pytest.raises(ConfigError, match=r"c.yaml: invalid YAML: line 1: YAML anchors and aliases"):
+        load_config(_Outer, _write(tmp_path, bomb))
+    with pytest.raises(ConfigError, match=r"line 2: YAML merge keys \(<<\) are not supported"):
+        load_config(_Outer, _write(tmp_path, "inner:\n  <<: {alpha: 0.5}\n"))
+    with pytest.raises(ConfigError, match="YAML anchors and aliases"):
+        load_config(_Outer, None, ["name=[&a 1, *a]"])
+
+
+def test_error_messages_shorten_long_values(tmp_path: Path) -> None:
+    """A huge value is quoted in a bounded message, never formatted whole."""
+    from hytrec_torchrec.cli import first_line
+    from hytrec_torchrec.config import MAX_SHOWN, show_value
+
+    assert len(show_value(list(range(10**6)))) <= MAX_SHOWN + 3
+    assert len(show_value("x" * 10**6)) <= MAX_SHOWN + 3
+    with pytest.raises(ConfigError) as info:
+        load_config(_Outer, _write(tmp_path, "name: [" + ", ".join(["long"] * 100_000) + "]\n"))
+    assert len(first_line(info.value)) < 300

@@ -6,7 +6,8 @@
 - settings the CPU cannot run (``adam`` on a fused table; the uvm kernels) and a
   ``data_parallel`` table without the ``dense`` kernel (or the reverse) are config errors before
   sharding, with exit status 2;
-- resuming a run on a dataset whose vocabulary sizes differ from the checkpoint's is refused;
+- resuming a run on a dataset whose vocabulary sizes differ from the checkpoint's is refused (the
+  shared check, runtime/data_check.py; same sizes with other IDs: tests/bad_inputs);
 - a non-finite loss stops the job naming the step and batch, and the last good checkpoint stays
   intact and loadable.
 """
@@ -168,7 +169,7 @@ def test_resume_with_other_vocabulary_is_refused(datasets: tuple[Path, Path], tm
     msg_file = tmp_path / "msg.txt"
     run_distributed(_resume_on_other_data, 1, (to_dict(_cfg(b, tmp_path / "run")), str(msg_file)))
     msg = msg_file.read_text()
-    assert "vocabulary sizes" in msg and "do not match" in msg and str(b) in msg
+    assert "vocabulary mismatch" in msg and "table sizes" in msg and str(b) in msg
     assert "step_00000002" in msg
 
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,7 @@ from hytrec_torchrec.schema import TABLES, TIMESTAMP, VOCABS
 
 __all__ = [
     "vocab_fingerprint",
+    "pairs_fingerprint",
     "SCHEMA_VERSION",
     "FEATURES",
     "DatasetFormatError",
@@ -73,6 +74,15 @@ class PreparedMeta:
         return files
 
 
+def pairs_fingerprint(raw: Iterable[Any], index: Iterable[int]) -> str:
+    """SHA-256 of a vocabulary given as its ``raw`` IDs (as text) and their row ``index``, in order:
+    the hash of :func:`vocab_fingerprint`, also computed over an export's ``vocab/<table>.json``."""
+    h = hashlib.sha256()
+    for r, idx in zip(raw, index):
+        h.update(f"{r}\t{int(idx)}\n".encode())
+    return h.hexdigest()
+
+
 def vocab_fingerprint(root: str | Path, table: str) -> str:
     """SHA-256 of a prepared table's vocabulary (every ``raw → index`` pair, in file order), or
     ``"absent"`` when ``vocab/<table>.parquet`` does not exist. Two datasets with equal
@@ -81,10 +91,7 @@ def vocab_fingerprint(root: str | Path, table: str) -> str:
     if not path.is_file():
         return "absent"
     t = pq.read_table(path, columns=["raw", "index"])
-    h = hashlib.sha256()
-    for raw, idx in zip(t.column("raw").cast(pa.string()).to_pylist(), t.column("index").to_pylist()):
-        h.update(f"{raw}\t{idx}\n".encode())
-    return h.hexdigest()
+    return pairs_fingerprint(t.column("raw").cast(pa.string()).to_pylist(), t.column("index").to_pylist())
 
 
 def read_meta(root: str | Path) -> PreparedMeta:

@@ -3,8 +3,9 @@
 Every rank runs :func:`evaluate_checkpoint` (one process is a world of 1):
 
 1. the job config and vocabulary sizes come from the checkpoint (``train_state.json``); the
-   dataset's ``meta.json`` must have the same table sizes (and, when the training dataset is still
-   readable, the same item vocabulary) — otherwise a :class:`VocabMismatchError` names both;
+   dataset must have the same table sizes and ID vocabularies (the shared check,
+   :func:`~hytrec_torchrec.runtime.data_check.check_vocab`) — otherwise a
+   :class:`VocabMismatchError` names both;
 2. the evaluation split's loader is built; a split with no eligible user raises
    :class:`NoEligibleUsersError` with the eligibility counts;
 3. the model is sharded for the *current* world size and the checkpoint loaded into it (DCP
@@ -50,7 +51,7 @@ from hytrec_torchrec.config import (
 )
 from hytrec_torchrec.data.config import DataConfig
 from hytrec_torchrec.data.loader import load_shard, make_dataloader
-from hytrec_torchrec.data.reader import read_meta, vocab_fingerprint
+from hytrec_torchrec.evaluation.card import ModelCardError, check_model_card, check_vocab_file
 from hytrec_torchrec.evaluation.diagnostics import (
     DiagnosticsConfig,
     ExampleSampler,
@@ -64,9 +65,9 @@ from hytrec_torchrec.ranking.metrics import DEFAULT_KS, SegmentedRankingMetric, 
 from hytrec_torchrec.ranking.ranks import ranked_catalog_sizes, target_ranks
 from hytrec_torchrec.ranking.scoring import batch_ranks_and_gate, first_targets, history_items, item_blocks, unwrap
 from hytrec_torchrec.runtime.config import describe_model
+from hytrec_torchrec.runtime.data_check import VocabMismatchError, check_tables, check_vocab, pairs_fingerprint
 from hytrec_torchrec.runtime.distributed import DistEnv, init_distributed
 from hytrec_torchrec.runtime.restore import checkpoint_config, load_sharded
-from hytrec_torchrec.schema import TABLES
 
 __all__ = [
     "EvalConfig",
@@ -88,15 +89,10 @@ PROGRESS_EVERY_S = 10.0
 
 #: first keys of overrides that go to the checkpoint's job config (JobConfig sections).
 JOB_SECTIONS = ("run", "data", "embeddings", "model", "optim", "train")
-#: tables of the model; their sizes must match between checkpoint and dataset.
 
 
 class ExportedModelError(RuntimeError):
     """An exported ``model.pt`` that torch cannot open (truncated, or not a hytrec-export file)."""
-
-
-class VocabMismatchError(ValueError):
-    """Checkpoint and dataset vocabularies differ (message names both)."""
 
 
 class NoEligibleUsersError(ValueError):
@@ -199,59 +195,6 @@ def model_name(path: str | Path) -> str:
         return f"{describe_model(to_dict(cfg.model))} ({p.parent.name}{step})"
     except Exception:  # noqa: BLE001 - a name is not worth failing for; the checks come later
         return p.name + step
-
-
-def check_vocab(ckpt_state: Dict[str, Any], data_path: str | Path, ckpt_path: str | Path,
-                allow_unchecked: bool = False) -> Dict[str, Any]:
-    """Raise :class:`VocabMismatchError` unless the dataset fits the checkpoint.
-
-    Table sizes (item, attribution, category, behavior) must be equal, and so must the ID
-    vocabularies (same sizes with a different ID order would silently score wrong items): by the
-    fingerprints the checkpoint stores (``vocab_fingerprints``, written since they existed), else
-    against the checkpoint's training dataset when it is still readable. When neither is possible
-    the evaluation is refused unless ``allow_unchecked`` (``--allow-unchecked-vocab``), and the
-    result then says so.
-
-    Returns:
-        ``{"sizes_checked": True, "item_vocab_checked": bool, "how": "fingerprint" |
-        "training data" | "unchecked"}``.
-    """
-    meta = read_meta(data_path)
-    have = {k: int(v) for k, v in meta.vocab_sizes.items()}
-    want = {k: int(v) for k, v in ckpt_state.get("vocab_sizes", {}).items()}
-    bad = [t for t in TABLES if want.get(t) != have.get(t)]
-    if bad:
-        raise VocabMismatchError(
-            f"vocabulary mismatch: checkpoint {ckpt_path} was trained with table sizes "
-            f"{ {t: want.get(t) for t in TABLES} } but dataset {data_path} (meta.json) has "
-            f"{ {t: have.get(t) for t in TABLES} } (first difference: {bad[0]}); evaluate on "
-            "a dataset prepared with the training vocabularies (hytrec-prep vocab_from=...)")
-    stored = ckpt_state.get("vocab_fingerprints")
-    if stored:
-        for t in TABLES:
-            if t in stored and vocab_fingerprint(data_path, t) != stored[t]:
-                raise VocabMismatchError(
-                    f"vocabulary mismatch: the {t} vocabulary of dataset {data_path} differs from the one "
-                    f"checkpoint {ckpt_path} was trained with (same size, different IDs; fingerprint "
-                    "stored in the checkpoint)")
-        return {"sizes_checked": True, "item_vocab_checked": True, "how": "fingerprint"}
-    train_path = ckpt_state.get("data_path")
-    if train_path and Path(train_path, "vocab", "item.parquet").is_file():
-        a, b = Path(train_path).resolve(), Path(data_path).resolve()
-        if a != b:
-            ra = pq.read_table(a / "vocab" / "item.parquet", columns=["raw", "index"])
-            rb = pq.read_table(b / "vocab" / "item.parquet", columns=["raw", "index"])
-            if not ra.equals(rb):
-                raise VocabMismatchError(
-                    f"vocabulary mismatch: item vocabulary of dataset {data_path} differs from that "
-                    f"of the checkpoint's training dataset {train_path} (same size, different IDs)")
-        return {"sizes_checked": True, "item_vocab_checked": True, "how": "training data"}
-    if not allow_unchecked:
-        raise VocabMismatchError(
-            f"cannot check the ID vocabulary: checkpoint {ckpt_path} stores no vocabulary fingerprint and "
-            f"its training dataset {train_path} is not readable; evaluate on that dataset, or pass "
-            "--allow-unchecked-vocab if you know the IDs match (the report will say they were not checked)")
-    return {"sizes_checked": True, "item_vocab_checked": False, "how": "unchecked"}
 
 
 def _sum_ints(values: List[int], device: torch.device) -> List[int]:
@@ -450,40 +393,46 @@ def evaluate_checkpoint(
 
 # ---------------------------------------------------------------------- exported models
 def _exported_vocab(model_dir: Path, table: str) -> Dict[str, Any]:
+    """``vocab/<table>.json`` of an export, checked (:func:`~hytrec_torchrec.evaluation.card.check_vocab_file`).
+
+    Raises:
+        FileNotFoundError: it is missing.
+        ExportedModelError: it is not JSON, or a field has the wrong type or is out of range.
+    """
     path = model_dir / "vocab" / f"{table}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: vocabulary of the exported model not found (hytrec-export writes it)")
-    return json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+        check_vocab_file(doc, table)
+    except ValueError as exc:  # JSONDecodeError and ModelCardError
+        raise ExportedModelError(f"{path}: {first_line(exc)}") from None
+    return doc
 
 
 def check_exported_vocab(model_file: str | Path, card: Dict[str, Any], data_path: str | Path) -> Dict[str, str]:
-    """Raise :class:`VocabMismatchError` unless the exported model's vocabularies equal the dataset's.
+    """Raise :class:`VocabMismatchError` unless the exported model's vocabularies are the dataset's.
 
-    Every table the model uses must have the same rows and the same raw ID → index pairs.
+    Every table the model takes must have the same rows and the same raw ID → index pairs: the
+    shared check (:func:`~hytrec_torchrec.runtime.data_check.check_tables`) with the fingerprints of
+    the export's ``vocab/<table>.json``.
 
     Returns:
         ``{table: id_space}`` of the tables the model takes.
     """
-    meta = read_meta(data_path)
     model_dir = Path(model_file).parent
     spaces: Dict[str, str] = {}
+    sizes: Dict[str, Optional[int]] = {}
+    fingerprints: Dict[str, str] = {}
     for table, spec in card["input_contract"]["values"].items():
         if table == "timestamp" or not spec.get("required"):
             continue
         ev = _exported_vocab(model_dir, table)
-        have = int(meta.vocab_sizes.get(table, -1))
-        if int(ev["table_rows"]) != have:
-            raise VocabMismatchError(
-                f"vocabulary mismatch: exported model {model_file} has {ev['table_rows']} {table} rows but "
-                f"dataset {data_path} (meta.json) has {have}")
-        dv = pq.read_table(Path(data_path) / "vocab" / f"{table}.parquet", columns=["raw", "index"])
-        if ([str(r) for r in dv.column("raw").to_pylist()] != list(ev["raw"])
-                or dv.column("index").to_pylist() != list(ev["index"])):
-            raise VocabMismatchError(
-                f"vocabulary mismatch: {table} vocabulary of exported model {model_file} "
-                f"({model_dir / 'vocab' / (table + '.json')}) differs from dataset {data_path} "
-                "(same size, different IDs)")
+        sizes[table] = int(ev["table_rows"])
+        fingerprints[table] = pairs_fingerprint(ev["raw"], ev["index"])
         spaces[table] = spec["id_space"]
+    check_tables(f"exported model {model_file}", sizes, fingerprints, data_path,
+                 source=f"of {model_dir / 'vocab'}/<table>.json")
     return spaces
 
 
@@ -516,6 +465,10 @@ def evaluate_exported(
     except (RuntimeError, ValueError) as exc:  # a zip reader or JSON error: cut short or not an export
         raise ExportedModelError(f"{path}: not a readable hytrec-export model (truncated or another file?): "
                                  f"{first_line(exc)}") from None
+    try:
+        check_model_card(card)
+    except ModelCardError as exc:
+        raise ExportedModelError(f"{path}: embedded model_card.json: {exc}") from None
     model.eval()
     spaces = check_exported_vocab(path, card, data_path)
     env = env or init_distributed("auto", "cpu")

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--int8", action="store_true", help="row-wise int8 embedding tables")
     parser.add_argument("--data", default=None,
                         help="prepared dataset with the vocabularies (default: the checkpoint's data.path)")
+    parser.add_argument("--allow-unchecked-vocab", action="store_true",
+                        help="export a checkpoint whose ID vocabularies cannot be checked against the dataset "
+                             "(no stored fingerprint, training data gone); the model card says so")
     parser.add_argument("--no-pt2", action="store_true", help="do not try torch.export (model.pt2)")
     parser.add_argument("--max-tokens-per-pass", type=int, default=DEFAULT_MAX_TOKENS_PER_PASS,
                         help="history events per tower pass when serving a batch (default "
@@ -48,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point; returns the exit status (0 ok, 1 internal error, 2 bad input; one line,
-    the traceback with ``--debug`` or ``HYTREC_DEBUG=1``)."""
+    """Console entry point; returns the exit status (0 ok, 1 internal error, 2 bad input, 3 a
+    dataset whose vocabularies are not the checkpoint's; one line, the traceback with ``--debug``
+    or ``HYTREC_DEBUG=1``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.debug:
@@ -64,6 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     # Imported after argument parsing and the stack check: --help answers without torch (seconds).
     from hytrec_torchrec.runtime.checkpoint import DamagedCheckpointError
+    from hytrec_torchrec.runtime.data_check import VocabMismatchError
     from hytrec_torchrec.runtime.safe_load import UnsafeCheckpointError
     from hytrec_torchrec.serving.export import ExportError, export_checkpoint
 
@@ -72,7 +77,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         card = export_checkpoint(args.checkpoint, args.out, int8=args.int8, data=args.data,
                                  pt2=not args.no_pt2, max_tokens_per_pass=args.max_tokens_per_pass,
-                                 overwrite=args.overwrite)
+                                 overwrite=args.overwrite, allow_unchecked_vocab=args.allow_unchecked_vocab)
+    except VocabMismatchError as exc:
+        return report("hytrec-export", exc, 3)
     except (OSError, ExportError, ConfigError, ValueError, UnsafeCheckpointError,
             DamagedCheckpointError) as exc:
         return report("hytrec-export", exc, 2)

@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 import torch
 
 from hytrec_torchrec.files import file_sha256, unwritable_dir
-from hytrec_torchrec.runtime.restore import config_dict, load_unsharded
+from hytrec_torchrec.runtime.data_check import check_vocab
+from hytrec_torchrec.runtime.restore import checkpoint_config, config_dict, load_unsharded
 from hytrec_torchrec.schema import TABLES
 from hytrec_torchrec.serving.idmap import Vocab
 from hytrec_torchrec.serving.module import DEFAULT_MAX_TOKENS_PER_PASS, HyTRecServing
@@ -263,7 +264,7 @@ def _publish(tmp: Path, out: Path) -> None:
 def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = False,
                       data: Optional[str | Path] = None, pt2: bool = True,
                       max_tokens_per_pass: int = DEFAULT_MAX_TOKENS_PER_PASS,
-                      overwrite: bool = False) -> Dict[str, Any]:
+                      overwrite: bool = False, allow_unchecked_vocab: bool = False) -> Dict[str, Any]:
     """Export a training checkpoint (run dir or checkpoint dir, any world size) for serving.
 
     Args:
@@ -277,19 +278,29 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
         max_tokens_per_pass: history events per tower pass in a served batch (0: whole batch);
             see :class:`~hytrec_torchrec.serving.module.HyTRecServing`.
         overwrite: replace an earlier export in ``out``.
+        allow_unchecked_vocab: export a checkpoint whose ID vocabularies cannot be checked against
+            ``data`` (no stored fingerprint, training data gone); otherwise refused
+            (:func:`~hytrec_torchrec.runtime.data_check.check_vocab`).
 
     Returns:
         The model card (also written to ``OUT/model_card.json``).
+
+    Raises:
+        VocabMismatchError: the dataset's vocabularies are not the checkpoint's (nothing written).
     """
     final = Path(out)
     check_export_dir(final, overwrite)
     started = time.monotonic()
     stage = lambda what: log.info("export: %s (%.1f s)", what, time.monotonic() - started)  # noqa: E731 - progress
-    model, cfg, state = load_unsharded(checkpoint)
-    stage(f"checkpoint loaded, step {state.get('step')}")
-    sizes = {k: int(v) for k, v in state["vocab_sizes"].items()}
+    _, state = checkpoint_config(checkpoint)
     prepared = find_prepared(state, data)
+    # the vocabularies exported must be the ones the model was trained with (the check resume
+    # and evaluation run): same sizes are not enough, other IDs would map to the wrong rows
+    vocab_check = check_vocab(state, prepared, state["path"], allow_unchecked=allow_unchecked_vocab)
+    sizes = {k: int(v) for k, v in state["vocab_sizes"].items()}
     vocabs = read_vocabs(prepared, sizes)
+    model, cfg, state = load_unsharded(state["path"])
+    stage(f"checkpoint loaded, step {state.get('step')}")
     features = list(cfg.model.features)
     serving = build_serving(model, features, cfg.data.max_len, vocabs, int8, max_tokens_per_pass)
     stage(f"serving module built ({'int8' if int8 else 'float32'} tables, vocabularies of {prepared})")
@@ -320,6 +331,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
         "checkpoint": {"path": str(Path(state["path"]).resolve()), "step": state.get("step"),
                        "epoch": state.get("epoch"), "world_size": state.get("world_size")},
         "prepared_data": str(prepared.resolve()),
+        "vocab_check": vocab_check,
         "tables": {
             "storage": "int8_rowwise" if int8 else "float32",
             "rows": sizes, "dim": int(cfg.embeddings.dim),

@@ -5,7 +5,8 @@ Every config value can be overridden with a dotted ``key=value`` argument, e.g.
 ``data.path=/data/prepared train.max_steps=50 run.dir=runs/exp1``.
 
 Exit status: 0 done; 1 internal error; 2 config error, or a damaged or unsafe checkpoint to resume
-from; 3 bad input data (missing or malformed prepared dataset) or a non-finite loss. Errors are one
+from; 3 bad input data (missing or malformed prepared dataset, a dataset whose vocabularies are
+not the checkpoint's on resume) or a non-finite loss. Errors are one
 line; ``--debug`` (or ``HYTREC_DEBUG=1``) prints the traceback.
 """
 
@@ -52,6 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from hytrec_torchrec.data.reader import DatasetFormatError
     from hytrec_torchrec.runtime.checkpoint import DamagedCheckpointError
     from hytrec_torchrec.runtime.config import load_job_config
+    from hytrec_torchrec.runtime.data_check import VocabMismatchError
     from hytrec_torchrec.runtime.distributed import shutdown_distributed
     from hytrec_torchrec.runtime.safe_load import UnsafeCheckpointError
     from hytrec_torchrec.training.loop import NonFiniteLossError, Trainer
@@ -68,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return report(prog, exc, 2, prefix="config error: ")
     except (UnsafeCheckpointError, DamagedCheckpointError) as exc:
         return report(prog, exc, 2)
-    except (NonFiniteLossError, DatasetFormatError) as exc:
+    except (NonFiniteLossError, DatasetFormatError, VocabMismatchError) as exc:
         return report(prog, exc, 3)
     except Exception as exc:  # noqa: BLE001 - one line unless --debug (hytrec_torchrec/cli.py)
         return internal_error(prog, exc)

@@ -46,6 +46,7 @@ from hytrec_torchrec.ranking.ranks import all_gather_rows
 from hytrec_torchrec.ranking.scoring import batch_target_ranks, item_blocks
 from hytrec_torchrec.runtime.checkpoint import latest_checkpoint, load_checkpoint, read_train_state, save_checkpoint
 from hytrec_torchrec.runtime.config import JobConfig, describe_model, model_changes
+from hytrec_torchrec.runtime.data_check import check_vocab
 from hytrec_torchrec.runtime.dense_lookup import data_parallel_lookups
 from hytrec_torchrec.runtime.distributed import DistEnv, format_plan, init_distributed, shard_model
 from hytrec_torchrec.runtime.factory import build_model
@@ -222,12 +223,9 @@ class Trainer:
                 raise ConfigError(f"{path}: this job's model differs from the checkpoint's in "
                                   f"{'; '.join(changes)}; resume with the checkpoint's values or start a new "
                                   "run.dir")
-        if saved.get("vocab_sizes") != self.vocab_sizes:
-            raise ValueError(
-                f"{path}: checkpoint vocabulary sizes {saved.get('vocab_sizes')} do not match "
-                f"the dataset {self.cfg.data.path} ({self.vocab_sizes}); use the prepared "
-                "directory the run was trained on"
-            )
+        # the dataset must be the one the checkpoint was trained on: same table sizes and the same
+        # raw ID -> row vocabularies (the check evaluation and export run too)
+        check_vocab(saved, self.cfg.data.path, path)
         # AdamW (and a plain optimizer over data_parallel tables) creates its state lazily on the
         # first step; DCP loads in place, so materialise the state first (a dummy zero-gradient
         # step; the parameters it touches are overwritten by the load right after).

@@ -3,7 +3,9 @@
 * **Lock.** Rank 0 holds an exclusive ``flock`` on ``RUN_DIR/.hytrec-train.lock`` for the life
   of the job; a second trainer on the same directory stops with a one-line error naming the
   holder's pid instead of racing the first one's checkpoints. (``flock`` is per host: on a shared
-  filesystem it keeps apart jobs whose rank 0 runs on the same node only.)
+  filesystem it keeps apart jobs whose rank 0 runs on the same node only.) The lock file is opened
+  without following a symbolic link (``O_NOFOLLOW``): a lock that is a link, dangling or not, a
+  hard link or anything but a regular file is refused, so the pid is never written outside the run.
 * **No mixed runs.** With ``train.resume: false``, a directory that already holds a run's outputs
   is refused unless ``run.overwrite`` (``hytrec-train --overwrite``), which removes exactly the
   entries a training run writes (:data:`RUN_ENTRIES`) and refuses, removing nothing, when the
@@ -16,8 +18,10 @@ rank that stopped.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 from typing import IO, Any, Optional
 
@@ -33,8 +37,32 @@ LOCK_NAME = ".hytrec-train.lock"
 RUN_ENTRIES = frozenset({"checkpoints", "summary.json", "tb", "sharding_plan.txt", "curves.png", LOCK_NAME})
 
 
+def _open_lock_file(run_dir: Path) -> IO[str]:
+    """``run_dir/LOCK_NAME`` opened for reading and writing, created when absent, without following
+    a symbolic link (and without blocking on a FIFO).
+
+    Raises:
+        ConfigError: the lock is a symbolic link, not a regular file, or a hard link of another file.
+    """
+    path = run_dir / LOCK_NAME
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"run.dir {run_dir}: {LOCK_NAME} is a symbolic link; refused (the lock is "
+                              "written, and must not lead outside the run): remove it") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        what = "is not a regular file" if not stat.S_ISREG(info.st_mode) else "has another hard link"
+        raise ConfigError(f"run.dir {run_dir}: {LOCK_NAME} {what}; refused (the lock is written): remove it")
+    return os.fdopen(fd, "r+")
+
+
 def _lock(run_dir: Path) -> IO[str]:
-    f = open(run_dir / LOCK_NAME, "a+")
+    f = _open_lock_file(run_dir)
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
