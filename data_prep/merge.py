@@ -56,7 +56,8 @@ def _shard_dirs(folder: Path) -> list[Path]:
     found = []
     for entry in sorted(os.scandir(shards), key=lambda e: e.name):
         if entry.name.endswith(LOCK_SUFFIX):
-            raise PrepInputError(f"{shards}/{entry.name}: a shard run is still writing here; merge after it ends")
+            _no_live_shard_run(shards / entry.name[1:-len(LOCK_SUFFIX)])
+            continue
         if entry.name.startswith("."):
             continue  # the unfinished folder of an interrupted shard run
         path = Path(entry.path)
@@ -64,6 +65,17 @@ def _shard_dirs(folder: Path) -> list[Path]:
             raise PrepInputError(f"{path}: not a complete shard output of hytrec-prep")
         found.append(path)
     return found
+
+
+def _no_live_shard_run(target: Path) -> None:
+    """Raise unless the shard output ``target`` is free: its lock is taken (a lock of a process
+    that no longer runs is taken over) and let go at once."""
+    lock = OutputLock(target, TOOL)
+    try:
+        lock.acquire()
+    except OutputError as exc:
+        raise PrepInputError(f"{exc}; merge after it ends") from None
+    lock.release()
 
 
 def _check_metas(out: Path, shard_dirs: list[Path], metas: list[dict]) -> None:

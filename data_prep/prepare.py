@@ -194,6 +194,8 @@ def is_shard_output(folder: Path) -> bool:
             and only_entries(folder, SHARD_ENTRIES, {"sequences", "vocab"}))
 
 
+#: seconds a shard run waits for another one starting into the same OUTPUT (a moment's lock)
+SHARD_START_WAIT_S = 30.0
 #: seconds between progress lines of the sequence pass (stderr)
 PROGRESS_EVERY_S = 10.0
 
@@ -247,8 +249,12 @@ def _refuse(exc: OutputError) -> PrepInputError:
 
 def _into_shards_folder(out: Path) -> None:
     """Make ``out`` the folder of shard outputs (marker ``shards`` and ``_shards/``), under its lock:
-    it is absent or empty, or already such a folder; a complete dataset or anything else is refused."""
-    with OutputLock(out, TOOL):
+    it is absent or empty, or already such a folder; a complete dataset or anything else is refused.
+    Shards started together each hold the lock a moment, so one waits up to
+    :data:`SHARD_START_WAIT_S` for another (or for a merge into ``out``)."""
+    lock = OutputLock(out, TOOL)
+    lock.acquire(wait_s=SHARD_START_WAIT_S)
+    try:
         what = classify(out, lambda p: prep_kind(p) is not None)
         if what == OURS and prep_kind(out) == "shards":
             return
@@ -260,6 +266,8 @@ def _into_shards_folder(out: Path) -> None:
         out.mkdir(exist_ok=True)
         write_marker(out, TOOL, "shards")
         (out / "_shards").mkdir()
+    finally:
+        lock.release()
 
 
 def prepare(

@@ -33,6 +33,7 @@ import shutil
 import socket
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -197,8 +198,19 @@ class OutputLock:
             return None
         return doc if isinstance(doc, dict) and isinstance(doc.get("pid"), int) else None
 
-    def acquire(self) -> None:
-        """Take the lock (the folder above ``target`` must exist), or raise :class:`OutputError`."""
+    def acquire(self, wait_s: float = 0.0) -> None:
+        """Take the lock (the folder above ``target`` must exist), waiting up to ``wait_s`` seconds
+        for a live holder to let go (for locks held a moment only); else raise :class:`OutputError`."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._try_acquire()
+            except OutputError:
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.05)
+
+    def _try_acquire(self) -> None:
         if self._create():
             self.held = True
             return

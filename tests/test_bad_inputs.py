@@ -123,6 +123,33 @@ def gen_truncated_train_state(tmp: Path, fx: "Fixtures") -> None:
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
+def _evaluation(folder: Path, data: str) -> None:
+    """``folder/``: what hytrec-eval writes for one model on 6 examples (ranks.parquet and a
+    metrics.json of the same shape), an evaluation of the dataset ``data``."""
+    import json
+
+    from hytrec_torchrec.evaluation.paired import write_ranks
+
+    folder.mkdir()
+    ranks = {"user": np.arange(6), "cutoff": np.full(6, 5), "rank": np.array([1, 3, 12, 2, 40, 7]),
+             "catalog": np.full(6, 100)}
+    write_ranks(folder / "ranks.parquet", {"m": ranks})
+    doc = {"split": "test", "data": data, "ks": [1, 10], "models": {"m": {}}, "overall": {}}
+    (folder / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def gen_two_evals(tmp: Path, fx: "Fixtures") -> None:
+    """``e1/`` and ``e2/``: two evaluations of one dataset, on the same examples."""
+    _evaluation(tmp / "e1", "runs/ml1m/prepared")
+    _evaluation(tmp / "e2", "runs/ml1m/prepared")
+
+
+def gen_two_evals_of_different_data(tmp: Path, fx: "Fixtures") -> None:
+    """``e1/`` and ``e2/``: evaluations of two datasets whose users and cutoffs happen to match."""
+    _evaluation(tmp / "e1", "runs/ml1m/prepared")
+    _evaluation(tmp / "e2", "runs/other/prepared")
+
+
 GENERATORS: Dict[str, Callable[[Path, "Fixtures"], None]] = {
     "events": gen_events,
     "prepared": gen_prepared,
@@ -131,6 +158,8 @@ GENERATORS: Dict[str, Callable[[Path, "Fixtures"], None]] = {
     "truncated_parquet": gen_truncated_parquet,
     "run_copy": gen_run_copy,
     "truncated_train_state": gen_truncated_train_state,
+    "two_evals": gen_two_evals,
+    "two_evals_of_different_data": gen_two_evals_of_different_data,
 }
 
 

@@ -252,3 +252,19 @@ def test_two_preps_into_one_output_refuse_each_other(tmp_path: Path) -> None:
     assert r1.returncode == 0, r1.stderr
     assert _events_out(out) == 30
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]  # no lock, no sibling left
+
+
+def test_shards_started_together_into_one_output(tmp_path: Path) -> None:
+    """The documented ``for i in 0 1 2; do hytrec-prep IN OUT --shard $i/3 & done``: each shard holds
+    OUT's lock only a moment to set the folder up, then its own shard's lock."""
+    raw = _raw(tmp_path / "raw")
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    procs = [subprocess.Popen([sys.executable, "-m", "data_prep.cli", str(raw), str(out), "--shard", f"{i}/3",
+                               "num_partitions=3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for i in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    assert _prep(["--merge", str(out)]) == 0
+    assert _events_out(out) == 30
