@@ -37,7 +37,7 @@ from hytrec_torchrec.cli import enable_debug, internal_error, plain, quiet_libra
 from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.files import unwritable_dir
 from hytrec_torchrec.launcher import stop_when_launcher_exits
-from hytrec_torchrec.outputs import OutputError, OutputLock
+from hytrec_torchrec.outputs import OutputError, OutputLock, clear_stale_siblings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             lock.acquire()
             check_out(args.out, args.overwrite, [args.data, *args.checkpoint, *args.model])  # under the lock
+            clear_stale_siblings(args.out, "hytrec-eval")  # the unfinished report of an interrupted run
     except (OutputError, OSError) as exc:
         lock.release()
         return report("hytrec-eval", exc, 2, prefix=f"--out {args.out}: " if isinstance(exc, OSError) else "")
