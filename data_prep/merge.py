@@ -33,6 +33,7 @@ from hytrec_torchrec.outputs import (
     check_replaceable,
     classify,
     clear_stale_siblings,
+    parents_made,
     staged_dir,
 )
 
@@ -164,8 +165,7 @@ def merge(output: str | Path, extra: Sequence[str | Path] = (), overwrite: bool 
     try:
         for e in extra:
             check_apart(out, [e])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with OutputLock(out, TOOL):
+        with parents_made(out), OutputLock(out, TOOL):
             shard_dirs = _check_target(out, overwrite)
             for e in extra:
                 shard_dirs += _shard_dirs(Path(e))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -43,6 +44,7 @@ from hytrec_torchrec.outputs import (
     inside,
     marker_path,
     only_entries,
+    parents_made,
     read_marker,
     staged_dir,
     write_marker,
@@ -230,17 +232,25 @@ def _spill_folder(cfg: PrepConfig, work: Path, shard: tuple[int, int]) -> Iterat
     """A fresh spill folder of this run only: ``WORK/_spill`` or a new ``hytrec-spill-*`` folder
     under ``spill_dir`` (made with mkdir, so two runs sharing ``spill_dir`` never share files and
     nothing already there is touched); removed at the end."""
-    if cfg.spill_dir:
-        base = Path(cfg.spill_dir)
-        base.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=f"hytrec-spill-shard-{shard[0]}-of-{shard[1]}-", dir=base))
-    else:
+    if not cfg.spill_dir:
         folder = work / "_spill"
         folder.mkdir()
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    base = Path(cfg.spill_dir)
+    made = [p for p in [base, *base.parents] if not os.path.lexists(p)]  # removed again when empty
+    base.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"hytrec-spill-shard-{shard[0]}-of-{shard[1]}-", dir=base))
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        for p in made:
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 def _refuse(exc: OutputError) -> PrepInputError:
@@ -309,19 +319,19 @@ def prepare(
     _check_spill_dir(cfg, out, input_files + ([input_spec] if Path(input_spec).is_dir() else []))
     fixed = _fixed_vocabs(cfg, plan)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        target = out
-        if sn > 1:
-            _into_shards_folder(out)
-            target = out / "_shards" / f"shard-{si}-of-{sn}"
-        with OutputLock(target, TOOL):
-            kind = "shard output" if sn > 1 else "prepared dataset"
-            recognise = is_shard_output if sn > 1 else (lambda p: prep_kind(p) is not None)
-            check_replaceable(target, TOOL, kind, overwrite, recognise)
-            clear_stale_siblings(target, TOOL)
-            with staged_dir(target, TOOL) as work:
-                return _prepare_into(work, plan=plan, cfg=cfg, shard=shard, fixed=fixed, input_spec=input_spec,
-                                     t0=t0)
+        with parents_made(out):
+            target = out
+            if sn > 1:
+                _into_shards_folder(out)
+                target = out / "_shards" / f"shard-{si}-of-{sn}"
+            with OutputLock(target, TOOL):
+                kind = "shard output" if sn > 1 else "prepared dataset"
+                recognise = is_shard_output if sn > 1 else (lambda p: prep_kind(p) is not None)
+                check_replaceable(target, TOOL, kind, overwrite, recognise)
+                clear_stale_siblings(target, TOOL)
+                with staged_dir(target, TOOL) as work:
+                    return _prepare_into(work, plan=plan, cfg=cfg, shard=shard, fixed=fixed,
+                                         input_spec=input_spec, t0=t0)
     except OutputError as exc:
         raise _refuse(exc) from None
 

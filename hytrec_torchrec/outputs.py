@@ -39,7 +39,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 __all__ = ["OutputError", "OutputLock", "marker_path", "read_marker", "write_marker", "classify", "check_apart",
            "check_replaceable", "staged_dir", "replace_with", "incomplete_reason", "clear_stale_siblings",
-           "write_file_staged", "inside", "only_entries", "remove_tree", "ABSENT", "EMPTY", "OURS",
+           "write_file_staged", "inside", "only_entries", "parents_made", "remove_tree", "ABSENT", "EMPTY", "OURS",
            "FOREIGN", "LOCK_SUFFIX"]
 
 #: what :func:`classify` returns
@@ -155,6 +155,22 @@ def check_apart(output: str | Path, inputs: Iterable[str | Path], option: str = 
         if inside(out, inp) or inside(inp, out):
             raise OutputError(f"{output}: {option} and the input {given} are the same or nested; "
                               "choose an output outside every input")
+
+
+@contextlib.contextmanager
+def parents_made(target: str | Path) -> Iterator[None]:
+    """Make the folders above ``target`` that are missing; if the block fails, remove those of them
+    that are still empty (a failed run leaves no trace)."""
+    above = _abs(target).parent
+    made = [p for p in [above, *above.parents] if not os.path.lexists(p)]
+    above.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for p in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(p)
+        raise
 
 
 def _pid_alive(pid: int) -> bool:
