@@ -39,7 +39,8 @@ from typing import Callable, Iterable, Iterator, Optional
 
 __all__ = ["OutputError", "OutputLock", "marker_path", "read_marker", "write_marker", "classify", "check_apart",
            "check_replaceable", "staged_dir", "replace_with", "incomplete_reason", "clear_stale_siblings",
-           "write_file_staged", "inside", "only_entries", "parents_made", "remove_tree", "ABSENT", "EMPTY", "OURS",
+           "write_file_staged", "inside", "only_entries", "parents_made", "make_parents",
+           "remove_empty", "remove_tree", "ABSENT", "EMPTY", "OURS",
            "FOREIGN", "LOCK_SUFFIX"]
 
 #: what :func:`classify` returns
@@ -157,19 +158,30 @@ def check_apart(output: str | Path, inputs: Iterable[str | Path], option: str = 
                               "choose an output outside every input")
 
 
+def make_parents(target: str | Path) -> list[Path]:
+    """Make the missing folders above ``target``; returns them, deepest first."""
+    above = _abs(target).parent
+    made = [p for p in [above, *above.parents] if not os.path.lexists(p)]
+    above.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_empty(folders: Iterable[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is still empty: what a failed run made."""
+    for p in folders:
+        with contextlib.suppress(OSError):
+            os.rmdir(p)
+
+
 @contextlib.contextmanager
 def parents_made(target: str | Path) -> Iterator[None]:
     """Make the folders above ``target`` that are missing; if the block fails, remove those of them
     that are still empty (a failed run leaves no trace)."""
-    above = _abs(target).parent
-    made = [p for p in [above, *above.parents] if not os.path.lexists(p)]
-    above.mkdir(parents=True, exist_ok=True)
+    made = make_parents(target)
     try:
         yield
     except BaseException:
-        for p in made:
-            with contextlib.suppress(OSError):
-                os.rmdir(p)
+        remove_empty(made)
         raise
 
 

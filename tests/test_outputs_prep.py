@@ -235,12 +235,14 @@ def _overlapping(tmp_path: Path, first: list[str], second: list[str]) -> tuple:
 def test_two_preps_sharing_a_spill_dir_both_finish_whole(tmp_path: Path) -> None:
     raw = _raw(tmp_path / "raw")
     scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "mine.txt").write_text("mine")
     r1, r2 = _overlapping(tmp_path, [str(raw), str(tmp_path / "a"), f"spill_dir={scratch}"],
                           [str(raw), str(tmp_path / "b"), f"spill_dir={scratch}"])
     assert r2.returncode == 0, r2.stderr
     assert r1.returncode == 0, r1.stderr
     assert _events_out(tmp_path / "a") == 30 and _events_out(tmp_path / "b") == 30
-    assert list(scratch.iterdir()) == []
+    assert [p.name for p in scratch.iterdir()] == ["mine.txt"]
 
 
 def test_two_preps_into_one_output_refuse_each_other(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from hytrec_torchrec.cli import enable_debug, internal_error, plain, quiet_libra
 from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.files import unwritable_dir
 from hytrec_torchrec.launcher import stop_when_launcher_exits
-from hytrec_torchrec.outputs import OutputError, OutputLock, clear_stale_siblings
+from hytrec_torchrec.outputs import OutputError, OutputLock, clear_stale_siblings, make_parents, remove_empty
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,20 +100,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return report("hytrec-eval", exc, 2, prefix="config error: ")
     # --out is checked, and locked by the process that writes it, before any work
     lock = OutputLock(args.out, "hytrec-eval")
+    made: list[Path] = []  # folders above --out made for it: removed again if the evaluation fails
     try:
         check_out(args.out, args.overwrite, [args.data, *args.checkpoint, *args.model])
         if os.environ.get("RANK", "0") == "0":
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            made = make_parents(args.out)
             lock.acquire()
             check_out(args.out, args.overwrite, [args.data, *args.checkpoint, *args.model])  # under the lock
             clear_stale_siblings(args.out, "hytrec-eval")  # the unfinished report of an interrupted run
     except (OutputError, OSError) as exc:
         lock.release()
+        remove_empty(made)
         return report("hytrec-eval", exc, 2, prefix=f"--out {args.out}: " if isinstance(exc, OSError) else "")
+    rc = 1
     try:
-        return _evaluate(args, ecfg, job_overrides)
+        rc = _evaluate(args, ecfg, job_overrides)
+        return rc
     finally:
         lock.release()
+        if rc != 0:
+            remove_empty(made)
 
 
 def _evaluate(args: argparse.Namespace, ecfg: Any, job_overrides: list[str]) -> int:
