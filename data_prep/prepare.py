@@ -7,8 +7,9 @@ maps IDs to dense indices, sorts, filters (:mod:`data_prep.sequences`) and write
 working set fits the budget.
 
 Sharded runs (``shard=(i, n)``) process the partitions ``p`` with ``p % n == i`` and write their
-vocabulary counts and meta under ``OUTPUT/_shards/shard-i-of-n/``; :func:`data_prep.merge.merge`
-then writes the final ``vocab/`` and ``meta.json``.
+part files, vocabulary counts and meta to ``OUTPUT/_shards/shard-i-of-n/``; :func:`data_prep.merge.merge`
+then writes the dataset. Every output is written through :mod:`hytrec_torchrec.outputs` (checked
+first, locked, written beside its target and renamed into place; docs/data_prep.md "Writing the output").
 """
 
 from __future__ import annotations
