@@ -80,16 +80,25 @@ def is_eval_output(folder: Path) -> bool:
     return only_entries(folder, EVAL_ENTRIES)
 
 
+def _looks_prepared(folder: Path) -> bool:
+    """Whether ``folder`` holds a prepared dataset (hytrec-prep's marker, or its meta.json)."""
+    if (folder / ".hytrec-prep").exists():
+        return True
+    try:
+        doc = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "partition_hash" in doc
+
+
 def check_out(out: str | Path, overwrite: bool, inputs: Sequence[str | Path]) -> None:
     """Raise :class:`OutputError` unless ``--out`` may be written: outside every input, and absent,
     empty or (with ``overwrite``) an earlier evaluation. A prepared dataset or a folder holding
     anything else is refused with or without ``overwrite``."""
     check_apart(out, inputs, option="--out")
     folder = Path(out)
-    if folder.is_dir() and not folder.is_symlink() and any(
-            (folder / n).exists() for n in ("meta.json", ".hytrec-prep")) and not is_eval_output(folder):
-        raise OutputError(f"--out {out}: holds a prepared dataset (meta.json), not an evaluation; choose "
-                          "another folder")
+    if folder.is_dir() and not folder.is_symlink() and _looks_prepared(folder):
+        raise OutputError(f"--out {out}: holds a prepared dataset, not an evaluation; choose another folder")
     check_replaceable(folder, EVAL_TOOL, "evaluation", overwrite, is_eval_output)
 
 #: one line per diagnostic number, shown above the diagnostics tables of report.md.
