@@ -147,7 +147,8 @@ def _check_target(out: Path, overwrite: bool) -> list[Path]:
     if what == OURS and prep_kind(out) == "shards":
         return _shard_dirs(out)
     if what in (OURS, FOREIGN):
-        check_replaceable(out, TOOL, "prepared dataset", overwrite, lambda p: prep_kind(p) is not None)
+        check_replaceable(out, tool=TOOL, kind="prepared dataset", overwrite=overwrite,
+                          recognise=lambda p: prep_kind(p) is not None)
     return []
 
 
@@ -177,7 +178,7 @@ def merge(output: str | Path, extra: Sequence[str | Path] = (), overwrite: bool 
             vocabs = _merged_vocabs(shard_dirs)
             clear_stale_siblings(out, TOOL)
             with staged_dir(out, TOOL) as work:
-                _write_dataset(work, shard_dirs, metas, vocabs, merged)
+                _write_dataset(work, shard_dirs=shard_dirs, metas=metas, vocabs=vocabs, merged=merged)
     except OutputError as exc:
         raise PrepInputError(str(exc)) from None
     return merged

@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -273,7 +273,7 @@ def _into_shards_folder(out: Path) -> None:
             raise OutputError(f"{out}: holds a complete prepared dataset; a sharded run does not write into "
                               "one: choose an empty folder (or remove this one)")
         if what == FOREIGN:
-            check_replaceable(out, TOOL, "hytrec-prep output", overwrite=False, recognise=lambda p: False)
+            check_replaceable(out, tool=TOOL, kind="hytrec-prep output", overwrite=False, recognise=lambda p: False)
         out.mkdir(exist_ok=True)
         write_marker(out, TOOL, "shards")
         (out / "_shards").mkdir()
@@ -328,7 +328,7 @@ def prepare(
             with OutputLock(target, TOOL):
                 kind = "shard output" if sn > 1 else "prepared dataset"
                 recognise = is_shard_output if sn > 1 else (lambda p: prep_kind(p) is not None)
-                check_replaceable(target, TOOL, kind, overwrite, recognise)
+                check_replaceable(target, tool=TOOL, kind=kind, overwrite=overwrite, recognise=recognise)
                 clear_stale_siblings(target, TOOL)
                 with staged_dir(target, TOOL) as work:
                     return _prepare_into(work, plan=plan, cfg=cfg, shard=shard, fixed=fixed,
@@ -355,11 +355,12 @@ def _prepare_into(work: Path, plan: InputPlan, cfg: PrepConfig, shard: tuple[int
         _progress(f"pass 1: {sp.rows_valid:,} valid rows read and spilled in {t_pass1 - t0:.1f} s "
                   f"({sp.rows_valid / max(t_pass1 - t0, 1e-9):,.0f} rows/s); building sequences of {len(mine)} partitions")
         vocabs = _vocabs(cfg, plan, sp, fixed)
-        result = _pass2(work / "sequences", spill_dir, vocabs, sp, mine, cfg, plan, t_pass1)
-    counts, fc, part_handling, events_out, users_out, kept = result
+        p2 = _pass2(work / "sequences", spill_dir=spill_dir, vocabs=vocabs, sp=sp, mine=mine, cfg=cfg,
+                        plan=plan, t_pass1=t_pass1)
+    counts, fc, events_out, users_out = p2.counts, p2.filters, p2.events_out, p2.users_out
     for k in ("item", "attribution", "category", "behavior"):
         counts[k][:2] = 0
-    handling.update(part_handling)
+    handling.update(p2.handling)
     if plan.empty_files:
         handling["empty_files_skipped"] = len(plan.empty_files)
     meta = {
@@ -376,7 +377,7 @@ def _prepare_into(work: Path, plan: InputPlan, cfg: PrepConfig, shard: tuple[int
         "handling": dict(sorted(handling.items())),
         "config": to_dict(cfg),
         "columns_present": {c: plan.present[c] for c in plan.present},
-        "time_range": list(kept) if events_out else None,
+        "time_range": list(p2.kept) if events_out else None,
         "input_time_range": [sp.ts_min, sp.ts_max],
         "sources": [{"path": s.name, "rows": rows_by_file.get(s.name, 0)} for s in plan.sources]
         + [{"path": e, "rows": 0, "empty": True} for e in plan.empty_files],
@@ -389,10 +390,22 @@ def _prepare_into(work: Path, plan: InputPlan, cfg: PrepConfig, shard: tuple[int
     return meta
 
 
+@dataclass
+class _Pass2:
+    """What pass 2 counted: per-table index counts, filter counts, partition handling counts, the
+    events and users written and the time range of the kept events."""
+
+    counts: dict[str, np.ndarray]
+    filters: FilterCounts
+    handling: Counter
+    events_out: int
+    users_out: int
+    kept: tuple[int, int]
+
+
 def _pass2(seq_dir: Path, spill_dir: Path, vocabs: dict[str, Vocab], sp: SpillResult, mine: set[int],
-           cfg: PrepConfig, plan: InputPlan, t_pass1: float) -> tuple:
-    """Pass 2: one partition at a time from its spill file to ``seq_dir/part-PPPPP.parquet``.
-    Returns ``(counts, filter counts, handling, events_out, users_out, (kept_min, kept_max))``."""
+           cfg: PrepConfig, plan: InputPlan, t_pass1: float) -> _Pass2:
+    """Pass 2: one partition at a time from its spill file to ``seq_dir/part-PPPPP.parquet``."""
     code_index, _ = vocabs["behavior"].lookup(pa.array(sp.behavior_codes, pa.string()))
     counts = {n: np.zeros(vocabs[n].size, np.int64) for n in TABLES}
     fc = FilterCounts()
@@ -437,7 +450,8 @@ def _pass2(seq_dir: Path, spill_dir: Path, vocabs: dict[str, Vocab], sp: SpillRe
             pending.result()
     finally:
         writer.shutdown()
-    return counts, fc, part_handling, events_out, users_out, (kept_min, kept_max)
+    return _Pass2(counts=counts, filters=fc, handling=part_handling, events_out=events_out, users_out=users_out,
+                  kept=(kept_min, kept_max))
 
 
 def _filters_meta(cfg: PrepConfig, plan: InputPlan, fc: FilterCounts) -> list[dict]:

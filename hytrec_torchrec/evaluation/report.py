@@ -99,7 +99,7 @@ def check_out(out: str | Path, overwrite: bool, inputs: Sequence[str | Path]) ->
     folder = Path(out)
     if folder.is_dir() and not folder.is_symlink() and _looks_prepared(folder):
         raise OutputError(f"--out {out}: holds a prepared dataset, not an evaluation; choose another folder")
-    check_replaceable(folder, EVAL_TOOL, "evaluation", overwrite, is_eval_output)
+    check_replaceable(folder, tool=EVAL_TOOL, kind="evaluation", overwrite=overwrite, recognise=is_eval_output)
 
 #: one line per diagnostic number, shown above the diagnostics tables of report.md.
 DIAGNOSTICS_HELP = [
