@@ -142,8 +142,11 @@ def check_replaceable(target: Path, tool: str, kind: str, overwrite: bool,
             raise OutputError(f"{target}: exists and is not a directory")
         names = sorted(os.listdir(target))
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        raise OutputError(f"{target}: output directory exists and is not empty, and {tool} did not write it "
-                          f"({shown}); --overwrite only replaces an earlier {kind}: choose another folder")
+        if overwrite:
+            raise OutputError(f"{target}: --overwrite only replaces a folder written by {tool} (an earlier {kind}), "
+                              f"and {tool} did not write this one ({shown}); choose another folder")
+        raise OutputError(f"{target}: output directory exists and is not empty, and {tool} did not write this one "
+                          f"({shown}); choose another folder (--overwrite only replaces an earlier {kind})")
     return what
 
 

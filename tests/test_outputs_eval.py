@@ -90,3 +90,25 @@ def test_out_inside_an_input_is_refused(fx: Fixtures, tmp_path: Path) -> None:
                tmp_path)
     assert res.returncode == 2 and "are the same or nested" in res.stderr, res.stderr
     assert snapshot(tmp_path) == before
+
+
+def test_export_overwrite_needs_an_export_not_its_file_names(fx: Fixtures, tmp_path: Path) -> None:
+    """hytrec-export uses the same mechanism: a folder whose files are merely named like an export's
+    is not replaced, and a real earlier export is (its lock and unfinished folder gone after)."""
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model_card.json").write_text('{"mine": 1}')
+    (out / "model.pt").write_text("my own model")
+    before = snapshot(tmp_path)
+    res = _run("hytrec-export", ["--checkpoint", str(fx.run()), "--out", str(out), "--no-pt2", "--overwrite"],
+               tmp_path)
+    assert res.returncode == 2 and "no hytrec-export model card" in res.stderr, res.stderr
+    assert snapshot(tmp_path) == before
+    (out / "model_card.json").unlink()
+    (out / "model.pt").unlink()
+    for _ in range(2):
+        res = _run("hytrec-export", ["--checkpoint", str(fx.run()), "--out", str(out), "--no-pt2", "--overwrite"],
+                   tmp_path)
+        assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert json.loads((out / ".hytrec-export").read_text())["state"] == "complete"

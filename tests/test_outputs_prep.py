@@ -89,7 +89,7 @@ def test_a_sharded_run_leaves_the_users_folder_alone(tmp_path: Path, capsys: pyt
     before = snapshot(tmp_path)
     for extra in ([], ["--overwrite"]):
         assert _prep([str(raw), str(mine), "--shard", "0/2", *extra]) == 2
-        assert "did not write it" in capsys.readouterr().err
+        assert "did not write this one" in capsys.readouterr().err
         assert snapshot(tmp_path) == before
 
 
@@ -188,7 +188,7 @@ def test_overwrite_needs_prep_content_not_a_file_name(tmp_path: Path, capsys: py
     (mine / ".hytrec-prep").write_text("")  # an empty marker is a name, not prep's content
     before = snapshot(tmp_path)
     assert _prep([str(raw), str(mine), "--overwrite"]) == 2
-    assert "did not write it" in capsys.readouterr().err
+    assert "did not write this one" in capsys.readouterr().err
     assert snapshot(tmp_path) == before
 
 
