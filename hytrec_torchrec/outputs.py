@@ -253,8 +253,9 @@ class OutputLock:
         if stale:
             print(f"{self.tool}: {self.target}: taking over the lock of process {holder['pid']}, which no "
                   "longer runs", file=sys.stderr)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            if self._holder() == holder:  # not a lock another run has just taken over
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
             if self._create():
                 self.held = True
                 return

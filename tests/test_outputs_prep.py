@@ -270,3 +270,24 @@ def test_shards_started_together_into_one_output(tmp_path: Path) -> None:
         assert p.returncode == 0, err
     assert _prep(["--merge", str(out)]) == 0
     assert _events_out(out) == 30
+
+
+def test_the_lock_follows_no_link_and_takes_over_a_dead_runs_lock(tmp_path: Path) -> None:
+    """hytrec_torchrec/outputs.py: the lock is created with O_EXCL | O_NOFOLLOW beside its output."""
+    from hytrec_torchrec.outputs import OutputError, OutputLock
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (tmp_path / ".out.hytrec-lock").symlink_to(victim)
+    with pytest.raises(OutputError, match="not a lock of a hytrec tool"):
+        OutputLock(tmp_path / "out", "hytrec-prep").acquire()
+    assert victim.read_text() == "keep"
+    (tmp_path / ".out.hytrec-lock").unlink()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".out.hytrec-lock").write_text(json.dumps({"tool": "hytrec-prep", "pid": int(dead.stdout),
+                                                            "host": os.uname().nodename}))
+    with OutputLock(tmp_path / "out", "hytrec-prep") as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+        with pytest.raises(OutputError, match="another run"):
+            OutputLock(tmp_path / "out", "hytrec-eval").acquire()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim.txt"]
