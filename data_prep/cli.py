@@ -1,7 +1,7 @@
 """``hytrec-prep``: the command line of data_prep.
 
     hytrec-prep INPUT OUTPUT [--config FILE] [--shard I/N] [--overwrite] [key=value ...]
-    hytrec-prep --merge OUTPUT [SHARD_OUTPUT ...]
+    hytrec-prep --merge OUTPUT [SHARD_OUTPUT ...] [--overwrite]
 
 INPUT is a Parquet/CSV file, a directory or a glob; ``movielens:DIR`` (or ``format=movielens``)
 reads ``ratings.dat``/``movies.dat`` or RecBole ``*.inter``/``*.item`` from DIR, and
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("args", nargs="+", help="INPUT OUTPUT [key=value ...], or with --merge: OUTPUT [SHARD_OUTPUT ...]")
     ap.add_argument("--config", help="YAML PrepConfig (configs/prep/*.yaml)")
     ap.add_argument("--shard", type=parse_shard, default=(0, 1), help="I/N: process partitions p %% N == I")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing (unsharded) output directory")
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier output of hytrec-prep (the dataset, or this shard's output)")
     ap.add_argument("--merge", action="store_true", help="merge shard outputs into OUTPUT/vocab and OUTPUT/meta.json")
     ap.add_argument("--debug", action="store_true", help="print the traceback of an error (also HYTREC_DEBUG=1)")
     return ap
@@ -76,7 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         enable_debug()
     try:
         if ns.merge:
-            meta = merge(ns.args[0], ns.args[1:])
+            meta = merge(ns.args[0], ns.args[1:], overwrite=ns.overwrite)
             print(_summary(meta))
             return 0
         paths = [a for a in ns.args if "=" not in a]

@@ -99,7 +99,8 @@ class PrepConfig:
     vocab_from: Optional[str] = None
     #: Parquet compression of the output part files
     compression: str = "lz4"
-    #: where spill files go (default: OUTPUT/_spill, removed at the end)
+    #: where spill files go (default: inside the unfinished output; DIR: a fresh folder of the run
+    #: under DIR); removed at the end
     spill_dir: Optional[str] = None
 
     def validate(self) -> None:

@@ -2,7 +2,8 @@
 
 :func:`file_sha256` hashes a file in 1 MiB blocks (checkpoint manifests, exported model cards);
 :func:`remove_entries` removes named entries of a folder, a directory tree or a file each, for the
-tools that clear only what they wrote (``hytrec-prep --overwrite``, ``hytrec-train --overwrite``);
+tools that clear only what they wrote (``hytrec-train --overwrite``; hytrec-prep, hytrec-eval and
+hytrec-compare write through :mod:`hytrec_torchrec.outputs`);
 :func:`unwritable_dir` says why an output folder cannot be made (``hytrec-export``, ``hytrec-eval``).
 """
 

@@ -172,6 +172,7 @@ def evaluate(
     model: Optional[str] = None,
     config: Optional[str] = None,
     names: Optional[str] = None,
+    overwrite: bool = False,
     j: str = "1x2",
     cpu: Optional[int] = None,
     gpu: int = 0,
@@ -199,6 +200,8 @@ def evaluate(
         model: exported TorchScript model.pt (hytrec-export); several separated by commas
         config: YAML evaluation config (configs/eval/default.yaml)
         names: display names, comma-separated, checkpoints first, then models (default: directory names)
+        overwrite: replace an earlier evaluation in out (--overwrite True); a folder holding anything
+            else is refused either way
         j: NxM: nodes × processes per node
         cpu: CPUs per replica (one node); default 10 per GPU, or 2 per process on CPU
         gpu: GPUs per replica
@@ -218,6 +221,8 @@ def evaluate(
     for n in (names.split(",") if names else []):
         args += ["--name", n.strip()]
     args += ["--data", data, "--out", out]
+    if overwrite:
+        args.append("--overwrite")
     if config:
         args += ["--config", config]
     app = ddp(

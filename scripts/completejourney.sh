@@ -101,7 +101,7 @@ evaluate() {
     local out="$root/eval/$eval_tag" side=("segments.side_file=$root/raw/segments.parquet")
     # the side file's kinds describe each user's test target: other splits go without it
     [ "$split" = test ] || { out="$root/eval/$split/$eval_tag"; side=(); }
-    hytrec-eval "${eval_args[@]}" --data "$root/prepared" --out "$out" \
+    hytrec-eval "${eval_args[@]}" --data "$root/prepared" --out "$out" --overwrite \
         ${side[@]+"${side[@]}"} data.batch_size=32 threads=1 ${overrides[@]+"${overrides[@]}"}
     echo "[completejourney] report: $out/report.md"
 }

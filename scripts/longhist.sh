@@ -100,7 +100,7 @@ evaluate() {
     activate
     run_checkpoints longhist "$root/$sc" "$@"
     local out="$root/$sc/eval/$eval_tag"
-    hytrec-eval "${eval_args[@]}" --data "$root/$sc/prepared" --out "$out" \
+    hytrec-eval "${eval_args[@]}" --data "$root/$sc/prepared" --out "$out" --overwrite \
         "segments.side_file=$root/$sc/raw/segments.parquet" data.batch_size=64 threads=1
     echo "[longhist] report: $out/report.md"
 }

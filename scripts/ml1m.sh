@@ -107,7 +107,7 @@ evaluate() {
         *) echo "PROTOCOL must be published or kept, not '$protocol'" >&2; exit 2 ;;
     esac
     local out="$root/eval/${protocol}/${tag}"
-    hytrec-eval "${args[@]}" --data "$root/prepared" --out "$out" "${conf[@]}" data.batch_size=256 threads=1
+    hytrec-eval "${args[@]}" --data "$root/prepared" --out "$out" --overwrite "${conf[@]}" data.batch_size=256 threads=1
     echo "[ml1m] report: $out/report.md"
 }
 

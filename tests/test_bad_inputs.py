@@ -209,6 +209,31 @@ def gen_permuted_vocab(tmp: Path, fx: "Fixtures") -> None:
     raw = table.column("raw")
     table = table.set_column(table.schema.get_field_index("raw"), "raw", raw.take(list(range(len(raw)))[::-1]))
     pq.write_table(table, f)
+def _evaluation(folder: Path, data: str) -> None:
+    """``folder/``: what hytrec-eval writes for one model on 6 examples (ranks.parquet and a
+    metrics.json of the same shape), an evaluation of the dataset ``data``."""
+    import json
+
+    from hytrec_torchrec.evaluation.paired import write_ranks
+
+    folder.mkdir()
+    ranks = {"user": np.arange(6), "cutoff": np.full(6, 5), "rank": np.array([1, 3, 12, 2, 40, 7]),
+             "catalog": np.full(6, 100)}
+    write_ranks(folder / "ranks.parquet", {"m": ranks})
+    doc = {"split": "test", "data": data, "ks": [1, 10], "models": {"m": {}}, "overall": {}}
+    (folder / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def gen_two_evals(tmp: Path, fx: "Fixtures") -> None:
+    """``e1/`` and ``e2/``: two evaluations of one dataset, on the same examples."""
+    _evaluation(tmp / "e1", "runs/ml1m/prepared")
+    _evaluation(tmp / "e2", "runs/ml1m/prepared")
+
+
+def gen_two_evals_of_different_data(tmp: Path, fx: "Fixtures") -> None:
+    """``e1/`` and ``e2/``: evaluations of two datasets whose users and cutoffs happen to match."""
+    _evaluation(tmp / "e1", "runs/ml1m/prepared")
+    _evaluation(tmp / "e2", "runs/other/prepared")
 
 
 GENERATORS: Dict[str, Callable[[Path, "Fixtures"], None]] = {
@@ -225,6 +250,8 @@ GENERATORS: Dict[str, Callable[[Path, "Fixtures"], None]] = {
     "unsafe_rank_file": gen_unsafe_rank_file,
     "latest_outside": gen_latest_outside,
     "train_state_bad_field": gen_train_state_bad_field,
+    "two_evals": gen_two_evals,
+    "two_evals_of_different_data": gen_two_evals_of_different_data,
 }
 
 

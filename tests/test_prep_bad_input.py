@@ -224,10 +224,15 @@ def test_overwrite_replaces_a_prepared_folder_and_an_unfinished_one_is_cleared(t
     first = json.loads((out / "meta.json").read_text())["events_out"]
     assert _prep([str(raw), str(out), "--overwrite"]) == 0
     assert json.loads((out / "meta.json").read_text())["events_out"] == first
-    (out / "meta.json").unlink()  # as a run that failed before writing its meta
-    (out / "_spill").mkdir()
-    assert _prep([str(raw), str(out)]) == 0  # no --overwrite needed
-    assert not (out / "_spill").exists() and (out / "meta.json").exists()
+    # an interrupted run leaves its unfinished sibling (marker "writing"), never a half-written OUT;
+    # the next run into OUT removes it
+    left = tmp_path / ".prepared.hytrec-prep-tmp-999999"
+    left.mkdir()
+    (left / ".hytrec-prep").write_text('{"tool": "hytrec-prep", "state": "writing"}')
+    (left / "sequences").mkdir()
+    assert _prep([str(raw), str(out), "--overwrite"]) == 0
+    assert not left.exists() and (out / "meta.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared", "raw"]
 
 
 # ---- timestamps in another unit, or out of any plausible range ----

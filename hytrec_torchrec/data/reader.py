@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hytrec_torchrec.outputs import incomplete_reason
 from hytrec_torchrec.schema import TABLES, TIMESTAMP, VOCABS
 
 __all__ = [
@@ -104,6 +105,9 @@ def read_meta(root: str | Path) -> PreparedMeta:
     root = Path(root)
     if not root.is_dir():
         raise DatasetFormatError(f"{root}: prepared dataset directory not found")
+    unfinished = incomplete_reason(root, "hytrec-prep")  # an interrupted run's folder, or unmerged shards
+    if unfinished:
+        raise DatasetFormatError(unfinished)
     path = root / "meta.json"
     if not path.is_file():
         raise DatasetFormatError(f"{path}: missing (is {root} a directory written by hytrec-prep?)")

@@ -1,7 +1,7 @@
 """``hytrec-eval``: offline evaluation of one or more models on a prepared dataset.
 
     hytrec-eval --checkpoint RUN_DIR|CHECKPOINT_DIR [--checkpoint ...] --data PREPARED_DIR \\
-        --out OUT_DIR [--config configs/eval/default.yaml] [key=value ...]
+        --out OUT_DIR [--overwrite] [--config configs/eval/default.yaml] [key=value ...]
 
 ``--model EXPORT_DIR/model.pt`` (``hytrec-export``; repeatable, mixable with --checkpoint)
 evaluates an exported TorchScript model: every rank holds the whole model and scores its users.
@@ -13,7 +13,11 @@ computed on rank 0 for a sample of the users (``diagnostics.users=256``, 0 disab
 table is row-wise sharded and every rank scores its own rows. Overrides: evaluation keys
 (``split=valid``, ``max_batches=10``, ``threads=1`` beside a training job,
 ``segments.side_file=users.parquet``, ``segments.cold_start_max_history=10``) or the checkpoint's job config (``data.batch_size=256``).
-Exit codes: 0 ok, 1 internal error, 2 bad config/arguments, 3 bad input (vocabulary mismatch, no
+``--out`` must be absent, empty, or (with ``--overwrite``) an earlier evaluation; a folder holding
+anything else (a prepared dataset, the user's own files) is refused either way, and so is an --out
+inside an input. The report is written beside --out and renamed onto it when complete, under a
+lock, so an interrupted evaluation leaves the earlier one whole (hytrec_torchrec/outputs.py).
+Exit codes: 0 ok, 1 internal error, 2 bad config/arguments (or an --out it will not write), 3 bad input (vocabulary mismatch, no
 eligible users, bad side file, missing or malformed dataset, missing, damaged or unsafe checkpoint,
 unreadable exported model). Errors are one line; ``--debug`` (or ``HYTREC_DEBUG=1``) prints the
 traceback.
@@ -24,14 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from hytrec_torchrec.cli import enable_debug, internal_error, plain, quiet_library_noise, report, require_stack
 from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.files import unwritable_dir
 from hytrec_torchrec.launcher import stop_when_launcher_exits
+from hytrec_torchrec.outputs import OutputError, OutputLock, clear_stale_siblings, make_parents, remove_empty
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="display names, in --checkpoint order (default: run directory names)")
     parser.add_argument("--data", required=True, help="prepared dataset directory")
     parser.add_argument("--out", required=True, help="output directory for metrics.json, report.md, *.png")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier evaluation in --out (never a folder holding anything else)")
     parser.add_argument("--config", help="YAML evaluation config (configs/eval/default.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     parser.add_argument("--allow-unchecked-vocab", action="store_true",
@@ -81,6 +89,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     # Imported here, after argument parsing and the stack check, so that --help and argument
     # errors answer without importing torch and torchrec (seconds).
+    from hytrec_torchrec.evaluation.evaluate import load_eval_config
+    from hytrec_torchrec.evaluation.report import check_out
+
+    stop_when_launcher_exits("hytrec-eval")  # a rank of a killed local torchx job stops too
+
+    try:
+        ecfg, job_overrides = load_eval_config(args.config, list(args.overrides))
+    except ConfigError as exc:
+        return report("hytrec-eval", exc, 2, prefix="config error: ")
+    # --out is checked, and locked by the process that writes it, before any work
+    lock = OutputLock(args.out, "hytrec-eval")
+    made: list[Path] = []  # folders above --out made for it: removed again if the evaluation fails
+    try:
+        check_out(args.out, args.overwrite, [args.data, *args.checkpoint, *args.model])
+        if os.environ.get("RANK", "0") == "0":
+            made = make_parents(args.out)
+            lock.acquire()
+            check_out(args.out, args.overwrite, [args.data, *args.checkpoint, *args.model])  # under the lock
+            clear_stale_siblings(args.out, "hytrec-eval")  # the unfinished report of an interrupted run
+    except (OutputError, OSError) as exc:
+        lock.release()
+        remove_empty(made)
+        return report("hytrec-eval", exc, 2, prefix=f"--out {args.out}: " if isinstance(exc, OSError) else "")
+    rc = 1
+    try:
+        rc = _evaluate(args, ecfg, job_overrides)
+        return rc
+    finally:
+        lock.release()
+        if rc != 0:
+            remove_empty(made)
+
+
+def _evaluate(args: argparse.Namespace, ecfg: Any, job_overrides: list[str]) -> int:
+    """Evaluate every model and write the report (``--out`` checked and locked by the caller)."""
     import torch
 
     from hytrec_torchrec.data.reader import DatasetFormatError
@@ -91,7 +134,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_vocab,
         evaluate_checkpoint,
         evaluate_exported,
-        load_eval_config,
         model_name,
     )
     from hytrec_torchrec.evaluation.report import write_report
@@ -101,12 +143,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from hytrec_torchrec.runtime.restore import checkpoint_config
     from hytrec_torchrec.runtime.safe_load import UnsafeCheckpointError
 
-    stop_when_launcher_exits("hytrec-eval")  # a rank of a killed local torchx job stops too
-
-    try:
-        ecfg, job_overrides = load_eval_config(args.config, list(args.overrides))
-    except ConfigError as exc:
-        return report("hytrec-eval", exc, 2, prefix="config error: ")
     if ecfg.threads is not None:
         torch.set_num_threads(ecfg.threads)
     names = args.name or [model_name(c) for c in args.checkpoint + args.model]
@@ -149,7 +185,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shutdown_distributed()
         return internal_error("hytrec-eval", exc)
     if env is not None and env.is_main:
-        paths = write_report(args.out, results, ecfg, args.data)
+        try:
+            paths = write_report(args.out, results, ecfg, args.data)
+        except OSError as exc:  # the unfinished report is removed; an earlier one stays whole
+            shutdown_distributed()
+            return report("hytrec-eval", exc, 2, prefix=f"--out {args.out}: ")
         print(json.dumps({k: str(v) for k, v in paths.items()}))
     shutdown_distributed()
     return 0

@@ -17,7 +17,11 @@ evaluated separately can be compared afterwards::
 The first argument is the baseline; ``DIR:MODEL`` picks one model of a multi-model report
 (default: every model in DIR, in the file's order). Examples are matched on ``(user, cutoff)``;
 runs that evaluated different example sets (another dataset, split or ``max_batches``) are an
-error, not a silent intersection.
+error, not a silent intersection, and so are runs of different datasets (``data_identity`` in
+``metrics.json``, or for evaluations written before it, their ``data`` fields) whose examples
+happen to match. An unfinished evaluation (its ``.hytrec-eval`` marker is not complete) is refused.
+``--json`` and ``--plot`` may not lie inside an evaluation compared, and replace an existing file
+only with ``--overwrite`` (hytrec_torchrec/outputs.py).
 
 Example::
 
@@ -31,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -41,8 +46,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hytrec_torchrec.cli import enable_debug, internal_error, plain, report
+from hytrec_torchrec.files import unwritable_dir
+from hytrec_torchrec.outputs import OutputError, OutputLock, check_apart, incomplete_reason, write_file_staged
 
-__all__ = ["RANKS_FILE", "PairingError", "write_ranks", "read_ranks", "align", "paired_difference", "compare", "main"]
+__all__ = ["RANKS_FILE", "EVAL_TOOL", "PairingError", "write_ranks", "read_ranks", "align", "paired_difference",
+           "compare", "dataset_identity", "main"]
+
+#: the tool whose output folders hold ranks.parquet (its marker: ``.hytrec-eval``)
+EVAL_TOOL = "hytrec-eval"
 
 #: per-example ranks of every model of one ``hytrec-eval`` run, beside ``metrics.json``.
 RANKS_FILE = "ranks.parquet"
@@ -82,6 +93,9 @@ def read_ranks(out_dir: str | Path) -> Dict[str, Dict[str, np.ndarray]]:
     """
     import pyarrow.parquet as pq
 
+    unfinished = incomplete_reason(Path(out_dir), EVAL_TOOL)
+    if unfinished:
+        raise PairingError(unfinished)
     path = Path(out_dir) / RANKS_FILE
     if not path.is_file():
         raise PairingError(f"{path}: no per-example ranks; evaluate the model again with hytrec-eval, "
@@ -97,6 +111,54 @@ def read_ranks(out_dir: str | Path) -> Dict[str, Dict[str, np.ndarray]]:
         sel = model == name
         out[str(name)] = {c: v[sel] for c, v in cols.items()}
     return out
+
+
+def dataset_identity(root: str | Path) -> Optional[str]:
+    """SHA-256 naming a prepared dataset by content: its ``meta.json`` (without the timing and
+    shard fields, which differ between equal runs) and the bytes of its vocabulary files; None
+    when the folder has no readable ``meta.json``."""
+    root = Path(root)
+    try:
+        meta = json.loads((root / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    digest = hashlib.sha256()
+    kept = {k: v for k, v in meta.items() if k not in ("timing_s", "merged_from_shards")}
+    digest.update(json.dumps(kept, sort_keys=True).encode())
+    vocab = root / "vocab"
+    for f in sorted(vocab.glob("*.parquet")) if vocab.is_dir() else []:
+        digest.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _data_of(directory: str) -> Tuple[Optional[str], Optional[str]]:
+    """``(data, data_identity)`` of an evaluation folder's ``metrics.json`` (None where absent)."""
+    try:
+        doc = json.loads((Path(directory) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    data, ident = doc.get("data"), doc.get("data_identity")
+    return (data if isinstance(data, str) else None), (ident if isinstance(ident, str) else None)
+
+
+def check_same_data(directories: Sequence[str]) -> None:
+    """Raise :class:`PairingError` when two evaluations were of different datasets: their
+    ``data_identity`` differ, or (one written before it) their ``data`` fields differ."""
+    seen = [(d, *_data_of(d)) for d in directories]
+    seen = [s for s in seen if s[1] is not None or s[2] is not None]
+    for d, data, ident in seen[1:]:
+        d0, data0, ident0 = seen[0]
+        differ = ident != ident0 if ident and ident0 else data != data0
+        if differ:
+            raise PairingError(f"{d0} and {d} evaluated different datasets ({data0} and {data}, per their "
+                               "metrics.json): compare evaluations of one dataset")
 
 
 def align(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], name_a: str = "A",
@@ -258,11 +320,17 @@ def by_history_length(models: Sequence[Tuple[str, Dict[str, np.ndarray]]], edges
     return out
 
 
-def _load_arg(arg: str) -> List[Tuple[str, Dict[str, np.ndarray]]]:
-    """``DIR`` (every model in DIR/ranks.parquet) or ``DIR:MODEL`` (one)."""
-    directory, model = arg, None
+def _split_arg(arg: str) -> Tuple[str, Optional[str]]:
+    """``DIR`` -> ``(DIR, None)``; ``DIR:MODEL`` -> ``(DIR, MODEL)``."""
     if not Path(arg).is_dir() and ":" in arg:
         directory, model = arg.rsplit(":", 1)
+        return directory, model
+    return arg, None
+
+
+def _load_arg(arg: str) -> List[Tuple[str, Dict[str, np.ndarray]]]:
+    """``DIR`` (every model in DIR/ranks.parquet) or ``DIR:MODEL`` (one)."""
+    directory, model = _split_arg(arg)
     tables = read_ranks(directory)
     if model is None:
         return list(tables.items())
@@ -286,8 +354,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--length-buckets", nargs="+", type=int, metavar="EDGE",
                         help="also compare within history-length buckets [E1,E2), ..., [En,inf) of "
                              "the untruncated history (e.g. 1 200 500 1000)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --json or --plot file (never one inside a compared evaluation)")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error (also HYTREC_DEBUG=1)")
     return parser
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Raise :class:`OutputError` unless ``--json`` and ``--plot`` may be written: outside every
+    compared evaluation, not a folder nor under a file, an existing file only with ``--overwrite``."""
+    inputs = [_split_arg(a)[0] for a in args.runs]
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if not path:
+            continue
+        check_apart(path, inputs, option=option)
+        bad = unwritable_dir(Path(path).parent)
+        if bad or Path(path).is_dir() or Path(path).is_symlink():
+            raise OutputError(f"{option} {path}: {bad or 'is a folder or a symbolic link, not a file'}")
+        if Path(path).exists() and not args.overwrite:
+            raise OutputError(f"{option} {path}: exists (use --overwrite to replace it)")
+    if args.json and args.plot and Path(args.json).resolve() == Path(args.plot).resolve():
+        raise OutputError(f"--json and --plot are the same file {args.json}")
+
+
+def _write_outputs(args: argparse.Namespace, doc: object, rows: Sequence[Dict[str, object]]) -> None:
+    """``--json`` and ``--plot``, each under its lock, written beside and renamed into place."""
+    if args.json:
+        with OutputLock(args.json, "hytrec-compare"):
+            text = json.dumps(doc, indent=2) + "\n"
+            write_file_staged(args.json, "hytrec-compare", lambda tmp: Path(tmp).write_text(text))
+    if args.plot:
+        with OutputLock(args.plot, "hytrec-compare"):
+            write_file_staged(args.plot, "hytrec-compare", lambda tmp: plot_differences(rows, args.metrics, tmp))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -296,9 +394,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.debug:
         enable_debug()
     try:
+        check_outputs(args)
+    except OutputError as exc:
+        return report("hytrec-compare", exc, 2)
+    try:
         models: List[Tuple[str, Dict[str, np.ndarray]]] = []
         for arg in args.runs:
             models += _load_arg(arg)
+        check_same_data(list(dict.fromkeys(_split_arg(a)[0] for a in args.runs)))
         if len(models) < 2:
             raise PairingError(f"need at least two models, got {[n for n, _ in models]}")
         names = [n for n, _ in models]
@@ -318,11 +421,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, n, brows in bucket_rows:
         print(f"\n### {name}: {n} examples\n")
         print(markdown(brows, args.metrics) if brows else "too few examples to pair\n", end="")
-    if args.json:
-        doc = rows if not bucket_rows else {"all": rows, "buckets": {name: brows for name, _, brows in bucket_rows}}
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
-    if args.plot:
-        plot_differences(rows, args.metrics, args.plot)
+    doc = rows if not bucket_rows else {"all": rows, "buckets": {name: brows for name, _, brows in bucket_rows}}
+    try:
+        _write_outputs(args, doc, rows)
+    except (OutputError, OSError) as exc:
+        return report("hytrec-compare", exc, 2)
     return 0
 
 

@@ -37,10 +37,69 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from hytrec_torchrec.config import to_dict
-from hytrec_torchrec.evaluation.paired import RANKS_FILE, compare, markdown, write_ranks
+from hytrec_torchrec.evaluation.paired import EVAL_TOOL, RANKS_FILE, compare, dataset_identity, markdown, write_ranks
+from hytrec_torchrec.outputs import (
+    OutputError,
+    check_apart,
+    check_replaceable,
+    marker_path,
+    only_entries,
+    read_marker,
+    staged_dir,
+)
 from hytrec_torchrec.ranking.metrics import metric_names
 
-__all__ = ["write_report", "markdown_report", "diagnostics_markdown", "plot_length_buckets"]
+__all__ = ["write_report", "markdown_report", "diagnostics_markdown", "plot_length_buckets", "check_out",
+           "is_eval_output", "EVAL_ENTRIES"]
+
+#: what hytrec-eval writes into ``--out``; an earlier evaluation holds nothing else
+EVAL_ENTRIES = frozenset({marker_path(Path("."), EVAL_TOOL).name, "metrics.json", "report.md", "length_buckets.png",
+                          RANKS_FILE})
+_METRICS_KEYS = ("split", "data", "ks", "models")
+
+
+def _is_eval_metrics(path: Path) -> bool:
+    """Whether ``path`` is a regular file holding the JSON hytrec-eval writes as metrics.json."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return False
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and all(k in doc for k in _METRICS_KEYS) and isinstance(doc["models"], dict)
+
+
+def is_eval_output(folder: Path) -> bool:
+    """Whether ``folder`` is a complete earlier output of hytrec-eval: its marker's JSON says so
+    (or, written before the marker, its metrics.json is hytrec-eval's) and it holds nothing else."""
+    doc = read_marker(folder, EVAL_TOOL)
+    if doc is not None and doc.get("state") != "complete":
+        return False
+    if doc is None and not _is_eval_metrics(folder / "metrics.json"):
+        return False
+    return only_entries(folder, EVAL_ENTRIES)
+
+
+def _looks_prepared(folder: Path) -> bool:
+    """Whether ``folder`` holds a prepared dataset (hytrec-prep's marker, or its meta.json)."""
+    if (folder / ".hytrec-prep").exists():
+        return True
+    try:
+        doc = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "partition_hash" in doc
+
+
+def check_out(out: str | Path, overwrite: bool, inputs: Sequence[str | Path]) -> None:
+    """Raise :class:`OutputError` unless ``--out`` may be written: outside every input, and absent,
+    empty or (with ``overwrite``) an earlier evaluation. A prepared dataset or a folder holding
+    anything else is refused with or without ``overwrite``."""
+    check_apart(out, inputs, option="--out")
+    folder = Path(out)
+    if folder.is_dir() and not folder.is_symlink() and _looks_prepared(folder):
+        raise OutputError(f"--out {out}: holds a prepared dataset, not an evaluation; choose another folder")
+    check_replaceable(folder, tool=EVAL_TOOL, kind="evaluation", overwrite=overwrite, recognise=is_eval_output)
 
 #: one line per diagnostic number, shown above the diagnostics tables of report.md.
 DIAGNOSTICS_HELP = [
@@ -305,9 +364,10 @@ def plot_length_buckets(results: Sequence[Dict[str, Any]], metrics: Sequence[str
 
 
 def write_report(out_dir: str | Path, results: Sequence[Dict[str, Any]], ecfg: Any, data: str) -> Dict[str, Path]:
-    """Write ``metrics.json``, ``report.md``, ``ranks.parquet`` and ``length_buckets.png`` under ``out_dir``."""
+    """Write ``metrics.json``, ``report.md``, ``ranks.parquet`` and ``length_buckets.png`` beside
+    ``out_dir`` and rename the folder onto it when all are written (hytrec_torchrec/outputs.py: the
+    caller holds the lock and has checked ``out_dir`` with :func:`check_out`); returns the paths."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     names = [r["name"] for r in results]
     if len(set(names)) != len(names):
         raise ValueError(f"model names must differ in one report: {names}")
@@ -315,6 +375,7 @@ def write_report(out_dir: str | Path, results: Sequence[Dict[str, Any]], ecfg: A
     doc: Dict[str, Any] = {
         "split": ecfg.split,
         "data": str(data),
+        "data_identity": dataset_identity(data),
         "ks": list(ecfg.ks),
         "catalog_size": results[0]["counts"]["catalog_size"] if results else None,
         "overall": results[0]["overall"] if results else {},
@@ -324,10 +385,11 @@ def write_report(out_dir: str | Path, results: Sequence[Dict[str, Any]], ecfg: A
         "diagnostics": results[0].get("diagnostics") if results else None,
         "config": to_dict(ecfg),
     }
-    paths = {"metrics": out / "metrics.json", "report": out / "report.md", "plot": out / "length_buckets.png",
-             "ranks": out / RANKS_FILE}
-    write_ranks(paths["ranks"], {r["name"]: r["example_ranks"] for r in results})
-    paths["metrics"].write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
-    paths["report"].write_text(markdown_report(results, ecfg, str(data), paired))
-    plot_length_buckets(results, ecfg.plot_metrics, ecfg.segments.bucket_names(), paths["plot"])
-    return paths
+    files = {"metrics": "metrics.json", "report": "report.md", "plot": "length_buckets.png", "ranks": RANKS_FILE}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with staged_dir(out, EVAL_TOOL, finish={"data": str(data)}) as work:
+        write_ranks(work / files["ranks"], {r["name"]: r["example_ranks"] for r in results})
+        (work / files["metrics"]).write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
+        (work / files["report"]).write_text(markdown_report(results, ecfg, str(data), paired))
+        plot_length_buckets(results, ecfg.plot_metrics, ecfg.segments.bucket_names(), work / files["plot"])
+    return {k: out / name for k, name in files.items()}

@@ -7,6 +7,7 @@
     OUT/vocab/<table>.json  raw ID ↔ index per table (for string IDs and for reading results)
     OUT/model.pt2           only if torch.export succeeds (it does not for this model; the
                             card's ``torch_export`` entry records the error)
+    OUT/.hytrec-export      the marker of hytrec_torchrec/outputs.py (JSON: tool, state)
 
 Example::
 
@@ -19,9 +20,7 @@ import copy
 import datetime as _dt
 import json
 import logging
-import os
 import platform
-import shutil
 import time
 import warnings
 from importlib import metadata
@@ -33,6 +32,14 @@ import pyarrow.parquet as pq
 import torch
 
 from hytrec_torchrec.files import file_sha256, unwritable_dir
+from hytrec_torchrec.outputs import (
+    OutputError,
+    OutputLock,
+    clear_stale_siblings,
+    only_entries,
+    parents_made,
+    staged_dir,
+)
 from hytrec_torchrec.runtime.data_check import check_vocab
 from hytrec_torchrec.runtime.restore import checkpoint_config, config_dict, load_unsharded
 from hytrec_torchrec.schema import TABLES
@@ -223,8 +230,24 @@ def try_torch_export(serving: HyTRecServing, request: Tuple[Any, ...], path: Pat
         return {"ok": False, "file": None, "error": msg[:1500]}
 
 
-#: what an export directory holds; ``--overwrite`` replaces these and nothing else.
-EXPORT_ENTRIES = ("model.pt", "model.pt2", "model_card.json", "vocab")
+TOOL = "hytrec-export"
+#: what an export directory holds (its marker ``.hytrec-export`` included); ``--overwrite``
+#: replaces a folder holding these and nothing else, whose model card is an export's
+EXPORT_ENTRIES = (f".{TOOL}", "model.pt", "model.pt2", "model_card.json", "vocab")
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier export, recognised by content: its ``model_card.json`` (a
+    regular file) says ``"format": "hytrec-serving"`` and it holds nothing but export entries."""
+    card = folder / "model_card.json"
+    try:
+        if card.is_symlink() or not card.is_file():
+            return False
+        doc = json.loads(card.read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(doc, dict) and doc.get("format") == "hytrec-serving"
+            and only_entries(folder, EXPORT_ENTRIES, dirs={"vocab"}))
 
 
 def check_export_dir(out: Path, overwrite: bool) -> None:
@@ -238,6 +261,8 @@ def check_export_dir(out: Path, overwrite: bool) -> None:
     bad = unwritable_dir(out)
     if bad:
         raise ExportError(f"--out {out}: {bad}")
+    if out.is_symlink():
+        raise ExportError(f"--out {out}: a symbolic link; give the real folder")
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not overwrite:
@@ -246,19 +271,10 @@ def check_export_dir(out: Path, overwrite: bool) -> None:
     if foreign:
         raise ExportError(f"--out {out}: holds {foreign} besides an export; --overwrite replaces only an "
                           "export's files, so nothing was removed")
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished export ``tmp`` to ``out`` (an empty or absent dir, or an earlier export)."""
-    if out.is_dir():
-        old = out.with_name(f".{out.name}.old-export")
-        if old.exists():
-            shutil.rmtree(old)
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, out)
+    if not is_export(out):
+        raise ExportError(f"--out {out}: its files are named like an export's but it has no hytrec-export "
+                          "model card (or a link among them); --overwrite replaces only an export, so nothing "
+                          "was removed")
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = False,
@@ -270,8 +286,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
     Args:
         checkpoint: ``RUN_DIR`` (latest checkpoint) or ``RUN_DIR/checkpoints/step_N``.
         out: output directory: absent or empty, or an earlier export with ``overwrite``
-            (:func:`check_export_dir`). The export is written beside it (``.OUT.tmp-export``) and
-            moved into place when complete, so a failed export leaves ``out`` as it was.
+            (:func:`check_export_dir`). Under its lock, the export is written beside it
+            (``.OUT.hytrec-export-tmp-PID``) and renamed into place when complete, so a failed
+            export leaves ``out`` as it was (hytrec_torchrec/outputs.py).
         int8: row-wise int8 tables (docs/export.md) instead of float32.
         data: prepared dataset holding the vocabularies (default: the one the job trained on).
         pt2: also try ``torch.export`` to ``model.pt2``.
@@ -290,6 +307,23 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
     """
     final = Path(out)
     check_export_dir(final, overwrite)
+    options = dict(int8=int8, data=data, pt2=pt2, max_tokens_per_pass=max_tokens_per_pass,
+                   allow_unchecked_vocab=allow_unchecked_vocab)
+    try:
+        with parents_made(final), OutputLock(final, TOOL):
+            check_export_dir(final, overwrite)  # again, under the lock
+            clear_stale_siblings(final, TOOL)
+            with staged_dir(final, TOOL) as tmp:
+                card = _export_into(tmp, checkpoint, **options)
+    except OutputError as exc:
+        raise ExportError(str(exc)) from None
+    log.info("exported %s -> %s (%s tables)", card["checkpoint"]["path"], final, card["tables"]["storage"])
+    return card
+
+
+def _export_into(out: Path, checkpoint: str | Path, int8: bool, data: Optional[str | Path], pt2: bool,
+                 max_tokens_per_pass: int, allow_unchecked_vocab: bool) -> Dict[str, Any]:
+    """The export of ``checkpoint`` written into the fresh folder ``out``; returns the model card."""
     started = time.monotonic()
     stage = lambda what: log.info("export: %s (%.1f s)", what, time.monotonic() - started)  # noqa: E731 - progress
     _, state = checkpoint_config(checkpoint)
@@ -304,11 +338,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
     features = list(cfg.model.features)
     serving = build_serving(model, features, cfg.data.max_len, vocabs, int8, max_tokens_per_pass)
     stage(f"serving module built ({'int8' if int8 else 'float32'} tables, vocabularies of {prepared})")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    out = final.with_name(f".{final.name}.tmp-export")
-    if out.exists():  # an earlier export that failed half-way
-        shutil.rmtree(out)
-    out.mkdir()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript deprecation warning (docs/export.md)
         scripted = torch.jit.script(serving)
@@ -349,7 +378,5 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
     torch.jit.save(scripted, str(out / "model.pt"), _extra_files=extra)
     card["files"]["model_sha256"] = file_sha256(out / "model.pt")
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
-    _publish(out, final)
-    stage(f"model.pt written ({(final / 'model.pt').stat().st_size / 1e6:.1f} MB)")
-    log.info("exported %s -> %s (%s tables)", state["path"], final, card["tables"]["storage"])
+    stage(f"model.pt written ({(out / 'model.pt').stat().st_size / 1e6:.1f} MB)")
     return card
