@@ -165,7 +165,7 @@ def test_documented_command_is_valid(doc: str, argv: List[str]) -> None:
 
 # ---- run what is cheap to run -------------------------------------------------------------------
 
-def _run_here(argv: List[str], timeout: int = 60) -> subprocess.CompletedProcess:
+def _run_here(argv: List[str], timeout: int = 180) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)

@@ -145,7 +145,7 @@ def _nan_after_checkpoint(rank: int, world: int, cfg_dict: dict, out: str) -> No
     def poison(module: torch.nn.Module, args: object, output: tuple) -> tuple:
         calls["n"] += 1
         if calls["n"] >= 3:  # training forwards 1, 2 are clean; the 3rd step's is poisoned
-            return output[0] * float("nan"), output[1]
+            return (output[0] * float("nan"),) + tuple(output[1:])  # (user, balance, long rows)
         return output
 
     trainer._unwrapped().tower.register_forward_hook(poison)
