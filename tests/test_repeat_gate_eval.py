@@ -66,7 +66,11 @@ def test_a_gated_model_trains_pipelined_and_reports_its_calibration(tmp_path: Pa
     from hytrec_torchrec.evaluation.cli import main
 
     out = tmp_path / "eval"
-    rc = main(["--checkpoint", str(run), "--data", str(data), "--out", str(out), "data.batch_size=4", "threads=1"])
+    threads = torch.get_num_threads()  # `threads=1` sets the process's torch threads; later tests need them back
+    try:
+        rc = main(["--checkpoint", str(run), "--data", str(data), "--out", str(out), "data.batch_size=4", "threads=1"])
+    finally:
+        torch.set_num_threads(threads)
     assert rc == 0
     doc = json.loads((out / "metrics.json").read_text())
     gate = next(iter(doc["models"].values()))["repeat_gate"]
