@@ -37,7 +37,7 @@ from hytrec_torchrec.modules.loss import (
     shared_negatives_loss,
     uniform_log_q,
 )
-from hytrec_torchrec.modules.repeat import RepeatBonus, RepeatHead, dense_bonus, in_history, lookup_bonus
+from hytrec_torchrec.modules.repeat import RepeatBonus, RepeatHead, dense_bonus, find_pairs, lookup_bonus
 from hytrec_torchrec.modules.tower import HyTRecTower, scoring_vectors
 from hytrec_torchrec.ops.jagged import last_index, segment_ids, split_tail
 from hytrec_torchrec.schema import TABLES, history_key
@@ -239,16 +239,18 @@ class AllPositionsLoss(nn.Module):
                                      self.temperature, pos_bonus=pos_bonus, neg_bonus=neg_bonus)
 
 
-def future_rows(offsets: torch.Tensor, num_history: int, steps: int) -> torch.Tensor:
-    """``[N]`` row, in ``[history rows; example targets]``, of the event ``steps`` >= 1 after each
-    history row (``steps`` = 1: :func:`next_event_rows`), or −1 past the example's target."""
+def future_rows(offsets: torch.Tensor, num_history: int, steps: int) -> List[torch.Tensor]:
+    """``[N]`` rows, in ``[history rows; example targets]``, of the events 1 .. ``steps`` after each
+    history row (the first is :func:`next_event_rows`), −1 past the example's target; one
+    gather per step."""
     nxt = next_event_rows(offsets, num_history)
     b = offsets.numel() - 1
     ext = torch.cat([nxt, torch.full((b,), -1, dtype=torch.int64, device=nxt.device)])  # a target has no next
-    cur = nxt
+    out = [nxt]
     for _ in range(steps - 1):
-        cur = torch.where(cur >= 0, ext[cur.clamp(min=0)], cur)
-    return cur
+        cur = out[-1]
+        out.append(torch.where(cur >= 0, ext[cur.clamp(min=0)], cur))
+    return out
 
 
 class LongAuxLoss(nn.Module):
@@ -289,8 +291,8 @@ class LongAuxLoss(nn.Module):
         lse_neg = torch.logsumexp(z, dim=1)  # [P]
         all_emb = scoring_vectors(torch.cat([history_emb, target_emb], 0), self.cosine)
         losses: List[torch.Tensor] = []
-        for k in range(2, self.window + 2):
-            fut = future_rows(offsets, n, k)[rows]
+        for fut_all in future_rows(offsets, n, self.window + 1)[1:]:  # 2 .. W + 1 events ahead
+            fut = fut_all[rows]
             ok = fut >= 0
             if not bool(ok.any()):
                 break
@@ -319,7 +321,6 @@ class RepeatGateLoss(nn.Module):
             all_positions: rows are history rows and each one's target is its next event; only
                 the rows that get pairs (the repeat path's rows) are supervised.
         """
-        bonus = (query, item, torch.zeros(0))
         if all_positions:
             n = int(history_ids.shape[0])
             ids = torch.cat([history_ids, target_ids], 0).to(torch.int64)[next_event_rows(offsets, n)]
@@ -331,7 +332,7 @@ class RepeatGateLoss(nn.Module):
             want = target_ids.to(torch.int64)
         if rows.numel() == 0:
             return (gate * 0.0).sum()
-        label = in_history(bonus, rows, want).to(gate.dtype)
+        label = find_pairs(query, item, rows, want)[1].to(gate.dtype)
         return F.binary_cross_entropy_with_logits(gate[rows], label)
 
 
@@ -431,7 +432,7 @@ class HyTRecModel(nn.Module):
         offsets = batch.history_offsets().to(torch.int64)  # KJT lengths are int32
         target_ids = batch.features["target_item"].values()
         out_extra: Dict[str, torch.Tensor] = {}
-        extra = torch.zeros((), dtype=torch.float32)
+        long_loss: Optional[torch.Tensor] = None
         if self.all_positions and self.training:
             rows, aux, long_rows = self.tower(emb, offsets, batch.timestamps, batch.t_current, True,
                                               self.supervised_rows)
@@ -448,7 +449,6 @@ class HyTRecModel(nn.Module):
                                           emb["history_item"].values(), target_ids, emb["target_item"].values(),
                                           batch.features["negative_item"].values(), emb["negative_item"].values())
                 out_extra["long_aux_loss"] = long_loss.detach()
-                extra = extra + self.long_aux_weight * long_loss
         else:
             user, aux, _ = self.tower(emb, offsets, batch.timestamps, batch.t_current)
             bonus, gate = self.repeat_bonus_and_gate(batch, user) if self.repeat is not None else (None, None)
@@ -461,7 +461,9 @@ class HyTRecModel(nn.Module):
                 bonus=bonus,
             )
         out = {"loss": loss.detach(), "aux": aux.detach(), "tokens": offsets[-1], **out_extra}
-        total = loss + aux + extra.to(loss.device)
+        total = loss + aux
+        if long_loss is not None:
+            total = total + self.long_aux_weight * long_loss
         if self.gate_loss is not None and bonus is not None and gate is not None:
             gate_loss = self.gate_loss(bonus[0], bonus[1], gate, offsets, batch.features["history_item"].values(),
                                        target_ids, batch.features["target_item"].lengths(),

@@ -26,7 +26,9 @@ def _offsets(lengths: list[int]) -> torch.Tensor:
 def test_future_rows_walk_the_history_then_the_target(steps: int) -> None:
     off = _offsets(LENGTHS)
     n = int(off[-1])
-    got = future_rows(off, n, steps).tolist()
+    walked = future_rows(off, n, steps)
+    assert len(walked) == steps
+    got = walked[-1].tolist()
     want = []
     for b, (s, e) in enumerate(zip(off[:-1].tolist(), off[1:].tolist())):
         seq = list(range(s, e)) + [n + b]  # the history rows, then the example's target

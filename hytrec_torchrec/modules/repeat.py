@@ -32,7 +32,7 @@ from torch import nn
 from hytrec_torchrec.modules.layers import time_gap_bucket
 from hytrec_torchrec.ops.repeat import cycle_rows, repeat_pairs
 
-__all__ = ["RepeatHead", "RepeatBonus", "dense_bonus", "lookup_bonus", "in_history", "COUNT_BUCKETS",
+__all__ = ["RepeatHead", "RepeatBonus", "dense_bonus", "lookup_bonus", "in_history", "find_pairs", "COUNT_BUCKETS",
            "DISTANCE_BUCKETS", "TIME_BUCKETS", "RATIO_BUCKETS"]
 
 #: buckets of the occurrence count c >= 1: ⌊2·log2 c⌋ (1 → 0, 2 → 2, 4 → 4, 16 → 8, ≥ 182 → 15).
@@ -241,28 +241,32 @@ def dense_bonus(bonus: RepeatBonus, num_queries: int, candidates: torch.Tensor) 
     return out.index_put((query[src], cols), value[src], accumulate=True)
 
 
+def find_pairs(pair_query: torch.Tensor, pair_item: torch.Tensor, query: torch.Tensor,
+               item: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Where each wanted pair ``(query[k], item[k])`` (``[K]`` int64) stands among the unique pairs
+    ``(pair_query [M], pair_item [M])``: ``(index [K] into the M pairs, hit [K] bool)``; ``index``
+    is 0 where ``hit`` is False."""
+    if pair_item.numel() == 0 or item.numel() == 0:
+        return torch.zeros_like(query), torch.zeros(query.shape[0], dtype=torch.bool, device=query.device)
+    span = int(torch.maximum(pair_item.max(), item.max())) + 1
+    keys, order = torch.sort(pair_query * span + pair_item)
+    want = query * span + item
+    pos = torch.searchsorted(keys, want).clamp(max=keys.numel() - 1)
+    hit = keys[pos] == want
+    return torch.where(hit, order[pos], torch.zeros_like(pos)), hit
+
+
 def in_history(bonus: RepeatBonus, query: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
     """``[K]`` bool: item ``item[k]`` is one of query ``query[k]``'s history items (has a pair in
     ``bonus``). The repeat gate's target."""
-    q, it, _ = bonus
-    if it.numel() == 0 or item.numel() == 0:
-        return torch.zeros(query.shape[0], dtype=torch.bool, device=query.device)
-    span = int(torch.maximum(it.max(), item.max())) + 1
-    keys = torch.sort(q * span + it)[0]
-    want = query * span + item
-    pos = torch.searchsorted(keys, want).clamp(max=keys.numel() - 1)
-    return keys[pos] == want
+    return find_pairs(bonus[0], bonus[1], query, item)[1]
 
 
 def lookup_bonus(bonus: RepeatBonus, query: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
     """``[K]`` float: the bonus of pair ``(query[k], item[k])`` (0 when the item is not in that
     query's history). ``query``, ``item`` ``[K]`` int64."""
-    q, it, value = bonus
-    span = int(torch.maximum(it.max(), item.max())) + 1 if it.numel() > 0 and item.numel() > 0 else 1
-    keys, order = torch.sort(q * span + it)
-    want = query * span + item
-    pos = torch.searchsorted(keys, want).clamp(max=max(keys.numel() - 1, 0))
-    if keys.numel() == 0:
+    index, hit = find_pairs(bonus[0], bonus[1], query, item)
+    value = bonus[2]
+    if value.numel() == 0:
         return torch.zeros(query.shape[0], dtype=value.dtype, device=value.device)
-    hit = keys[pos] == want
-    return torch.where(hit, value[order[pos]], torch.zeros_like(value[order[pos]]))
+    return torch.where(hit, value[index], torch.zeros_like(value[index]))
