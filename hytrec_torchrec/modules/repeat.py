@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from hytrec_torchrec.modules.layers import time_gap_bucket
-from hytrec_torchrec.ops.repeat import cycle_rows, repeat_pairs
+from hytrec_torchrec.ops.repeat import cycle_rows, item_groups, repeat_pairs
 
 __all__ = ["RepeatHead", "RepeatBonus", "dense_bonus", "lookup_bonus", "in_history", "find_pairs", "COUNT_BUCKETS",
            "DISTANCE_BUCKETS", "TIME_BUCKETS", "RATIO_BUCKETS"]
@@ -207,11 +207,12 @@ class RepeatHead(nn.Module):
                 first = torch.maximum(first, offsets[1:] - self.train_rows)
         else:
             first = offsets[1:] - 1
-        query, source, occ = repeat_pairs(items, offsets, first)
+        groups = item_groups(items, offsets)  # one sort for the pairs and the cycle statistics
+        query, source, occ = repeat_pairs(items, offsets, first, groups)
         cycle: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = None
         if self.cycles:
             is_cycle = self._cycle_mask(behaviors, items.shape[0], items.device)
-            count, last, firstc = cycle_rows(items, offsets, is_cycle)
+            count, last, firstc = cycle_rows(items, offsets, is_cycle, groups)
             cycle = (is_cycle, count, last, firstc)
         f = self.pair_features(query, source, occ, timestamps, cycle)
         # the user row of each pair: the history row itself, or its example

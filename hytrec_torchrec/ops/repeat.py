@@ -24,24 +24,15 @@ the rows with dictionaries.
 """
 
 
-from typing import Dict, Final, Tuple
+from typing import Dict, Final, Optional, Tuple
 
 import torch
 
-__all__ = ["repeat_pairs", "repeat_pairs_reference", "cycle_rows", "cycle_rows_reference", "FIRST_ITEM"]
+__all__ = ["repeat_pairs", "repeat_pairs_reference", "cycle_rows", "cycle_rows_reference", "item_groups",
+           "ItemGroups", "FIRST_ITEM"]
 
 #: item indices below this (0 padding, 1 unknown) are never paired: they are not catalog items.
 FIRST_ITEM: Final[int] = 2
-
-
-def _item_groups(items: torch.Tensor, seg: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(order [N], skey [N])``: the rows grouped by (sequence, item), each group in row order
-    (one stable sort), and the sorted group keys."""
-    n = items.shape[0]
-    span = int(items.max()) + 1 if n > 0 else 1
-    key = seg * span + items
-    order = torch.sort(key, stable=True)[1]
-    return order, key[order]
 
 
 def _segments(offsets: torch.Tensor, n: int) -> torch.Tensor:
@@ -51,31 +42,46 @@ def _segments(offsets: torch.Tensor, n: int) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(b, device=offsets.device), lengths, output_size=n)
 
 
-def _next_and_occurrence(items: torch.Tensor, offsets: torch.Tensor,
-                         seg: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+#: ``(seg [N], order [N], group_start [N])`` int64 of :func:`item_groups`: every row's sequence,
+#: the rows grouped by (sequence, item) (each group in row order), and for each sorted position
+#: the position where its group starts.
+ItemGroups = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def item_groups(items: torch.Tensor, offsets: torch.Tensor) -> ItemGroups:
+    """The one stable sort by (sequence, item) that :func:`repeat_pairs` and :func:`cycle_rows`
+    both read (pass it to both to sort once)."""
+    n = items.shape[0]
+    seg = _segments(offsets, n)
+    span = int(items.max()) + 1 if n > 0 else 1
+    key = seg * span + items
+    order = torch.sort(key, stable=True)[1]
+    skey = key[order]
+    pos = torch.arange(n, device=items.device)
+    first = torch.ones(n, dtype=torch.bool, device=items.device)
+    first[1:] = skey[1:] != skey[:-1]
+    group_start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0)[0]
+    return seg, order, group_start
+
+
+def _next_and_occurrence(offsets: torch.Tensor, groups: ItemGroups) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(next [N], occurrence [N])`` int64: the row of the next occurrence of each row's item in
     its sequence (the sequence's end row when there is none) and how many times the item has
     occurred in the sequence up to and including the row (1 for a first occurrence)."""
-    n = items.shape[0]
-    dev = items.device
-    order, skey = _item_groups(items, seg)
+    seg, order, group_start = groups
+    n = order.shape[0]
     ends = offsets[1:][seg]
     nxt = ends.clone()
     if n > 1:
-        same = skey[1:] == skey[:-1]
+        same = group_start[1:] == group_start[:-1]  # the next sorted position is in the same group
         nxt[order[:-1]] = torch.where(same, order[1:], ends[order[:-1]])
-    ar = torch.arange(n, device=dev)
-    first = torch.ones(n, dtype=torch.bool, device=dev)
-    if n > 1:
-        first[1:] = skey[1:] != skey[:-1]
-    group_start = torch.cummax(torch.where(first, ar, torch.zeros_like(ar)), 0)[0]
-    occ = torch.empty_like(ar)
-    occ[order] = ar - group_start + 1
+    occ = torch.empty_like(order)
+    occ[order] = torch.arange(n, device=order.device) - group_start + 1
     return nxt, occ
 
 
-def repeat_pairs(items: torch.Tensor, offsets: torch.Tensor,
-                 first_query: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def repeat_pairs(items: torch.Tensor, offsets: torch.Tensor, first_query: torch.Tensor,
+                 groups: Optional[ItemGroups] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every (query row, last-occurrence row) pair of a packed batch.
 
     Args:
@@ -83,6 +89,7 @@ def repeat_pairs(items: torch.Tensor, offsets: torch.Tensor,
         offsets: ``[B+1]`` int64 sequence offsets.
         first_query: ``[B]`` int64 first queried row of each sequence (global row index, clamped
             to the sequence); rows ``first_query[b] .. offsets[b+1] − 1`` are its queries.
+        groups: :func:`item_groups` of ``items`` when the caller has it already.
     Returns:
         ``(query [M], source [M], occurrence [M])`` int64: query row ``r``, the row ``j <= r`` of
         the last occurrence of ``items[j]`` up to ``r``, and how many times that item occurred up
@@ -91,8 +98,10 @@ def repeat_pairs(items: torch.Tensor, offsets: torch.Tensor,
     """
     n = items.shape[0]
     dev = items.device
-    seg = _segments(offsets, n)
-    nxt, occ = _next_and_occurrence(items, offsets, seg)
+    if groups is None:
+        groups = item_groups(items, offsets)
+    seg = groups[0]
+    nxt, occ = _next_and_occurrence(offsets, groups)
     fq = torch.maximum(first_query, offsets[:-1])
     lo = torch.maximum(torch.arange(n, device=dev), fq[seg])  # first query row that sees row j
     count = (nxt - lo).clamp(min=0)
@@ -104,14 +113,15 @@ def repeat_pairs(items: torch.Tensor, offsets: torch.Tensor,
     return query, source, occ[source]
 
 
-def cycle_rows(items: torch.Tensor, offsets: torch.Tensor,
-               cycle: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cycle_rows(items: torch.Tensor, offsets: torch.Tensor, cycle: torch.Tensor,
+               groups: Optional[ItemGroups] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What each row's item's cycle events up to and including the row say.
 
     Args:
         items: ``[N]`` int64 item index of every row, sequences packed back to back.
         offsets: ``[B+1]`` int64 sequence offsets.
         cycle: ``[N]`` bool: the row is a cycle event (a purchase-like behaviour).
+        groups: :func:`item_groups` of ``items`` when the caller has it already.
     Returns:
         ``(count [N], last [N], first [N])`` int64: how many rows ``i <= j`` of the sequence hold
         row ``j``'s item as a cycle event, and the rows of the last and the first of them (−1 when
@@ -122,12 +132,10 @@ def cycle_rows(items: torch.Tensor, offsets: torch.Tensor,
     if n == 0:
         e = torch.zeros(0, dtype=torch.int64, device=dev)
         return e, e, e
-    seg = _segments(offsets, n)
-    order, skey = _item_groups(items, seg)
+    if groups is None:
+        groups = item_groups(items, offsets)
+    _, order, group_start = groups
     pos = torch.arange(n, device=dev)
-    first = torch.ones(n, dtype=torch.bool, device=dev)
-    first[1:] = skey[1:] != skey[:-1]
-    group_start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0)[0]
     c = cycle[order].to(torch.int64)
     csum = torch.cumsum(c, 0)
     before = (csum - c)[group_start]  # cycle events of earlier groups
