@@ -382,7 +382,8 @@ class HyTRecModel(nn.Module):
         if self.supervised_rows > 0:  # only supervised rows get pairs
             repeat_rows = min(repeat_rows, self.supervised_rows) if repeat_rows > 0 else self.supervised_rows
         self.repeat = (RepeatHead(tower_cfg.embedding_dim, train_rows=repeat_rows, cycles=tower_cfg.repeat_cycles,
-                                  gate=tower_cfg.repeat_gate, cycle_behaviors=cycle_behaviors)
+                                  gate=tower_cfg.repeat_gate, cycle_behaviors=cycle_behaviors,
+                                  scorer=tower_cfg.repeat_scorer, hidden=tower_cfg.repeat_hidden)
                        if tower_cfg.repeat else None)
         self.gate_weight = float(tower_cfg.repeat_gate_weight) if tower_cfg.repeat_gate else 0.0
         self.long_aux_weight = float(tower_cfg.long_aux_weight) if all_positions else 0.0

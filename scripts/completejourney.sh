@@ -35,7 +35,8 @@ config=configs/completejourney.yaml
 # step ~160); ctx64_*: the same pair at 128 windows a step, half the memory; ctx64_sdrop: ctx64_default
 # with half the rows fused without the short branch in training (model.fusion.short_dropout);
 # cycles_gate: the default tower with the repeat path's cycle features and repeat/explore gate
-# (every Complete Journey event is a purchase, so every event is a cycle event).
+# (every Complete Journey event is a purchase, so every event is a cycle event); mlp: the repeat
+# path scored through a hidden layer (model.repeat_scorer=mlp); cycles_mlp: both.
 recipes="\
 default              -
 short_only           model.long_pattern=
@@ -52,7 +53,9 @@ ctx_default          data.supervised_rows=64 data.batch_size=128
 ctx64_short_only     model.long_pattern= data.supervised_rows=64 data.batch_size=64
 ctx64_default        data.supervised_rows=64 data.batch_size=64
 ctx64_sdrop          data.supervised_rows=64 data.batch_size=64 model.fusion.short_dropout=0.5
-cycles_gate          model.repeat_cycles=true model.repeat_gate=true"
+cycles_gate          model.repeat_cycles=true model.repeat_gate=true
+mlp                  model.repeat_scorer=mlp
+cycles_mlp           model.repeat_cycles=true model.repeat_scorer=mlp"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"

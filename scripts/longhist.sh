@@ -33,7 +33,8 @@ cyc="data.cycle_behaviors=[pay]"
 # score bonus for history items (model.repeat); *_sdrop fuse half the training rows without the
 # short branch (model.fusion.short_dropout); *_cycles add the repeat path's cycle features
 # (model.repeat_cycles), *_gate its repeat/explore gate (model.repeat_gate); *_lr20, *_lr200 train
-# the repeat path at 20x, 200x the tower's learning rate (optim.repeat_lr_scale).
+# the repeat path at 20x, 200x the tower's learning rate (optim.repeat_lr_scale); *_mlp score its
+# pairs through a hidden layer instead of a sum of bucket embeddings (model.repeat_scorer=mlp).
 recipes="\
 hytrec            model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true
 hytrec_paper      model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false
@@ -57,7 +58,10 @@ hytrec_cycles_gate model.long_pattern=TTT $gd model.long_readout=intent model.lo
 hytrec_repeat_lr20 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true optim.repeat_lr_scale=20
 hytrec_cycles_gate_lr20 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc optim.repeat_lr_scale=20
 short_cycles_gate_lr20 model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc optim.repeat_lr_scale=20
-hytrec_cycles_gate_lr200 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc optim.repeat_lr_scale=200"
+hytrec_cycles_gate_lr200 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc optim.repeat_lr_scale=200
+hytrec_repeat_mlp model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_scorer=mlp
+hytrec_cycles_mlp model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc
+short_cycles_mlp  model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"

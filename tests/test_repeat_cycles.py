@@ -90,9 +90,10 @@ def test_the_due_ratio_is_elapsed_over_the_mean_gap() -> None:
     assert dict(zip(it.tolist(), v.tolist()))[5] == 0.0
 
 
-def test_every_row_gets_the_bonus_and_gate_of_its_own_prefix() -> None:
+@pytest.mark.parametrize("scorer", ["additive", "mlp"])
+def test_every_row_gets_the_bonus_and_gate_of_its_own_prefix(scorer: str) -> None:
     items, offsets, ts, beh = _history(LENGTHS, seed=5)
-    head = _head()
+    head = _head(scorer=scorer)
     user = torch.randn(int(offsets[-1]), 8)
     q, it, v, gate = head(user, items, offsets, ts, True, beh)
     for b in range(len(LENGTHS)):
@@ -108,9 +109,10 @@ def test_every_row_gets_the_bonus_and_gate_of_its_own_prefix() -> None:
             assert float(gate[r]) == pytest.approx(float(g2[0]), rel=1e-5, abs=1e-5)
 
 
-def test_the_scripted_head_equals_the_eager_one() -> None:
+@pytest.mark.parametrize("scorer", ["additive", "mlp"])
+def test_the_scripted_head_equals_the_eager_one(scorer: str) -> None:
     items, offsets, ts, beh = _history(LENGTHS, seed=6)
-    head = _head(seed=1)
+    head = _head(seed=1, scorer=scorer)
     scripted = torch.jit.script(head)
     for all_positions in (False, True):
         user = torch.randn(int(offsets[-1]) if all_positions else len(LENGTHS), 8)
@@ -119,11 +121,37 @@ def test_the_scripted_head_equals_the_eager_one() -> None:
             torch.testing.assert_close(a, b)
 
 
-def test_a_new_head_with_cycles_and_gate_adds_nothing() -> None:
+@pytest.mark.parametrize("scorer", ["additive", "mlp"])
+def test_a_new_head_with_cycles_and_gate_adds_nothing(scorer: str) -> None:
     items, offsets, ts, beh = _history(LENGTHS, seed=7)
-    head = RepeatHead(8, cycles=True, gate=True)
+    head = RepeatHead(8, cycles=True, gate=True, scorer=scorer)
     _, _, bonus = head(torch.randn(len(LENGTHS), 8), items, offsets, ts, False, beh)[:3]
     assert bonus.numel() > 0 and torch.equal(bonus, torch.zeros_like(bonus))
+
+
+def test_the_mlp_scorer_is_a_hidden_layer_over_the_summed_tables() -> None:
+    """``f = W_2 · relu(Σ tables + b_1) + b_2``: with H = 1+R, tables copied from an additive head,
+    ``W_2 = I`` and ``b_1`` large enough that relu passes everything, the mlp head's bonus equals
+    the additive head's (and ``b_2`` shifts f_0, the bonus, by exactly itself); with ``b_1`` pushing
+    every sum below zero, relu cuts it and only ``b_2`` is left."""
+    items, offsets, ts, beh = _history(LENGTHS, seed=11)
+    torch.manual_seed(2)
+    mask = torch.tensor([False, True, False])
+    additive = RepeatHead(8, cycles=True, cycle_behaviors=mask)
+    for p in additive.parameters():
+        torch.nn.init.normal_(p)
+    mlp = RepeatHead(8, cycles=True, cycle_behaviors=mask, scorer="mlp", hidden=5)
+    mlp.load_state_dict({**additive.state_dict(), "hidden_bias": torch.full((5,), 100.0),
+                         "out.weight": torch.eye(5), "out.bias": torch.tensor([0.5, 0, 0, 0, 0])}, strict=True)
+    user = torch.randn(len(LENGTHS), 8)
+    q1, it1, v1, _ = additive(user, items, offsets, ts, False, beh)
+    q2, it2, v2, _ = mlp(user, items, offsets, ts, False, beh)
+    assert torch.equal(q1, q2) and torch.equal(it1, it2)
+    torch.testing.assert_close(v2, v1 + 100.0 * (1 + mlp.intent(user)[q1].sum(-1)) + 0.5, rtol=1e-4, atol=1e-3)
+    with torch.no_grad():
+        mlp.hidden_bias.fill_(-1e4)
+    _, _, v3, _ = mlp(user, items, offsets, ts, False, beh)
+    torch.testing.assert_close(v3, torch.full_like(v3, 0.5))
 
 
 def test_the_gate_target_is_membership_in_the_history() -> None:

@@ -142,6 +142,13 @@ class TowerConfig:
     last one, and that elapsed time over the item's own mean gap between cycle events, in events
     and in seconds (quarter-octave buckets, so "due again" is learnable). O(L) per request after
     one sort; exact in all-position training."""
+    repeat_scorer: str = "additive"
+    """How the repeat path turns a pair's bucket embeddings into its score: ``additive`` (their
+    sum) or ``mlp`` (their sum through one hidden layer of ``repeat_hidden`` units, so that one
+    feature can change what another means: an elapsed/gap ratio of 1 says "due" for an item bought
+    on a regular cycle and little for one bought at random)."""
+    repeat_hidden: int = 32
+    """Hidden width of the ``mlp`` repeat scorer."""
     repeat_gate: bool = False
     """A repeat/explore gate in the repeat path: the probability that the next item is one of the
     history's, from the user embedding and the strongest repeat evidence, trained with its own
@@ -223,6 +230,8 @@ class TowerConfig:
         if self.fusion.long_detach and not self.long_pattern:
             raise ConfigError("fusion.long_detach: stops the fused loss's gradient into the long branch; "
                               "it needs a long branch (long_pattern)")
+        check_choice("repeat_scorer", self.repeat_scorer, ("additive", "mlp"))
+        check_range("repeat_hidden", self.repeat_hidden, 1, 1024)
         if (self.repeat_cycles or self.repeat_gate) and not self.repeat:
             raise ConfigError("repeat_cycles, repeat_gate: parts of the repeat path; they need repeat: true")
         check_range("heads", self.heads, 1)
@@ -244,7 +253,7 @@ class TowerConfig:
 
 #: the values of the long-memory keys that every tower had before they existed (the paper's form)
 PRE_MEMORY_KEYS = {"long_readout": "last", "long_time_inputs": False, "far_copy": False, "repeat": False,
-                   "repeat_cycles": False, "repeat_gate": False}
+                   "repeat_cycles": False, "repeat_gate": False, "repeat_scorer": "additive"}
 PRE_MEMORY_TADN_KEYS = {"gating": "paper", "key_dim": 0}
 
 

@@ -11,10 +11,17 @@ pointer-generator recommenders), for the history ending at row ``r`` and an item
     bonus  = f_0 + Σ_k (P u_r)_k · f_k                       (f ∈ R^{1+R}, P: D → R)
 
 in score units (added to ``u·v`` before the temperature). ``C``, ``E``, ``T`` are small learned
-tables of log-scale buckets, so what is learned is *how* a history's repeats behave (how often,
-after how many events, after how long), not which items; ``P u`` lets the current intent switch
-between repeating and exploring. All tables start at zero, so an untrained repeat path adds
-nothing. Items not in the history get no bonus; padding and unknown items are never paired.
+tables of log-scale buckets (``model.repeat_scorer: additive``). With ``model.repeat_scorer: mlp``
+the tables are ``H`` wide and their sum goes through one hidden layer,
+``f = W_2 · relu(C[·] + E[·] + T[·] + … + b_1) + b_2`` (``W_2``: H → 1+R, zero at the start): the
+same as an MLP over the concatenated bucket embeddings, without materialising the concatenation.
+An additive score cannot say "this elapsed/gap ratio matters only for an item bought on a regular
+cycle"; the hidden layer can (docs/design.md, "Repeat scorer").
+
+Either way what is learned is *how* a history's repeats behave (how often, after how many
+events, after how long), not which items; ``P u`` lets the current intent switch between
+repeating and exploring. The additive tables, and the ``mlp`` scorer's output layer, start at
+zero, so an untrained repeat path adds nothing. Items not in the history get no bonus; padding and unknown items are never paired.
 
 Cost: one pass over the distinct items of a history per query (O(L) for a request, after the
 O(L log L) sort of :func:`~hytrec_torchrec.ops.repeat.repeat_pairs`); all-position training pairs
@@ -32,8 +39,11 @@ from torch import nn
 from hytrec_torchrec.modules.layers import time_gap_bucket
 from hytrec_torchrec.ops.repeat import cycle_rows, item_groups, repeat_pairs
 
-__all__ = ["RepeatHead", "RepeatBonus", "dense_bonus", "lookup_bonus", "in_history", "find_pairs", "COUNT_BUCKETS",
+__all__ = ["RepeatHead", "REPEAT_SCORERS", "RepeatBonus", "dense_bonus", "lookup_bonus", "in_history", "find_pairs", "COUNT_BUCKETS",
            "DISTANCE_BUCKETS", "TIME_BUCKETS", "RATIO_BUCKETS"]
+
+#: values of ``model.repeat_scorer``: how the bucket embeddings of a pair become its features.
+REPEAT_SCORERS: Final[Tuple[str, str]] = ("additive", "mlp")
 
 #: buckets of the occurrence count c >= 1: ⌊2·log2 c⌋ (1 → 0, 2 → 2, 4 → 4, 16 → 8, ≥ 182 → 15).
 COUNT_BUCKETS: Final[int] = 16
@@ -76,6 +86,9 @@ class RepeatHead(nn.Module):
         gate: add the repeat/explore gate (``model.repeat_gate``).
         cycle_behaviors: ``[V_behavior]`` bool, which behaviour indices are cycle events
             (purchase-like); None or all False = every event is one.
+        scorer: ``additive`` (tables ``1+R`` wide, summed) or ``mlp`` (tables ``hidden`` wide,
+            summed, then ``relu`` and a linear map to ``1+R``).
+        hidden: H, the hidden width of the ``mlp`` scorer.
     """
 
     train_rows: Final[int]
@@ -84,25 +97,42 @@ class RepeatHead(nn.Module):
     time_buckets: Final[int]
     cycles: Final[bool]
     has_gate: Final[bool]
+    has_mlp: Final[bool]
 
     def __init__(self, dim: int, rank: int = 4, train_rows: int = 0, cycles: bool = False, gate: bool = False,
-                 cycle_behaviors: Optional[torch.Tensor] = None) -> None:
+                 cycle_behaviors: Optional[torch.Tensor] = None, scorer: str = "additive", hidden: int = 32) -> None:
         super().__init__()
+        if scorer not in REPEAT_SCORERS:
+            raise ValueError(f"scorer: {scorer!r} is not one of {REPEAT_SCORERS}")
+        self.has_mlp = scorer == "mlp"
+        width = int(hidden) if self.has_mlp else rank + 1
         self.count_buckets, self.distance_buckets, self.time_buckets = COUNT_BUCKETS, DISTANCE_BUCKETS, TIME_BUCKETS
-        self.count = nn.Embedding(COUNT_BUCKETS, rank + 1)
-        self.distance = nn.Embedding(DISTANCE_BUCKETS, rank + 1)
-        self.time = nn.Embedding(TIME_BUCKETS, rank + 1)
+        self.count = nn.Embedding(COUNT_BUCKETS, width)
+        self.distance = nn.Embedding(DISTANCE_BUCKETS, width)
+        self.time = nn.Embedding(TIME_BUCKETS, width)
         tables = [self.count, self.distance, self.time]
         self.cycles = bool(cycles)
         if self.cycles:
-            self.kind = nn.Embedding(2, rank + 1)  # is the last occurrence a cycle event
-            self.cycle_count = nn.Embedding(COUNT_BUCKETS, rank + 1)
-            self.since_cycle = nn.Embedding(TIME_BUCKETS + 1, rank + 1)  # last bucket: no cycle event yet
-            self.due_events = nn.Embedding(RATIO_BUCKETS, rank + 1)
-            self.due_seconds = nn.Embedding(RATIO_BUCKETS, rank + 1)
+            self.kind = nn.Embedding(2, width)  # is the last occurrence a cycle event
+            self.cycle_count = nn.Embedding(COUNT_BUCKETS, width)
+            self.since_cycle = nn.Embedding(TIME_BUCKETS + 1, width)  # last bucket: no cycle event yet
+            self.due_events = nn.Embedding(RATIO_BUCKETS, width)
+            self.due_seconds = nn.Embedding(RATIO_BUCKETS, width)
             tables += [self.kind, self.cycle_count, self.since_cycle, self.due_events, self.due_seconds]
-        for table in tables:
-            nn.init.zeros_(table.weight)
+        if self.has_mlp:
+            # random tables so that the hidden units differ from the start; the output layer starts at
+            # zero, so an untrained repeat path still adds nothing
+            for table in tables:
+                nn.init.normal_(table.weight, std=0.1)
+            self.hidden_bias = nn.Parameter(torch.zeros(width))
+            self.out = nn.Linear(width, rank + 1)
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+        else:
+            for table in tables:
+                nn.init.zeros_(table.weight)
+            self.hidden_bias = None
+            self.out = nn.Identity()
         self.intent = nn.Linear(dim, rank)
         self.train_rows = int(train_rows)
         mask = cycle_behaviors if cycle_behaviors is not None else torch.zeros(0, dtype=torch.bool)
@@ -130,7 +160,8 @@ class RepeatHead(nn.Module):
     def pair_features(self, query: torch.Tensor, source: torch.Tensor, occurrence: torch.Tensor,
                       timestamps: torch.Tensor, cycle: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
                       ) -> torch.Tensor:
-        """``[M, 1+R]`` sum of the bucket embeddings of M (query row, source row) pairs: the query's
+        """``[M, 1+R]`` features of M (query row, source row) pairs, the sum of their bucket
+        embeddings (``additive``) or that sum through the hidden layer (``mlp``): the query's
         history row ``query [M]``, the item's last occurrence ``source [M]`` (rows of the packed
         history), ``occurrence [M]`` (>= 1) and ``timestamps [N]`` int64 seconds; ``cycle`` =
         ``(is_cycle [N] bool, count [N], last [N], first [N])`` of :func:`cycle_rows`, or None."""
@@ -160,6 +191,9 @@ class RepeatHead(nn.Module):
                  + self.due_events.weight.index_select(0, _ratio_bucket((query - lr) * steps, lr - fr, periodic))
                  + self.due_seconds.weight.index_select(0, _ratio_bucket((timestamps[query] - timestamps[lr]) * steps,
                                                   timestamps[lr] - timestamps[fr], periodic)))
+        bias = self.hidden_bias
+        if bias is not None:
+            f = self.out(torch.relu(f + bias))
         return f
 
     def pair_bonus(self, user: torch.Tensor, row: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
