@@ -1,5 +1,6 @@
-"""Cost of the repeat path's cycle features and gate (``model.repeat_cycles``, ``model.repeat_gate``)
-against the plain repeat path, measured side by side in one process on CPU.
+"""Cost of the repeat path's cycle features, gate and hidden-layer scorer (``model.repeat_cycles``,
+``model.repeat_gate``, ``model.repeat_scorer: mlp``) against the plain repeat path, measured side by
+side in one process on CPU.
 
 Two workloads, each at several history lengths L:
 
@@ -28,7 +29,8 @@ import torch
 from hytrec_torchrec.modules.repeat import RepeatHead
 
 D = 64
-VARIANTS = {"plain": {}, "cycles": {"cycles": True}, "cycles+gate": {"cycles": True, "gate": True}}
+VARIANTS = {"plain": {}, "cycles": {"cycles": True}, "cycles+gate": {"cycles": True, "gate": True},
+            "mlp": {"scorer": "mlp"}, "cycles+mlp": {"cycles": True, "scorer": "mlp"}}
 
 
 def _inputs(batch: int, length: int, seed: int = 0):
