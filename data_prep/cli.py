@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from hytrec_torchrec.cli import enable_debug, internal_error, report
+from hytrec_torchrec.cli import enable_debug, entry_point, internal_error, report
 from hytrec_torchrec.config import ConfigError, load_config
 
 from .config import PrepConfig
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@entry_point("hytrec-prep")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status (2 for bad input or config, 1 for an internal error;
     one line each, the traceback with ``--debug`` or ``HYTREC_DEBUG=1``)."""

@@ -45,7 +45,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hytrec_torchrec.cli import enable_debug, internal_error, plain, report
+from hytrec_torchrec.cli import enable_debug, entry_point, internal_error, plain, report
 from hytrec_torchrec.files import unwritable_dir
 from hytrec_torchrec.outputs import OutputError, OutputLock, check_apart, incomplete_reason, write_file_staged
 
@@ -388,6 +388,7 @@ def _write_outputs(args: argparse.Namespace, doc: object, rows: Sequence[Dict[st
             write_file_staged(args.plot, "hytrec-compare", lambda tmp: plot_differences(rows, args.metrics, tmp))
 
 
+@entry_point("hytrec-compare")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from hytrec_torchrec.cli import enable_debug, internal_error, plain, quiet_library_noise, report, require_stack
+from hytrec_torchrec.cli import enable_debug, entry_point, internal_error, plain, quiet_library_noise, report, require_stack
 from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.launcher import stop_when_launcher_exits
 from hytrec_torchrec.serving import DEFAULT_MAX_TOKENS_PER_PASS
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point("hytrec-export")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point; returns the exit status (0 ok, 1 internal error, 2 bad input, 3 a
     dataset whose vocabularies are not the checkpoint's; one line, the traceback with ``--debug``

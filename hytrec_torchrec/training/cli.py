@@ -18,7 +18,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from hytrec_torchrec.cli import enable_debug, internal_error, plain, quiet_library_noise, report, require_stack
+from hytrec_torchrec.cli import enable_debug, entry_point, internal_error, plain, quiet_library_noise, report, require_stack
 from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.launcher import stop_when_launcher_exits
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point("hytrec-train")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
