@@ -31,7 +31,7 @@ from hytrec_torchrec.outputs import DISK_FULL_ERRNOS
 
 __all__ = ["DEBUG_ENV", "debug_enabled", "enable_debug", "report", "internal_error", "plain", "require_stack",
            "first_line", "quiet_library_noise", "entry_point", "disk_full", "EXIT_INTERRUPTED", "EXIT_DISK_FULL",
-           "DISK_FULL_ERRNOS", "interrupted"]
+           "DISK_FULL_ERRNOS", "interrupted", "user_path"]
 
 #: exit status after Ctrl-C (SIGINT): 128 + 2, what a shell reports for a process killed by it
 EXIT_INTERRUPTED = 130
@@ -158,6 +158,12 @@ def require_stack(prog: str) -> int:
 
 
 _ROLE = re.compile(r":[a-z]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
+
+
+def user_path(text: str) -> str:
+    """A path argument with a leading ``~`` expanded (``--out=~/eval`` is not expanded by the
+    shell); every tool's path options use it as their argparse ``type``."""
+    return os.path.expanduser(text)
 
 
 def plain(doc: str | None) -> str:

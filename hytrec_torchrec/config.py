@@ -35,6 +35,11 @@ no shipped config uses them, and an alias lets a file of a kilobyte expand into 
 "billion laughs"); write the repeated values out instead. A key given twice is refused too.
 Values quoted in error messages are shortened (:func:`show_value`).
 
+A key declared with :func:`path_field` holds a file or folder path: a leading ``~`` is expanded
+(``data.path=~/prepared``), as every tool expands its path arguments. On a command line an argument
+is an override when it reads ``dotted.key=value`` and names no existing file or folder
+(:func:`is_override`), so a path with ``=`` in it stays a path (``./out=1`` when it does not exist).
+
 A config is a YAML path, or the name of a built-in config (``demo``, ``eval/published``,
 ``model/short_only``): the repository's ``configs/`` in a checkout, ``hytrec_torchrec/configs/``
 in an installed wheel (:func:`resolve_config`).
@@ -44,6 +49,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import reprlib
 import types
 import typing
@@ -66,6 +73,9 @@ __all__ = [
     "check_choice",
     "check_range",
     "show_value",
+    "path_field",
+    "is_override",
+    "split_overrides",
 ]
 
 #: longest value (as ``repr``) an error message quotes; longer ones are cut with ``...``
@@ -112,6 +122,26 @@ def check_range(
         raise ConfigError(f"{key}: {show_value(value)} must be {'>' if lo_open else '>='} {lo}")
     if hi is not None and (value > hi or (hi_open and value == hi)):
         raise ConfigError(f"{key}: {show_value(value)} must be {'<' if hi_open else '<='} {hi}")
+
+
+def path_field(default: Any) -> Any:
+    """A dataclass field holding a path: ``~`` at its start is expanded when the config is loaded."""
+    return dataclasses.field(default=default, metadata={"path": True})
+
+
+_OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")
+
+
+def is_override(arg: str) -> bool:
+    """Whether a command-line argument is a ``dotted.key=value`` override: its text before the first
+    ``=`` is a dotted key (no ``/``) and it is not the name of an existing file or folder."""
+    return _OVERRIDE.match(arg) is not None and not os.path.lexists(os.path.expanduser(arg))
+
+
+def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``args`` as (positional paths, overrides) by :func:`is_override`, ``~`` expanded in the paths."""
+    paths = [os.path.expanduser(a) for a in args if not is_override(a)]
+    return paths, [a for a in args if is_override(a)]
 
 
 def _join(prefix: str, key: str) -> str:
@@ -243,6 +273,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
         key = _join(prefix, name)
         if name in data:
             kwargs[name] = _coerce(hints[name], data[name], key)
+            if f.metadata.get("path") and isinstance(kwargs[name], str):
+                kwargs[name] = os.path.expanduser(kwargs[name])
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key}: required key is missing")
     try:
