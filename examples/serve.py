@@ -20,7 +20,7 @@ JSON line per request: ``{"items": [...], "scores": [...], "unknown_ids": n}``.
 IDs of ``raw_int64`` features and times are integers (``123``, ``"123"`` and ``123.0`` are the same
 ID). A batch of more than ``--max-batch`` requests (default 256) goes through the model in
 consecutive chunks of that many, so its score matrix stays ``max-batch × items``; the answers are
-those of one call. Exit status: 0 answered; 1 ``--check-torch-only`` found a forbidden import; 2 a
+those of one call (the same items; scores equal up to float32 rounding). Exit status: 0 answered; 1 ``--check-torch-only`` found a forbidden import; 2 a
 bad argument, request (one line naming the request, event and field) or export directory (a
 missing, garbled or mistyped model card or vocabulary file, one line naming the file and field; a
 truncated ``model.pt``); 130 interrupted (Ctrl-C).

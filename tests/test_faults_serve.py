@@ -4,7 +4,8 @@ contract": a damaged export read by serve.py; a cap and chunking for huge servin
 The export here is a stand-in, made in milliseconds: a scripted module with the exported model's
 interface (``forward(values, lengths, request_time, k)``) whose scores depend on each request's own
 history only, a model card and vocabulary files as hytrec-export writes them. The parity of chunked
-and whole batches on a real export is ``tests/test_export.py::test_serve_chunks_equal_one_call``.
+and whole batches on a real export (same items, scores to float32 rounding) is
+``tests/test_export.py::test_serve_chunks_equal_one_call``.
 """
 
 from __future__ import annotations
