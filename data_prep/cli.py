@@ -16,8 +16,8 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from hytrec_torchrec.cli import enable_debug, internal_error, report
-from hytrec_torchrec.config import ConfigError, load_config
+from hytrec_torchrec.cli import enable_debug, entry_point, internal_error, report, user_path
+from hytrec_torchrec.config import ConfigError, load_config, split_overrides
 
 from .config import PrepConfig
 from .errors import PrepInputError
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@entry_point("hytrec-prep")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status (2 for bad input or config, 1 for an internal error;
     one line each, the traceback with ``--debug`` or ``HYTREC_DEBUG=1``)."""
@@ -75,16 +76,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if ns.debug:
         enable_debug()
     try:
+        paths, overrides = split_overrides(ns.args)
         if ns.merge:
-            meta = merge(ns.args[0], ns.args[1:], overwrite=ns.overwrite)
+            folders = [user_path(a) for a in ns.args]  # every argument is a folder
+            meta = merge(folders[0], folders[1:], overwrite=ns.overwrite)
             print(_summary(meta))
             return 0
-        paths = [a for a in ns.args if "=" not in a]
-        overrides = [a for a in ns.args if "=" in a]
         if len(paths) != 2:
             ap.error(f"expected INPUT OUTPUT, got {paths}")
         inp, out = paths
-        cfg = load_config(PrepConfig, ns.config, overrides)
+        cfg = load_config(PrepConfig, user_path(ns.config) if ns.config else None, overrides)
         meta = prepare(inp, out, cfg, shard=ns.shard, overwrite=ns.overwrite)
         print(_summary(meta))
         if ns.shard[1] > 1:

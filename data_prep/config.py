@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from hytrec_torchrec.config import ConfigError, check_choice, check_range
+from hytrec_torchrec.config import ConfigError, check_choice, check_range, path_field
 
 __all__ = ["ColumnMap", "Filters", "PrepConfig", "RAW_COLUMNS", "REQUIRED_COLUMNS"]
 
@@ -96,12 +96,12 @@ class PrepConfig:
     batch_rows: int = 0
     #: re-use the item/attribution/category/behavior vocabularies of this prepared directory
     #: (IDs not in them map to the unknown bucket, index 1, and are counted); users are always new
-    vocab_from: Optional[str] = None
+    vocab_from: Optional[str] = path_field(None)
     #: Parquet compression of the output part files
     compression: str = "lz4"
     #: where spill files go (default: inside the unfinished output; DIR: a fresh folder of the run
     #: under DIR); removed at the end
-    spill_dir: Optional[str] = None
+    spill_dir: Optional[str] = path_field(None)
 
     def validate(self) -> None:
         check_choice("on_bad_rows", self.on_bad_rows, ("error", "skip"))

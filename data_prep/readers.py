@@ -15,7 +15,12 @@ attribution_id  int64 or string, nulls allowed (-> unknown bucket), absent colum
 category_id     same as attribution_id
 ==============  ==========================================================================
 
-Bad rows (null user/item ID, unparsable or negative timestamp) raise :class:`PrepInputError`
+Text columns may be ``string``, ``large_string`` or ``string_view``. One rule for empty IDs in CSV
+and Parquet alike: an empty string is a null ID (an empty CSV field is read as null, and an empty
+Parquet string is made one), so a null or empty user/item ID is the same bad row in both, and an
+empty attribution/category ID goes to the unknown bucket in both.
+
+Bad rows (null or empty user/item ID, unparsable or negative timestamp) raise :class:`PrepInputError`
 naming file, row and column, or with ``on_bad_rows: skip`` are dropped and counted.
 """
 
@@ -181,7 +186,7 @@ def plan_inputs(spec: str, cfg: PrepConfig, tables: Optional[list[Source]] = Non
                 t = t.value_type
             if pa.types.is_integer(t) and t != pa.uint64():
                 continue
-            if pa.types.is_string(t) or t == pa.uint64():  # uint64 may exceed int64: kept exact as strings or pa.types.is_large_string(t):
+            if is_text(t) or t == pa.uint64():  # uint64 may exceed int64: kept exact as strings
                 all_int = False
                 continue
             raise PrepInputError(
@@ -228,13 +233,23 @@ def _iter_raw(src: Source, plan: InputPlan, cfg: PrepConfig, batch_rows: int) ->
         raise PrepInputError(f"{src.name}: cannot parse CSV: {exc}") from None
 
 
+def is_text(t: pa.DataType) -> bool:
+    """``string``, ``large_string`` or ``string_view`` (pyarrow >= 16): one kind of text column."""
+    is_view = getattr(pa.types, "is_string_view", lambda _: False)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or is_view(t)
+
+
 def _as_ids(arr: pa.Array, target: pa.DataType) -> pa.Array:
+    """An ID column as ``target`` (int64 or string). The one rule for empty IDs: an empty string is
+    a null ID, as an empty CSV field is (CSV and Parquet alike)."""
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
-    if pa.types.is_large_string(arr.type):
+    if is_text(arr.type) and arr.type != pa.string():
         arr = arr.cast(pa.string())
     if arr.type != target:
         arr = pc.cast(arr, target)
+    if pa.types.is_string(arr.type):
+        arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
     return arr
 
 
@@ -285,8 +300,8 @@ def _timestamps(arr: pa.Array, cfg: PrepConfig) -> tuple[np.ndarray, np.ndarray]
             raw, div, mul = arr.cast(pa.int64()), per_s[t.unit], 1
         v = pc.fill_null(raw, 0).to_numpy()
         vals, bad = np.floor_divide(v, div) * mul, np.zeros(len(arr), bool)
-    elif pa.types.is_string(t) or pa.types.is_large_string(t):
-        vals, bad = _string_ts(arr, cfg)
+    elif is_text(t):
+        vals, bad = _string_ts(arr.cast(pa.string()), cfg)
     else:
         raise TypeError(f"unsupported timestamp type {t}")
     if cfg.timestamp_unit != "s" and not (pa.types.is_timestamp(t) or pa.types.is_date(t)):

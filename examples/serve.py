@@ -18,16 +18,26 @@ the exported ``vocab/<table>.json``; unknown ones go to index 1 and are counted.
 JSON line per request: ``{"items": [...], "scores": [...], "unknown_ids": n}``.
 
 IDs of ``raw_int64`` features and times are integers (``123``, ``"123"`` and ``123.0`` are the same
-ID). Exit status: 0 answered; 1 ``--check-torch-only`` found a forbidden import; 2 a bad argument,
-export directory or request (one line naming the request, event and field).
+ID). A batch of more than ``--max-batch`` requests (default 256) goes through the model in
+consecutive chunks of that many, so its score matrix stays ``max-batch × items``; the answers are
+those of one call (the same items; scores equal up to float32 rounding). Exit status: 0 answered; 1 ``--check-torch-only`` found a forbidden import; 2 a
+bad argument, request (one line naming the request, event and field) or export directory (a
+missing, garbled or mistyped model card or vocabulary file, one line naming the file and field; a
+truncated ``model.pt``); 130 interrupted (Ctrl-C).
+
+The model card and vocabulary files are checked by ``hytrec_torchrec/card.py``, the checks
+``hytrec-eval --model`` runs; that file imports the standard library only and is loaded here by its
+path (``../hytrec_torchrec/card.py``), so the package itself is not imported.
 """
 
 import argparse
+import importlib.util
 import json
 import random
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Dict, List, Tuple
 
 import torch
@@ -36,8 +46,33 @@ FEATURES = ("item", "attribution", "category", "behavior")
 INT64 = 1 << 63
 
 
+#: requests per model call (``--max-batch``)
+DEFAULT_MAX_BATCH = 256
+CARD_CHECKS = Path(__file__).resolve().parents[1] / "hytrec_torchrec" / "card.py"
+
+
 class RequestError(ValueError):
     """A request that cannot be answered; the message names the request, event and field."""
+
+
+def card_checks() -> ModuleType:
+    """``hytrec_torchrec/card.py``, loaded from its file (not as part of the package)."""
+    spec = importlib.util.spec_from_file_location("hytrec_card_checks", CARD_CHECKS)
+    if spec is None or spec.loader is None or not CARD_CHECKS.is_file():
+        raise RequestError(f"{CARD_CHECKS}: not found (serve.py checks exports with it; keep it beside the example)")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON document at ``path``; unreadable or broken JSON is a :class:`RequestError`."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise RequestError(f"{what} {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"{what} {path}: not valid JSON ({exc})") from None
 
 
 def as_int(value: Any, where: str) -> int:
@@ -63,26 +98,46 @@ def as_int(value: Any, where: str) -> int:
 class Client:
     """Loads ``model.pt``, the model card and the vocabularies from an export directory."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         for name in ("model_card.json", "model.pt"):
             if not (model_dir / name).is_file():
                 raise RequestError(f"--model-dir {model_dir}: no {name} (not a hytrec-export directory)")
-        self.card = json.loads((model_dir / "model_card.json").read_text())
-        try:
-            self.model = torch.jit.load(str(model_dir / "model.pt"), map_location="cpu")
-        except RuntimeError as exc:
-            first = (str(exc).strip().splitlines() or [""])[0]
-            raise RequestError(f"{model_dir / 'model.pt'}: not a readable TorchScript file (truncated?): "
-                               f"{first}") from None
-        self.model.eval()
+        checks = card_checks()
+        self.max_batch = max_batch
+        self.card = self._checked(checks, model_dir / "model_card.json", checks.check_model_card)
         contract = self.card["input_contract"]["values"]
-        self.space = {f: contract[f]["id_space"] for f in FEATURES}
-        self.required = [f for f in FEATURES if contract[f]["required"]]
+        self.required = [f for f in FEATURES if f in contract and contract[f]["required"]]
+        if "item" not in self.required:
+            raise RequestError(f"{model_dir / 'model_card.json'}: input_contract.values.item: expected a required "
+                               "table (the model ranks items)")
+        self.space = {f: contract[f]["id_space"] for f in self.required}
         self.vocab: Dict[str, Dict[str, Any]] = {}
         for f in FEATURES:
-            self.vocab[f] = json.loads((model_dir / contract[f]["vocab_file"]).read_text())
+            path = model_dir / contract.get(f, {}).get("vocab_file", f"vocab/{f}.json")
+            self.vocab[f] = self._checked(checks, path, lambda doc, f=f: checks.check_vocab_file(doc, f))
         self.to_index = {f: dict(zip(v["raw"], v["index"])) for f, v in self.vocab.items()}
         self.item_raw = dict(zip(self.vocab["item"]["index"], self.vocab["item"]["raw"]))
+        self.model = self._load_model(model_dir / "model.pt")
+
+    @staticmethod
+    def _checked(checks: ModuleType, path: Path, check: Any) -> Any:
+        """The JSON at ``path`` after ``check`` (a card check): a bad field names the file."""
+        doc = read_json(path, "export file")
+        try:
+            check(doc)
+        except checks.ModelCardError as exc:
+            raise RequestError(f"{path}: {exc}") from None
+        return doc
+
+    @staticmethod
+    def _load_model(path: Path) -> torch.jit.ScriptModule:
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 - any damage is the same one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RequestError(f"{path}: not a readable TorchScript file (truncated?): {first}") from None
+        model.eval()
+        return model
 
     def encode(self, feature: str, raw: Any, where: str) -> Tuple[int, bool]:
         """One raw ID → the value the model takes, and whether it is known."""
@@ -92,9 +147,10 @@ class Client:
         index = self.to_index[feature].get(str(raw))
         return (1, False) if index is None else (int(index), True)
 
-    def batch(self, requests: List[Dict[str, Any]]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor],
+    def batch(self, requests: List[Dict[str, Any]], first: int = 0) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor],
                                                              torch.Tensor, List[int]]:
-        """Requests → (values, lengths, request_time, unknown-ID count per request)."""
+        """Requests → (values, lengths, request_time, unknown-ID count per request); errors number
+        the requests from ``first``."""
         cols: Dict[str, List[int]] = {f: [] for f in self.required}
         cols["timestamp"] = []
         lengths: List[int] = []
@@ -103,7 +159,7 @@ class Client:
             raise RequestError(f"requests: expected a non-empty JSON list of requests, got "
                                f"{type(requests).__name__ if requests else 'an empty list'}")
         times: List[int] = []
-        for r, req in enumerate(requests):
+        for r, req in enumerate(requests, start=first):
             if not isinstance(req, dict) or not isinstance(req.get("history"), list) or "request_time" not in req:
                 raise RequestError(f"request {r}: expected an object with 'request_time' and a 'history' list")
             times.append(as_int(req["request_time"], f"request {r}, request_time"))
@@ -126,15 +182,25 @@ class Client:
         return values, {k: lens for k in values}, torch.tensor(times, dtype=torch.int64), unknown
 
     def recommend(self, requests: List[Dict[str, Any]], k: int) -> List[Dict[str, Any]]:
-        """Top-k items (raw IDs as strings) and scores for each request."""
-        values, lengths, times, unknown = self.batch(requests)
+        """Top-k items (raw IDs as strings) and scores for each request, at most ``max_batch``
+        requests per model call; every request is checked before the first call."""
+        if not isinstance(requests, list) or not requests:
+            self.batch(requests)  # the one-line error of an empty or non-list body
+        starts = range(0, len(requests), self.max_batch)
+        chunks = [self.batch(requests[start:start + self.max_batch], start) for start in starts]
+        return [answer for chunk in chunks for answer in self._answer(chunk, k)]
+
+    def _answer(self, chunk: Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], torch.Tensor, List[int]],
+                k: int) -> List[Dict[str, Any]]:
+        """One model call: the answers of a chunk made by :meth:`batch`."""
+        values, lengths, times, unknown = chunk
         with torch.no_grad():
             try:
                 ids, scores = self.model(values, lengths, times, k)
             except torch.jit.Error as exc:  # the model's own check: "builtins.ValueError: <message>"
                 raise RequestError(str(exc).strip().splitlines()[-1].replace("builtins.ValueError: ", "")) from None
         out = []
-        for row in range(len(requests)):
+        for row in range(len(unknown)):
             if self.space["item"] == "raw_int64":
                 items = [str(i) for i in ids[row].tolist()]
             else:
@@ -172,20 +238,11 @@ def read_requests(path: Path) -> Any:
                            f"{exc.msg})") from None
 
 
-def main(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", required=True, type=Path, help="hytrec-export output directory")
-    parser.add_argument("--requests", type=Path, help="JSON list of requests (default: demo requests)")
-    parser.add_argument("--k", type=int, default=10, help="results per request")
-    parser.add_argument("--num", type=int, default=4, help="number of demo requests")
-    parser.add_argument("--check-torch-only", action="store_true",
-                        help="fail if hytrec_torchrec, torchrec or fbgemm_gpu got imported")
-    args = parser.parse_args(argv)
-    if args.k < 1 or args.num < 1:
-        parser.error(f"--k and --num must be >= 1, got {args.k} and {args.num}")
+def serve(args: argparse.Namespace) -> int:
+    """Answer the requests of ``args``; returns the exit status."""
     try:
-        client = Client(args.model_dir)
-        requests = read_requests(args.requests) if args.requests else demo_requests(client, args.num)
+        client = Client(args.model_dir.expanduser(), max_batch=args.max_batch)
+        requests = read_requests(args.requests.expanduser()) if args.requests else demo_requests(client, args.num)
         start = time.perf_counter()
         answers = client.recommend(requests, args.k)
     except RequestError as exc:
@@ -201,6 +258,26 @@ def main(argv: List[str]) -> int:
             print(f"# not torch-only: {loaded} imported", file=sys.stderr)
             return 1
     return 0
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", required=True, type=Path, help="hytrec-export output directory")
+    parser.add_argument("--requests", type=Path, help="JSON list of requests (default: demo requests)")
+    parser.add_argument("--k", type=int, default=10, help="results per request")
+    parser.add_argument("--num", type=int, default=4, help="number of demo requests")
+    parser.add_argument("--check-torch-only", action="store_true",
+                        help="fail if hytrec_torchrec, torchrec or fbgemm_gpu got imported")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                        help=f"requests per model call; a larger batch runs in chunks (default {DEFAULT_MAX_BATCH})")
+    args = parser.parse_args(argv)
+    if args.k < 1 or args.num < 1 or args.max_batch < 1:
+        parser.error(f"--k, --num and --max-batch must be >= 1, got {args.k}, {args.num} and {args.max_batch}")
+    try:
+        return serve(args)
+    except KeyboardInterrupt:
+        print("serve.py: interrupted (Ctrl-C); answers not printed", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

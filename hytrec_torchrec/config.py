@@ -21,7 +21,8 @@ Example::
 
     cfg = load_config(Job, "job.yaml", ["optim.lr=3e-4", "steps=50"])
 
-Rules: ``int`` accepts integers only (not ``True``), ``float`` accepts ints and floats, ``bool``
+Rules: ``int`` accepts integers only (not ``True``), ``float`` accepts finite ints and floats
+(YAML ``.nan`` and ``.inf`` are refused for every float key: none of them means anything there), ``bool``
 accepts booleans only, ``Optional[X]`` accepts ``null``, ``list[X]``/``tuple[X, ...]`` accept
 lists, ``dict[str, X]`` accepts mappings, nested dataclasses accept mappings. Override values are
 parsed as YAML scalars (``a.b=3`` is an int, ``a.b=[1,2]`` a list, ``a.b=null`` None).
@@ -34,6 +35,11 @@ no shipped config uses them, and an alias lets a file of a kilobyte expand into 
 "billion laughs"); write the repeated values out instead. A key given twice is refused too.
 Values quoted in error messages are shortened (:func:`show_value`).
 
+A key declared with :func:`path_field` holds a file or folder path: a leading ``~`` is expanded
+(``data.path=~/prepared``), as every tool expands its path arguments. On a command line an argument
+is an override when it reads ``dotted.key=value`` and names no existing file or folder
+(:func:`is_override`), so a path with ``=`` in it stays a path (``./out=1`` when it does not exist).
+
 A config is a YAML path, or the name of a built-in config (``demo``, ``eval/published``,
 ``model/short_only``): the repository's ``configs/`` in a checkout, ``hytrec_torchrec/configs/``
 in an installed wheel (:func:`resolve_config`).
@@ -42,6 +48,9 @@ in an installed wheel (:func:`resolve_config`).
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 import reprlib
 import types
 import typing
@@ -64,6 +73,9 @@ __all__ = [
     "check_choice",
     "check_range",
     "show_value",
+    "path_field",
+    "is_override",
+    "split_overrides",
 ]
 
 #: longest value (as ``repr``) an error message quotes; longer ones are cut with ``...``
@@ -112,12 +124,79 @@ def check_range(
         raise ConfigError(f"{key}: {show_value(value)} must be {'<' if hi_open else '<='} {hi}")
 
 
+def path_field(default: Any) -> Any:
+    """A dataclass field holding a path: ``~`` at its start is expanded when the config is loaded."""
+    return dataclasses.field(default=default, metadata={"path": True})
+
+
+_OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")
+
+
+def is_override(arg: str) -> bool:
+    """Whether a command-line argument is a ``dotted.key=value`` override: its text before the first
+    ``=`` is a dotted key (no ``/``) and it is not the name of an existing file or folder."""
+    return _OVERRIDE.match(arg) is not None and not os.path.lexists(os.path.expanduser(arg))
+
+
+def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``args`` as (positional paths, overrides) by :func:`is_override`, ``~`` expanded in the paths."""
+    paths = [os.path.expanduser(a) for a in args if not is_override(a)]
+    return paths, [a for a in args if is_override(a)]
+
+
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _got(value: Any) -> str:
+    """The given value with its type for a type error: ``str 'abc'``, ``null``."""
+    return "null" if value is None else f"{type(value).__name__} {show_value(value)}"
+
+
+_SCALARS = {bool: "true/false", int: "an integer", float: "a float", str: "a string"}
+
+
+class _NonFinite(ConfigError):
+    """A float key given NaN or infinity (reported as such, also through ``Optional[float]``)."""
+
+
+def _expected(tp: Any) -> str:
+    """What a value of type ``tp`` looks like in a config: ``an integer``, ``a float or null``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union or origin is types.UnionType:
+        return " or ".join("null" if a is type(None) else _expected(a) for a in args)
+    if origin is typing.Literal:
+        return f"one of {list(args)}"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping for {tp.__name__}"
+    if origin in (list, Sequence, tuple) or tp in (list, tuple):
+        return "a list"
+    if origin in (dict, Mapping) or tp is dict:
+        return "a mapping"
+    return _SCALARS.get(tp, _type_name(tp))
+
+
+def _type_error(tp: Any, value: Any, key: str) -> ConfigError:
+    return ConfigError(f"{key}: expected {_expected(tp)}, got {_got(value)}")
+
+
+def _coerce_scalar(tp: Any, value: Any, key: str) -> Any:
+    """``bool``, ``int``, ``float`` (finite: ``.nan``/``.inf`` make no sense in any config key) and
+    ``str`` values; raise ConfigError naming ``key``, the expected type and the given one."""
+    ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool), str: isinstance(value, str)}[tp]
+    if not ok:
+        raise _type_error(tp, value, key)
+    if tp is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise _NonFinite(f"{key}: expected a finite float, got {show_value(value)} (NaN and infinity are "
+                             "not valid config values)")
+    return value
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -129,25 +208,26 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is Union or origin is types.UnionType:
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(arg, value, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{key}: {show_value(value)} does not match {_type_name(tp)}")
+            except _NonFinite:
+                raise
+            except ConfigError:
+                pass
+        raise _type_error(tp, value, key)
     if origin is typing.Literal:
         check_choice(key, value, args)
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {show_value(value)}")
+            raise _type_error(tp, value, key)
         return from_dict(tp, value, prefix=key)
     if origin in (list, Sequence, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {show_value(value)}")
+            raise _type_error(tp, value, key)
         if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
@@ -157,31 +237,17 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return tuple(items) if (origin is tuple or tp is tuple) else items
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {show_value(value)}")
+            raise _type_error(tp, value, key)
         k_tp, v_tp = args if args else (Any, Any)
         return {
             _coerce(k_tp, k, f"{key}.<key>"): _coerce(v_tp, v, _join(key, str(k)))
             for k, v in value.items()
         }
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {show_value(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {show_value(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {show_value(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {show_value(value)}")
-        return value
+    if tp in _SCALARS:
+        return _coerce_scalar(tp, value, key)
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {show_value(value)}")
+    raise _type_error(tp, value, key)
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
@@ -207,6 +273,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
         key = _join(prefix, name)
         if name in data:
             kwargs[name] = _coerce(hints[name], data[name], key)
+            if f.metadata.get("path") and isinstance(kwargs[name], str):
+                kwargs[name] = os.path.expanduser(kwargs[name])
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key}: required key is missing")
     try:
@@ -345,7 +413,7 @@ def load_config(
 
     Errors name the dotted key and the file, e.g.
     ``configs/demo.yaml: model.tadn.alpha: 1.5 must be <= 1``, or the override that set the key,
-    ``override 'optim.lr=fast' (config configs/demo.yaml): optim.lr: expected a number, got 'fast'``.
+    ``override 'optim.lr=fast' (config configs/demo.yaml): optim.lr: expected a float, got str 'fast'``.
     """
     data: dict[str, Any] = {}
     source = str(path) if path is not None else "<defaults>"

@@ -19,6 +19,9 @@ An output is a folder (or a single file) a tool writes. The rules, in the order 
 4. **Replace only what the tool made**, recognised by the marker's *content* (a JSON object naming
    the tool), never by a file name alone; entries are never followed through symbolic links.
 5. **Never write into an input** (rule 1).
+6. **A full disk names the output.** A write that fails with ``ENOSPC``/``EDQUOT`` and no file
+   name is re-raised naming the output (:func:`naming_disk_full`); the staged sibling is removed
+   as for any other failure.
 
 ``--overwrite`` means the same in every tool: replace an earlier output of this tool. A folder
 that holds anything else is refused with or without it.
@@ -27,6 +30,7 @@ that holds anything else is refused with or without it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -41,11 +45,13 @@ __all__ = ["OutputError", "OutputLock", "marker_path", "read_marker", "write_mar
            "check_replaceable", "staged_dir", "replace_with", "incomplete_reason", "clear_stale_siblings",
            "write_file_staged", "inside", "only_entries", "parents_made", "make_parents",
            "remove_empty", "remove_tree", "ABSENT", "EMPTY", "OURS",
-           "FOREIGN", "LOCK_SUFFIX"]
+           "FOREIGN", "LOCK_SUFFIX", "DISK_FULL_ERRNOS", "naming_disk_full"]
 
 #: what :func:`classify` returns
 ABSENT, EMPTY, OURS, FOREIGN = "absent", "empty", "ours", "foreign"
 LOCK_SUFFIX = ".hytrec-lock"
+#: the errno values of a full disk or an exhausted quota
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class OutputError(ValueError):
@@ -279,6 +285,18 @@ class OutputLock:
         self.release()
 
 
+@contextlib.contextmanager
+def naming_disk_full(path: str | Path) -> Iterator[None]:
+    """Re-raise a full-disk :class:`OSError` of the block that names no file as one naming ``path``
+    (a writer such as ``write()`` or a library often gives the errno alone)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS and exc.filename is None:
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from exc
+        raise
+
+
 def _sibling(target: Path, tool: str, what: str) -> Path:
     return target.parent / f".{target.name}.{tool}-{what}-{os.getpid()}"
 
@@ -336,10 +354,11 @@ def staged_dir(target: str | Path, tool: str, finish: Optional[dict] = None) -> 
     remove_tree(tmp)  # a folder of an earlier process with this pid
     os.mkdir(tmp)
     try:
-        write_marker(tmp, tool, "writing")
-        yield tmp
-        write_marker(tmp, tool, "complete", **(finish or {}))
-        replace_with(tmp, target, tool)
+        with naming_disk_full(target):
+            write_marker(tmp, tool, "writing")
+            yield tmp
+            write_marker(tmp, tool, "complete", **(finish or {}))
+            replace_with(tmp, target, tool)
     except BaseException:
         remove_tree(tmp)
         raise
@@ -352,8 +371,9 @@ def write_file_staged(target: str | Path, tool: str, write: Callable[[Path], obj
     target = _abs(target)
     tmp = target.parent / f".{target.stem}.{tool}-tmp-{os.getpid()}{target.suffix}"
     try:
-        write(tmp)
-        os.replace(tmp, target)
+        with naming_disk_full(target):
+            write(tmp)
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -176,7 +176,7 @@ def _card() -> Dict[str, Any]:
     (("tables", "storage"), "int4", "tables.storage: expected one of"),
 ])
 def test_model_card_fields_are_checked(path: tuple, value: Any, needle: str) -> None:
-    from hytrec_torchrec.evaluation.card import ModelCardError, check_model_card
+    from hytrec_torchrec.card import ModelCardError, check_model_card
 
     check_model_card(_card())
     card = _card()
@@ -189,7 +189,7 @@ def test_model_card_fields_are_checked(path: tuple, value: Any, needle: str) -> 
 
 
 def test_exported_vocab_files_are_checked() -> None:
-    from hytrec_torchrec.evaluation.card import ModelCardError, check_vocab_file
+    from hytrec_torchrec.card import ModelCardError, check_vocab_file
 
     check_vocab_file({"table_rows": 5, "raw": ["7", "9"], "index": [2, 4]}, "item")
     for doc, needle in [({"table_rows": 5, "raw": ["7"], "index": [5]}, "index: expected integers in 2..4"),

@@ -561,6 +561,20 @@ def test_serve_example_answers_bad_requests_with_one_line(run, tmp_path: Path,
     assert rc == 2 and "no model_card.json (not a hytrec-export directory)" in capsys.readouterr().err
 
 
+def test_serve_chunks_equal_one_call(run: Dict[str, Path]) -> None:
+    """examples/serve.py answers a batch bigger than --max-batch in chunks (issue 43): on the real
+    export the items and unknown-ID counts equal those of one call, and the scores agree to float32
+    rounding (a matrix product of another batch shape may round the last bit differently)."""
+    client = _serve_module().Client(run["fp32"], max_batch=1000)
+    requests = _serve_module().demo_requests(client, 9)
+    whole = client.recommend(requests, 5)
+    client.max_batch = 4
+    chunked = client.recommend(requests, 5)
+    assert len(chunked) == len(whole) == 10
+    assert [(a["items"], a["unknown_ids"]) for a in chunked] == [(a["items"], a["unknown_ids"]) for a in whole]
+    np.testing.assert_allclose([a["scores"] for a in chunked], [a["scores"] for a in whole], rtol=0, atol=2e-6)
+
+
 def test_export_logs_its_progress(run: Dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Each stage of an export is one log line with the time since the start (issue: export showed
     nothing until the end)."""

@@ -37,7 +37,7 @@ DEMO = ROOT / "configs" / "demo.yaml"
     "overrides,needle",
     [
         (["train.max_stepz=3"], "train.max_stepz: unknown key"),
-        (["optim.lr=fast"], "optim.lr: expected a number"),
+        (["optim.lr=fast"], "optim.lr: expected a float, got str 'fast'"),
         (["embeddings.tables.item.sharding_type=diagonal"],
          "embeddings.tables.item.sharding_type: 'diagonal' is not one of"),
         (["embeddings.tables.video.sharding_type=row_wise"], "embeddings.tables.video"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from hytrec_torchrec.config import ConfigError, check_choice, check_range
+from hytrec_torchrec.config import ConfigError, check_choice, check_range, path_field
 
 __all__ = ["DataConfig", "SPLITS", "STAGES"]
 
@@ -68,7 +68,7 @@ class DataConfig:
             and tell them from the other (view-like) events. Empty = every event counts.
     """
 
-    path: str = ""
+    path: str = path_field("")
     split: str = "leave_last_out"
     split_time: Optional[int] = None
     train_on_valid: bool = False

@@ -33,7 +33,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from hytrec_torchrec.cli import enable_debug, internal_error, plain, quiet_library_noise, report, require_stack
+from hytrec_torchrec.cli import (enable_debug, entry_point, internal_error, plain, quiet_library_noise, report,
+                                 require_stack, user_path)
 from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.files import unwritable_dir
 from hytrec_torchrec.launcher import stop_when_launcher_exits
@@ -44,17 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line (also used by the docs-commands test to check documented commands)."""
     parser = argparse.ArgumentParser(prog="hytrec-eval", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", action="append", default=[],
+    parser.add_argument("--checkpoint", action="append", default=[], type=user_path,
                         help="run directory (its latest checkpoint) or checkpoint directory; repeatable")
-    parser.add_argument("--model", action="append", default=[],
+    parser.add_argument("--model", action="append", default=[], type=user_path,
                         help="exported TorchScript model (hytrec-export); repeatable")
     parser.add_argument("--name", action="append", default=[],
                         help="display names, in --checkpoint order (default: run directory names)")
-    parser.add_argument("--data", required=True, help="prepared dataset directory")
-    parser.add_argument("--out", required=True, help="output directory for metrics.json, report.md, *.png")
+    parser.add_argument("--data", required=True, type=user_path, help="prepared dataset directory")
+    parser.add_argument("--out", required=True, type=user_path, help="output directory for metrics.json, report.md, *.png")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier evaluation in --out (never a folder holding anything else)")
-    parser.add_argument("--config", help="YAML evaluation config (configs/eval/default.yaml)")
+    parser.add_argument("--config", type=user_path, help="YAML evaluation config (configs/eval/default.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     parser.add_argument("--allow-unchecked-vocab", action="store_true",
                         help="evaluate a checkpoint whose ID vocabulary cannot be checked (no stored fingerprint, "
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point("hytrec-eval")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -51,7 +51,7 @@ from hytrec_torchrec.config import (
 )
 from hytrec_torchrec.data.config import DataConfig
 from hytrec_torchrec.data.loader import load_shard, make_dataloader
-from hytrec_torchrec.evaluation.card import ModelCardError, check_model_card, check_vocab_file
+from hytrec_torchrec.card import ModelCardError, check_model_card, check_vocab_file
 from hytrec_torchrec.evaluation.diagnostics import (
     DiagnosticsConfig,
     ExampleSampler,
@@ -393,7 +393,7 @@ def evaluate_checkpoint(
 
 # ---------------------------------------------------------------------- exported models
 def _exported_vocab(model_dir: Path, table: str) -> Dict[str, Any]:
-    """``vocab/<table>.json`` of an export, checked (:func:`~hytrec_torchrec.evaluation.card.check_vocab_file`).
+    """``vocab/<table>.json`` of an export, checked (:func:`~hytrec_torchrec.card.check_vocab_file`).
 
     Raises:
         FileNotFoundError: it is missing.

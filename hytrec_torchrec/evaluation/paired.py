@@ -45,7 +45,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hytrec_torchrec.cli import enable_debug, internal_error, plain, report
+from hytrec_torchrec.cli import enable_debug, entry_point, internal_error, plain, report, user_path
 from hytrec_torchrec.files import unwritable_dir
 from hytrec_torchrec.outputs import OutputError, OutputLock, check_apart, incomplete_reason, write_file_staged
 
@@ -345,12 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hytrec-compare", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Paired differences between models evaluated by hytrec-eval on the same examples "
                     "(the first model is the baseline). " + plain((__doc__ or "").split("\n\n")[1]))
-    parser.add_argument("runs", nargs="+", help="hytrec-eval output directories, DIR or DIR:MODEL")
+    parser.add_argument("runs", nargs="+", type=user_path, help="hytrec-eval output directories, DIR or DIR:MODEL")
     parser.add_argument("--metrics", nargs="+", default=["hr@10", "ndcg@10", "hr@50", "hr@200", "mrr"],
                         help="per-example metrics to compare: hr@K, ndcg@K (K any cutoff), mrr "
                              "(default: %(default)s)")
-    parser.add_argument("--json", help="also write the comparison as JSON to this file")
-    parser.add_argument("--plot", help="also draw the differences with ±1.96 SE into this PNG")
+    parser.add_argument("--json", type=user_path, help="also write the comparison as JSON to this file")
+    parser.add_argument("--plot", type=user_path, help="also draw the differences with ±1.96 SE into this PNG")
     parser.add_argument("--length-buckets", nargs="+", type=int, metavar="EDGE",
                         help="also compare within history-length buckets [E1,E2), ..., [En,inf) of "
                              "the untruncated history (e.g. 1 200 500 1000)")
@@ -388,6 +388,7 @@ def _write_outputs(args: argparse.Namespace, doc: object, rows: Sequence[Dict[st
             write_file_staged(args.plot, "hytrec-compare", lambda tmp: plot_differences(rows, args.metrics, tmp))
 
 
+@entry_point("hytrec-compare")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from hytrec_torchrec.cli import first_line
+from hytrec_torchrec.cli import disk_full, first_line
 from hytrec_torchrec.config import show_value
 from hytrec_torchrec.files import file_sha256
 from hytrec_torchrec.runtime.safe_load import SafeFileSystemReader, UnsafeCheckpointError, read_index
@@ -87,6 +87,17 @@ def _write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _drop_unfinished(tmp: Path, final: Path, exc: BaseException) -> None:
+    """A save failed (Ctrl-C, a full disk): a single process removes its unfinished ``.tmp-step_N``
+    (with several ranks the next save clears it), and a full disk that names no file names the
+    checkpoint (raised from ``exc``)."""
+    if _world() == 1:
+        shutil.rmtree(tmp, ignore_errors=True)
+    full = disk_full(exc)
+    if isinstance(exc, Exception) and full is not None and full.filename is None:
+        raise OSError(full.errno, os.strerror(full.errno), str(final)) from exc
 
 
 def _fsync_dir(path: Path) -> None:
@@ -357,13 +368,21 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
     _barrier()
-    dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(tmp))
-    torch.save(rank_state, tmp / f"rank_{_rank():05d}.pt")
+    try:
+        dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(tmp))
+        torch.save(rank_state, tmp / f"rank_{_rank():05d}.pt")
+    except BaseException as exc:
+        _drop_unfinished(tmp, final, exc)
+        raise
     _barrier()
     if _rank() == 0:
         state = dict(train_state, step=step, world_size=_world())
-        _write_atomic(tmp / "train_state.json", json.dumps(state, indent=2, sort_keys=True))
-        write_manifest(tmp)
+        try:
+            _write_atomic(tmp / "train_state.json", json.dumps(state, indent=2, sort_keys=True))
+            write_manifest(tmp)
+        except BaseException as exc:
+            _drop_unfinished(tmp, final, exc)
+            raise
         if final.exists():  # re-saving the same step (e.g. after a resume): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)

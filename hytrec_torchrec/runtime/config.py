@@ -17,7 +17,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Optional
 
-from hytrec_torchrec.config import ConfigError, check_choice, check_range, from_dict, load_config, to_dict
+from hytrec_torchrec.config import ConfigError, check_choice, check_range, from_dict, load_config, path_field, to_dict
 from hytrec_torchrec.data.config import DataConfig
 from hytrec_torchrec.modules.config import TowerConfig, fill_pre_memory_keys
 from hytrec_torchrec.modules.registry import check_pattern
@@ -113,7 +113,7 @@ class RunConfig:
             (:mod:`~hytrec_torchrec.training.rundir`).
     """
 
-    dir: str = "runs/default"
+    dir: str = path_field("runs/default")
     seed: int = 0
     log_every: int = 10
     tensorboard: bool = True

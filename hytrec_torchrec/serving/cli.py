@@ -18,7 +18,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from hytrec_torchrec.cli import enable_debug, internal_error, plain, quiet_library_noise, report, require_stack
+from hytrec_torchrec.cli import (enable_debug, entry_point, internal_error, plain, quiet_library_noise, report,
+                                 require_stack, user_path)
 from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.launcher import stop_when_launcher_exits
 from hytrec_torchrec.serving import DEFAULT_MAX_TOKENS_PER_PASS
@@ -30,14 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line (also used by the docs-commands test to check documented commands)."""
     parser = argparse.ArgumentParser(prog="hytrec-export", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
-    parser.add_argument("--out", required=True,
+    parser.add_argument("--checkpoint", required=True, type=user_path, help="run directory or checkpoint directory")
+    parser.add_argument("--out", required=True, type=user_path,
                         help="output directory: created, or empty, or an earlier export with --overwrite")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier export in --out (only its model.pt, model.pt2, "
                              "model_card.json and vocab/; any other entry there is an error)")
     parser.add_argument("--int8", action="store_true", help="row-wise int8 embedding tables")
-    parser.add_argument("--data", default=None,
+    parser.add_argument("--data", default=None, type=user_path,
                         help="prepared dataset with the vocabularies (default: the checkpoint's data.path)")
     parser.add_argument("--allow-unchecked-vocab", action="store_true",
                         help="export a checkpoint whose ID vocabularies cannot be checked against the dataset "
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point("hytrec-export")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point; returns the exit status (0 ok, 1 internal error, 2 bad input, 3 a
     dataset whose vocabularies are not the checkpoint's; one line, the traceback with ``--debug``

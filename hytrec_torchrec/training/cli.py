@@ -18,7 +18,8 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from hytrec_torchrec.cli import enable_debug, internal_error, plain, quiet_library_noise, report, require_stack
+from hytrec_torchrec.cli import (enable_debug, entry_point, internal_error, plain, quiet_library_noise, report,
+                                 require_stack, user_path)
 from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.launcher import stop_when_launcher_exits
 
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line (also used by the docs-commands test to check documented commands)."""
     parser = argparse.ArgumentParser(prog="hytrec-train", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML job config (configs/*.yaml)")
+    parser.add_argument("--config", type=user_path, help="YAML job config (configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     parser.add_argument("--overwrite", action="store_true",
                         help="with train.resume=false, clear an earlier run's outputs from run.dir (run.overwrite=true)")
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point("hytrec-train")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

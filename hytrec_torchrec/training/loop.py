@@ -56,7 +56,7 @@ from hytrec_torchrec.runtime.sharding import (
     sparse_optimizer,
 )
 from hytrec_torchrec.training.curves import write_curves
-from hytrec_torchrec.training.rundir import claim_run_dir
+from hytrec_torchrec.training.rundir import check_run_dir, claim_run_dir
 from hytrec_torchrec.training.schedule import lr_multiplier
 
 __all__ = ["Trainer", "train", "NonFiniteLossError"]
@@ -107,6 +107,8 @@ class Trainer:
     def __init__(self, cfg: JobConfig, env: Optional[DistEnv] = None) -> None:
         self.cfg = cfg
         self.env = env or init_distributed(cfg.train.backend, cfg.train.device)
+        # run.dir is checked before the dataset is read and the model built (claimed in fit())
+        check_run_dir(cfg.run.dir, cfg.train.resume, cfg.run.overwrite, self.env.is_main)
         check_sparse_optimizer_device(cfg.embeddings, self.env.device)
         check_compute_kernels_device(cfg.embeddings, self.env.device)  # again in shard_model
         self.meta = read_meta(cfg.data.path)

@@ -11,6 +11,11 @@
   entries a training run writes (:data:`RUN_ENTRIES`) and refuses, removing nothing, when the
   directory holds anything else.
 
+* **Checked before the work.** :func:`check_run_dir` runs the same checks without changing anything
+  (``run.dir`` not a folder, under a file, or holding an earlier run) when the trainer starts,
+  before the dataset is read and the model built; :func:`claim_run_dir` then takes the lock and
+  checks again.
+
 Errors are :class:`~hytrec_torchrec.config.ConfigError` (``hytrec-train`` exit status 2), raised
 on every rank: rank 0 decides and broadcasts the verdict, so no rank waits at a barrier for a
 rank that stopped.
@@ -30,7 +35,7 @@ import torch.distributed as dist
 from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.files import remove_entries
 
-__all__ = ["LOCK_NAME", "RUN_ENTRIES", "claim_run_dir"]
+__all__ = ["LOCK_NAME", "RUN_ENTRIES", "claim_run_dir", "check_run_dir"]
 
 LOCK_NAME = ".hytrec-train.lock"
 #: what a training run writes into its directory; ``--overwrite`` removes these and nothing else.
@@ -78,19 +83,54 @@ def _lock(run_dir: Path) -> IO[str]:
     return f
 
 
-def _check_earlier_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def _earlier_run_error(run_dir: Path, resume: bool, overwrite: bool) -> Optional[str]:
+    """Why ``run_dir`` (an existing folder) may not take a new run, or None."""
     names = {p.name for p in run_dir.iterdir()} - {LOCK_NAME}
     if resume or not (names & (RUN_ENTRIES - {LOCK_NAME})):
-        return
+        return None
     if not overwrite:
-        raise ConfigError(f"run.dir {run_dir}: holds an earlier run ({', '.join(sorted(names)[:4])}) and "
-                          "train.resume is false; resume it (train.resume=true), choose another run.dir, or "
-                          "clear it with --overwrite (run.overwrite=true)")
+        return (f"run.dir {run_dir}: holds an earlier run ({', '.join(sorted(names)[:4])}) and "
+                "train.resume is false; resume it (train.resume=true), choose another run.dir, or "
+                "clear it with --overwrite (run.overwrite=true)")
     foreign = sorted(names - RUN_ENTRIES)
     if foreign:
-        raise ConfigError(f"run.dir {run_dir}: --overwrite refused: it holds entries a training run did not "
-                          f"write ({', '.join(foreign[:5])}); move them or choose another run.dir")
-    remove_entries(run_dir, names)
+        return (f"run.dir {run_dir}: --overwrite refused: it holds entries a training run did not "
+                f"write ({', '.join(foreign[:5])}); move them or choose another run.dir")
+    return None
+
+
+def _check_earlier_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    problem = _earlier_run_error(run_dir, resume, overwrite)
+    if problem is not None:
+        raise ConfigError(problem)
+    names = {p.name for p in run_dir.iterdir()} - {LOCK_NAME}
+    if not resume and names & (RUN_ENTRIES - {LOCK_NAME}):  # an earlier run, all of it ours: --overwrite
+        remove_entries(run_dir, names)
+
+
+def _run_dir_error(run_dir: Path, resume: bool, overwrite: bool) -> Optional[str]:
+    """What :func:`claim_run_dir` would refuse, found without creating or removing anything."""
+    existing = next(p for p in [run_dir, *run_dir.absolute().parents] if os.path.lexists(p))
+    if not existing.is_dir():
+        where = "is" if existing == run_dir else f"lies under {existing}, which is"
+        return f"run.dir {run_dir}: {where} not a directory"
+    return _earlier_run_error(run_dir, resume, overwrite) if existing == run_dir else None
+
+
+def _decide(is_main: bool, check: Any) -> None:
+    """Rank 0 runs ``check`` (returns a message or None) and broadcasts its verdict; every rank
+    raises :class:`ConfigError` with it."""
+    verdict: list[Any] = [check() if is_main else None]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        raise ConfigError(verdict[0])
+
+
+def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: bool) -> None:
+    """The checks of :func:`claim_run_dir` without the lock or any change, before the work starts
+    (collective when a process group is up)."""
+    _decide(is_main, lambda: _run_dir_error(Path(run_dir), resume, overwrite))
 
 
 def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: bool) -> Optional[IO[str]]:

@@ -1,16 +1,21 @@
-"""Checks of an exported model's card and vocabulary files before ``hytrec-eval --model`` uses them.
+"""Checks of an exported model's card and vocabulary files before ``hytrec-eval --model`` or
+``examples/serve.py`` use them.
 
 ``model_card.json`` (embedded in ``model.pt``) and ``vocab/<table>.json`` are JSON written by
 ``hytrec-export`` (docs/export.md); an edited or foreign export could hold any JSON there. Every
-field the evaluation reads is checked here by type and range, so a bad one is a one-line
-:class:`ModelCardError` naming the field instead of an internal error deep in the evaluation.
+field the evaluation or the serving example reads is checked here by type and range, so a bad one
+is a one-line :class:`ModelCardError` naming the field instead of an internal error deep in the
+evaluation or a request.
+
+This module imports the standard library only and nothing of the package: ``examples/serve.py``
+(torch only, no hytrec_torchrec installed) loads this very file by its path.
 """
 
 from __future__ import annotations
 
+import reprlib
+from pathlib import PurePosixPath
 from typing import Any, Dict
-
-from hytrec_torchrec.config import show_value
 
 __all__ = ["CARD_FORMAT", "ID_SPACES", "MAX_TABLE_ROWS", "ModelCardError", "check_model_card",
            "check_vocab_file"]
@@ -26,6 +31,15 @@ _STORAGE = ("float32", "int8_rowwise")
 
 class ModelCardError(ValueError):
     """A model card or exported vocabulary field of the wrong type or out of range."""
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 8, 8, 60, 60
+
+
+def show_value(value: Any) -> str:
+    """A value for an error message, shortened (a huge list or string is never formatted whole)."""
+    return _SHORT.repr(value)
 
 
 def _is_int(value: Any) -> bool:
@@ -50,9 +64,18 @@ def _check_value_spec(table: str, spec: Any) -> None:
     if table == "timestamp" or not spec.get("required"):
         return
     _need(spec.get("id_space") in ID_SPACES, f"{key}.id_space", f"one of {list(ID_SPACES)}", spec.get("id_space"))
+    vocab_file = spec.get("vocab_file", f"vocab/{table}.json")
+    _need(isinstance(vocab_file, str) and _inside_export(vocab_file), f"{key}.vocab_file",
+          "a relative path inside the export folder", vocab_file)
     rows = spec.get("table_rows")
     _need(_is_int(rows) and 2 <= rows <= MAX_TABLE_ROWS, f"{key}.table_rows",
           f"an integer in 2..{MAX_TABLE_ROWS}", rows)
+
+
+def _inside_export(path: str) -> bool:
+    """Whether ``path`` is relative and stays inside the export folder (no ``..``)."""
+    parts = PurePosixPath(path).parts
+    return bool(parts) and not PurePosixPath(path).is_absolute() and ".." not in parts and "\\" not in path
 
 
 def check_model_card(card: Any) -> None:
@@ -60,8 +83,9 @@ def check_model_card(card: Any) -> None:
 
     ``format``/``format_version`` (:data:`CARD_FORMAT`), ``config`` (a mapping; its ``model`` and
     ``data`` sections mappings too, rebuilt by the typed config loader later), ``input_contract.values``
-    (per table: ``required`` true/false; for a required table ``id_space`` in :data:`ID_SPACES`
-    and ``table_rows`` in 2..:data:`MAX_TABLE_ROWS`), ``checkpoint.step`` (an integer >= 0 or
+    (per table: ``required`` true/false; for a required table ``id_space`` in :data:`ID_SPACES`,
+    ``table_rows`` in 2..:data:`MAX_TABLE_ROWS` and ``vocab_file``, when given, a relative path
+    inside the export), ``checkpoint.step`` (an integer >= 0 or
     null) and ``tables.storage`` (``float32`` or ``int8_rowwise``).
 
     Raises:
