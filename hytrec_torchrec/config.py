@@ -70,6 +70,7 @@ __all__ = [
     "builtin_configs_dir",
     "builtin_config_names",
     "apply_overrides",
+    "parse_override_value",
     "check_choice",
     "check_range",
     "show_value",
@@ -306,10 +307,37 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+#: first characters of a value that YAML reads as something other than plain text: a directive
+#: (``%``), reserved indicators (``@``, backtick), an anchor or alias (``&``, ``*``, refused in
+#: configs), a block scalar (``|``, ``>``: the empty string) or a comment (``#``: null). An override
+#: starting with one of them is taken as written, so ``timestamp_format=%Y-%m-%d`` and
+#: ``csv_delimiter=|`` work unquoted.
+_VERBATIM_STARTS = "%@`&*|>#"
+
+
+def parse_override_value(key: str, raw: str) -> Any:
+    """The value of the override ``key=raw``: a YAML scalar or flow collection (``5``, ``true``,
+    ``[1, 2]``, ``null``), the text itself when it starts with a character YAML cannot read there
+    (:data:`_VERBATIM_STARTS`), and ``""`` for nothing. Other unreadable YAML raises
+    ``ConfigError`` saying how to quote the value."""
+    text = raw.strip()
+    if not text:
+        return ""
+    if text[0] in _VERBATIM_STARTS:
+        return text
+    try:
+        return _load_yaml(raw)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"{key}: cannot parse override value {show_value(raw)} as YAML ({first}); to pass it as "
+            f"text, quote it for YAML inside quotes for the shell: {key}='\"{text}\"'") from exc
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` strings to a nested dict (in place) and return it.
 
-    Values are parsed as YAML scalars/flow collections. Intermediate mappings are created as
+    Values are read by :func:`parse_override_value`. Intermediate mappings are created as
     needed; whether the key exists is checked later by :func:`from_dict`.
     """
     for item in overrides:
@@ -319,10 +347,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         parts = [p for p in dotted.strip().split(".") if p]
         if not parts:
             raise ConfigError(f"override {show_value(item)}: empty key")
-        try:
-            value = _load_yaml(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{dotted}: cannot parse override value {show_value(raw)}: {exc}") from exc
+        value = parse_override_value(dotted.strip(), raw)
         node = data
         for i, p in enumerate(parts[:-1]):
             child = node.get(p)

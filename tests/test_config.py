@@ -100,3 +100,30 @@ def test_error_messages_shorten_long_values(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(_Outer, _write(tmp_path, "name: [" + ", ".join(["long"] * 100_000) + "]\n"))
     assert len(first_line(info.value)) < 300
+
+
+@pytest.mark.parametrize("raw", ["%Y-%m-%d %H:%M:%S", "%d/%m/%Y", "@home", "`tick`", "|", ">", "#7", "&a", "*b"])
+def test_an_override_yaml_cannot_read_is_taken_as_written(raw: str) -> None:
+    cfg = load_config(_Outer, None, [f"name={raw}"])
+    assert cfg.name == raw
+
+
+def test_override_values_yaml_reads_keep_their_types() -> None:
+    cfg = load_config(_Outer, None, ["name='%quoted'", "steps=7", "inner.sizes=[3]", "flag=yes"])
+    assert (cfg.name, cfg.steps, cfg.inner.sizes, cfg.flag) == ("%quoted", 7, [3], True)
+
+
+@pytest.mark.parametrize("raw", ["[1, 2", "{a", '"open', "!custom x"])
+def test_an_unreadable_override_says_how_to_quote_it(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_Outer, None, [f"name={raw}"])
+    message = str(info.value)
+    assert message.startswith(f"override 'name={raw}'") and "cannot parse override value" in message
+    assert f"""name='"{raw}"'""" in message
+
+
+def test_the_documented_prep_timestamp_format_override_loads() -> None:
+    from data_prep.config import PrepConfig
+
+    cfg = load_config(PrepConfig, None, ["timestamp_format=%Y-%m-%d %H:%M:%S", "csv_delimiter=|"])
+    assert (cfg.timestamp_format, cfg.csv_delimiter) == ("%Y-%m-%d %H:%M:%S", "|")
