@@ -24,7 +24,17 @@ from .errors import PrepInputError
 from .merge import merge
 from .prepare import prepare
 
-__all__ = ["main", "parse_shard"]
+__all__ = ["main", "parse_shard", "RAW_COLUMNS_HELP"]
+
+#: the raw columns, for ``--help`` (docs/own_data.md has the full rules)
+RAW_COLUMNS_HELP = """raw columns (rename with columns.NAME=yours, e.g. columns.user_id=customer):
+  user_id, item_id     required; integers or strings
+  timestamp            required; seconds since 1970 UTC (timestamp_unit=ms|us|ns), a Parquet
+                       timestamp/date, or a date string read with timestamp_format='%Y-%m-%d %H:%M:%S'
+                       (UTC unless the format has %z)
+  behavior             optional; text such as click, add_to_cart, pay (absent: click)
+  attribution_id, category_id   optional; integers or strings (absent: unknown)
+guide: docs/own_data.md"""
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -57,7 +67,8 @@ def _summary(meta: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (also used by the docs-commands test to check documented commands)."""
-    ap = argparse.ArgumentParser(prog="hytrec-prep", description="Raw behaviour events -> prepared training data.")
+    ap = argparse.ArgumentParser(prog="hytrec-prep", description="Raw behaviour events -> prepared training data.",
+                                 epilog=RAW_COLUMNS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("args", nargs="+", help="INPUT OUTPUT [key=value ...], or with --merge: OUTPUT [SHARD_OUTPUT ...]")
     ap.add_argument("--config", help="YAML PrepConfig (configs/prep/*.yaml)")
     ap.add_argument("--shard", type=parse_shard, default=(0, 1), help="I/N: process partitions p %% N == I")

@@ -134,6 +134,8 @@ def inputs(argv):
         if pos:
             fmt, sep, rest = pos[0].partition(":")  # a dataset source: FORMAT:DIR
             found.append(rest if sep and fmt.isidentifier() else pos[0])
+    if prog == "hytrec-train":  # the prepared data it trains on
+        found += [a.split("=", 1)[1] for a in args if a.startswith("data.path=")]
     if prog in ("hytrec-eval", "hytrec-export"):
         for flag in ("--checkpoint", "--data", "--model"):
             found += [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]

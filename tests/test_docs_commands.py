@@ -82,6 +82,13 @@ def test_the_docs_have_commands_to_check() -> None:
     assert ({"PROTOCOL": "kept"}, ["bash", "scripts/ml1m.sh", "eval", "mem200", "mem200_norep"]) in with_env
 
 
+def _config_path(config: str | None) -> str | None:
+    """A documented ``--config``: a file of the repository, or a built-in name (``demo``)."""
+    if config is None:
+        return None
+    return str(ROOT / config) if (ROOT / config).is_file() else config
+
+
 def _check_tool(argv: List[str]) -> None:
     prog, args = argv[0], argv[1:]
     if prog == "hytrec-prep":
@@ -95,7 +102,7 @@ def _check_tool(argv: List[str]) -> None:
         from hytrec_torchrec.runtime.config import load_job_config
 
         ns = build_parser().parse_args(args)
-        load_job_config(str(ROOT / ns.config) if ns.config else None, ns.overrides)
+        load_job_config(_config_path(ns.config), ns.overrides)
     elif prog == "hytrec-eval":
         from hytrec_torchrec.evaluation.cli import build_parser
         from hytrec_torchrec.evaluation.evaluate import load_eval_config
@@ -251,3 +258,92 @@ def test_the_check_script_shortens_only_the_recipe_trainings() -> None:
         plain.stdout.splitlines()
     bad = _run_here(["bash", "scripts/check_docs_commands.sh", "--list", "--steps", "0"])
     assert bad.returncode == 2 and "--steps needs a positive integer" in bad.stderr
+
+
+# ---- docs/own_data.md, run as written on a small CSV file of string IDs and date strings ---------
+
+OWN_DATA = "docs/own_data.md"
+#: overrides that make the guide's training a job of seconds (as tests/test_bad_inputs.py's TINY)
+TINY_TRAIN = [
+    "data.batch_size=4", "data.max_len=50", "data.num_negatives=8", "data.cutoffs_per_user=1",
+    "embeddings.dim=16", "model.embedding_dim=16", "model.short_len=8", "model.long_pattern=TS",
+    "model.fusion.num_experts=2", "train.max_steps=2", "train.validate_every=0", "train.val_batches=1",
+    "train.checkpoint_every=2", "run.tensorboard=false", "run.progress=false",
+]
+
+
+def _doc_block(doc: str, lang: str) -> str:
+    """The first fenced block of ``lang`` in ``doc``."""
+    blocks = re.findall(rf"```{lang}\n(.*?)```", (ROOT / doc).read_text(), re.S)
+    assert blocks, f"{doc}: no {lang} block"
+    return blocks[0]
+
+
+def _own_events(sample: str, users: int = 12, events: int = 8) -> str:
+    """The guide's sample rows plus ``users`` more users of ``events`` events each, same shape."""
+    import datetime
+    import random
+
+    rng = random.Random(0)
+    rows = sample.strip().splitlines()
+    for u in range(users):
+        t = datetime.datetime(2024, 3, 1, 8, 0, 0) + datetime.timedelta(hours=u)
+        for _ in range(events):
+            t += datetime.timedelta(minutes=rng.randint(1, 600))
+            action = rng.choice(["view", "view", "add_to_cart", "pay"])
+            rows.append(f"c-{u + 10:03d},sku-{rng.randint(1, 25):04d},{t:%Y-%m-%d %H:%M:%S},{action}")
+    return "\n".join(rows) + "\n"
+
+
+def _in_process(argv: List[str]) -> subprocess.CompletedProcess:
+    """``hytrec-prep`` and ``hytrec-export`` through their ``main`` (the entry points' own function),
+    in this process: two fewer interpreters importing TorchRec keep the test near 30 s."""
+    from data_prep.cli import main as prep_main
+    from hytrec_torchrec.serving.cli import main as export_main
+
+    main = {"hytrec-prep": prep_main, "hytrec-export": export_main}[argv[0]]
+    return subprocess.CompletedProcess(argv, main(argv[1:]), "", "")
+
+
+def _run_guide_step(argv: List[str], cwd: Path) -> subprocess.CompletedProcess:
+    """One command of the guide in ``cwd`` (the current directory for in-process ones): training
+    (shortened) and serving as their own processes, the rest in this one."""
+    if argv[0] in ("hytrec-prep", "hytrec-export"):
+        return _in_process(argv)
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if argv[0] == "python":
+        argv = [sys.executable, *argv[1:]]
+    elif argv[0] == "hytrec-train":
+        argv = [*argv, *TINY_TRAIN]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_own_data_guide_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/own_data.md as written: CSV (string IDs, date strings) -> prep -> train -> export -> a
+    served request whose answer names raw item IDs of the file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "events.csv").write_text(_own_events(_doc_block(OWN_DATA, "text")))
+    (tmp_path / "requests.json").write_text(_doc_block(OWN_DATA, "json"))
+    (tmp_path / "examples").symlink_to(ROOT / "examples")  # the guide runs serve.py from the root
+    steps = [argv for doc, _, argv in documented_commands() if doc == OWN_DATA]
+    assert [a[0] for a in steps] == ["hytrec-prep", "hytrec-train", "hytrec-export", "python"]
+    for argv in steps:
+        res = _run_guide_step(argv, tmp_path)
+        assert res.returncode == 0, f"{' '.join(argv)}: {res.stderr[-3000:]}"
+    import json
+
+    answer = json.loads(res.stdout.splitlines()[0])
+    items = set(re.findall(r"sku-\d{4}", (tmp_path / "events.csv").read_text()))
+    assert len(answer["items"]) == 5 and set(answer["items"]) <= items
+    assert answer["unknown_ids"] == 0
+
+
+def test_prep_help_lists_the_raw_columns() -> None:
+    from data_prep.cli import build_parser
+
+    text = build_parser().format_help()
+    for column in ("user_id", "item_id", "timestamp", "behavior", "attribution_id", "category_id"):
+        assert column in text
+    assert "timestamp_format" in text and "UTC" in text
