@@ -173,6 +173,11 @@ class TrainConfig:
         backend: ``auto`` (nccl on CUDA, gloo on CPU), ``gloo`` or ``nccl``.
         resume: continue from ``run.dir``'s latest checkpoint when there is one.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        threads: intra-op CPU threads per process; 0 (default): ``OMP_NUM_THREADS`` when set, else
+            the process's cores divided by the local ranks (:mod:`~hytrec_torchrec.runtime.threads`).
+        find_unused_parameters: DDP's flag for the dense modules; ``None`` (default): from the tower,
+            False only when it gives every parameter a gradient on every batch
+            (:func:`~hytrec_torchrec.runtime.known_warnings.ddp_find_unused_parameters`).
     """
 
     max_steps: Optional[int] = 200
@@ -185,8 +190,11 @@ class TrainConfig:
     backend: str = "auto"
     resume: bool = True
     device: str = "auto"
+    threads: int = 0
+    find_unused_parameters: Optional[bool] = None
 
     def validate(self) -> None:
+        check_range("threads", self.threads, 0)
         if self.max_steps is None and self.epochs is None:
             raise ConfigError("max_steps: set max_steps or epochs")
         if self.max_steps is not None:

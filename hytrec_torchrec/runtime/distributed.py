@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from hytrec_torchrec.runtime.dense_lookup import patch_dense_sequence_lookups
+from hytrec_torchrec.runtime.known_warnings import filter_known_messages
 from hytrec_torchrec.runtime.sharding import check_compute_kernels_device, make_planner, sharders
 
 __all__ = ["DistEnv", "format_plan", "free_port", "init_distributed", "shard_model", "shutdown_distributed"]
@@ -103,6 +104,7 @@ def shard_model(
     emb_cfg: Any,
     env: DistEnv,
     batch_size: int | None = None,
+    find_unused_parameters: bool = True,
 ) -> tuple[Any, Any]:
     """Plan and apply sharding with ``DistributedModelParallel``.
 
@@ -112,6 +114,10 @@ def shard_model(
     The model's ``EmbeddingCollection`` must be on the meta device (its optimizer already attached
     with ``apply_optimizer_in_backward`` if training); dense modules on ``env.device``.
 
+    ``find_unused_parameters`` is DDP's flag for the dense modules (True: some batches may leave
+    parameters without a gradient; training derives it from the tower config). The library
+    messages of :mod:`~hytrec_torchrec.runtime.known_warnings` are dropped from here on.
+
     Returns:
         ``(dmp_model, plan)``.
     """
@@ -120,6 +126,7 @@ def shard_model(
         DistributedModelParallel,
     )
 
+    filter_known_messages()
     check_compute_kernels_device(emb_cfg, env.device)
     planner = make_planner(
         emb_cfg,
@@ -132,7 +139,7 @@ def shard_model(
     plan = planner.collective_plan(model, shs, dist.GroupMember.WORLD)
     # Not a static graph: which tower parameters get gradients depends on the batch (e.g. a batch
     # whose histories all fit in the short window leaves the long branch empty).
-    wrapper = DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=True)
+    wrapper = DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=find_unused_parameters)
     dmp = DistributedModelParallel(
         model, device=env.device, plan=plan, sharders=shs, data_parallel_wrapper=wrapper
     )

@@ -24,6 +24,7 @@ from typing import Any, Optional
 import torch
 
 from hytrec_torchrec.config import ConfigError, check_choice, check_range
+from hytrec_torchrec.runtime.known_warnings import filter_known_messages
 from hytrec_torchrec.schema import TABLE_FEATURES, TABLES
 
 SHARDING_TYPES = (
@@ -250,6 +251,7 @@ def make_planner(
         local_world_size: ranks per host (defaults to ``world_size``).
         batch_size: per-rank batch size, used by the planner's cost model.
     """
+    filter_known_messages()  # the planner's TopologyFactory and dense-estimate notes
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 
     topo_kwargs: dict[str, Any] = {

@@ -50,11 +50,13 @@ from hytrec_torchrec.runtime.data_check import check_vocab
 from hytrec_torchrec.runtime.dense_lookup import data_parallel_lookups
 from hytrec_torchrec.runtime.distributed import DistEnv, format_plan, init_distributed, shard_model
 from hytrec_torchrec.runtime.factory import build_model
+from hytrec_torchrec.runtime.known_warnings import ddp_find_unused_parameters
 from hytrec_torchrec.runtime.sharding import (
     check_compute_kernels_device,
     check_sparse_optimizer_device,
     sparse_optimizer,
 )
+from hytrec_torchrec.runtime.threads import set_threads
 from hytrec_torchrec.training.curves import write_curves
 from hytrec_torchrec.training.rundir import check_run_dir, claim_run_dir
 from hytrec_torchrec.training.schedule import lr_multiplier
@@ -109,6 +111,9 @@ class Trainer:
         self.env = env or init_distributed(cfg.train.backend, cfg.train.device)
         # run.dir is checked before the dataset is read and the model built (claimed in fit())
         check_run_dir(cfg.run.dir, cfg.train.resume, cfg.run.overwrite, self.env.is_main)
+        threads_line = set_threads(cfg.train.threads, self.env.local_world_size)
+        if self.env.is_main:
+            log.info(threads_line)
         check_sparse_optimizer_device(cfg.embeddings, self.env.device)
         check_compute_kernels_device(cfg.embeddings, self.env.device)  # again in shard_model
         self.meta = read_meta(cfg.data.path)
@@ -123,7 +128,9 @@ class Trainer:
         from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
         apply_optimizer_in_backward(opt_cls, model.embeddings.parameters(), opt_kwargs)
-        self.model, self.plan = shard_model(model, cfg.embeddings, self.env, cfg.data.batch_size)
+        find_unused = ddp_find_unused_parameters(cfg.train.find_unused_parameters, cfg.model)
+        self.model, self.plan = shard_model(model, cfg.embeddings, self.env, cfg.data.batch_size,
+                                            find_unused_parameters=find_unused)
         ddp = getattr(self.model, "_dmp_wrapped_module", None)
         if isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
             ddp.register_comm_hook(None, _sum_allreduce_hook)
