@@ -53,8 +53,11 @@ def _cfg(data: Path, run: Path, sharding: str, all_positions: bool = False,
                   "short_heads": 2, "fusion": {"num_experts": 2}, "long_readout": "last",
                   "long_time_inputs": False, "repeat": False, "tadn": {"gating": "paper"}, **(model or {})},
         "optim": {"lr": 0.01, "grad_clip": 0.5, "schedule": schedule or {}},
+        # the ranks at the reference's intra-op threads: a different count changes the order of
+        # float reductions by more than the 1e-5 compared (training's own default, the cores per
+        # local rank, is 1 per rank on 2 cores)
         "train": {"max_steps": 3, "validate_every": 0, "checkpoint_every": 0, "val_batches": 2,
-                  "pipeline": "sparse_dist", **train},
+                  "pipeline": "sparse_dist", "threads": torch.get_num_threads(), **train},
     })
 
 
