@@ -11,6 +11,11 @@
   entries a training run writes (:data:`RUN_ENTRIES`) and refuses, removing nothing, when the
   directory holds anything else.
 
+* **Undone when the job fails before its first write.** :func:`note_before_claim` records what the
+  claim will change (the folders it makes for ``run.dir``, the lock file's bytes); a job that fails
+  between the claim and its first write (a damaged checkpoint, a dataset that is not the
+  checkpoint's) calls :func:`undo_claim`, which puts the lock's bytes back (or removes a lock the
+  claim created) and removes the folders it made, so the run dir is as it was.
 * **Checked before the work.** :func:`check_run_dir` runs the same checks without changing anything
   (``run.dir`` not a folder, under a file, or holding an earlier run) when the trainer starts,
   before the dataset is read and the model built; :func:`claim_run_dir` then takes the lock and
@@ -23,10 +28,12 @@ rank that stopped.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional
 
@@ -35,7 +42,8 @@ import torch.distributed as dist
 from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.files import remove_entries
 
-__all__ = ["LOCK_NAME", "RUN_ENTRIES", "claim_run_dir", "check_run_dir"]
+__all__ = ["LOCK_NAME", "RUN_ENTRIES", "claim_run_dir", "check_run_dir", "ClaimUndo", "note_before_claim",
+           "undo_claim"]
 
 LOCK_NAME = ".hytrec-train.lock"
 #: what a training run writes into its directory; ``--overwrite`` removes these and nothing else.
@@ -155,3 +163,50 @@ def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: b
     if verdict[0] is not None:
         raise ConfigError(verdict[0])
     return handle
+
+
+@dataclass(frozen=True)
+class ClaimUndo:
+    """What :func:`claim_run_dir` is about to change in ``run_dir`` (from :func:`note_before_claim`)."""
+
+    run_dir: Path
+    #: the folders the claim will make (``run_dir`` and missing ones above it), deepest first
+    made: tuple[Path, ...]
+    #: the lock file's bytes before the claim; None when there was no lock file
+    lock_bytes: Optional[bytes]
+
+
+def _regular_bytes(path: Path) -> Optional[bytes]:
+    """The bytes of ``path`` when it is a regular file (not followed through a link), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
+
+
+def note_before_claim(run_dir: str | Path) -> ClaimUndo:
+    """Record what a claim of ``run_dir`` changes, for :func:`undo_claim`."""
+    path = Path(run_dir)
+    made = tuple(p for p in [path, *path.absolute().parents] if not os.path.lexists(p))
+    return ClaimUndo(path, made, _regular_bytes(path / LOCK_NAME))
+
+
+def undo_claim(handle: Optional[IO[str]], undo: ClaimUndo) -> None:
+    """Release the lock of a job that failed before it wrote anything, and put ``run_dir`` back as
+    :func:`note_before_claim` found it: the lock's earlier bytes (written through the open lock,
+    never through a path), or no lock when there was none; the folders the claim made removed.
+    ``handle`` is :func:`claim_run_dir`'s result (None on other ranks, or when the claim failed)."""
+    if handle is not None:
+        with handle:
+            handle.flush()
+            if undo.lock_bytes is None:
+                with contextlib.suppress(OSError):
+                    os.unlink(undo.run_dir / LOCK_NAME)  # still held: no other trainer has it open
+            else:
+                os.ftruncate(handle.fileno(), 0)
+                os.pwrite(handle.fileno(), undo.lock_bytes, 0)
+    for folder in undo.made:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
