@@ -78,3 +78,20 @@ def test_eval_and_compare_take_options_between_their_arguments(tmp_path: Path,
     assert compare_main([str(tmp_path / "e1"), "--json", str(tmp_path / "afile" / "x"), str(tmp_path / "e2")]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("hytrec-compare: ") and "unrecognized" not in line and "afile" in line, line
+
+
+@pytest.mark.parametrize("inside", ["", "vocab", "run"])
+def test_a_run_dir_in_the_dataset_is_refused_before_the_work(tmp_path: Path, inside: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """run.dir that is data.path or lies in it once trained with exit 0 and wrote checkpoints into
+    the prepared dataset (an input); found by the property test (tests/test_outputs_property_tools.py)."""
+    from hytrec_torchrec.training.cli import main
+
+    data = tmp_path / "prepared"
+    (data / "vocab").mkdir(parents=True)
+    (data / "meta.json").write_text("{}")
+    run = data / inside if inside else data
+    assert main(["--config", "demo", f"data.path={data}", f"run.dir={run}", "run.progress=false"]) == 2
+    line = _last_line(capsys)
+    assert "run.dir" in line and "choose a run.dir outside the dataset" in line, line
+    assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == ["meta.json", "vocab"]

@@ -108,7 +108,7 @@ class Trainer:
         self.cfg = cfg
         self.env = env or init_distributed(cfg.train.backend, cfg.train.device)
         # run.dir is checked before the dataset is read and the model built (claimed in fit())
-        check_run_dir(cfg.run.dir, cfg.train.resume, cfg.run.overwrite, self.env.is_main)
+        check_run_dir(cfg.run.dir, cfg.train.resume, cfg.run.overwrite, self.env.is_main, inputs=[cfg.data.path])
         check_sparse_optimizer_device(cfg.embeddings, self.env.device)
         check_compute_kernels_device(cfg.embeddings, self.env.device)  # again in shard_model
         self.meta = read_meta(cfg.data.path)

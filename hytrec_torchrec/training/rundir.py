@@ -17,7 +17,8 @@
   checkpoint's) calls :func:`undo_claim`, which puts the lock's bytes back (or removes a lock the
   claim created) and removes the folders it made, so the run dir is as it was.
 * **Checked before the work.** :func:`check_run_dir` runs the same checks without changing anything
-  (``run.dir`` not a folder, under a file, or holding an earlier run) when the trainer starts,
+  (``run.dir`` not a folder, under a file, or holding an earlier run; also ``run.dir`` that is the
+  dataset or lies in it, which the run would write into) when the trainer starts,
   before the dataset is read and the model built; :func:`claim_run_dir` then takes the lock and
   checks again.
 
@@ -35,12 +36,13 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any, Optional, Sequence
 
 import torch.distributed as dist
 
 from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.files import remove_entries
+from hytrec_torchrec.outputs import inside
 
 __all__ = ["LOCK_NAME", "RUN_ENTRIES", "claim_run_dir", "check_run_dir", "ClaimUndo", "note_before_claim",
            "undo_claim"]
@@ -116,8 +118,22 @@ def _check_earlier_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
         remove_entries(run_dir, names)
 
 
-def _run_dir_error(run_dir: Path, resume: bool, overwrite: bool) -> Optional[str]:
-    """What :func:`claim_run_dir` would refuse, found without creating or removing anything."""
+def _input_error(run_dir: Path, inputs: Sequence[str | Path]) -> Optional[str]:
+    """Why ``run_dir`` may not be written: it is one of ``inputs`` (the dataset) or lies in one."""
+    out = run_dir.resolve()
+    for given in inputs:
+        if inside(out, Path(given).resolve()):
+            return (f"run.dir {run_dir}: is the input {given} or lies in it (a run writes its checkpoints "
+                    "there); choose a run.dir outside the dataset")
+    return None
+
+
+def _run_dir_error(run_dir: Path, resume: bool, overwrite: bool, inputs: Sequence[str | Path] = ()) -> Optional[str]:
+    """What :func:`claim_run_dir` would refuse (and a run.dir in an input), found without creating or
+    removing anything."""
+    problem = _input_error(run_dir, inputs)
+    if problem is not None:
+        return problem
     existing = next(p for p in [run_dir, *run_dir.absolute().parents] if os.path.lexists(p))
     if not existing.is_dir():
         where = "is" if existing == run_dir else f"lies under {existing}, which is"
@@ -135,10 +151,11 @@ def _decide(is_main: bool, check: Any) -> None:
         raise ConfigError(verdict[0])
 
 
-def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: bool) -> None:
+def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: bool,
+                  inputs: Sequence[str | Path] = ()) -> None:
     """The checks of :func:`claim_run_dir` without the lock or any change, before the work starts
-    (collective when a process group is up)."""
-    _decide(is_main, lambda: _run_dir_error(Path(run_dir), resume, overwrite))
+    (collective when a process group is up); ``inputs`` (the dataset) may not be run.dir or hold it."""
+    _decide(is_main, lambda: _run_dir_error(Path(run_dir), resume, overwrite, inputs))
 
 
 def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: bool) -> Optional[IO[str]]:
