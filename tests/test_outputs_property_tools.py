@@ -12,7 +12,9 @@ good and bad request files and job configs (a YAML merge key among them). For ev
 * the exit status is a documented one (README "Exit status"; never 1, an internal error), and a
   failure ends stderr with one line ``TOOL: ...`` and no traceback;
 * no path outside the run's output changes (examples/serve.py has no output: nothing changes);
-* a failed run leaves its output exactly as it was (a run dir, an export, an evaluation, a file).
+* a failed run leaves its output exactly as it was (a run dir, an export, an evaluation, a file);
+* a run that succeeds did not write into an input: its output is not, and does not lie in, a path
+  given on its command line (a dataset, a checkpoint, a config).
 
 Draws run in-process. ``HYTREC_PROPERTY_TOOL_DRAWS`` sets the draws per tool (default 24),
 ``HYTREC_PROPERTY_SEED`` the seed (default 43). The trained run and the export are the session
@@ -142,7 +144,7 @@ RUNS = ["run", "run", "d_trunc/run", "d_bytes/run", "d_rank/run", "d_latest/run"
         "d_lock/run"]
 EXPORTS = ["export", "x_model", "x_card", "x_field", "x_vocab", "x_novocab"]
 PLACES = ["new/out", "mine", "afile", "afile/under", "link", "link/inner", "victim", "prepared", "run", "export",
-          "e1", "missing"]
+          "e1", "missing", "prepared/out", "run/out", "export/out", "prepared/vocab"]
 DATA = ["prepared"] * 5 + ["permuted", "permuted", "missing", "afile", "export", "mine", "run"]
 TRAIN_OVERRIDES = ["train.max_stepz=3", "optim.lr=fast", "optim.lr=.nan", "data.max_len=0", "train.resume=false",
                    "--overwrite", "model.heads=4", "data.num_negatives=100000", "embeddings.optimizer=adam",
@@ -161,7 +163,8 @@ def _some(rng: random.Random, options: Sequence[str], counts: Sequence[int] = (0
 
 
 def draw_train(rng: random.Random, root: Path) -> Draw:
-    run_dir = rng.choice(RUNS * 2 + ["new/run", "afile", "afile/run", "mine", "link", "export"])
+    run_dir = rng.choice(RUNS * 2 + ["new/run", "afile", "afile/run", "mine", "link", "export", "prepared",
+                                     "prepared/run", "prepared/vocab"])
     config = rng.choice(["job.yaml"] * 12 + ["merge.yaml", "dup.yaml", "missing.yaml", "afile"])
     flags = ["--overwrite"] if rng.random() < 0.2 else []
     argv = [*flags, "--config", str(root / config), f"run.dir={root / run_dir}",
@@ -241,6 +244,21 @@ def _may_change(root: Path, outputs: List[str], before: Dict[str, str]) -> List[
     return places + [str(p) for o in places for p in Path(o).parents if str(p) != "." and str(p) not in before]
 
 
+def _given(argv: List[str], root: Path) -> List[Path]:
+    """The paths under ``root`` that ``argv`` names (``key=PATH`` and ``DIR:MODEL`` included)."""
+    values = [a.split("=", 1)[1] if "=" in a else a for a in argv]
+    return [Path(v.split(":")[0]) for v in values if v.startswith(str(root))]
+
+
+def _written_into_an_input(argv: List[str], root: Path, outputs: List[str]) -> List[str]:
+    """The outputs that are, or lie in, another path the command line names."""
+    from hytrec_torchrec.outputs import inside
+
+    given = [p for p in _given(argv, root) if os.path.lexists(p)]
+    return [o for o in outputs for p in given
+            if p != root / o and inside((root / o).resolve(), p.resolve())]
+
+
 def _check_draw(tool: str, rc: int, err: str, before: Dict[str, str], after: Dict[str, str],
                 may_change: List[str], why: str) -> None:
     allowed = DOCUMENTED[tool] + ((1,) if "--check-torch-only" in why else ())
@@ -290,6 +308,7 @@ def test_no_run_changes_what_is_not_its_output(tool: str, trained_export: Dict[s
         err = capsys.readouterr().err
         why = f"draw {i} (seed {SEED}): {PROGS[tool]} {' '.join(argv)}\nrc={rc}\n{err[-1500:]}"
         _check_draw(tool, rc, err, before, snapshot(root), may_change, why)
+        assert rc != 0 or not _written_into_an_input(argv, root, outputs), why
         outcomes[rc == 0] = outcomes.get(rc == 0, 0) + 1
     print(tool, outcomes)
     assert outcomes.get(False, 0) > 0, outcomes  # the draws reach refusals
