@@ -16,7 +16,7 @@ good and bad request files and job configs (a YAML merge key among them). For ev
 * a run that succeeds did not write into an input: its output is not, and does not lie in, a path
   given on its command line (a dataset, a checkpoint, a config).
 
-Draws run in-process. ``HYTREC_PROPERTY_TOOL_DRAWS`` sets the draws per tool (default 24),
+Draws run in-process. ``HYTREC_PROPERTY_TOOL_DRAWS`` sets the draws per tool (default 20),
 ``HYTREC_PROPERTY_SEED`` the seed (default 43). The trained run and the export are the session
 fixture ``trained_export`` (tests/conftest.py) that tests/test_export.py uses too; each tool's draws
 work on their own copy.
@@ -41,7 +41,7 @@ from tests.test_export import _item_raw, _serve_module
 from tests.test_outputs_prep import snapshot
 from tests.test_outputs_property import _outside, _real
 
-DRAWS = int(os.environ.get("HYTREC_PROPERTY_TOOL_DRAWS", "24"))
+DRAWS = int(os.environ.get("HYTREC_PROPERTY_TOOL_DRAWS", "20"))
 SEED = int(os.environ.get("HYTREC_PROPERTY_SEED", "43"))
 
 #: the exit statuses each tool documents for what the draws can produce (README "Exit status")
