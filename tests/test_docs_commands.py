@@ -101,13 +101,13 @@ def _check_tool(argv: List[str]) -> None:
         from hytrec_torchrec.training.cli import build_parser
         from hytrec_torchrec.runtime.config import load_job_config
 
-        ns = build_parser().parse_args(args)
+        ns = build_parser().parse_intermixed_args(args)
         load_job_config(_config_path(ns.config), ns.overrides)
     elif prog == "hytrec-eval":
         from hytrec_torchrec.evaluation.cli import build_parser
         from hytrec_torchrec.evaluation.evaluate import load_eval_config
 
-        ns = build_parser().parse_args(args)
+        ns = build_parser().parse_intermixed_args(args)
         load_eval_config(str(ROOT / ns.config) if ns.config else None, ns.overrides)
     elif prog == "hytrec-export":
         from hytrec_torchrec.serving.cli import build_parser
@@ -116,7 +116,7 @@ def _check_tool(argv: List[str]) -> None:
     elif prog == "hytrec-compare":
         from hytrec_torchrec.evaluation.paired import build_parser
 
-        build_parser().parse_args(args)
+        build_parser().parse_intermixed_args(args)
 
 
 def _check_python(argv: List[str]) -> None:

@@ -64,9 +64,9 @@ def _train_body(rank: int, world: int, cfg_dict: dict) -> None:
     Trainer(from_dict(JobConfig, cfg_dict), init_distributed("gloo", "cpu")).fit()
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
-    root = tmp_path_factory.mktemp("export")
+def make_run(root: Path) -> Dict[str, Path]:
+    """A 2-step training run on a tiny dataset under ``root``, exported float32 (by the CLI) and int8;
+    made once per session by the ``trained_export`` fixture (tests/conftest.py)."""
     data = _prepare(root / "prepared")
     cfg = from_dict(JobConfig, {
         "run": {"dir": str(root / "run"), "seed": 1, "tensorboard": False, "progress": False},
@@ -84,6 +84,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     assert main(["--checkpoint", str(root / "run"), "--out", str(root / "fp32")]) == 0
     export_checkpoint(root / "run", root / "int8", int8=True, pt2=False)
     return {"root": root, "data": data, "run": root / "run", "fp32": root / "fp32", "int8": root / "int8"}
+
+
+@pytest.fixture(scope="module")
+def run(trained_export: Dict[str, Path]) -> Dict[str, Path]:
+    return trained_export
 
 
 def _load(path: Path) -> torch.jit.ScriptModule:

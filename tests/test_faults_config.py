@@ -88,3 +88,54 @@ def test_prep_refuses_nan_with_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "inactive_days: expected a finite float, got nan" in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+# ---- YAML merge keys (<<) in every config a tool reads --------------------------------------------
+
+def _merge_argv(tool: str, tmp: Path, config: Path | None, override: str | None) -> list[str]:
+    """A command line of ``tool`` whose only fault is its config file or override."""
+    extra = (["--config", str(config)] if config else []) + ([override] if override else [])
+    if tool == "prep":
+        return [str(_raw(tmp / "raw")), str(tmp / "out"), *extra]
+    if tool == "train":
+        return [f"run.dir={tmp / 'out'}", f"data.path={tmp / 'data'}", "run.progress=false", *extra]
+    return ["--checkpoint", str(tmp / "run"), "--data", str(tmp / "data"), "--out", str(tmp / "out"), *extra]
+
+
+def _tool_main(tool: str):
+    from hytrec_torchrec.evaluation.cli import main as eval_main
+    from hytrec_torchrec.training.cli import main as train_main
+
+    return {"prep": prep_main, "train": train_main, "eval": eval_main}[tool]
+
+
+#: per tool, a config file (top level and nested) and an override value, each with a merge key
+MERGE_CASES = [
+    ("prep", "<<: {min_time: 0}\n", None),
+    ("prep", "filters:\n  <<: {min_user_events: 2}\n", None),
+    ("prep", None, "filters={<<: {min_user_events: 2}}"),
+    ("train", "<<: {run: {seed: 3}}\n", None),
+    ("train", "data:\n  <<: {max_len: 12}\n", None),
+    ("train", None, "data={<<: {max_len: 12}}"),
+    ("eval", "<<: {split: test}\n", None),
+    ("eval", "diagnostics:\n  <<: {users: 0}\n", None),
+    ("eval", None, "diagnostics={<<: {users: 0}}"),
+]
+
+
+@pytest.mark.parametrize("tool,text,override", MERGE_CASES,
+                         ids=[f"{t}-{'override' if o else 'file'}{i}" for i, (t, _, o) in enumerate(MERGE_CASES)])
+def test_every_tool_refuses_a_yaml_merge_key_with_one_line(tool: str, text: str | None, override: str | None,
+                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A merge key (``<<:``) in the train, prep or eval config, in a file or an override value: one
+    line naming the merge key, exit status 2, and nothing written (issue 43, "YAML merge keys")."""
+    monkeypatch.delenv("HYTREC_DEBUG", raising=False)
+    config = None
+    if text is not None:
+        config = tmp_path / "cfg.yaml"
+        config.write_text(text)
+    assert _tool_main(tool)(_merge_argv(tool, tmp_path, config, override)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "YAML merge keys (<<) are not supported" in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -391,7 +391,7 @@ def _write_outputs(args: argparse.Namespace, doc: object, rows: Sequence[Dict[st
 @entry_point("hytrec-compare")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may come between the runs, as in hytrec-prep
     if args.debug:
         enable_debug()
     try:

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 @entry_point("hytrec-train")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may come between the overrides, as in hytrec-prep
     if args.debug:
         enable_debug()
     if args.overwrite:

@@ -58,7 +58,7 @@ from hytrec_torchrec.runtime.sharding import (
 )
 from hytrec_torchrec.runtime.threads import set_threads
 from hytrec_torchrec.training.curves import write_curves
-from hytrec_torchrec.training.rundir import check_run_dir, claim_run_dir
+from hytrec_torchrec.training.rundir import check_run_dir, claim_run_dir, note_before_claim, undo_claim
 from hytrec_torchrec.training.schedule import lr_multiplier
 
 __all__ = ["Trainer", "train", "NonFiniteLossError"]
@@ -110,7 +110,7 @@ class Trainer:
         self.cfg = cfg
         self.env = env or init_distributed(cfg.train.backend, cfg.train.device)
         # run.dir is checked before the dataset is read and the model built (claimed in fit())
-        check_run_dir(cfg.run.dir, cfg.train.resume, cfg.run.overwrite, self.env.is_main)
+        check_run_dir(cfg.run.dir, cfg.train.resume, cfg.run.overwrite, self.env.is_main, inputs=[cfg.data.path])
         threads_line = set_threads(cfg.train.threads, self.env.local_world_size)
         if self.env.is_main:
             log.info(threads_line)
@@ -396,15 +396,28 @@ class Trainer:
             self.optimizer.step()
             yield out
 
+    def _claim(self) -> None:
+        """Claim run.dir (the lock, kept open for the job's life against a second trainer) and
+        resume from its latest checkpoint; a failure on the way leaves run.dir as it was."""
+        cfg = self.cfg
+        undo = note_before_claim(cfg.run.dir)
+        self._run_lock = None
+        try:
+            self._run_lock = claim_run_dir(cfg.run.dir, cfg.train.resume, cfg.run.overwrite, self.env.is_main)
+            self.maybe_resume()
+        except BaseException:
+            if self.env.is_main:
+                undo_claim(self._run_lock, undo)
+            self._run_lock = None
+            raise
+
     def fit(self) -> Dict[str, Any]:
         """Train until ``train.max_steps``/``train.epochs``; returns the final summary."""
         cfg = self.cfg
         env = self.env
-        # kept open for the job's life: the lock against a second trainer on this run.dir
-        self._run_lock = claim_run_dir(cfg.run.dir, cfg.train.resume, cfg.run.overwrite, env.is_main)
-        self.maybe_resume()
         total = self._total_steps()
-        cfg.optim.schedule.check_total(total)
+        cfg.optim.schedule.check_total(total)  # before the claim, which may clear an earlier run
+        self._claim()
         self._total = total
         finished = self.step >= total
         if finished and env.is_main:

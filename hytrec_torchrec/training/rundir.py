@@ -11,8 +11,14 @@
   entries a training run writes (:data:`RUN_ENTRIES`) and refuses, removing nothing, when the
   directory holds anything else.
 
+* **Undone when the job fails before its first write.** :func:`note_before_claim` records what the
+  claim will change (the folders it makes for ``run.dir``, the lock file's bytes); a job that fails
+  between the claim and its first write (a damaged checkpoint, a dataset that is not the
+  checkpoint's) calls :func:`undo_claim`, which puts the lock's bytes back (or removes a lock the
+  claim created) and removes the folders it made, so the run dir is as it was.
 * **Checked before the work.** :func:`check_run_dir` runs the same checks without changing anything
-  (``run.dir`` not a folder, under a file, or holding an earlier run) when the trainer starts,
+  (``run.dir`` not a folder, under a file, or holding an earlier run; also ``run.dir`` that is the
+  dataset or lies in it, which the run would write into) when the trainer starts,
   before the dataset is read and the model built; :func:`claim_run_dir` then takes the lock and
   checks again.
 
@@ -23,19 +29,23 @@ rank that stopped.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any, Optional, Sequence
 
 import torch.distributed as dist
 
 from hytrec_torchrec.config import ConfigError
 from hytrec_torchrec.files import remove_entries
+from hytrec_torchrec.outputs import inside
 
-__all__ = ["LOCK_NAME", "RUN_ENTRIES", "claim_run_dir", "check_run_dir"]
+__all__ = ["LOCK_NAME", "RUN_ENTRIES", "claim_run_dir", "check_run_dir", "ClaimUndo", "note_before_claim",
+           "undo_claim"]
 
 LOCK_NAME = ".hytrec-train.lock"
 #: what a training run writes into its directory; ``--overwrite`` removes these and nothing else.
@@ -108,8 +118,22 @@ def _check_earlier_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
         remove_entries(run_dir, names)
 
 
-def _run_dir_error(run_dir: Path, resume: bool, overwrite: bool) -> Optional[str]:
-    """What :func:`claim_run_dir` would refuse, found without creating or removing anything."""
+def _input_error(run_dir: Path, inputs: Sequence[str | Path]) -> Optional[str]:
+    """Why ``run_dir`` may not be written: it is one of ``inputs`` (the dataset) or lies in one."""
+    out = run_dir.resolve()
+    for given in inputs:
+        if inside(out, Path(given).resolve()):
+            return (f"run.dir {run_dir}: is the input {given} or lies in it (a run writes its checkpoints "
+                    "there); choose a run.dir outside the dataset")
+    return None
+
+
+def _run_dir_error(run_dir: Path, resume: bool, overwrite: bool, inputs: Sequence[str | Path] = ()) -> Optional[str]:
+    """What :func:`claim_run_dir` would refuse (and a run.dir in an input), found without creating or
+    removing anything."""
+    problem = _input_error(run_dir, inputs)
+    if problem is not None:
+        return problem
     existing = next(p for p in [run_dir, *run_dir.absolute().parents] if os.path.lexists(p))
     if not existing.is_dir():
         where = "is" if existing == run_dir else f"lies under {existing}, which is"
@@ -127,10 +151,11 @@ def _decide(is_main: bool, check: Any) -> None:
         raise ConfigError(verdict[0])
 
 
-def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: bool) -> None:
+def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: bool,
+                  inputs: Sequence[str | Path] = ()) -> None:
     """The checks of :func:`claim_run_dir` without the lock or any change, before the work starts
-    (collective when a process group is up)."""
-    _decide(is_main, lambda: _run_dir_error(Path(run_dir), resume, overwrite))
+    (collective when a process group is up); ``inputs`` (the dataset) may not be run.dir or hold it."""
+    _decide(is_main, lambda: _run_dir_error(Path(run_dir), resume, overwrite, inputs))
 
 
 def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: bool) -> Optional[IO[str]]:
@@ -155,3 +180,50 @@ def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: b
     if verdict[0] is not None:
         raise ConfigError(verdict[0])
     return handle
+
+
+@dataclass(frozen=True)
+class ClaimUndo:
+    """What :func:`claim_run_dir` is about to change in ``run_dir`` (from :func:`note_before_claim`)."""
+
+    run_dir: Path
+    #: the folders the claim will make (``run_dir`` and missing ones above it), deepest first
+    made: tuple[Path, ...]
+    #: the lock file's bytes before the claim; None when there was no lock file
+    lock_bytes: Optional[bytes]
+
+
+def _regular_bytes(path: Path) -> Optional[bytes]:
+    """The bytes of ``path`` when it is a regular file (not followed through a link), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
+
+
+def note_before_claim(run_dir: str | Path) -> ClaimUndo:
+    """Record what a claim of ``run_dir`` changes, for :func:`undo_claim`."""
+    path = Path(run_dir)
+    made = tuple(p for p in [path, *path.absolute().parents] if not os.path.lexists(p))
+    return ClaimUndo(path, made, _regular_bytes(path / LOCK_NAME))
+
+
+def undo_claim(handle: Optional[IO[str]], undo: ClaimUndo) -> None:
+    """Release the lock of a job that failed before it wrote anything, and put ``run_dir`` back as
+    :func:`note_before_claim` found it: the lock's earlier bytes (written through the open lock,
+    never through a path), or no lock when there was none; the folders the claim made removed.
+    ``handle`` is :func:`claim_run_dir`'s result (None on other ranks, or when the claim failed)."""
+    if handle is not None:
+        with handle:
+            handle.flush()
+            if undo.lock_bytes is None:
+                with contextlib.suppress(OSError):
+                    os.unlink(undo.run_dir / LOCK_NAME)  # still held: no other trainer has it open
+            else:
+                os.ftruncate(handle.fileno(), 0)
+                os.pwrite(handle.fileno(), undo.lock_bytes, 0)
+    for folder in undo.made:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
