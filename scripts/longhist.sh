@@ -61,7 +61,8 @@ short_cycles_gate_lr20 model.long_pattern= model.repeat=true model.repeat_cycles
 hytrec_cycles_gate_lr200 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc optim.repeat_lr_scale=200
 hytrec_repeat_mlp model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_scorer=mlp
 hytrec_cycles_mlp model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc
-short_cycles_mlp  model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc"
+short_cycles_mlp  model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc
+hytrec_cycles_mlp_lr10 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc optim.repeat_lr_scale=10"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
