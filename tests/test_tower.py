@@ -359,11 +359,12 @@ def test_configs_stored_before_the_long_memory_options_rebuild_the_paper_tower()
     stored = {"long_pattern": "TTTS", "tadn": {"alpha": 0.5}}
     filled = fill_pre_memory_keys(stored)
     assert sorted(filled) == ["far_copy", "long_readout", "long_time_inputs", "repeat", "repeat_cycles", "repeat_gate",
-                              "tadn.gating", "tadn.key_dim"]
+                              "repeat_scorer", "tadn.gating", "tadn.key_dim"]
     cfg = from_dict(TowerConfig, stored)
     assert (cfg.long_readout, cfg.long_time_inputs, cfg.tadn.gating) == ("last", False, "paper")
     newer = {"long_readout": "intent", "tadn": {"gating": "gated_delta", "key_dim": 64}, "long_time_inputs": True,
              "far_copy": True, "repeat": True}
-    # a config stored before the repeat path's cycles and gate rebuilds its repeat path without them
-    assert fill_pre_memory_keys(newer) == ["repeat_cycles", "repeat_gate"] and newer["tadn"]["gating"] == "gated_delta"
-    assert (newer["repeat_cycles"], newer["repeat_gate"]) == (False, False)
+    # a config stored before the repeat path's cycles, gate and scorer rebuilds its repeat path without them
+    assert fill_pre_memory_keys(newer) == ["repeat_cycles", "repeat_gate", "repeat_scorer"]
+    assert newer["tadn"]["gating"] == "gated_delta"
+    assert (newer["repeat_cycles"], newer["repeat_gate"], newer["repeat_scorer"]) == (False, False, "additive")

@@ -112,11 +112,11 @@ class Trainer:
         # run.dir is checked before the dataset is read and the model built (claimed in fit())
         check_run_dir(cfg.run.dir, cfg.train.resume, cfg.run.overwrite, self.env.is_main, inputs=[cfg.data.path])
         threads_line = set_threads(cfg.train.threads, self.env.local_world_size)
-        if self.env.is_main:
-            log.info(threads_line)
         check_sparse_optimizer_device(cfg.embeddings, self.env.device)
         check_compute_kernels_device(cfg.embeddings, self.env.device)  # again in shard_model
         self.meta = read_meta(cfg.data.path)
+        if self.env.is_main:  # after the checks, so that a bad job's stderr is its one error line
+            log.info(threads_line)
         self.vocab_sizes = {k: int(v) for k, v in self.meta.vocab_sizes.items()}
         catalog = self.vocab_sizes["item"] - 2  # indices 0, 1: padding and unknown
         if cfg.data.num_negatives > catalog:
