@@ -36,7 +36,8 @@ config=configs/completejourney.yaml
 # with half the rows fused without the short branch in training (model.fusion.short_dropout);
 # cycles_gate: the default tower with the repeat path's cycle features and repeat/explore gate
 # (every Complete Journey event is a purchase, so every event is a cycle event); mlp: the repeat
-# path scored through a hidden layer (model.repeat_scorer=mlp); cycles_mlp: both.
+# path scored through a hidden layer (model.repeat_scorer=mlp); cycles_mlp: both; cycles_mlp_lr10:
+# both, the repeat path at 10x the tower's learning rate (optim.repeat_lr_scale).
 recipes="\
 default              -
 short_only           model.long_pattern=
@@ -55,7 +56,8 @@ ctx64_default        data.supervised_rows=64 data.batch_size=64
 ctx64_sdrop          data.supervised_rows=64 data.batch_size=64 model.fusion.short_dropout=0.5
 cycles_gate          model.repeat_cycles=true model.repeat_gate=true
 mlp                  model.repeat_scorer=mlp
-cycles_mlp           model.repeat_cycles=true model.repeat_scorer=mlp"
+cycles_mlp           model.repeat_cycles=true model.repeat_scorer=mlp
+cycles_mlp_lr10      model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
