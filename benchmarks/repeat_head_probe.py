@@ -57,7 +57,7 @@ def _pack(seqs: List[Seq], idx: List[int], drop: int) -> Tuple[torch.Tensor, ...
             offsets)
 
 
-def _logits(head: RepeatHead, bias: torch.Tensor, queries: int, bonus: Tuple[torch.Tensor, ...],
+def _logits(bias: torch.Tensor, queries: int, bonus: Tuple[torch.Tensor, ...],
             keep: Optional[torch.Tensor] = None, where: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``[Q, V]`` item bias plus the repeat bonus of each query's history items."""
     q, item, value = bonus
@@ -85,7 +85,7 @@ def probe(seqs: List[Seq], kinds: List[str], num_items: int, cycle_mask: Optiona
         r = torch.nonzero(sup).squeeze(1)
         where = torch.full((n,), -1, dtype=torch.int64)
         where[r] = torch.arange(r.numel())
-        logits = _logits(head, bias, r.numel(), (q, it, v), keep=where[q] >= 0, where=where)
+        logits = _logits(bias, r.numel(), (q, it, v), keep=where[q] >= 0, where=where)
         loss = F.cross_entropy(logits, items[r + 1])
         opt.zero_grad()
         loss.backward()
@@ -96,7 +96,7 @@ def probe(seqs: List[Seq], kinds: List[str], num_items: int, cycle_mask: Optiona
             idx = list(range(s, min(s + 64, len(seqs))))
             items, beh, ts, off = _pack(seqs, idx, drop=1)
             q, it, v, _ = head(torch.zeros(len(idx), 8), items, off, ts, False, beh)
-            logits = _logits(head, bias, len(idx), (q, it, v))
+            logits = _logits(bias, len(idx), (q, it, v))
             logits[:, :2] = float("-inf")  # padding and unknown items
             top = logits.topk(10, 1).indices
             target = torch.stack([seqs[k][0][-1] for k in idx])

@@ -230,7 +230,7 @@ class TowerConfig:
         if self.fusion.long_detach and not self.long_pattern:
             raise ConfigError("fusion.long_detach: stops the fused loss's gradient into the long branch; "
                               "it needs a long branch (long_pattern)")
-        check_choice("repeat_scorer", self.repeat_scorer, ("additive", "mlp"))
+        check_choice("repeat_scorer", self.repeat_scorer, REPEAT_SCORERS)
         check_range("repeat_hidden", self.repeat_hidden, 1, 1024)
         if (self.repeat_cycles or self.repeat_gate) and not self.repeat:
             raise ConfigError("repeat_cycles, repeat_gate: parts of the repeat path; they need repeat: true")
@@ -250,6 +250,9 @@ class TowerConfig:
         check_choice("similarity", self.similarity, ("dot", "cosine"))
         check_range("temperature", self.temperature, 0.0, lo_open=True)
 
+
+#: values of ``model.repeat_scorer``: how the bucket embeddings of a repeat pair become its features
+REPEAT_SCORERS = ("additive", "mlp")
 
 #: the values of the long-memory keys that every tower had before they existed (the paper's form)
 PRE_MEMORY_KEYS = {"long_readout": "last", "long_time_inputs": False, "far_copy": False, "repeat": False,

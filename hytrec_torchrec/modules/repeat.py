@@ -16,7 +16,7 @@ the tables are ``H`` wide and their sum goes through one hidden layer,
 ``f = W_2 · relu(C[·] + E[·] + T[·] + … + b_1) + b_2`` (``W_2``: H → 1+R, zero at the start): the
 same as an MLP over the concatenated bucket embeddings, without materialising the concatenation.
 An additive score cannot say "this elapsed/gap ratio matters only for an item bought on a regular
-cycle"; the hidden layer can (docs/design.md, "Repeat scorer").
+cycle"; the hidden layer can (docs/tower.md, "The repeat scorer").
 
 Either way what is learned is *how* a history's repeats behave (how often, after how many
 events, after how long), not which items; ``P u`` lets the current intent switch between
@@ -36,14 +36,12 @@ from typing import Final, Optional, Tuple
 import torch
 from torch import nn
 
+from hytrec_torchrec.modules.config import REPEAT_SCORERS
 from hytrec_torchrec.modules.layers import time_gap_bucket
 from hytrec_torchrec.ops.repeat import cycle_rows, item_groups, repeat_pairs
 
 __all__ = ["RepeatHead", "REPEAT_SCORERS", "RepeatBonus", "dense_bonus", "lookup_bonus", "in_history", "find_pairs", "COUNT_BUCKETS",
            "DISTANCE_BUCKETS", "TIME_BUCKETS", "RATIO_BUCKETS"]
-
-#: values of ``model.repeat_scorer``: how the bucket embeddings of a pair become its features.
-REPEAT_SCORERS: Final[Tuple[str, str]] = ("additive", "mlp")
 
 #: buckets of the occurrence count c >= 1: ⌊2·log2 c⌋ (1 → 0, 2 → 2, 4 → 4, 16 → 8, ≥ 182 → 15).
 COUNT_BUCKETS: Final[int] = 16
