@@ -23,7 +23,12 @@ cd "$here"
 root="${CJ_DIR:-runs/completejourney}"
 config=configs/completejourney.yaml
 
-# One line per recipe: NAME OVERRIDE ... ("-" = none). default is the default tower; each other
+# the repeat path as it was before its cycle features (080d593): every recipe starts from it, so that
+# the rows of docs/results.md keep their meaning now that the defaults have cycles, the hidden-layer
+# scorer and the repeat path at 10x the learning rate; recipes that switch them say so after it
+rep0="model.repeat_cycles=false model.repeat_scorer=additive optim.repeat_lr_scale=1"
+# One line per recipe: NAME OVERRIDE ... ("-" = none). default is the default tower of 080d593
+# (cycles_mlp_lr10 is today's default tower, the repeat path's three settings written out); each other
 # recipe switches one part of it (short_only_norepeat and paper: the issue's original comparison;
 # abl_*: the long memory's readout, gating and time inputs, one at a time; long_residual: the long
 # branch added to the short branch's fusion through a scale that starts at 0; window64: the default
@@ -37,27 +42,29 @@ config=configs/completejourney.yaml
 # cycles_gate: the default tower with the repeat path's cycle features and repeat/explore gate
 # (every Complete Journey event is a purchase, so every event is a cycle event); mlp: the repeat
 # path scored through a hidden layer (model.repeat_scorer=mlp); cycles_mlp: both; cycles_mlp_lr10:
-# both, the repeat path at 10x the tower's learning rate (optim.repeat_lr_scale).
+# both, the repeat path at 10x the tower's learning rate (optim.repeat_lr_scale); short_cycles_mlp_lr10:
+# its short-only ablation.
 recipes="\
-default              -
-short_only           model.long_pattern=
-no_repeat            model.repeat=false
-short_only_norepeat  model.long_pattern= model.repeat=false
-paper                model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false model.repeat=false
-abl_last_readout     model.long_readout=last
-abl_paper_gating     model.tadn.gating=paper
-abl_no_time          model.long_time_inputs=false
-long_residual        model.fusion.long=residual
-window64             data.max_len=64 data.batch_size=128
-ctx_short_only       model.long_pattern= data.supervised_rows=64 data.batch_size=128
-ctx_default          data.supervised_rows=64 data.batch_size=128
-ctx64_short_only     model.long_pattern= data.supervised_rows=64 data.batch_size=64
-ctx64_default        data.supervised_rows=64 data.batch_size=64
-ctx64_sdrop          data.supervised_rows=64 data.batch_size=64 model.fusion.short_dropout=0.5
-cycles_gate          model.repeat_cycles=true model.repeat_gate=true
-mlp                  model.repeat_scorer=mlp
-cycles_mlp           model.repeat_cycles=true model.repeat_scorer=mlp
-cycles_mlp_lr10      model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10"
+default              $rep0
+short_only           $rep0 model.long_pattern=
+no_repeat            $rep0 model.repeat=false
+short_only_norepeat  $rep0 model.long_pattern= model.repeat=false
+paper                $rep0 model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false model.repeat=false
+abl_last_readout     $rep0 model.long_readout=last
+abl_paper_gating     $rep0 model.tadn.gating=paper
+abl_no_time          $rep0 model.long_time_inputs=false
+long_residual        $rep0 model.fusion.long=residual
+window64             $rep0 data.max_len=64 data.batch_size=128
+ctx_short_only       $rep0 model.long_pattern= data.supervised_rows=64 data.batch_size=128
+ctx_default          $rep0 data.supervised_rows=64 data.batch_size=128
+ctx64_short_only     $rep0 model.long_pattern= data.supervised_rows=64 data.batch_size=64
+ctx64_default        $rep0 data.supervised_rows=64 data.batch_size=64
+ctx64_sdrop          $rep0 data.supervised_rows=64 data.batch_size=64 model.fusion.short_dropout=0.5
+cycles_gate          $rep0 model.repeat_cycles=true model.repeat_gate=true
+mlp                  $rep0 model.repeat_scorer=mlp
+cycles_mlp           $rep0 model.repeat_cycles=true model.repeat_scorer=mlp
+cycles_mlp_lr10      $rep0 model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10
+short_cycles_mlp_lr10 $rep0 model.long_pattern= model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"

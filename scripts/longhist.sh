@@ -8,7 +8,7 @@
 #   bash scripts/longhist.sh flags NAME             # the overrides NAME trains with
 #   bash scripts/longhist.sh train SCENARIO NAME [key=value ...]
 #                                                   # torchx run -j 1x2 into $LONGHIST_DIR/SCENARIO/NAME
-#   bash scripts/longhist.sh eval SCENARIO NAME [NAME ...]
+#   bash scripts/longhist.sh eval SCENARIO NAME [NAME ...] [key=value ...]
 #                                                   # hytrec-eval with the scenario's far/recent side
 #                                                   # file; several names give one report with paired
 #                                                   # differences (the first name is the reference)
@@ -27,6 +27,10 @@ gd="model.tadn.gating=gated_delta"
 # the generator's purchase-like behaviour (replenishment: staples are bought with "pay", viewed with
 # "click"; the other scenarios have clicks only, where the mapping leaves every event a cycle event)
 cyc="data.cycle_behaviors=[pay]"
+# the repeat path as it was before its cycle features (080d593): every recipe starts from it, so that
+# the rows of docs/results.md keep their meaning now that the defaults have cycles, the hidden-layer
+# scorer and the repeat path at 10x the learning rate; recipes that switch them say so after it
+rep0="model.repeat_cycles=false model.repeat_scorer=additive optim.repeat_lr_scale=1"
 # One line per recipe: NAME OVERRIDE ... ("-" = none). hytrec is the long-memory tower
 # (gated delta rule, time inputs, intent readout); the abl_* rows switch one of its parts back;
 # *_copy add the copy path in embedding space (model.far_copy); *_repeat add the repeat path's
@@ -34,35 +38,39 @@ cyc="data.cycle_behaviors=[pay]"
 # short branch (model.fusion.short_dropout); *_cycles add the repeat path's cycle features
 # (model.repeat_cycles), *_gate its repeat/explore gate (model.repeat_gate); *_lr20, *_lr200 train
 # the repeat path at 20x, 200x the tower's learning rate (optim.repeat_lr_scale); *_mlp score its
-# pairs through a hidden layer instead of a sum of bucket embeddings (model.repeat_scorer=mlp).
+# pairs through a hidden layer instead of a sum of bucket embeddings (model.repeat_scorer=mlp); *_lr10
+# train the repeat path at 10x; *_aux give the long branch its own loss (model.long_aux_weight=1: the
+# fused loss's weight, so neither dominates by construction).
 recipes="\
-hytrec            model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true
-hytrec_paper      model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false
-short_only        model.long_pattern=
-sasrec            model.short_len=0 model.long_pattern=SS model.long_readout=last
-hytrec_copy       model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.far_copy=true
-short_copy        model.long_pattern= model.far_copy=true
-hytrec_copy_wide  model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.far_copy=true model.tadn.key_dim=128
-short_repeat      model.long_pattern= model.repeat=true
-hytrec_repeat     model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true
-hytrec_repeat_sdrop model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.fusion.short_dropout=0.5
-paper_repeat      model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false model.repeat=true
-abl_last_readout  model.long_pattern=TTT $gd model.long_readout=last model.long_time_inputs=true
-abl_paper_gating  model.long_pattern=TTT model.tadn.gating=paper model.long_readout=intent model.long_time_inputs=true
-abl_no_time       model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=false
-short_cycles      model.long_pattern= model.repeat=true model.repeat_cycles=true $cyc
-short_cycles_gate model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc
-short_gate        model.long_pattern= model.repeat=true model.repeat_gate=true
-hytrec_cycles     model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true $cyc
-hytrec_cycles_gate model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc
-hytrec_repeat_lr20 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true optim.repeat_lr_scale=20
-hytrec_cycles_gate_lr20 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc optim.repeat_lr_scale=20
-short_cycles_gate_lr20 model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc optim.repeat_lr_scale=20
-hytrec_cycles_gate_lr200 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc optim.repeat_lr_scale=200
-hytrec_repeat_mlp model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_scorer=mlp
-hytrec_cycles_mlp model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc
-short_cycles_mlp  model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc
-hytrec_cycles_mlp_lr10 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc optim.repeat_lr_scale=10"
+hytrec $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true
+hytrec_paper $rep0 model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false
+short_only $rep0 model.long_pattern=
+sasrec $rep0 model.short_len=0 model.long_pattern=SS model.long_readout=last
+hytrec_copy $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.far_copy=true
+short_copy $rep0 model.long_pattern= model.far_copy=true
+hytrec_copy_wide $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.far_copy=true model.tadn.key_dim=128
+short_repeat $rep0 model.long_pattern= model.repeat=true
+hytrec_repeat $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true
+hytrec_repeat_sdrop $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.fusion.short_dropout=0.5
+paper_repeat $rep0 model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false model.repeat=true
+abl_last_readout $rep0 model.long_pattern=TTT $gd model.long_readout=last model.long_time_inputs=true
+abl_paper_gating $rep0 model.long_pattern=TTT model.tadn.gating=paper model.long_readout=intent model.long_time_inputs=true
+abl_no_time $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=false
+short_cycles $rep0 model.long_pattern= model.repeat=true model.repeat_cycles=true $cyc
+short_cycles_gate $rep0 model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc
+short_gate $rep0 model.long_pattern= model.repeat=true model.repeat_gate=true
+hytrec_cycles $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true $cyc
+hytrec_cycles_gate $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc
+hytrec_repeat_lr20 $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true optim.repeat_lr_scale=20
+hytrec_cycles_gate_lr20 $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc optim.repeat_lr_scale=20
+short_cycles_gate_lr20 $rep0 model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc optim.repeat_lr_scale=20
+hytrec_cycles_gate_lr200 $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_gate=true $cyc optim.repeat_lr_scale=200
+hytrec_repeat_mlp $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_scorer=mlp
+hytrec_cycles_mlp $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc
+short_cycles_mlp $rep0 model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc
+hytrec_cycles_mlp_lr10 $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc optim.repeat_lr_scale=10
+short_cycles_mlp_lr10 $rep0 model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc optim.repeat_lr_scale=10
+hytrec_cycles_mlp_lr10_aux $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc optim.repeat_lr_scale=10 model.long_aux_weight=1.0"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
@@ -101,13 +109,25 @@ train() {
 }
 
 evaluate() {
+    # SCENARIO NAME ... then evaluation overrides (key=value, e.g. split=valid to choose between
+    # recipes without looking at the test split); a split other than test gets its own report folder
     local sc="$1"; shift; scenario_ok "$sc"
-    [ "$#" -ge 1 ] || { echo "usage: $0 eval SCENARIO NAME ..." >&2; exit 2; }
+    local names=() overrides=() arg split=test
+    for arg in "$@"; do
+        case "$arg" in
+            split=*) split="${arg#split=}"; overrides+=("$arg") ;;
+            *=*) overrides+=("$arg") ;;
+            *) names+=("$arg") ;;
+        esac
+    done
+    [ "${#names[@]}" -ge 1 ] || { echo "usage: $0 eval SCENARIO NAME ... [key=value ...]" >&2; exit 2; }
     activate
-    run_checkpoints longhist "$root/$sc" "$@"
-    local out="$root/$sc/eval/$eval_tag"
+    run_checkpoints longhist "$root/$sc" "${names[@]}"
+    local out="$root/$sc/eval/$eval_tag" side=("segments.side_file=$root/$sc/raw/segments.parquet")
+    # the side file's kinds describe each user's test target: other splits go without it
+    [ "$split" = test ] || { out="$root/$sc/eval/$split/$eval_tag"; side=(); }
     hytrec-eval "${eval_args[@]}" --data "$root/$sc/prepared" --out "$out" --overwrite \
-        "segments.side_file=$root/$sc/raw/segments.parquet" data.batch_size=64 threads=1
+        ${side[@]+"${side[@]}"} data.batch_size=64 threads=1 ${overrides[@]+"${overrides[@]}"}
     echo "[longhist] report: $out/report.md"
 }
 

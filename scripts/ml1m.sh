@@ -28,7 +28,10 @@ long4020="train.max_steps=4020 optim.schedule.decay_steps=2010"
 # rule, time inputs, intent readout, repeat path), 10 epochs each with the lr decayed over the last
 # half: 670 steps of 128 windows of <= 200 ratings, or 470 steps of 128 windows of <= 2048 ratings
 # (each training rating is a target once per epoch in both).
-memory="model.long_pattern=TTT model.tadn.gating=gated_delta model.long_readout=intent model.long_time_inputs=true model.repeat=true"
+# (with the repeat path as it was before its cycle features, 080d593, so that these rows keep their
+# meaning now that the defaults have cycles, the hidden-layer scorer and the repeat path at 10x lr)
+rep0="model.repeat_cycles=false model.repeat_scorer=additive optim.repeat_lr_scale=1"
+memory="model.long_pattern=TTT model.tadn.gating=gated_delta model.long_readout=intent model.long_time_inputs=true model.repeat=true $rep0"
 ep10_200="train.max_steps=670 optim.schedule.decay_steps=335 train.checkpoint_every=335 train.keep_last=4"
 ep10_2048="train.max_steps=470 optim.schedule.decay_steps=235 train.checkpoint_every=235 train.keep_last=4"
 # The same 10 epochs in batches of 16 windows per rank (32 a step): 128 windows of up to 2,048
@@ -52,7 +55,7 @@ mem200         configs/ml1m_tb.yaml $memory $ep10_200 data.max_len=200
 memfull        configs/ml1m_tb.yaml $memory $ep10_2048 data.max_len=2048 model.repeat_rows=512
 mem200_norep   configs/ml1m_tb.yaml $memory model.repeat=false $ep10_200 data.max_len=200
 memfull_norep  configs/ml1m_tb.yaml $memory model.repeat=false $ep10_2048_b16 data.max_len=2048 data.batch_size=16
-short200       configs/ml1m_tb.yaml model.long_pattern= model.repeat=true $ep10_200 data.max_len=200
+short200       configs/ml1m_tb.yaml model.long_pattern= model.repeat=true $rep0 $ep10_200 data.max_len=200
 short200_norep configs/ml1m_tb.yaml model.long_pattern= model.repeat=false $ep10_200 data.max_len=200
 mem200_b16     configs/ml1m_tb.yaml $memory model.repeat=false $ep10_200_b16 data.max_len=200 data.batch_size=16
 mem200_s1880   configs/ml1m_tb.yaml $memory model.repeat=false $ep10_2048_b16 data.max_len=200 data.batch_size=16

@@ -190,11 +190,14 @@ def test_cycle_behaviors_come_from_the_behaviour_vocabulary(tmp_path) -> None:
         read_cycle_behaviors(tmp_path, ["buy"], 5)
 
 
-def test_cycle_and_gate_keys_need_the_repeat_path() -> None:
+def test_gate_needs_the_repeat_path_and_cycles_are_read_only_with_it() -> None:
+    """The gate without the repeat path is an error; ``repeat_cycles`` (on by default) is simply
+    not read when the repeat path is off, so a config that turns the path off stays valid."""
     from hytrec_torchrec.modules.config import TowerConfig
 
-    with pytest.raises(ConfigError, match="need repeat: true"):
-        from_dict(TowerConfig, {"repeat": False, "repeat_cycles": True}).validate()
+    with pytest.raises(ConfigError, match="needs repeat: true"):
+        from_dict(TowerConfig, {"repeat": False, "repeat_gate": True}).validate()
+    from_dict(TowerConfig, {"repeat": False, "repeat_cycles": True}).validate()
 
 
 def test_served_scores_read_the_request_behaviours() -> None:

@@ -91,21 +91,24 @@ def test_a_gated_model_trains_pipelined_and_reports_its_calibration(tmp_path: Pa
     assert not math.isnan(gate["ece"])
 
 
-def test_repeat_lr_scale_moves_the_repeat_tables_faster(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scorer", ["additive", "mlp"])
+def test_repeat_lr_scale_moves_the_repeat_path_faster(tmp_path: Path, scorer: str) -> None:
     """``optim.repeat_lr_scale``: AdamW's first steps move a weight by about lr each, so after 3
-    steps the repeat tables (which start at zero) are about ``scale`` times further from zero
-    than at scale 1, while the tower's parameters move alike."""
+    steps the repeat path's zero-initialised weights (the bucket tables of the additive scorer,
+    the output layer of the hidden-layer scorer) are about ``scale`` times further from zero than
+    at scale 1, while the tower's parameters move alike."""
     from hytrec_torchrec.runtime.restore import load_unsharded
 
     data = write_prepared(tmp_path / "prep", SEQUENCES, num_items=12)
     moved = {}
     for scale in (1.0, 20.0):
         job = _job(data, tmp_path / f"run{scale:g}", "plain")
+        job["model"]["repeat_scorer"] = scorer
         job["optim"]["repeat_lr_scale"] = scale
         job["optim"]["schedule"] = {"name": "constant", "warmup_steps": 0}
         run_distributed(fit_job, 1, (job,))
         model = load_unsharded(tmp_path / f"run{scale:g}")[0]
-        moved[scale] = (float(model.repeat.count.weight.abs().max()),
-                        float(model.tower.net.fusion.gate.weight.abs().mean()))
+        zero_init = model.repeat.count.weight if scorer == "additive" else model.repeat.out.weight
+        moved[scale] = (float(zero_init.abs().max()), float(model.tower.net.fusion.gate.weight.abs().mean()))
     assert 0 < moved[1.0][0] <= 3.5e-3 and moved[20.0][0] > 5 * moved[1.0][0]
     assert moved[20.0][1] == pytest.approx(moved[1.0][1], rel=0.05)

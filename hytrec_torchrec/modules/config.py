@@ -136,13 +136,13 @@ class TowerConfig:
     items already in the history, from how often, how many events ago and how long ago each was
     last seen, switched by the user embedding. Changes the score of history items in training,
     evaluation and serving alike; O(L) per request."""
-    repeat_cycles: bool = False
+    repeat_cycles: bool = True
     """Cycle features in the repeat path: whether the item's last occurrence was a cycle event
     (purchase-like; ``data.cycle_behaviors``), how many cycle events it had, the time since the
     last one, and that elapsed time over the item's own mean gap between cycle events, in events
     and in seconds (quarter-octave buckets, so "due again" is learnable). O(L) per request after
-    one sort; exact in all-position training."""
-    repeat_scorer: str = "additive"
+    one sort; exact in all-position training. Read only with ``repeat: true``."""
+    repeat_scorer: str = "mlp"
     """How the repeat path turns a pair's bucket embeddings into its score: ``additive`` (their
     sum) or ``mlp`` (their sum through one hidden layer of ``repeat_hidden`` units, so that one
     feature can change what another means: an elapsed/gap ratio of 1 says "due" for an item bought
@@ -232,8 +232,8 @@ class TowerConfig:
                               "it needs a long branch (long_pattern)")
         check_choice("repeat_scorer", self.repeat_scorer, REPEAT_SCORERS)
         check_range("repeat_hidden", self.repeat_hidden, 1, 1024)
-        if (self.repeat_cycles or self.repeat_gate) and not self.repeat:
-            raise ConfigError("repeat_cycles, repeat_gate: parts of the repeat path; they need repeat: true")
+        if self.repeat_gate and not self.repeat:
+            raise ConfigError("repeat_gate: part of the repeat path; it needs repeat: true")
         check_range("heads", self.heads, 1)
         if self.embedding_dim % self.heads:
             raise ConfigError(f"heads: embedding_dim {self.embedding_dim} is not divisible by heads {self.heads}")

@@ -139,11 +139,11 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     grad_clip: Optional[float] = 1.0
-    repeat_lr_scale: float = 1.0
+    repeat_lr_scale: float = 10.0
     """The repeat path's parameters (``model.repeat``) train at ``lr × repeat_lr_scale``: its
-    bucket tables start at zero and must reach score-sized values (about the range of ``u·v``)
+    scorer's output starts at zero and must reach score-sized values (about the range of ``u·v``)
     within a few hundred steps, which AdamW, moving a weight by at most about ``lr`` a step, does
-    not give them at the tower's rate. 1 = one learning rate for every dense parameter."""
+    not give it at the tower's rate. 1 = one learning rate for every dense parameter."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def validate(self) -> None:
