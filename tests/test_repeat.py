@@ -208,6 +208,9 @@ def test_served_scores_equal_training_scores_plus_the_hand_bonus() -> None:
         "embeddings": {"dim": 8},
         "model": {"embedding_dim": 8, "features": ["item"], "short_len": 4, "long_pattern": "T", "heads": 2,
                   "short_heads": 2, "similarity": "cosine", "repeat": True, "fusion": {"num_experts": 2},
+                  # the additive scorer without cycle features: the one _hand_bonus writes out (the
+                  # default's served parity: test_repeat_cycles.py::test_served_scores_read_the_request_behaviours)
+                  "repeat_cycles": False, "repeat_scorer": "additive",
                   "tadn": {"chunk_size": 4, "gating": "gated_delta"}, "long_readout": "intent"},
     })
     sizes = {"item": V, "attribution": 5, "category": 5, "behavior": 11}

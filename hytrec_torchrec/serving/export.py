@@ -52,7 +52,8 @@ __all__ = ["export_checkpoint", "find_prepared", "read_vocabs", "build_serving",
 log = logging.getLogger("hytrec.export")
 
 #: documented int8 tolerance (docs/export.md; checked by tests/test_export.py).
-INT8_SCORE_TOLERANCE = "max |score_int8 - score_fp32| <= 0.05 * max |score_fp32| per request"
+INT8_SCORE_TOLERANCE = ("max |score_int8 - score_fp32| <= 0.05 * max |score_fp32| for 9 requests in 10 "
+                        "(median <= 0.02); some histories more, never seen above 0.25")
 
 
 class ExportError(RuntimeError):

@@ -234,8 +234,12 @@ class HyTRecServing(nn.Module):
         rows, offsets = truncate_rows(n, self.max_len)
         items = self.inputs["item"].ids(values["item"][rows])
         behaviors: Optional[torch.Tensor] = None
-        if head.cycles and "behavior" in self.inputs:
-            behaviors = self.inputs["behavior"].ids(values["behavior"][rows])
+        if head.cycles:
+            # a loop over the ModuleDict (unrolled by TorchScript): indexing it with a key that is
+            # absent (a model whose cycle features read no behaviour) would not compile
+            for name, feature in self.inputs.items():
+                if name == "behavior":
+                    behaviors = feature.ids(values["behavior"][rows])
         out = head(user, items, offsets, values["timestamp"][rows], False, behaviors)
         return out[0], out[1], out[2]
 
