@@ -14,15 +14,23 @@ one time in five. Each variant runs the same inputs; the times are medians of ``
 after warm-up, and the table gives each variant's time and its ratio to the plain path.
 
     python benchmarks/bench_repeat.py --out benchmarks/results/repeat_cycles_cpu.txt
+    python benchmarks/bench_repeat.py --against bd01c1e   # + that commit's plain and cycles+mlp
+
+``--against REF`` loads ``hytrec_torchrec/modules/repeat.py`` as it was at the git commit REF
+and adds its ``plain`` and ``cycles+mlp`` heads as variants ``plain@REF`` and ``cycles+mlp@REF``
+(same initial weights, same inputs, timed in turn with the others).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
+import subprocess
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -53,10 +61,29 @@ def _median_s(fn: Callable[[], None], repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(lengths: List[int], train_lengths: List[int], repeats: int) -> List[str]:
+def _head_class_at(ref: str) -> Any:
+    """``RepeatHead`` of ``hytrec_torchrec/modules/repeat.py`` as it was at git commit ``ref``."""
+    root = Path(__file__).resolve().parent.parent
+    text = subprocess.run(["git", "show", f"{ref}:hytrec_torchrec/modules/repeat.py"], cwd=root,
+                          capture_output=True, text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / f"repeat_at_{ref}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.RepeatHead
+
+
+def measure(lengths: List[int], train_lengths: List[int], repeats: int, against: Optional[str] = None) -> List[str]:
     """Markdown rows: workload, L, then per variant its milliseconds and ratio to plain."""
     mask = torch.tensor([False, False, False, True])
     heads = {name: RepeatHead(D, train_rows=1024, cycle_behaviors=mask, **kw) for name, kw in VARIANTS.items()}
+    if against is not None:
+        old = _head_class_at(against)
+        for name in ("plain", "cycles+mlp"):
+            head = old(D, train_rows=1024, cycle_behaviors=mask, **VARIANTS[name])
+            head.load_state_dict(heads[name].state_dict())
+            heads[f"{name}@{against}"] = head
     rows = []
     for workload, lens in (("request", lengths), ("train", train_lengths)):
         for length in lens:
@@ -77,7 +104,7 @@ def measure(lengths: List[int], train_lengths: List[int], repeats: int) -> List[
                         q, it, bonus, gate = head(user, items, offsets, ts, True, beh)
                         (bonus.sum() + gate.sum()).backward()
                 ms[name] = 1000 * _median_s(call, repeats)
-            cells = " | ".join(f"{ms[n]:.2f} ({ms[n] / ms['plain']:.2f}x)" for n in VARIANTS)
+            cells = " | ".join(f"{ms[n]:.2f} ({ms[n] / ms['plain']:.2f}x)" for n in heads)
             rows.append(f"| {workload} | {length} | {cells} |")
     return rows
 
@@ -89,12 +116,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--against", default=None, help="a git commit whose repeat path is timed beside this one")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    header = ["| workload | L | " + " | ".join(f"{n} ms (vs plain)" for n in VARIANTS) + " |",
-              "|---|---|" + "---|" * len(VARIANTS)]
+    names = list(VARIANTS) + ([f"plain@{args.against}", f"cycles+mlp@{args.against}"] if args.against else [])
+    header = ["| workload | L | " + " | ".join(f"{n} ms (vs plain)" for n in names) + " |",
+              "|---|---|" + "---|" * len(names)]
     lines = [f"# repeat path cost, CPU, {args.threads} thread(s), median of {args.repeats}", ""] + header
-    lines += measure(args.lengths, args.train_lengths, args.repeats)
+    lines += measure(args.lengths, args.train_lengths, args.repeats, args.against)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:

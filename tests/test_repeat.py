@@ -252,3 +252,23 @@ def test_served_scores_equal_training_scores_plus_the_hand_bonus() -> None:
     ex, item, value = _bonus(access, hist, user)
     dense = torch.zeros(len(lengths), V).index_put_((ex, item), value, accumulate=True)
     torch.testing.assert_close(base[:, 2:] + dense[:, 2:], scripted.scores(*request)[:, 2:], atol=1e-5, rtol=0)
+
+
+def test_the_summed_lookup_and_its_gradient_equal_table_by_table_sums() -> None:
+    """The repeat path's training lookup (one embedding_bag forward, one index_add per table
+    backward) against the plain sum of ``table[index]`` per table, values and gradients."""
+    from hytrec_torchrec.modules.repeat import _SummedLookup
+
+    g = torch.Generator().manual_seed(3)
+    tables = [torch.randn(rows, 6, generator=g, dtype=torch.float64, requires_grad=True) for rows in (4, 9, 2)]
+    idx = [torch.randint(0, t.shape[0], (50,), generator=g) for t in tables]
+    shifted = torch.stack([idx[0], idx[1] + 4, idx[2] + 13], 1)
+    got = _SummedLookup.apply(shifted, *tables)
+    want = sum(t[i] for t, i in zip(tables, idx))
+    torch.testing.assert_close(got, want)
+    weight = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((got * weight).sum(), tables)
+    want_grads = torch.autograd.grad((want * weight).sum(), tables)
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(lambda *ts: _SummedLookup.apply(shifted, *ts), tuple(tables))

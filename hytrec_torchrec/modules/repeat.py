@@ -31,9 +31,10 @@ last ``model.repeat_rows`` rows of each window. Exact in all-position training: 
 """
 
 
-from typing import Final, Optional, Tuple
+from typing import Any, Final, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hytrec_torchrec.modules.config import REPEAT_SCORERS
@@ -70,6 +71,32 @@ def _ratio_bucket(num: torch.Tensor, den: torch.Tensor, known: torch.Tensor) -> 
     r = num.to(torch.float64).clamp(min=0.5) / den.to(torch.float64).clamp(min=1e-9)
     b = torch.floor(4.0 * torch.log2(r)).to(torch.int64).clamp(-16, 15) + 16
     return torch.where(ok, b, torch.full_like(b, 32))  # RATIO_BUCKETS - 1
+
+
+class _SummedLookup(torch.autograd.Function):
+    """``out [M, W] = Σ_k tables[k][index[:, k] − base_k]`` for tables stacked end to end
+    (``index [M, K]`` int64 already shifted by each table's first row ``base_k``): the forward is
+    one ``embedding_bag`` (no per-table ``[M, W]`` temporary), the backward one ``index_add`` per
+    table (on CPU several times faster than ``embedding_bag``'s own backward for ~10^6 lookups into a
+    few dozen rows)."""
+
+    @staticmethod
+    def forward(ctx: Any, index: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows = [t.shape[0] for t in tables]
+        return F.embedding_bag(index, torch.cat(tables, 0), mode="sum")
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        (index,) = ctx.saved_tensors
+        grads: List[Optional[torch.Tensor]] = [None]
+        base = 0
+        grad = grad.contiguous()
+        for k, rows in enumerate(ctx.rows):
+            g = torch.zeros(rows, grad.shape[1], dtype=grad.dtype, device=grad.device)
+            grads.append(g.index_add_(0, index[:, k] - base, grad))
+            base += rows
+        return tuple(grads)
 
 
 class RepeatHead(nn.Module):
@@ -164,12 +191,10 @@ class RepeatHead(nn.Module):
         history), ``occurrence [M]`` (>= 1) and ``timestamps [N]`` int64 seconds; ``cycle`` =
         ``(is_cycle [N] bool, count [N], last [N], first [N])`` of :func:`cycle_rows`, or None."""
         distance = query - source
-        # table lookups as weight.index_select: the same values as table(index), and a backward
-        # that is an index_add, about 6x faster on CPU than the embedding backward for the ~10^6
-        # lookups into a few dozen rows that all-position training makes
-        f = (self.count.weight.index_select(0, _log2_bucket(occurrence, self.count_buckets))
-             + self.distance.weight.index_select(0, _log2_bucket(distance + 1, self.distance_buckets))
-             + self.time.weight.index_select(0, time_gap_bucket(timestamps[query] - timestamps[source], self.time_buckets)))
+        tables = [self.count.weight, self.distance.weight, self.time.weight]
+        index = [_log2_bucket(occurrence, self.count_buckets),
+                 _log2_bucket(distance + 1, self.distance_buckets),
+                 time_gap_bucket(timestamps[query] - timestamps[source], self.time_buckets)]
         if self.cycles and cycle is not None:
             is_cycle, count, last, first = cycle
             n = count[source]
@@ -181,18 +206,37 @@ class RepeatHead(nn.Module):
                                   torch.full_like(since, self.time_buckets))
             periodic = n >= 2
             steps = (n - 1).clamp(min=1)
-            f = (f + self.kind.weight.index_select(0, is_cycle[source].to(torch.int64))
-                 + self.cycle_count.weight.index_select(0, _log2_bucket(n + 1, self.count_buckets))
-                 + self.since_cycle.weight.index_select(0, since_b)
-                 # (elapsed since the last cycle event) / (mean gap between its cycle events), in
-                 # events and in seconds: about 1 when the item is due again
-                 + self.due_events.weight.index_select(0, _ratio_bucket((query - lr) * steps, lr - fr, periodic))
-                 + self.due_seconds.weight.index_select(0, _ratio_bucket((timestamps[query] - timestamps[lr]) * steps,
-                                                  timestamps[lr] - timestamps[fr], periodic)))
+            tables += [self.kind.weight, self.cycle_count.weight, self.since_cycle.weight, self.due_events.weight,
+                       self.due_seconds.weight]
+            index += [is_cycle[source].to(torch.int64), _log2_bucket(n + 1, self.count_buckets), since_b,
+                      # (elapsed since the last cycle event) / (mean gap between its cycle events), in
+                      # events and in seconds: about 1 when the item is due again
+                      _ratio_bucket((query - lr) * steps, lr - fr, periodic),
+                      _ratio_bucket((timestamps[query] - timestamps[lr]) * steps,
+                                    timestamps[lr] - timestamps[fr], periodic)]
+        # one summed lookup per pair into the tables stacked end to end (embedding_bag, mode sum):
+        # the same values as summing table[index] table by table, without a [M, width] temporary
+        # per table (all-position training makes ~10^6 pairs; with the 32-wide mlp tables the
+        # temporaries, not the arithmetic, were most of the repeat path's time)
+        base = 0
+        shifted: List[torch.Tensor] = []
+        for table, idx in zip(tables, index):
+            shifted.append(idx + base)
+            base += table.shape[0]
+        stacked = torch.stack(shifted, 1)
+        if not torch.jit.is_scripting() and torch.is_grad_enabled():
+            f = self._summed_lookup(stacked, tables)
+        else:
+            f = F.embedding_bag(stacked, torch.cat(tables, 0), mode="sum")
         bias = self.hidden_bias
         if bias is not None:
-            f = self.out(torch.relu(f + bias))
+            f = self.out(f.add_(bias).relu_())
         return f
+
+    @torch.jit.unused
+    def _summed_lookup(self, index: torch.Tensor, tables: List[torch.Tensor]) -> torch.Tensor:
+        """Training form of the summed lookup (:class:`_SummedLookup`)."""
+        return _SummedLookup.apply(index, *tables)
 
     def pair_bonus(self, user: torch.Tensor, row: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         """Bonus ``[M]`` of M pairs with features ``f [M, 1+R]`` (:meth:`pair_features`) for the
