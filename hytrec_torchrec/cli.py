@@ -139,7 +139,7 @@ def internal_error(prog: str, exc: BaseException) -> int:
         return _report_disk_full(prog, exc, full)
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in SETUP_PACKAGES:
         return report(prog, exc, 2, prefix="the pinned stack is not installed (run scripts/setup.sh, or see "
-                                          "README 'Install': pip install . leaves out torchrec and fbgemm-gpu): ")
+                                          "docs/install.md: pip install . leaves out torchrec and fbgemm-gpu): ")
     if debug_enabled():
         raise exc
     named = f"{type(exc).__name__}: " if str(exc).strip() else ""  # an empty message prints the type alone

@@ -43,7 +43,9 @@ rep0="model.repeat_cycles=false model.repeat_scorer=additive optim.repeat_lr_sca
 # (every Complete Journey event is a purchase, so every event is a cycle event); mlp: the repeat
 # path scored through a hidden layer (model.repeat_scorer=mlp); cycles_mlp: both; cycles_mlp_lr10:
 # both, the repeat path at 10x the tower's learning rate (optim.repeat_lr_scale); short_cycles_mlp_lr10:
-# its short-only ablation.
+# its short-only ablation; cycles_mlp_lr10_aux: today's default with the long branch's own loss (the
+# next 8 events from its output alone, model.long_aux_weight=1); *_aux_detach: that loss only, the
+# fused loss's gradient stopped at the long branch (model.fusion.long_detach).
 recipes="\
 default              $rep0
 short_only           $rep0 model.long_pattern=
@@ -64,7 +66,9 @@ cycles_gate          $rep0 model.repeat_cycles=true model.repeat_gate=true
 mlp                  $rep0 model.repeat_scorer=mlp
 cycles_mlp           $rep0 model.repeat_cycles=true model.repeat_scorer=mlp
 cycles_mlp_lr10      $rep0 model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10
-short_cycles_mlp_lr10 $rep0 model.long_pattern= model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10"
+short_cycles_mlp_lr10 $rep0 model.long_pattern= model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10
+cycles_mlp_lr10_aux  $rep0 model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10 model.long_aux_weight=1.0
+cycles_mlp_lr10_aux_detach $rep0 model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10 model.long_aux_weight=1.0 model.fusion.long_detach=true"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"

@@ -5,7 +5,7 @@ arguments, the input files it is given (written inline, or made by a named gener
 documented exit status and the text of the one-line message. Each case is run as a subprocess of
 the tool's entry module in a fresh folder and must
 
-* exit with the documented status (README "Exit status"),
+* exit with the documented status (docs/tools.md "Exit status"),
 * end stderr with a line ``TOOL: ...`` holding the expected text (and have no other line where the
   case says ``only_line: true``), with no ``Traceback`` anywhere,
 * leave every file of ``keeps`` as it was (nothing of the input, or of a folder the tool did not

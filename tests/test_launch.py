@@ -126,7 +126,7 @@ def test_the_docs_cluster_commands_render_as_written() -> None:
     where the docs say it goes, right after ``torchx run``) and the repository's .torchxconfig,
     renders a request: it used to fail on the slurm job_dir and without --workspace "" on docker."""
     commands = _cluster_commands()
-    assert {d for d, _ in commands} == {"README.md", "docs/launching.md"} and len(commands) >= 4
+    assert "docs/launching.md" in {d for d, _ in commands} and len(commands) >= 2
     for doc, argv in commands:
         args = argv[2:] if "--dryrun" in argv else ["--dryrun", *argv[2:]]
         args = [a if a != "YOUR_IMAGE" else "registry.example/hytrec:cuda" for a in args]

@@ -9,7 +9,7 @@ copies of it (a truncated or mistyped ``train_state.json``, a bytes entry, an un
 copies of it, the user's own folder, a file, a symbolic link to a victim folder, two evaluations,
 good and bad request files and job configs (a YAML merge key among them). For every draw:
 
-* the exit status is a documented one (README "Exit status"; never 1, an internal error), and a
+* the exit status is a documented one (docs/tools.md "Exit status"; never 1, an internal error), and a
   failure ends stderr with one line ``TOOL: ...`` and no traceback;
 * no path outside the run's output changes (examples/serve.py has no output: nothing changes);
 * a failed run leaves its output exactly as it was (a run dir, an export, an evaluation, a file);
@@ -44,7 +44,7 @@ from tests.test_outputs_property import _outside, _real
 DRAWS = int(os.environ.get("HYTREC_PROPERTY_TOOL_DRAWS", "20"))
 SEED = int(os.environ.get("HYTREC_PROPERTY_SEED", "43"))
 
-#: the exit statuses each tool documents for what the draws can produce (README "Exit status")
+#: the exit statuses each tool documents for what the draws can produce (docs/tools.md "Exit status")
 DOCUMENTED = {"train": (0, 2, 3), "export": (0, 2, 3), "eval": (0, 2, 3), "compare": (0, 2, 3), "serve": (0, 2)}
 PROGS = {"train": "hytrec-train", "export": "hytrec-export", "eval": "hytrec-eval", "compare": "hytrec-compare",
          "serve": "serve.py"}
