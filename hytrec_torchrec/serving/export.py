@@ -45,6 +45,7 @@ from hytrec_torchrec.runtime.restore import checkpoint_config, config_dict, load
 from hytrec_torchrec.schema import TABLES
 from hytrec_torchrec.serving.idmap import Vocab
 from hytrec_torchrec.serving.module import DEFAULT_MAX_TOKENS_PER_PASS, HyTRecServing
+from hytrec_torchrec.serving.state import StatefulServing
 
 __all__ = ["export_checkpoint", "find_prepared", "read_vocabs", "build_serving", "example_request",
            "input_contract", "ExportError"]
@@ -113,11 +114,20 @@ def read_vocabs(prepared: Path, sizes: Dict[str, int]) -> Dict[str, Vocab]:
 
 def build_serving(model: torch.nn.Module, features: List[str], max_len: int,
                   vocabs: Dict[str, Vocab], int8: bool = False,
-                  max_tokens_per_pass: int = DEFAULT_MAX_TOKENS_PER_PASS) -> HyTRecServing:
-    """The eager :class:`HyTRecServing` of an unsharded ``HyTRecModel`` (its weights copied)."""
+                  max_tokens_per_pass: int = DEFAULT_MAX_TOKENS_PER_PASS, stateful: bool = False,
+                  repeat_items: int = 0) -> HyTRecServing:
+    """The eager :class:`HyTRecServing` of an unsharded ``HyTRecModel`` (its weights copied).
+
+    With ``stateful`` a :class:`~hytrec_torchrec.serving.state.StatefulServing` (the kept-state
+    methods besides; ``repeat_items``: the items per user its repeat table keeps, 0 = ``max_len``);
+    a model without a finite state raises ``ValueError`` naming the config key."""
     weights = {n: e.weight.detach().to("cpu", torch.float32) for n, e in model.embeddings.embeddings.items()}
     tower = copy.deepcopy(model.tower.net).to("cpu").eval()
     repeat = copy.deepcopy(model.repeat).to("cpu").eval() if getattr(model, "repeat", None) is not None else None
+    if stateful:
+        return StatefulServing(tower, weights, vocabs, features, max_len, int8=int8,
+                               max_tokens_per_pass=max_tokens_per_pass, repeat=repeat,
+                               repeat_items=repeat_items).eval()
     return HyTRecServing(tower, weights, vocabs, features, max_len, int8, max_tokens_per_pass, repeat=repeat).eval()
 
 
