@@ -367,6 +367,18 @@ def test_cli_reports_missing_vocabulary(run, tmp_path: Path, capsys: pytest.Capt
     assert code == 2 and "max_tokens_per_pass must be >= 0, got -1" in capsys.readouterr().err
 
 
+def test_stateful_export_refuses_a_long_softmax_layer(run, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The run's tower has long_pattern TS: a kept state would grow with the history, so --stateful
+    stops with one line naming model.long_pattern and writes nothing (docs/export.md, "Serving from a
+    kept state")."""
+    from hytrec_torchrec.serving.cli import main
+
+    code = main(["--checkpoint", str(run["run"]), "--out", str(tmp_path / "o"), "--stateful", "--no-pt2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--stateful: serving from a kept state: model.long_pattern 'TS' has softmax (S) layers" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
 def test_pass_bounds_group_requests_by_token_budget() -> None:
     from hytrec_torchrec.serving.module import pass_bounds
 

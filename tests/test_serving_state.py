@@ -330,3 +330,12 @@ def test_the_input_state_is_not_changed_and_the_scripted_file_round_trips(defaul
 def test_towers_without_a_finite_state_are_refused(model_cfg: Dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
         _serving(model_cfg)
+
+
+def test_the_export_smoke_check_of_the_kept_state(default_model) -> None:
+    """What hytrec-export --stateful checks before writing: the state's answer to the smoke request,
+    eager and scripted, against the recompute."""
+    from hytrec_torchrec.serving.export import check_state_smoke, example_request
+
+    eager, scripted = default_model
+    check_state_smoke(eager, scripted, example_request(_vocabs(), [5, 0, 3]))
