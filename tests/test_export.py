@@ -347,6 +347,7 @@ def test_model_card_and_vocabularies(run) -> None:
     assert contract["rules"]["max_len"] == MAX_LEN
     assert card["torch_export"]["ok"] is False and card["torch_export"]["error"]  # docs/export.md
     assert card["max_tokens_per_pass"] == 32_768
+    assert card["stateful"] is None  # exported without --stateful (docs/export.md, "Serving from a kept state")
     embedded = {"model_card.json": ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
