@@ -347,6 +347,7 @@ def test_model_card_and_vocabularies(run) -> None:
     assert contract["rules"]["max_len"] == MAX_LEN
     assert card["torch_export"]["ok"] is False and card["torch_export"]["error"]  # docs/export.md
     assert card["max_tokens_per_pass"] == 32_768
+    assert card["stateful"] is None  # exported without --stateful (docs/export.md, "Serving from a kept state")
     embedded = {"model_card.json": ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -365,6 +366,18 @@ def test_cli_reports_missing_vocabulary(run, tmp_path: Path, capsys: pytest.Capt
     capsys.readouterr()
     code = main(["--checkpoint", str(run["run"]), "--out", str(tmp_path / "o"), "--max-tokens-per-pass", "-1"])
     assert code == 2 and "max_tokens_per_pass must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_stateful_export_refuses_a_long_softmax_layer(run, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The run's tower has long_pattern TS: a kept state would grow with the history, so --stateful
+    stops with one line naming model.long_pattern and writes nothing (docs/export.md, "Serving from a
+    kept state")."""
+    from hytrec_torchrec.serving.cli import main
+
+    code = main(["--checkpoint", str(run["run"]), "--out", str(tmp_path / "o"), "--stateful", "--no-pt2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--stateful: serving from a kept state: model.long_pattern 'TS' has softmax (S) layers" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
 def test_pass_bounds_group_requests_by_token_budget() -> None:

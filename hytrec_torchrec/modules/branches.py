@@ -5,7 +5,7 @@ a sequence whose part is empty gets a learned "empty" vector (so empty histories
 """
 
 
-from typing import Final, Optional, Tuple
+from typing import Final, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -89,6 +89,33 @@ class LongBranch(nn.Module):
         if self.time_inputs:
             return x + self.gap_emb(time_gap_bucket(previous_gap(ts, off), self.time_buckets))
         return x
+
+    def step_rows(self, x: torch.Tensor, offsets: torch.Tensor, gap: torch.Tensor,
+                  states: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The blocks continued from kept memories (serving from a kept state): every block must be
+        a gated-delta layer (``long_pattern`` of T layers with ``tadn.gating: gated_delta``).
+
+        Args:
+            x: ``[N, D]`` new input rows of B sequences (``offsets [B+1]``; a sequence may be empty).
+            gap: ``[N]`` int64 seconds from each row's previous event (the first new row's to the
+                last event already in the memories; 0 for a sequence's very first event).
+            states: one ``[B, H, dk, dv]`` memory per block, before the rows.
+        Returns:
+            ``(rows [N, D], states)``: every new row's output after the final LayerNorm (before the
+            readout; equal to :meth:`forward_rows` of the whole sequence at those rows) and the
+            memories after them.
+        """
+        if self.time_inputs:
+            x = x + self.gap_emb(time_gap_bucket(gap, self.time_buckets))
+        out: List[torch.Tensor] = []
+        i = 0
+        for blk in self.blocks:
+            y, final = blk.mixer.step(blk.norm1(x), offsets, gap, states[i], False)
+            x = x + blk.drop(y)
+            x = x + blk.drop(blk.ffn(blk.norm2(x)))
+            out.append(final)
+            i += 1
+        return self.norm(x), out
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor, tau: torch.Tensor,
                 ts: torch.Tensor, qts: Optional[torch.Tensor] = None,

@@ -9,7 +9,7 @@ All modules are TorchScript-scriptable. See docs/tower.md, "Long memory".
 
 
 import math
-from typing import Final, Tuple
+from typing import Final, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -93,24 +93,39 @@ class GatedDeltaMixer(nn.Module):
     def forward(self, h: torch.Tensor, ctx: SeqContext) -> torch.Tensor:
         """Reads ``ctx.offsets``, ``ctx.ts`` and ``ctx.last_only`` (not ``tau``, ``prefix_mean``, ``qts``)."""
         offsets = ctx.offsets
-        last_only = ctx.last_only
         ts = ctx.ts
         if ts is None:
             raise ValueError("GatedDeltaMixer needs the event timestamps ts")
+        return self.step(h, offsets, previous_gap(ts, offsets), None, ctx.last_only)[0]
+
+    def step(self, h: torch.Tensor, offsets: torch.Tensor, gap: torch.Tensor, initial_state: Optional[torch.Tensor],
+             last_only: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The mixer continued from a kept memory (serving from a kept state).
+
+        Args:
+            h: ``[N, D]`` input rows of B sequences (``offsets [B+1]``).
+            gap: ``[N]`` int64 seconds from each row's previous event (:func:`previous_gap`; for a
+                continued sequence the first row's gap is to the last event already in the memory).
+            initial_state: ``[B, H, dk, dv]`` memory before the rows, or None (zero).
+            last_only: return each sequence's last row only.
+        Returns:
+            ``(out [N, D] or [B, D], final_state [B, H, dk, dv])``.
+        """
         n = h.shape[0]
         qk = self.qk(h).view(n, 2, self.heads, self.key_dim)
         q = F.normalize(qk[:, 0], dim=-1)
         k = F.normalize(qk[:, 1], dim=-1)
         v = self.v(h).view(n, self.heads, self.head_dim)
         beta = torch.sigmoid(self.beta(h))
-        log_decay = self.decay(h, previous_gap(ts, offsets))
-        o, final = gated_chunked_core(q, k, v, log_decay, beta, beta, offsets, self.chunk_size, None, not last_only)
+        log_decay = self.decay(h, gap)
+        o, final = gated_chunked_core(q, k, v, log_decay, beta, beta, offsets, self.chunk_size, initial_state,
+                                      not last_only)
         if last_only:
             rows = last_index(offsets)
             o = torch.einsum("bhk,bhkv->bhv", q[rows], final)
             h = h[rows]
         o = F.layer_norm(o, [self.head_dim]).reshape(o.shape[0], -1)
-        return self.out(o * torch.sigmoid(self.gate(h)))
+        return self.out(o * torch.sigmoid(self.gate(h))), final
 
 
 class IntentReadout(nn.Module):
@@ -154,14 +169,28 @@ class IntentReadout(nn.Module):
         # copy: the values are the rows themselves and the answer is the raw mix of them
         self.copy = copy
 
-    def _memory(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor
+    def _memory(self, x: torch.Tensor, gap: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys, values, β and log decay of rows ``x [N_l, D]`` with gaps ``gap [N_l]`` int64."""
         n = x.shape[0]
         k = F.normalize(self.k(x).view(n, self.heads, self.key_dim), dim=-1)
         v = (x if self.copy else self.v(x)).reshape(n, self.heads, self.head_dim)
         beta = torch.sigmoid(self.beta(x))
-        log_decay = self.decay(x, previous_gap(ts, offsets))
+        log_decay = self.decay(x, gap)
         return k, v, beta, log_decay
+
+    def write(self, x: torch.Tensor, offsets: torch.Tensor, gap: torch.Tensor,
+              initial_state: Optional[torch.Tensor]) -> torch.Tensor:
+        """The memory after writing rows ``x [N_l, D]`` (``offsets [B+1]``, gaps to the previous
+        event ``gap [N_l]`` int64) into ``initial_state [B, H, dk, dv]`` (None: zero); ``[B, H, dk, dv]``."""
+        k, v, beta, log_decay = self._memory(x, gap)
+        return gated_chunked_core(k, k, v, log_decay, beta, beta, offsets, self.chunk_size, initial_state, False)[1]
+
+    def read(self, memory: torch.Tensor, intent: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+        """The answer ``[B, D]`` of ``memory [B, H, dk, dv]`` to ``intent [B, D]`` asked ``gap [B]``
+        int64 seconds after the memory's last event."""
+        q = self._query(intent, gap)
+        return self._answer(torch.einsum("bhk,bhkv->bhv", q, memory))
 
     def _query(self, intent: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
         q = self.q(self.q_norm(intent) + self.q_time(time_gap_bucket(gap, self.time_buckets)))
@@ -177,18 +206,16 @@ class IntentReadout(nn.Module):
         """``x [N_l, D]`` long rows of B sequences, ``offsets [B+1]``, ``ts [N_l]`` int64,
         ``intent [B, D]``, ``t_query [B]`` int64 (the query's last event) → ``[B, D]``. A sequence
         with no rows reads an empty (zero) memory: ``_answer`` of a zero vector."""
-        k, v, beta, log_decay = self._memory(x, offsets, ts)
-        _, final = gated_chunked_core(k, k, v, log_decay, beta, beta, offsets, self.chunk_size, None, False)
+        final = self.write(x, offsets, previous_gap(ts, offsets), None)
         # an empty sequence's memory is zero, so the time its query is built with does not matter
         last_ts = ts[last_index(offsets)] if ts.shape[0] > 0 else t_query
-        q = self._query(intent, t_query - last_ts)
-        return self._answer(torch.einsum("bhk,bhkv->bhv", q, final))
+        return self.read(final, intent, t_query - last_ts)
 
     def forward_rows(self, x: torch.Tensor, offsets: torch.Tensor, ts: torch.Tensor, intent: torch.Tensor,
                      t_query: torch.Tensor) -> torch.Tensor:
         """Row-wise: ``intent [N_l, D]`` and ``t_query [N_l]`` are the query of the prediction
         that reads the memory as it is after row m → ``[N_l, D]``."""
-        k, v, beta, log_decay = self._memory(x, offsets, ts)
+        k, v, beta, log_decay = self._memory(x, previous_gap(ts, offsets))
         q = self._query(intent, t_query - ts)
         o, _ = gated_chunked_core(q, k, v, log_decay, beta, beta, offsets, self.chunk_size, None, True)
         return self._answer(o)

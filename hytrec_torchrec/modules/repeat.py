@@ -41,7 +41,7 @@ from hytrec_torchrec.modules.config import REPEAT_SCORERS
 from hytrec_torchrec.modules.layers import time_gap_bucket
 from hytrec_torchrec.ops.repeat import cycle_rows, item_groups, repeat_pairs
 
-__all__ = ["RepeatHead", "REPEAT_SCORERS", "RepeatBonus", "dense_bonus", "lookup_bonus", "in_history", "find_pairs", "COUNT_BUCKETS",
+__all__ = ["RepeatHead", "REPEAT_SCORERS", "RepeatBonus", "CycleStats", "dense_bonus", "lookup_bonus", "in_history", "find_pairs", "COUNT_BUCKETS",
            "DISTANCE_BUCKETS", "TIME_BUCKETS", "RATIO_BUCKETS"]
 
 #: buckets of the occurrence count c >= 1: ⌊2·log2 c⌋ (1 → 0, 2 → 2, 4 → 4, 16 → 8, ≥ 182 → 15).
@@ -56,6 +56,12 @@ RATIO_BUCKETS: Final[int] = 33
 #: ``(query [M], item [M], bonus [M])``: the bonus of item ``item[m]`` for query ``query[m]``
 #: (a history row in all-position training, an example otherwise). Pairs are unique.
 RepeatBonus = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+#: what the cycle features of M pairs read (all ``[M]`` int64; ``is_cycle`` bool): whether the
+#: item's last occurrence is a cycle event, the item's cycle events n, the events and the seconds
+#: from its last cycle event to the query, and the events and the seconds from its first cycle
+#: event to its last (the "since" and "span" values are not read where n = 0, resp. n < 2).
+CycleStats = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _log2_bucket(x: torch.Tensor, num_buckets: int) -> torch.Tensor:
@@ -190,30 +196,39 @@ class RepeatHead(nn.Module):
         history row ``query [M]``, the item's last occurrence ``source [M]`` (rows of the packed
         history), ``occurrence [M]`` (>= 1) and ``timestamps [N]`` int64 seconds; ``cycle`` =
         ``(is_cycle [N] bool, count [N], last [N], first [N])`` of :func:`cycle_rows`, or None."""
-        distance = query - source
+        stats: Optional[CycleStats] = None
+        if self.cycles and cycle is not None:
+            is_cycle, count, last, first = cycle
+            lr = last[source].clamp(min=0)
+            fr = first[source].clamp(min=0)
+            stats = (is_cycle[source], count[source], query - lr, timestamps[query] - timestamps[lr], lr - fr,
+                     timestamps[lr] - timestamps[fr])
+        return self.stat_features(occurrence, query - source, timestamps[query] - timestamps[source], stats)
+
+    def stat_features(self, occurrence: torch.Tensor, distance: torch.Tensor, seconds: torch.Tensor,
+                      cycle: Optional[CycleStats]) -> torch.Tensor:
+        """``[M, 1+R]`` features of M (query, item) pairs from what they say (all ``[M]`` int64):
+        the item's occurrences ``occurrence`` (>= 1), the events ``distance`` and seconds
+        ``seconds`` from its last occurrence to the query, and :data:`CycleStats` or None. A kept
+        serving state holds these numbers per item (hytrec_torchrec/serving/state.py)."""
         tables = [self.count.weight, self.distance.weight, self.time.weight]
         index = [_log2_bucket(occurrence, self.count_buckets),
                  _log2_bucket(distance + 1, self.distance_buckets),
-                 time_gap_bucket(timestamps[query] - timestamps[source], self.time_buckets)]
+                 time_gap_bucket(seconds, self.time_buckets)]
         if self.cycles and cycle is not None:
-            is_cycle, count, last, first = cycle
-            n = count[source]
-            lr = last[source].clamp(min=0)
-            fr = first[source].clamp(min=0)
+            is_cycle, n, since_events, since, span_events, span_seconds = cycle
             has = n > 0
-            since = timestamps[query] - timestamps[lr]
             since_b = torch.where(has, time_gap_bucket(since, self.time_buckets),
                                   torch.full_like(since, self.time_buckets))
             periodic = n >= 2
             steps = (n - 1).clamp(min=1)
             tables += [self.kind.weight, self.cycle_count.weight, self.since_cycle.weight, self.due_events.weight,
                        self.due_seconds.weight]
-            index += [is_cycle[source].to(torch.int64), _log2_bucket(n + 1, self.count_buckets), since_b,
+            index += [is_cycle.to(torch.int64), _log2_bucket(n + 1, self.count_buckets), since_b,
                       # (elapsed since the last cycle event) / (mean gap between its cycle events), in
                       # events and in seconds: about 1 when the item is due again
-                      _ratio_bucket((query - lr) * steps, lr - fr, periodic),
-                      _ratio_bucket((timestamps[query] - timestamps[lr]) * steps,
-                                    timestamps[lr] - timestamps[fr], periodic)]
+                      _ratio_bucket(since_events * steps, span_events, periodic),
+                      _ratio_bucket(since * steps, span_seconds, periodic)]
         # one summed lookup per pair into the tables stacked end to end (embedding_bag, mode sum):
         # the same values as summing table[index] table by table, without a [M, width] temporary
         # per table (all-position training makes ~10^6 pairs; with the 32-wide mlp tables the
@@ -293,12 +308,19 @@ class RepeatHead(nn.Module):
         f = self.pair_features(query, source, occ, timestamps, cycle)
         # the user row of each pair: the history row itself, or its example
         row = query if all_positions else torch.searchsorted(offsets, query, right=True) - 1
+        bonus, gate = self.bonus_and_gate(user, row, f)
+        return row, items[source], bonus, gate
+
+    def bonus_and_gate(self, user: torch.Tensor, row: torch.Tensor, f: torch.Tensor
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(bonus [M], gate_logit [Q])`` of M pairs with features ``f [M, 1+R]`` for the user rows
+        ``row [M]`` of ``user [Q, D]``; the bonus includes the gate's term."""
         bonus = self.pair_bonus(user, row, f)
         gate = self.gate_logits(user, row, f)
         scale = self.gate_scale
         if scale is not None:
             bonus = bonus + scale * gate[row]
-        return row, items[source], bonus, gate
+        return bonus, gate
 
 
 def dense_bonus(bonus: RepeatBonus, num_queries: int, candidates: torch.Tensor) -> torch.Tensor:

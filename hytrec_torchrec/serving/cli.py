@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens-per-pass", type=int, default=DEFAULT_MAX_TOKENS_PER_PASS,
                         help="history events per tower pass when serving a batch (default "
                              "%(default)s; 0 = the whole batch in one pass)")
+    parser.add_argument("--stateful", action="store_true",
+                        help="add the kept-state methods (init_state, update, score_state; docs/export.md "
+                             "'Serving from a kept state'); refused for models without a finite state")
+    parser.add_argument("--repeat-items", type=int, default=0,
+                        help="with --stateful: history items a state keeps per user for the repeat path, "
+                             "least recently seen evicted first (default 0 = data.max_len)")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error (also HYTREC_DEBUG=1)")
     return parser
 
@@ -79,7 +85,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         card = export_checkpoint(args.checkpoint, args.out, int8=args.int8, data=args.data,
                                  pt2=not args.no_pt2, max_tokens_per_pass=args.max_tokens_per_pass,
-                                 overwrite=args.overwrite, allow_unchecked_vocab=args.allow_unchecked_vocab)
+                                 overwrite=args.overwrite, allow_unchecked_vocab=args.allow_unchecked_vocab,
+                                 stateful=args.stateful, repeat_items=args.repeat_items)
     except VocabMismatchError as exc:
         return report("hytrec-export", exc, 3)
     except (OSError, ExportError, ConfigError, ValueError, UnsafeCheckpointError,

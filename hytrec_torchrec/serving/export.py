@@ -45,6 +45,7 @@ from hytrec_torchrec.runtime.restore import checkpoint_config, config_dict, load
 from hytrec_torchrec.schema import TABLES
 from hytrec_torchrec.serving.idmap import Vocab
 from hytrec_torchrec.serving.module import DEFAULT_MAX_TOKENS_PER_PASS, HyTRecServing
+from hytrec_torchrec.serving.state import StatefulServing, state_bytes_per_user
 
 __all__ = ["export_checkpoint", "find_prepared", "read_vocabs", "build_serving", "example_request",
            "input_contract", "ExportError"]
@@ -113,12 +114,36 @@ def read_vocabs(prepared: Path, sizes: Dict[str, int]) -> Dict[str, Vocab]:
 
 def build_serving(model: torch.nn.Module, features: List[str], max_len: int,
                   vocabs: Dict[str, Vocab], int8: bool = False,
-                  max_tokens_per_pass: int = DEFAULT_MAX_TOKENS_PER_PASS) -> HyTRecServing:
-    """The eager :class:`HyTRecServing` of an unsharded ``HyTRecModel`` (its weights copied)."""
+                  max_tokens_per_pass: int = DEFAULT_MAX_TOKENS_PER_PASS, stateful: bool = False,
+                  repeat_items: int = 0) -> HyTRecServing:
+    """The eager :class:`HyTRecServing` of an unsharded ``HyTRecModel`` (its weights copied).
+
+    With ``stateful`` a :class:`~hytrec_torchrec.serving.state.StatefulServing` (the kept-state
+    methods besides; ``repeat_items``: the items per user its repeat table keeps, 0 = ``max_len``);
+    a model without a finite state raises ``ValueError`` naming the config key."""
     weights = {n: e.weight.detach().to("cpu", torch.float32) for n, e in model.embeddings.embeddings.items()}
     tower = copy.deepcopy(model.tower.net).to("cpu").eval()
     repeat = copy.deepcopy(model.repeat).to("cpu").eval() if getattr(model, "repeat", None) is not None else None
+    if stateful:
+        return StatefulServing(tower, weights, vocabs, features, max_len, int8=int8,
+                               max_tokens_per_pass=max_tokens_per_pass, repeat=repeat,
+                               repeat_items=repeat_items).eval()
     return HyTRecServing(tower, weights, vocabs, features, max_len, int8, max_tokens_per_pass, repeat=repeat).eval()
+
+
+def check_state_smoke(serving: StatefulServing, scripted: torch.jit.ScriptModule,
+                      request: Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], torch.Tensor]) -> None:
+    """The kept-state answer of ``request`` (one update from new users), scripted against eager and
+    against the stateless answer of the same module; ``ExportError`` when they disagree."""
+    values, lengths, t = request
+    b = int(t.numel())
+    with torch.no_grad():
+        want = serving.scores(values, lengths, t)
+        eager = serving.state_scores(serving.update(serving.init_state(b), values, lengths), t)
+        got = scripted.state_scores(scripted.update(scripted.init_state(b), values, lengths), t)
+    for name, s in (("eager", eager), ("scripted", got)):
+        if not torch.allclose(s[:, 2:], want[:, 2:], atol=1e-5, rtol=1e-5):
+            raise ExportError(f"the {name} kept-state answer disagrees with the full recompute on a smoke request")
 
 
 def example_request(vocabs: Dict[str, Vocab], lengths: List[int], t0: int = 1_700_000_000,
@@ -281,7 +306,8 @@ def check_export_dir(out: Path, overwrite: bool) -> None:
 def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = False,
                       data: Optional[str | Path] = None, pt2: bool = True,
                       max_tokens_per_pass: int = DEFAULT_MAX_TOKENS_PER_PASS,
-                      overwrite: bool = False, allow_unchecked_vocab: bool = False) -> Dict[str, Any]:
+                      overwrite: bool = False, allow_unchecked_vocab: bool = False,
+                      stateful: bool = False, repeat_items: int = 0) -> Dict[str, Any]:
     """Export a training checkpoint (run dir or checkpoint dir, any world size) for serving.
 
     Args:
@@ -299,6 +325,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
         allow_unchecked_vocab: export a checkpoint whose ID vocabularies cannot be checked against
             ``data`` (no stored fingerprint, training data gone); otherwise refused
             (:func:`~hytrec_torchrec.runtime.data_check.check_vocab`).
+        stateful: export a :class:`~hytrec_torchrec.serving.state.StatefulServing` (the kept-state
+            methods besides the stateless ones; docs/export.md "Serving from a kept state"); a model
+            without a finite state (softmax long layers, the paper's TADN) is refused.
+        repeat_items: with ``stateful``, the history items a state keeps per user for the repeat
+            path (0 = ``max_len``).
 
     Returns:
         The model card (also written to ``OUT/model_card.json``).
@@ -309,7 +340,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
     final = Path(out)
     check_export_dir(final, overwrite)
     options = dict(int8=int8, data=data, pt2=pt2, max_tokens_per_pass=max_tokens_per_pass,
-                   allow_unchecked_vocab=allow_unchecked_vocab)
+                   allow_unchecked_vocab=allow_unchecked_vocab, stateful=stateful, repeat_items=repeat_items)
     try:
         with parents_made(final), OutputLock(final, TOOL):
             check_export_dir(final, overwrite)  # again, under the lock
@@ -323,7 +354,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, int8: bool = Fals
 
 
 def _export_into(out: Path, checkpoint: str | Path, int8: bool, data: Optional[str | Path], pt2: bool,
-                 max_tokens_per_pass: int, allow_unchecked_vocab: bool) -> Dict[str, Any]:
+                 max_tokens_per_pass: int, allow_unchecked_vocab: bool, stateful: bool = False,
+                 repeat_items: int = 0) -> Dict[str, Any]:
     """The export of ``checkpoint`` written into the fresh folder ``out``; returns the model card."""
     started = time.monotonic()
     stage = lambda what: log.info("export: %s (%.1f s)", what, time.monotonic() - started)  # noqa: E731 - progress
@@ -337,7 +369,11 @@ def _export_into(out: Path, checkpoint: str | Path, int8: bool, data: Optional[s
     model, cfg, state = load_unsharded(state["path"])
     stage(f"checkpoint loaded, step {state.get('step')}")
     features = list(cfg.model.features)
-    serving = build_serving(model, features, cfg.data.max_len, vocabs, int8, max_tokens_per_pass)
+    try:
+        serving = build_serving(model, features, cfg.data.max_len, vocabs, int8, max_tokens_per_pass,
+                                stateful=stateful, repeat_items=repeat_items)
+    except ValueError as exc:
+        raise ExportError(f"--stateful: {exc}") from None
     stage(f"serving module built ({'int8' if int8 else 'float32'} tables, vocabularies of {prepared})")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript deprecation warning (docs/export.md)
@@ -349,6 +385,12 @@ def _export_into(out: Path, checkpoint: str | Path, int8: bool, data: Optional[s
         got = scripted(*request, 10)
     if not torch.equal(want[0], got[0]) or not torch.allclose(want[1], got[1], atol=1e-5, rtol=0):
         raise ExportError("scripted model disagrees with the eager serving module on a smoke request")
+    state_card: Optional[Dict[str, Any]] = None
+    if isinstance(serving, StatefulServing):
+        check_state_smoke(serving, scripted, request)
+        state_card = {"repeat_items": serving.repeat_items, "bytes_per_user": state_bytes_per_user(serving),
+                      "fingerprint": int(serving.state_fingerprint[0]),
+                      "keys": {k: list(v) for k, v in serving.state_shapes.items()}}
     pt2_result = (try_torch_export(serving, request + (10,), out / "model.pt2") if pt2
                   else {"ok": False, "file": None, "error": "not attempted (--no-pt2)"})
     stage("smoke request checked" + (f"; torch.export {'ok' if pt2_result['ok'] else 'not possible'}" if pt2 else ""))
@@ -373,6 +415,7 @@ def _export_into(out: Path, checkpoint: str | Path, int8: bool, data: Optional[s
         "input_contract": input_contract(vocabs, features, cfg.data.max_len, int(cfg.model.embedding_dim),
                                          cfg.model.similarity == "cosine"),
         "torch_export": pt2_result,
+        "stateful": state_card,
         "config": config_dict(cfg),
     }
     extra = {"model_card.json": json.dumps(card)}

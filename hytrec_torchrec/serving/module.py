@@ -264,13 +264,18 @@ class HyTRecServing(nn.Module):
         table is scored block by block (``ServingTable.score``), never dequantized whole.
         """
         user = self.user_embedding(values, lengths, request_time)
-        s = self.inputs["item"].table.score(user)  # int8: block by block, no dequantized table
-        if self.tower.cosine:
-            s = s * self.item_inv_norm
+        s = self._catalog_scores(user)
         if self.repeat is not None:
             ex, item, bonus = self.repeat_bonus(values, lengths, request_time, user)
             s = s.index_put((ex, item), bonus, accumulate=True)
         s[:, :2] = float("-inf")
+        return s
+
+    def _catalog_scores(self, user: torch.Tensor) -> torch.Tensor:
+        """``user [B, D]`` scored against every item row ``[B, V]`` (no repeat bonus, no masking)."""
+        s = self.inputs["item"].table.score(user)  # int8: block by block, no dequantized table
+        if self.tower.cosine:
+            s = s * self.item_inv_norm
         return s
 
     @torch.jit.export
