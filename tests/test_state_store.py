@@ -1,0 +1,269 @@
+"""The state store (hytrec_torchrec/serving/store.py, docs/export.md "State store"): a user's kept
+state put into ``SQLiteStateStore`` and read back answers exactly as the state in memory; unknown
+users are ``None``; a state of another model is refused on put and on get (naming the file and the
+user); states survive a new store object on the same file; a process killed with SIGKILL while
+putting loses no acknowledged put and leaves an intact file; ``examples/serve.py --state-db`` runs
+the event → get → update → put → answer loop torch-only, and its answer after two runs equals the
+model's answer on the whole history.
+
+A tiny stateful module (D = 8, the default tower with every parameter moved off its initial value),
+built as in tests/test_serving_state.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+import pytest
+import torch
+
+from hytrec_torchrec.config import from_dict
+from hytrec_torchrec.runtime.config import JobConfig
+from hytrec_torchrec.serving.idmap import Vocab
+from hytrec_torchrec.serving.store import (SQLiteStateStore, StateStore, concat_states, decode_state, encode_state,
+                                           split_state)
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = 1_700_000_000
+V = 40  # item table rows
+NC, NB, NA = 6, 5, 5  # category, behaviour, attribution table rows
+Request = Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], torch.Tensor]
+
+
+def _vocabs() -> Dict[str, Vocab]:
+    def vocab(name: str, size: int) -> Vocab:
+        return Vocab(name, size, [str(i) for i in range(2, size)], np.arange(2, size))
+    return {"item": vocab("item", V), "attribution": vocab("attribution", NA), "category": vocab("category", NC),
+            "behavior": vocab("behavior", NB)}
+
+
+def _serving(seed: int = 0):
+    """A tiny stateful serving module of a randomly initialised model (every parameter perturbed)."""
+    from hytrec_torchrec.runtime.factory import build_model
+    from hytrec_torchrec.serving.export import build_serving
+
+    features = ["item", "category"]
+    model = {"embedding_dim": 8, "features": features, "short_len": 4, "heads": 2, "short_heads": 2,
+             "fusion": {"num_experts": 2}, "tadn": {"chunk_size": 8}}
+    cfg = from_dict(JobConfig, {"data": {"path": "unused", "max_len": 1024},
+                                "embeddings": {"dim": 8, "init_std": 0.5}, "model": model})
+    net = build_model(cfg, {"item": V, "attribution": NA, "category": NC, "behavior": NB}, torch.device("cpu")).eval()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in net.tower.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+        if net.repeat is not None:
+            for p in net.repeat.parameters():
+                p.copy_(0.3 * torch.randn_like(p))
+            net.repeat.cycle_behaviors = torch.tensor([False, False, False, True, True])
+    return build_serving(net, features, 1024, _vocabs(), stateful=True)
+
+
+def _histories(lengths: List[int], seed: int = 0) -> Request:
+    """Packed histories of known raw IDs, each user's clock increasing."""
+    g = torch.Generator().manual_seed(seed)
+    n = sum(lengths)
+    values = {"item": torch.randint(2, 14, (n,), generator=g), "category": torch.randint(2, NC, (n,), generator=g),
+              "behavior": torch.randint(2, NB, (n,), generator=g), "timestamp": torch.empty(n, dtype=torch.int64)}
+    start = 0
+    for length in lengths:
+        values["timestamp"][start:start + length] = T0 + torch.cumsum(torch.randint(1, 20_000, (length,), generator=g), 0)
+        start += length
+    lens = torch.tensor(lengths, dtype=torch.int64)
+    last = T0 + 20_000 * max(lengths + [1]) + 3_600
+    return values, {k: lens.clone() for k in values}, torch.full((len(lengths),), last, dtype=torch.int64)
+
+
+@pytest.fixture(scope="module")
+def served():
+    return _serving()
+
+
+@pytest.fixture(scope="module")
+def states(served) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """Three users (37, 0 and 9 events) fed in one update: their state and request times."""
+    values, lens, t = _histories([37, 0, 9])
+    with torch.no_grad():
+        state = served.update(served.init_state(3), values, lens)
+    return state, t
+
+
+def _fp(served) -> int:
+    return int(served.init_state(1)["fingerprint"][0])
+
+
+def _scores(served, state: Dict[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return served.state_scores(state, t)
+
+
+def test_round_trip_is_exact(served, states, tmp_path: Path) -> None:
+    state, t = states
+    store = SQLiteStateStore(tmp_path / "s.db", _fp(served))
+    assert isinstance(store, StateStore)
+    for i, one in enumerate(split_state(state)):
+        store.put(f"user-{i}", one)
+    got = store.get(["user-2", "user-0", "user-1"])
+    assert all(s is not None for s in got)
+    back = concat_states([got[1], got[2], got[0]])
+    assert back.keys() == state.keys()
+    for key in state:
+        assert back[key].dtype == state[key].dtype and torch.equal(back[key], state[key]), key
+    want = _scores(served, state, t)
+    assert float(want[:, 2:].std()) > 0.05  # the scores differ between items: the comparison can fail
+    assert torch.equal(_scores(served, back, t), want)
+    # one user alone, as the serving loop reads it (batch of 1 against batch of 1: a batch of 3
+    # rounds differently)
+    assert torch.equal(_scores(served, got[0], t[2:]), _scores(served, split_state(state)[2], t[2:]))
+    torch.testing.assert_close(_scores(served, got[0], t[2:]), want[2:], atol=1e-5, rtol=0)
+    # a put replaces: the newest state is the one read back
+    store.put("user-0", split_state(state)[2])
+    assert torch.equal(store.get(["user-0"])[0]["events"], state["events"][2:])
+    assert len(store) == 3
+    store.close()
+
+
+def test_unknown_user_is_none(served, states, tmp_path: Path) -> None:
+    store = SQLiteStateStore(tmp_path / "s.db", _fp(served))
+    assert store.get(["nobody"]) == [None]
+    store.put("someone", split_state(states[0])[0])
+    got = store.get(["nobody", "someone", "nobody"])
+    assert got[0] is None and got[2] is None and got[1] is not None
+    assert store.get([]) == []
+    # more users than one SELECT takes
+    many = store.get([f"u{i}" for i in range(1_200)] + ["someone"])
+    assert len(many) == 1_201 and many[-1] is not None and all(s is None for s in many[:-1])
+
+
+def test_state_of_another_model_refused(served, states, tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    one = split_state(states[0])[0]
+    other_fp = _fp(served) + 1
+    # put: a state whose fingerprint is not the store's model's
+    with pytest.raises(ValueError, match="fingerprint"):
+        SQLiteStateStore(path, other_fp).put("alice", one)
+    # get: a file written for one model, read by another
+    SQLiteStateStore(path, _fp(served)).put("alice", one)
+    with pytest.raises(ValueError) as err:
+        SQLiteStateStore(path, other_fp).get(["alice"])
+    assert str(path) in str(err.value) and "'alice'" in str(err.value) and "another model" in str(err.value)
+    # more than one user in a put, a user ID that is not a string
+    with pytest.raises(ValueError, match="one user"):
+        SQLiteStateStore(path, _fp(served)).put("bob", states[0])
+    with pytest.raises(ValueError, match="strings"):
+        SQLiteStateStore(path, _fp(served)).put(7, one)  # type: ignore[arg-type]
+    # a damaged blob: named, not loaded
+    db = sqlite3.connect(str(path))
+    db.execute("UPDATE states SET state = ? WHERE user_id = 'alice'", (b"garbage",))
+    db.commit()
+    db.close()
+    with pytest.raises(ValueError, match="'alice'.*not a stored state"):
+        SQLiteStateStore(path, _fp(served)).get(["alice"])
+
+
+def test_survives_a_restart(served, states, tmp_path: Path) -> None:
+    state, t = states
+    path = tmp_path / "s.db"
+    first = SQLiteStateStore(path, _fp(served))
+    for i, one in enumerate(split_state(state)):
+        first.put(str(i), one)
+    del first  # not closed: the process moves on without a clean shutdown
+    again = SQLiteStateStore(path, _fp(served))
+    back = concat_states(again.get(["0", "1", "2"]))  # type: ignore[arg-type]
+    assert torch.equal(_scores(served, back, t), _scores(served, state, t))
+    # and the loop continues from the reloaded state as from the original
+    values, lens, _ = _histories([5, 5, 5], seed=3)
+    with torch.no_grad():
+        assert torch.equal(_scores(served, served.update(back, values, lens), t + 10**6),
+                           _scores(served, served.update(state, values, lens), t + 10**6))
+
+
+def test_blob_is_safe_and_compact(served, states) -> None:
+    from hytrec_torchrec.serving.state import state_bytes_per_user
+
+    one = split_state(states[0])[0]
+    blob = encode_state(one)
+    raw = state_bytes_per_user(served)
+    assert raw < len(blob) < raw + 1_000 * len(one)  # the tensors' bytes plus a header per key
+    # a row sliced from a batch does not carry the batch's storage
+    sliced = encode_state({k: v[0:1] for k, v in states[0].items()})
+    assert len(sliced) == len(blob)
+    back = decode_state(blob)
+    assert all(torch.equal(back[k], one[k]) for k in one)
+    with pytest.raises(ValueError, match="not a stored state"):
+        decode_state(b"PK\x03\x04 not really a zip")
+
+
+KILL_CHILD = textwrap.dedent("""
+    import sys, torch
+    from hytrec_torchrec.serving.store import SQLiteStateStore
+    path, base_file, fp = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    base = torch.load(base_file, weights_only=True)
+    store = SQLiteStateStore(path, fp)
+    print("ready", flush=True)
+    i = 0
+    while True:
+        state = dict(base)
+        state["last_ts"] = base["last_ts"] + i  # each user's state is told apart by it
+        store.put(f"user-{i}", state)
+        print(i, flush=True)  # acknowledged: put returned
+        i += 1
+""")
+
+
+def test_kill_loses_no_acknowledged_put(served, states, tmp_path: Path) -> None:
+    """A process putting states in a loop, killed with SIGKILL mid-run: every user it reported as
+    stored is in the file and loads, and SQLite's integrity check passes."""
+    base = split_state(states[0])[0]
+    base_file = tmp_path / "base.pt"
+    torch.save(base, base_file)
+    path = tmp_path / "kill.db"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(path), str(base_file), str(_fp(served))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    acked: List[int] = []
+    try:
+        assert child.stdout is not None
+        deadline = time.monotonic() + 300
+        first = child.stdout.readline()
+        assert first.strip() == "ready", first + (child.stderr.read() if child.stderr else "")
+        while len(acked) < 40 and time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+            acked.append(int(line))
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+        # lines written before the kill are acknowledged puts as well
+        acked += [int(line) for line in child.stdout.read().split() if line.strip()]
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert len(acked) >= 40 and acked == list(range(len(acked)))
+    db = sqlite3.connect(str(path))
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+    store = SQLiteStateStore(path, _fp(served))
+    got = store.get([f"user-{i}" for i in acked])
+    for i, state in zip(acked, got):
+        assert state is not None, f"acknowledged user-{i} lost"
+        assert int(state["last_ts"][0]) == int(base["last_ts"][0]) + i
+        assert all(torch.equal(state[k], base[k]) for k in base if k != "last_ts")
+    # the stored rows are whole states: one answers as the state it was made from
+    t = states[1][:1]
+    want = dict(base)
+    want["last_ts"] = base["last_ts"] + acked[-1]
+    assert torch.equal(_scores(served, got[-1], t), _scores(served, want, t))
+    assert len(store) >= len(acked)  # the put in flight at the kill may or may not have landed
