@@ -17,6 +17,16 @@ Raw IDs of features whose ID space is ``index`` (e.g. behaviour names) are mappe
 the exported ``vocab/<table>.json``; unknown ones go to index 1 and are counted. The answer is one
 JSON line per request: ``{"items": [...], "scores": [...], "unknown_ids": n}``.
 
+With ``--state-db PATH`` and an export made with ``hytrec-export --stateful``, the model answers from
+each user's kept state instead of the whole history (docs/export.md, "State store"): a request is
+``{"user": "u1", "request_time": ..., "history": [...]}`` whose ``history`` holds only the events that
+arrived since the user's last request; for each request, in order, the user's state is read from
+the SQLite file (or started empty), updated with the new events, stored (durably) and scored. The
+answer line adds ``"user"`` and ``"events"`` (events in the state). The store is
+``hytrec_torchrec/serving/store.py`` (standard library and torch only), loaded by its path too::
+
+    python examples/serve.py --model-dir runs/demo/export_stateful --state-db states.db --requests events.json
+
 IDs of ``raw_int64`` features and times are integers (``123``, ``"123"`` and ``123.0`` are the same
 ID). A batch of more than ``--max-batch`` requests (default 256) goes through the model in
 consecutive chunks of that many, so its score matrix stays ``max-batch × items``; the answers are
@@ -49,20 +59,31 @@ INT64 = 1 << 63
 #: requests per model call (``--max-batch``)
 DEFAULT_MAX_BATCH = 256
 CARD_CHECKS = Path(__file__).resolve().parents[1] / "hytrec_torchrec" / "card.py"
+STATE_STORE = Path(__file__).resolve().parents[1] / "hytrec_torchrec" / "serving" / "store.py"
 
 
 class RequestError(ValueError):
     """A request that cannot be answered; the message names the request, event and field."""
 
 
-def card_checks() -> ModuleType:
-    """``hytrec_torchrec/card.py``, loaded from its file (not as part of the package)."""
-    spec = importlib.util.spec_from_file_location("hytrec_card_checks", CARD_CHECKS)
-    if spec is None or spec.loader is None or not CARD_CHECKS.is_file():
-        raise RequestError(f"{CARD_CHECKS}: not found (serve.py checks exports with it; keep it beside the example)")
+def load_by_path(name: str, path: Path, why: str) -> ModuleType:
+    """The module in ``path``, loaded from its file (not as part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise RequestError(f"{path}: not found (serve.py {why} with it; keep it beside the example)")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def card_checks() -> ModuleType:
+    """``hytrec_torchrec/card.py``, loaded from its file (not as part of the package)."""
+    return load_by_path("hytrec_card_checks", CARD_CHECKS, "checks exports")
+
+
+def state_store_module() -> ModuleType:
+    """``hytrec_torchrec/serving/store.py`` (standard library and torch only), loaded from its file."""
+    return load_by_path("hytrec_state_store", STATE_STORE, "keeps user states")
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -118,6 +139,7 @@ class Client:
         self.to_index = {f: dict(zip(v["raw"], v["index"])) for f, v in self.vocab.items()}
         self.item_raw = dict(zip(self.vocab["item"]["index"], self.vocab["item"]["raw"]))
         self.model = self._load_model(model_dir / "model.pt")
+        self.card_path = model_dir / "model_card.json"
 
     @staticmethod
     def _checked(checks: ModuleType, path: Path, check: Any) -> Any:
@@ -198,16 +220,66 @@ class Client:
             try:
                 ids, scores = self.model(values, lengths, times, k)
             except torch.jit.Error as exc:  # the model's own check: "builtins.ValueError: <message>"
-                raise RequestError(str(exc).strip().splitlines()[-1].replace("builtins.ValueError: ", "")) from None
+                raise RequestError(model_message(exc)) from None
+        return [self._answer_row(ids, scores, row, unknown[row]) for row in range(len(unknown))]
+
+    def _answer_row(self, ids: torch.Tensor, scores: torch.Tensor, row: int, unknown: int) -> Dict[str, Any]:
+        """Row ``row`` of a model answer (``ids``, ``scores [B, k']``) as raw item IDs and scores."""
+        if self.space["item"] == "raw_int64":
+            items = [str(i) for i in ids[row].tolist()]
+        else:
+            items = [self.item_raw[i] for i in ids[row].tolist()]
+        return {"items": items, "scores": [round(s, 6) for s in scores[row].tolist()], "unknown_ids": unknown}
+
+    def open_store(self, path: Path) -> Any:
+        """The ``SQLiteStateStore`` at ``path`` for this model (a ``--stateful`` export only)."""
+        if not self.card.get("stateful") or not hasattr(self.model, "init_state"):
+            raise RequestError(f"--state-db: {self.card_path}: stateful is null: the model keeps no state; "
+                               "export it with hytrec-export --stateful")
+        fingerprint = int(self.model.init_state(1)["fingerprint"][0])
+        try:
+            return state_store_module().SQLiteStateStore(path, fingerprint)
+        except ValueError as exc:
+            raise RequestError(f"--state-db {exc}") from None
+
+    def recommend_from_state(self, store: Any, requests: List[Dict[str, Any]], k: int) -> List[Dict[str, Any]]:
+        """For each request in order (``user``, ``request_time``, ``history`` = the user's new events):
+        get the user's state (or an empty one) → update → put → top-k from the state. Every request
+        is checked before the first model call."""
+        if not isinstance(requests, list) or not requests:
+            self.batch(requests)  # the one-line error of an empty or non-list body
+        users: List[str] = []
+        for r, req in enumerate(requests):
+            user = req.get("user") if isinstance(req, dict) else None
+            if isinstance(user, bool) or not isinstance(user, (str, int)) or str(user) == "":
+                raise RequestError(f"request {r}: expected a 'user' ID (a non-empty string or an integer) with "
+                                   f"--state-db, got {user!r}")
+            users.append(str(user))
+        batches = [self.batch([req], r) for r, req in enumerate(requests)]
         out = []
-        for row in range(len(unknown)):
-            if self.space["item"] == "raw_int64":
-                items = [str(i) for i in ids[row].tolist()]
-            else:
-                items = [self.item_raw[i] for i in ids[row].tolist()]
-            out.append({"items": items, "scores": [round(s, 6) for s in scores[row].tolist()],
-                        "unknown_ids": unknown[row]})
+        with torch.no_grad():
+            for r, (user, (values, lengths, times, unknown)) in enumerate(zip(users, batches)):
+                try:
+                    state = store.get([user])[0]
+                except ValueError as exc:
+                    raise RequestError(f"request {r}: {exc}") from None
+                try:
+                    if state is None:
+                        state = self.model.init_state(1)
+                    state = self.model.update(state, values, lengths)
+                    store.put(user, state)  # durable from here on
+                    ids, scores = self.model.score_state(state, times, k)
+                except torch.jit.Error as exc:
+                    raise RequestError(f"request {r}: {model_message(exc)}") from None
+                answer = {"user": user, "events": int(state["events"][0])}
+                answer.update(self._answer_row(ids, scores, 0, unknown[0]))
+                out.append(answer)
         return out
+
+
+def model_message(exc: Exception) -> str:
+    """The message of the model's own check (``builtins.ValueError: <message>``)."""
+    return str(exc).strip().splitlines()[-1].replace("builtins.ValueError: ", "")
 
 
 def demo_requests(client: Client, num: int, seed: int = 0) -> List[Dict[str, Any]]:
@@ -227,6 +299,17 @@ def demo_requests(client: Client, num: int, seed: int = 0) -> List[Dict[str, Any
     return reqs
 
 
+def demo_arrivals(client: Client, num: int, seed: int = 0) -> List[Dict[str, Any]]:
+    """The demo requests as two arrivals per user (``demo-<i>``): the first half of each history,
+    then the rest, so the second answer comes from a state that was stored and read back."""
+    reqs = demo_requests(client, num, seed)
+    first = [{"user": f"demo-{i}", "request_time": r["request_time"], "history": r["history"][:len(r["history"]) // 2]}
+             for i, r in enumerate(reqs)]
+    rest = [{"user": f"demo-{i}", "request_time": r["request_time"], "history": r["history"][len(r["history"]) // 2:]}
+            for i, r in enumerate(reqs)]
+    return first + rest
+
+
 def read_requests(path: Path) -> Any:
     """The parsed requests file; a missing file or broken JSON is a :class:`RequestError`."""
     try:
@@ -242,9 +325,17 @@ def serve(args: argparse.Namespace) -> int:
     """Answer the requests of ``args``; returns the exit status."""
     try:
         client = Client(args.model_dir.expanduser(), max_batch=args.max_batch)
-        requests = read_requests(args.requests.expanduser()) if args.requests else demo_requests(client, args.num)
+        store = client.open_store(args.state_db.expanduser()) if args.state_db else None
+        demo = demo_arrivals if store is not None else demo_requests
+        requests = read_requests(args.requests.expanduser()) if args.requests else demo(client, args.num)
         start = time.perf_counter()
-        answers = client.recommend(requests, args.k)
+        if store is None:
+            answers = client.recommend(requests, args.k)
+        else:
+            try:
+                answers = client.recommend_from_state(store, requests, args.k)
+            finally:
+                store.close()
     except RequestError as exc:
         print(f"serve.py: {exc}", file=sys.stderr)
         return 2
@@ -270,6 +361,9 @@ def main(argv: List[str]) -> int:
                         help="fail if hytrec_torchrec, torchrec or fbgemm_gpu got imported")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                         help=f"requests per model call; a larger batch runs in chunks (default {DEFAULT_MAX_BATCH})")
+    parser.add_argument("--state-db", type=Path,
+                        help="with a --stateful export: answer from each user's kept state, stored in this SQLite "
+                             "file; a request's history is the user's new events")
     args = parser.parse_args(argv)
     if args.k < 1 or args.num < 1 or args.max_batch < 1:
         parser.error(f"--k, --num and --max-batch must be >= 1, got {args.k}, {args.num} and {args.max_batch}")

@@ -267,3 +267,77 @@ def test_kill_loses_no_acknowledged_put(served, states, tmp_path: Path) -> None:
     want["last_ts"] = base["last_ts"] + acked[-1]
     assert torch.equal(_scores(served, got[-1], t), _scores(served, want, t))
     assert len(store) >= len(acked)  # the put in flight at the kill may or may not have landed
+
+
+def _export_dir(served, out: Path, stateful: bool = True) -> Path:
+    """A minimal export folder of the tiny module, as ``hytrec-export --stateful`` lays it out: the
+    scripted ``model.pt``, ``vocab/*.json`` and a model card."""
+    from hytrec_torchrec.serving.export import input_contract, write_vocab_json
+
+    out.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(served), str(out / "model.pt"))
+    vocabs = _vocabs()
+    files = {name: str(write_vocab_json(out, v).relative_to(out)) for name, v in vocabs.items()}
+    card = {"format": "hytrec-serving", "format_version": 1, "config": {}, "files": {"vocab": files},
+            "input_contract": input_contract(vocabs, ["item", "category", "behavior"], 1024, 8),  # repeat cycles read behaviour
+            "checkpoint": {"step": 0}, "tables": {"storage": "float32"},
+            "stateful": {"fingerprint": _fp(served)} if stateful else None}
+    (out / "model_card.json").write_text(json.dumps(card))
+    return out
+
+
+def _events(values: Dict[str, torch.Tensor], lo: int, hi: int) -> List[Dict[str, object]]:
+    return [{"item": str(int(values["item"][i])), "category": str(int(values["category"][i])),
+             "attribution": "2", "behavior": str(int(values["behavior"][i])),
+             "timestamp": int(values["timestamp"][i])} for i in range(lo, hi)]
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-I", str(ROOT / "examples" / "serve.py"), *args, "--check-torch-only"],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_serve_example_state_loop(served, tmp_path: Path) -> None:
+    """``examples/serve.py --state-db``, torch-only (``python -I``): two runs, each with new events of
+    a user; the second run's answer comes from the stored state and equals the model's answer on the
+    user's whole history."""
+    export = _export_dir(served, tmp_path / "export")
+    values, lens, t = _histories([30, 12], seed=5)
+    db = tmp_path / "states.db"
+    now = int(t[0])
+    first = [{"user": "alice", "request_time": now, "history": _events(values, 0, 20)},
+             {"user": 42, "request_time": now, "history": _events(values, 30, 42)}]
+    second = [{"user": "alice", "request_time": now, "history": _events(values, 20, 30)},
+              {"user": "nobody", "request_time": now, "history": []}]
+    answers = []
+    for i, reqs in enumerate((first, second)):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(reqs))
+        res = _serve("--model-dir", str(export), "--state-db", str(db), "--requests", str(tmp_path / f"r{i}.json"),
+                     "--k", "5")
+        assert res.returncode == 0, res.stderr
+        answers.append([json.loads(line) for line in res.stdout.splitlines()])
+    assert [(a["user"], a["events"]) for a in answers[0]] == [("alice", 20), ("42", 12)]
+    assert [(a["user"], a["events"]) for a in answers[1]] == [("alice", 30), ("nobody", 0)]
+    # alice's answer after the second run = the model on her whole history (30 events) at once
+    whole = {k: v[:30] for k, v in values.items()}
+    n = torch.tensor([30])
+    with torch.no_grad():
+        ids, scores = served(whole, {k: n for k in whole}, t[:1], 5)
+    assert answers[1][0]["items"] == [str(i) for i in ids[0].tolist()]
+    assert answers[1][0]["scores"] == pytest.approx(scores[0].tolist(), abs=1e-4)
+    # the file holds the three users, readable by the package's store
+    store = SQLiteStateStore(db, _fp(served))
+    assert len(store) == 3 and all(s is not None for s in store.get(["alice", "42", "nobody"]))
+    # demo requests (two arrivals per user) run too
+    demo = _serve("--model-dir", str(export), "--state-db", str(tmp_path / "demo.db"), "--num", "2")
+    assert demo.returncode == 0, demo.stderr
+    assert [json.loads(line)["user"] for line in demo.stdout.splitlines()] == ["demo-0", "demo-1", "demo-2"] * 2
+    # a stateless export and a request without a user: one line, exit status 2
+    stateless = _export_dir(served, tmp_path / "stateless", stateful=False)
+    res = _serve("--model-dir", str(stateless), "--state-db", str(db))
+    assert res.returncode == 2 and "stateful is null" in res.stderr, res.stderr
+    (tmp_path / "nouser.json").write_text(json.dumps([{"request_time": now, "history": []}]))
+    res = _serve("--model-dir", str(export), "--state-db", str(db), "--requests", str(tmp_path / "nouser.json"))
+    assert res.returncode == 2 and "request 0: expected a 'user'" in res.stderr, res.stderr
