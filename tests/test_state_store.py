@@ -341,3 +341,21 @@ def test_serve_example_state_loop(served, tmp_path: Path) -> None:
     (tmp_path / "nouser.json").write_text(json.dumps([{"request_time": now, "history": []}]))
     res = _serve("--model-dir", str(export), "--state-db", str(db), "--requests", str(tmp_path / "nouser.json"))
     assert res.returncode == 2 and "request 0: expected a 'user'" in res.stderr, res.stderr
+
+
+def test_a_locked_file_fails_the_put_and_leaves_the_store_usable(served, states, tmp_path: Path) -> None:
+    """Another writer holds the lock: ``put`` waits ``timeout`` and raises, stores nothing and opens
+    no transaction; readers are not blocked (WAL); once the lock is gone, ``put`` works."""
+    path = tmp_path / "s.db"
+    one = split_state(states[0])[0]
+    store = SQLiteStateStore(path, _fp(served), timeout=0.2)
+    store.put("old", one)
+    other = sqlite3.connect(str(path), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.put("new", one)
+    assert store.get(["old", "new"])[1] is None and store.get(["old"])[0] is not None
+    other.execute("ROLLBACK")
+    other.close()
+    store.put("new", one)
+    assert store.get(["new"])[0] is not None

@@ -206,14 +206,15 @@ class SQLiteStateStore(StateStore):
         """
         self._check_put(user_id, state)
         blob = encode_state(state)
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("BEGIN IMMEDIATE")  # waits up to `timeout` for another writer
         try:
             self._db.execute("INSERT OR REPLACE INTO states (user_id, fingerprint, format, state, updated_at) "
                              "VALUES (?, ?, ?, ?, ?)", (user_id, self.fingerprint, BLOB_FORMAT, blob, time.time()))
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # a failed insert or commit: leave no transaction open
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def __len__(self) -> int:
         """Users with a stored state (of any model)."""
