@@ -345,6 +345,10 @@ def test_model_card_and_vocabularies(run) -> None:
     assert contract["values"]["item"]["id_space"] == "raw_int64"
     assert contract["values"]["behavior"]["id_space"] == "index"
     assert contract["rules"]["max_len"] == MAX_LEN
+    # "required" is what the module checks for: a request with exactly the required features is answered
+    fp32 = _load(run["fp32"])
+    need = sorted(k for k, v in contract["values"].items() if v["required"])
+    assert need == sorted(fp32.required), (need, fp32.required)
     assert card["torch_export"]["ok"] is False and card["torch_export"]["error"]  # docs/export.md
     assert card["max_tokens_per_pass"] == 32_768
     assert card["stateful"] is None  # exported without --stateful (docs/export.md, "Serving from a kept state")

@@ -412,7 +412,10 @@ def _export_into(out: Path, checkpoint: str | Path, int8: bool, data: Optional[s
         "max_tokens_per_pass": max_tokens_per_pass,
         "validation": {"history": history, "last": history[-1] if history else None},
         "versions": _versions(),
-        "input_contract": input_contract(vocabs, features, cfg.data.max_len, int(cfg.model.embedding_dim),
+        # required = what the module checks for: the tower's features, plus item (the repeat path's
+        # history items) and behavior (its cycle features) where the repeat path reads them
+        "input_contract": input_contract(vocabs, [f for f in serving.required if f != "timestamp"],
+                                         cfg.data.max_len, int(cfg.model.embedding_dim),
                                          cfg.model.similarity == "cosine"),
         "torch_export": pt2_result,
         "stateful": state_card,
