@@ -27,8 +27,6 @@ import numpy as np
 import pytest
 import torch
 
-from hytrec_torchrec.config import from_dict
-from hytrec_torchrec.runtime.config import JobConfig
 from hytrec_torchrec.serving.idmap import Vocab
 from hytrec_torchrec.serving.store import (SQLiteStateStore, StateStore, concat_states, decode_state, encode_state,
                                            split_state)
@@ -48,25 +46,11 @@ def _vocabs() -> Dict[str, Vocab]:
 
 
 def _serving(seed: int = 0):
-    """A tiny stateful serving module of a randomly initialised model (every parameter perturbed)."""
-    from hytrec_torchrec.runtime.factory import build_model
-    from hytrec_torchrec.serving.export import build_serving
+    """The tiny stateful module of tests/test_serving_state.py (item and category features, the
+    default tower with every parameter moved off its initial value, max_len 1,024)."""
+    from tests.test_serving_state import _serving as stateful_serving
 
-    features = ["item", "category"]
-    model = {"embedding_dim": 8, "features": features, "short_len": 4, "heads": 2, "short_heads": 2,
-             "fusion": {"num_experts": 2}, "tadn": {"chunk_size": 8}}
-    cfg = from_dict(JobConfig, {"data": {"path": "unused", "max_len": 1024},
-                                "embeddings": {"dim": 8, "init_std": 0.5}, "model": model})
-    net = build_model(cfg, {"item": V, "attribution": NA, "category": NC, "behavior": NB}, torch.device("cpu")).eval()
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in net.tower.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-        if net.repeat is not None:
-            for p in net.repeat.parameters():
-                p.copy_(0.3 * torch.randn_like(p))
-            net.repeat.cycle_behaviors = torch.tensor([False, False, False, True, True])
-    return build_serving(net, features, 1024, _vocabs(), stateful=True)
+    return stateful_serving(seed=seed)
 
 
 def _histories(lengths: List[int], seed: int = 0) -> Request:
