@@ -264,18 +264,20 @@ class HyTRecServing(nn.Module):
         table is scored block by block (``ServingTable.score``), never dequantized whole.
         """
         user = self.user_embedding(values, lengths, request_time)
-        s = self._catalog_scores(user)
-        if self.repeat is not None:
-            ex, item, bonus = self.repeat_bonus(values, lengths, request_time, user)
-            s = s.index_put((ex, item), bonus, accumulate=True)
-        s[:, :2] = float("-inf")
-        return s
+        if self.repeat is None:
+            return self._final_scores(user, None)
+        return self._final_scores(user, self.repeat_bonus(values, lengths, request_time, user))
 
-    def _catalog_scores(self, user: torch.Tensor) -> torch.Tensor:
-        """``user [B, D]`` scored against every item row ``[B, V]`` (no repeat bonus, no masking)."""
+    def _final_scores(self, user: torch.Tensor,
+                      bonus: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """``user [B, D]`` scored against every item row ``[B, V]``, plus the repeat path's ``bonus``
+        ``(user row [P], item index [P], value [P])`` when given; columns 0 and 1 ``-inf``."""
         s = self.inputs["item"].table.score(user)  # int8: block by block, no dequantized table
         if self.tower.cosine:
             s = s * self.item_inv_norm
+        if bonus is not None:
+            s = s.index_put((bonus[0], bonus[1]), bonus[2], accumulate=True)
+        s[:, :2] = float("-inf")
         return s
 
     @torch.jit.export

@@ -453,12 +453,9 @@ class StatefulServing(HyTRecServing):
         """Scores ``[B, V]`` from a state, as :meth:`scores` of the whole history (columns 0 and 1
         ``-inf``)."""
         user = self.state_user_embedding(state, request_time)
-        s = self._catalog_scores(user)
-        if self.repeat is not None:
-            who, item, bonus = self.state_repeat_bonus(state, user)
-            s = s.index_put((who, item), bonus, accumulate=True)
-        s[:, :2] = float("-inf")
-        return s
+        if self.repeat is None:
+            return self._final_scores(user, None)
+        return self._final_scores(user, self.state_repeat_bonus(state, user))
 
     @torch.jit.export
     def score_state(self, state: Dict[str, torch.Tensor], request_time: torch.Tensor,
