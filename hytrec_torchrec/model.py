@@ -65,6 +65,7 @@ class UserTower(nn.Module):
         t_current: torch.Tensor,
         all_positions: bool = False,
         last_rows: int = 0,
+        category: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """User embeddings [B, D] (or [N, D], one per history row, with ``all_positions``, only
         the last ``last_rows`` rows of each history computed when > 0; see
@@ -75,11 +76,13 @@ class UserTower(nn.Module):
         Args:
             emb: the collection's output; ``history_<feature>`` values are [N, D].
             offsets: [B+1] history offsets; timestamps [N] int64; t_current [B] int64.
+            category: [N] int64 category index of each history row (read by the category
+                interests, ``model.interests.count`` > 0; None otherwise).
         """
         feats = {f: emb[history_key(f)].values() for f in TABLES}
         if all_positions:
-            return self.net.rows_and_long(feats, offsets, timestamps, t_current, last_rows)
-        user, balance = self.net.forward_with_aux(feats, offsets, timestamps, t_current)
+            return self.net.rows_and_long(feats, offsets, timestamps, t_current, last_rows, category)
+        user, balance = self.net.forward_with_aux(feats, offsets, timestamps, t_current, category)
         return user, balance, user.new_zeros(0, user.shape[1])
 
 
@@ -396,8 +399,14 @@ class HyTRecModel(nn.Module):
         """User embeddings [B, D] and the looked-up embeddings of every feature."""
         emb = self.embeddings(batch.features)
         offsets = batch.history_offsets().to(torch.int64)
-        user, _, _ = self.tower(emb, offsets, batch.timestamps, batch.t_current)
+        user, _, _ = self.tower(emb, offsets, batch.timestamps, batch.t_current, category=self._category(batch))
         return user, emb
+
+    def _category(self, batch: Batch) -> Optional[torch.Tensor]:
+        """The history's category indices ``[N]`` int64 when the tower reads interests, else None."""
+        if not self.tower.net.has_interests:
+            return None
+        return batch.features[history_key("category")].values().to(torch.int64)
 
     def repeat_bonus(self, batch: Batch, user: torch.Tensor, all_positions: bool = False) -> Optional[RepeatBonus]:
         """The repeat path's bonus of the batch's history items for ``user`` ([B, D], or [N, D]
@@ -436,7 +445,7 @@ class HyTRecModel(nn.Module):
         long_loss: Optional[torch.Tensor] = None
         if self.all_positions and self.training:
             rows, aux, long_rows = self.tower(emb, offsets, batch.timestamps, batch.t_current, True,
-                                              self.supervised_rows)
+                                              self.supervised_rows, self._category(batch))
             bonus, gate = self.repeat_bonus_and_gate(batch, rows, True) if self.repeat is not None else (None, None)
             loss = self.all_positions_loss(
                 rows, offsets, emb["history_item"], batch.features["history_item"].values(),
@@ -451,7 +460,8 @@ class HyTRecModel(nn.Module):
                                           batch.features["negative_item"].values(), emb["negative_item"].values())
                 out_extra["long_aux_loss"] = long_loss.detach()
         else:
-            user, aux, _ = self.tower(emb, offsets, batch.timestamps, batch.t_current)
+            user, aux, _ = self.tower(emb, offsets, batch.timestamps, batch.t_current,
+                                      category=self._category(batch))
             bonus, gate = self.repeat_bonus_and_gate(batch, user) if self.repeat is not None else (None, None)
             loss = self.loss(
                 user,

@@ -14,7 +14,9 @@
 #                                                   # several names: one report, paired differences;
 #                                                   # split=valid: the validation split (own folder)
 #
-# Environment: CJ_DIR (default runs/completejourney), the data cache in ~/.cache/hytrec/completejourney
+# Environment: CJ_DIR (default runs/completejourney), CJ_CATEGORY (the product column that becomes the
+# category: department, the default, or product_category, the commodity level the category interests
+# of docs/ulim.md read; use its own CJ_DIR, e.g. runs/cj_commodity), the data cache in ~/.cache/hytrec/completejourney
 # (never in the repository). Every recipe is configs/completejourney.yaml (the default tower, 300
 # steps) plus its overrides; on 2 CPU cores a run takes about 10-15 minutes.
 set -euo pipefail
@@ -45,7 +47,11 @@ rep0="model.repeat_cycles=false model.repeat_scorer=additive optim.repeat_lr_sca
 # both, the repeat path at 10x the tower's learning rate (optim.repeat_lr_scale); short_cycles_mlp_lr10:
 # its short-only ablation; cycles_mlp_lr10_aux: today's default with the long branch's own loss (the
 # next 8 events from its output alone, model.long_aux_weight=1); *_aux_detach: that loss only, the
-# fused loss's gradient stopped at the long branch (model.fusion.long_detach).
+# fused loss's gradient stopped at the long branch (model.fusion.long_detach). interests: today's
+# default tower reading its 16 top categories' interests (model.interests, docs/ulim.md; prepare with
+# CJ_CATEGORY=product_category so that a category is a commodity); interests_mean: their cheap form
+# (a time-decayed mean per category instead of a gated-delta memory); short_interests: the interests
+# without the long branch. These three start from today's defaults, not from $rep0.
 recipes="\
 default              $rep0
 short_only           $rep0 model.long_pattern=
@@ -68,7 +74,10 @@ cycles_mlp           $rep0 model.repeat_cycles=true model.repeat_scorer=mlp
 cycles_mlp_lr10      $rep0 model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10
 short_cycles_mlp_lr10 $rep0 model.long_pattern= model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10
 cycles_mlp_lr10_aux  $rep0 model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10 model.long_aux_weight=1.0
-cycles_mlp_lr10_aux_detach $rep0 model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10 model.long_aux_weight=1.0 model.fusion.long_detach=true"
+cycles_mlp_lr10_aux_detach $rep0 model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10 model.long_aux_weight=1.0 model.fusion.long_detach=true
+interests            model.interests.count=16
+interests_mean       model.interests.count=16 model.interests.memory=mean
+short_interests      model.long_pattern= model.interests.count=16"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
@@ -84,7 +93,8 @@ data() {
     fi
     local cache
     cache="$(python -m data_prep.completejourney fetch | tail -1)"
-    python -m data_prep.completejourney convert "$cache" "$root/raw/events.parquet"
+    python -m data_prep.completejourney convert "$cache" "$root/raw/events.parquet" \
+        --category "${CJ_CATEGORY:-department}"
     hytrec-prep "$root/raw/events.parquet" "$root/prepared" --config configs/prep/completejourney.yaml
     python -m data_prep.target_kinds "$root/prepared" "$root/raw/segments.parquet" --window 64
 }

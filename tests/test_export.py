@@ -444,6 +444,47 @@ def test_cosine_similarity_export_matches_the_training_model(run, training, time
         assert (dot.scores(*req)[:, 2:] - s).abs().max() > 1e-2  # not the dot-product model
 
 
+@pytest.mark.parametrize("memory", ["delta", "mean"])
+def test_interests_export_matches_the_training_model(run, training, memory: str) -> None:
+    """``model.interests`` (the category interests, read from the request's category IDs): the
+    exported scores equal the training model's, eager and scripted; the trained weights are reused
+    and the interest modules drawn at random."""
+    from hytrec_torchrec.config import from_dict as build
+    from hytrec_torchrec.serving.export import build_serving, read_vocabs
+    from hytrec_torchrec.runtime.factory import build_model
+
+    model, cfg, state = training
+    d = to_dict(cfg)
+    d["model"]["interests"] = {"count": 3, "memory": memory, "recent": 2}
+    icfg = build(JobConfig, d)
+    sizes = {k: int(v) for k, v in state["vocab_sizes"].items()}
+    imodel = build_model(icfg, sizes, torch.device("cpu"))
+    # the fusion reads one more branch: its weights are new too
+    kept = {k: v for k, v in model.state_dict().items() if ".fusion." not in k}
+    missing, unexpected = imodel.load_state_dict(kept, strict=False)
+    assert not unexpected and missing, (missing, unexpected)
+    assert all(".interest" in k or ".fusion." in k for k in missing), missing
+    torch.manual_seed(3)
+    for k in missing:
+        p = imodel.get_parameter(k)
+        with torch.no_grad():
+            p.copy_(torch.randn_like(p) * 0.3 + (1.0 if k.endswith("norm.weight") else 0.0))
+    imodel.eval()
+    vocabs = read_vocabs(run["data"], sizes)
+    eager = build_serving(imodel, list(cfg.model.features), MAX_LEN, vocabs)
+    assert "category" in eager.required
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(eager)
+    idx, lens, ts, now = _random_history([0, 3, MAX_LEN, 1, 6], seed=9, sizes=sizes)
+    _assert_parity(scripted, imodel, idx, lens, ts, now)
+    _assert_parity(eager, imodel, idx, lens, ts, now)
+    req = _to_request(idx, lens, ts, now)
+    with torch.no_grad():
+        plain = build_serving(model, list(cfg.model.features), MAX_LEN, vocabs)
+        assert (plain.user_embedding(*req) - scripted.user_embedding(*req)).abs().max() > 1e-3
+
+
 def test_token_budgeted_passes_equal_one_pass(run, training) -> None:
     """Splitting a batch into tower passes changes no request's scores or top-K (eager and
     scripted), including empty, over-long and single requests larger than the budget."""

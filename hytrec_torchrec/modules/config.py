@@ -22,7 +22,7 @@ from typing import List
 from hytrec_torchrec.config import ConfigError, check_choice, check_range
 from hytrec_torchrec.schema import TABLES
 
-__all__ = ["TADNConfig", "FusionConfig", "TowerConfig", "FEATURES", "fill_pre_memory_keys"]
+__all__ = ["TADNConfig", "FusionConfig", "InterestConfig", "TowerConfig", "FEATURES", "fill_pre_memory_keys"]
 
 FEATURES = TABLES  # the ID tables a tower may read
 
@@ -92,6 +92,32 @@ class FusionConfig:
         check_choice("long", self.long, ("concat", "residual"))
         check_range("hidden_dim", self.hidden_dim, 0)
         check_range("load_balance_weight", self.load_balance_weight, 0.0)
+
+
+@dataclass
+class InterestConfig:
+    """Interests by category (:mod:`~hytrec_torchrec.modules.interests`): the top ``count``
+    categories of each history, each read as one token from its own subsequence, attended by the
+    short branch's output and fused as one more branch. Needs a short branch and category ids."""
+
+    count: int = 0
+    """M: the categories each prediction reads (by recency-weighted count); 0 = off."""
+    memory: str = "delta"
+    """The long-term interest of a category: ``delta`` (a gated-delta memory over its whole
+    subsequence) or ``mean`` (a time-decayed mean of its rows, the cheap form)."""
+    recent: int = 8
+    """Rows of a category's subsequence in its short-term interest (their mean)."""
+    half_life: float = 64.0
+    """Events: a category's weight in the recency-weighted count halves every ``half_life`` events."""
+    mean_period: float = 30 * 86400.0
+    """Seconds: the ``mean`` memory's decay, ``exp(−Δt / mean_period)`` between a category's events."""
+
+    def validate(self) -> None:
+        check_range("interests.count", self.count, 0, 256)
+        check_choice("interests.memory", self.memory, ("delta", "mean"))
+        check_range("interests.recent", self.recent, 1, 4096)
+        check_range("interests.half_life", self.half_life, 0.0, lo_open=True)
+        check_range("interests.mean_period", self.mean_period, 0.0, lo_open=True)
 
 
 @dataclass
@@ -196,6 +222,7 @@ class TowerConfig:
     """Training logits are scores / temperature (generative-recommenders uses 0.05 with cosine)."""
     tadn: TADNConfig = field(default_factory=TADNConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    interests: InterestConfig = field(default_factory=InterestConfig)
 
     def validate(self) -> None:
         check_range("embedding_dim", self.embedding_dim, 1)
@@ -220,6 +247,9 @@ class TowerConfig:
                               "it needs short_len > 0 (without a short branch set fusion.long: concat)")
         if self.far_copy and self.short_len == 0:
             raise ConfigError("far_copy: the copy path is read with the short branch's output; it needs short_len > 0")
+        if self.interests.count > 0 and self.short_len == 0:
+            raise ConfigError("interests.count: the category interests are read with the short branch's output; "
+                              "they need short_len > 0")
         check_range("repeat_rows", self.repeat_rows, 0)
         check_range("repeat_gate_weight", self.repeat_gate_weight, 0.0)
         check_range("long_aux_weight", self.long_aux_weight, 0.0)

@@ -18,6 +18,7 @@ from torch import nn
 from hytrec_torchrec.modules.branches import LongBranch, ShortBranch
 from hytrec_torchrec.modules.config import TowerConfig
 from hytrec_torchrec.modules.fusion import MoEFusion
+from hytrec_torchrec.modules.interests import CategoryInterests, InterestReadout
 from hytrec_torchrec.modules.layers import temporal_decay
 from hytrec_torchrec.modules.memory import IntentReadout
 from hytrec_torchrec.ops.jagged import last_index, next_event_times, segment_ids, split_tail
@@ -81,6 +82,7 @@ class HyTRecTower(nn.Module):
     long_residual: Final[bool]
     has_copy: Final[bool]
     long_detach: Final[bool]
+    has_interests: Final[bool]
 
     def __init__(self, cfg: TowerConfig, feature_dims: Optional[Dict[str, int]] = None) -> None:
         super().__init__()
@@ -112,7 +114,14 @@ class HyTRecTower(nn.Module):
         # output through a per-channel scale that starts at 0 (the tower starts as short-only)
         self.long_residual = self.has_long and self.has_short and cfg.fusion.long == "residual"
         self.long_scale = nn.Parameter(torch.zeros(d)) if self.long_residual else None
-        n_branches = int(self.has_long and not self.long_residual) + int(self.has_short)
+        # interests by category: the top categories' tokens read with the short branch's output,
+        # fused as one more branch (between the long and the short branch's outputs)
+        self.has_interests = cfg.interests.count > 0 and self.has_short
+        self.interests = (CategoryInterests(cfg.interests, d, cfg.heads, t.chunk_size, t.key_dim)
+                          if self.has_interests else nn.Identity())
+        self.interest_read = InterestReadout(d, cfg.heads) if self.has_interests else nn.Identity()
+        n_branches = (int(self.has_long and not self.long_residual) + int(self.has_short)
+                      + int(self.has_interests))
         self.fusion = MoEFusion(n_branches, d, cfg.fusion.num_experts, cfg.fusion.hidden_dim or d)
         self.dim = d
         self.cosine = cfg.similarity == "cosine"
@@ -120,10 +129,22 @@ class HyTRecTower(nn.Module):
         self.next_query = cfg.time_bias > 0 and cfg.time_query == "next"
 
     def forward(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor, timestamps: torch.Tensor,
-                t_current: torch.Tensor) -> torch.Tensor:
+                t_current: torch.Tensor, category: Optional[torch.Tensor] = None) -> torch.Tensor:
         """features: name → ``[N, D_f]`` packed rows; offsets ``[B+1]`` int64; timestamps ``[N]``
-        int64 seconds; t_current ``[B]`` int64 seconds. Returns the user embedding ``[B, D]``."""
-        return self.forward_with_aux(features, offsets, timestamps, t_current)[0]
+        int64 seconds; t_current ``[B]`` int64 seconds; ``category [N]`` int64 category indices
+        (needed with ``interests.count`` > 0, which also reads ``features["category"]``). Returns
+        the user embedding ``[B, D]``."""
+        return self.forward_with_aux(features, offsets, timestamps, t_current, category)[0]
+
+    def _interest_inputs(self, features: Dict[str, torch.Tensor],
+                         category: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(category embeddings [N, D], category indices [N])`` for the interests; a clear error
+        when either is missing."""
+        if category is None:
+            raise ValueError("interests.count > 0 needs the history's category indices (category)")
+        if "category" not in features:
+            raise KeyError("missing feature category (the interests read its embeddings)")
+        return features["category"], category
 
     def _split(self, offsets: torch.Tensor, n: int,
                device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -154,7 +175,8 @@ class HyTRecTower(nn.Module):
 
     @torch.jit.export
     def forward_with_aux(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
-                         timestamps: torch.Tensor, t_current: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                         timestamps: torch.Tensor, t_current: torch.Tensor,
+                         category: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`forward`, also returning the weighted load-balancing loss (0-d).
 
         The user embedding is L2-normalised when ``similarity`` is cosine (:func:`scoring_vectors`)."""
@@ -183,6 +205,10 @@ class HyTRecTower(nn.Module):
                 lq = nt[head_rows + self.short_len] if self.has_short else nt
             branches.append(self.long(h[head_rows], head_off, tau[head_rows], timestamps[head_rows], lq,
                                       short_out, t_last))
+        if self.has_interests and short_out is not None:
+            cat_emb, cat = self._interest_inputs(features, category)
+            tokens, valid = self.interests(h, cat_emb, cat, offsets, timestamps)
+            branches.append(self.interest_read(short_out, tokens, valid))
         if short_out is not None:
             branches.append(short_out)
         user, balance = self._fuse(branches)
@@ -193,14 +219,16 @@ class HyTRecTower(nn.Module):
 
     def forward_all_positions(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
                               timestamps: torch.Tensor, t_current: torch.Tensor,
-                              last_rows: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+                              last_rows: int = 0, category: Optional[torch.Tensor] = None
+                              ) -> Tuple[torch.Tensor, torch.Tensor]:
         """:meth:`rows_and_long` without the long branch's rows."""
-        user, balance, _ = self.rows_and_long(features, offsets, timestamps, t_current, last_rows)
+        user, balance, _ = self.rows_and_long(features, offsets, timestamps, t_current, last_rows, category)
         return user, balance
 
     def rows_and_long(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
                       timestamps: torch.Tensor, t_current: torch.Tensor,
-                      last_rows: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      last_rows: int = 0, category: Optional[torch.Tensor] = None
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One user embedding per history row ``[N, D]`` (all-position training) and the weighted
         load-balancing loss (0-d); inputs as :meth:`forward`.
 
@@ -267,6 +295,12 @@ class HyTRecTower(nn.Module):
             long_out = long_out.index_copy(0, head_rows + self.short_len, rows)
             long_all = long_out
             branches.append(long_out if sel_rows is None else long_out[sel_rows])
+        if self.has_interests and short_sel is not None:
+            cat_emb, cat = self._interest_inputs(features, category)
+            tokens, valid = self.interests.forward_rows(h, cat_emb, cat, offsets, timestamps)
+            if sel_rows is not None:
+                tokens, valid = tokens[sel_rows], valid[sel_rows]
+            branches.append(self.interest_read(short_sel, tokens, valid))
         if short_sel is not None:
             branches.append(short_sel)
         user, balance = self._fuse(branches)

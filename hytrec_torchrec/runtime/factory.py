@@ -82,12 +82,29 @@ def build_embeddings(cfg: EmbeddingsConfig, vocab_sizes: Dict[str, int],
     return EmbeddingCollection(tables=tables, device=device)
 
 
+#: rows of a vocabulary before its first real ID (pad, unknown)
+RESERVED_ROWS = 2
+
+
+def check_categories(cfg: JobConfig, vocab_sizes: Dict[str, int]) -> None:
+    """The category interests (``model.interests.count`` > 0) need at least two categories in the
+    data; one for everything (or none) is a :class:`ConfigError` naming ``category``."""
+    if cfg.model.interests.count <= 0:
+        return
+    real = int(vocab_sizes.get("category", 0)) - RESERVED_ROWS
+    if real < 2:
+        raise ConfigError(f"model.interests.count: the data at {cfg.data.path} has {max(real, 0)} category "
+                          "id(s); the category interests need events with at least two values of the "
+                          "category column (set model.interests.count: 0 for data without categories)")
+
+
 def build_model(cfg: JobConfig, vocab_sizes: Dict[str, int], device: torch.device,
                 embedding_device: Optional[torch.device] = None) -> HyTRecModel:
     """The unsharded model; dense part on ``device``, tables on ``embedding_device``.
 
     Seeded with ``run.seed`` before anything is built, so every rank builds the same tower.
     """
+    check_categories(cfg, vocab_sizes)
     counts = read_item_counts(cfg.data.path, int(vocab_sizes["item"]))
     torch.manual_seed(cfg.run.seed)
     embeddings = build_embeddings(cfg.embeddings, vocab_sizes, embedding_device or device)

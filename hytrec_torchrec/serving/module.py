@@ -127,6 +127,8 @@ class HyTRecServing(nn.Module):
         names = list(dict.fromkeys(["item"] + list(features)))
         if repeat is not None and repeat.cycles and repeat.cycle_behaviors.numel() > 0 and "behavior" not in names:
             names.append("behavior")  # the cycle features' purchase-like events (its IDs, not its embedding)
+        if tower.has_interests and "category" not in names:
+            names.append("category")  # the category interests read its IDs and embeddings
         self.inputs = nn.ModuleDict({f: FeatureInput(vocabs[f], weights[f], int8) for f in names})
         self.tower = tower.eval()
         self.repeat = repeat.eval() if repeat is not None else None
@@ -137,6 +139,8 @@ class HyTRecServing(nn.Module):
         needed = list(features) + (["item"] if repeat is not None and "item" not in features else [])
         if "behavior" in names and "behavior" not in needed:
             needed.append("behavior")  # the cycle features read which events are purchase-like
+        if tower.has_interests and "category" not in needed:
+            needed.append("category")
         self.required: List[str] = needed + ["timestamp"]
         self.allowed: List[str] = list(REQUEST_KEYS)
         self.max_len = int(max_len)
@@ -210,11 +214,14 @@ class HyTRecServing(nn.Module):
             start = offsets[a]
             part = rows[start:offsets[b]]
             emb: Dict[str, torch.Tensor] = {}
+            category: Optional[torch.Tensor] = None
             for name, feature in self.inputs.items():
-                if name in self.features:
+                if name in self.features or (name == "category" and self.tower.has_interests):
                     emb[name] = feature(values[name][part])
+                if name == "category" and self.tower.has_interests:
+                    category = feature.ids(values[name][part])
             users.append(self.tower(emb, offsets[a:b + 1] - start, values["timestamp"][part],
-                                    request_time[a:b]))
+                                    request_time[a:b], category))
         if len(users) == 1:
             return users[0]
         return torch.cat(users, 0)

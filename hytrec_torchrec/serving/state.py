@@ -66,11 +66,14 @@ REPEAT_COLUMNS = ("item", "count", "last_pos", "last_ts", "last_is_cycle", "cycl
 def state_unsupported(tower: HyTRecTower) -> List[str]:
     """Why ``tower`` cannot be served from a kept state (empty when it can): one sentence per reason,
     naming the config key."""
+    reasons: List[str] = []
+    if tower.has_interests:
+        reasons.append("model.interests.count > 0: the category interests are not kept in the state yet "
+                       "(docs/ulim.md); serve the model statelessly")
     if not tower.has_long:
-        return []
+        return reasons
     mixers = [blk.mixer for blk in tower.long.blocks]
     pattern = "".join("S" if isinstance(m, SoftmaxMixer) else "T" for m in mixers)
-    reasons: List[str] = []
     if "S" in pattern:
         reasons.append(f"model.long_pattern {pattern!r} has softmax (S) layers: a softmax layer attends over "
                        "every earlier event, so its state grows with the history; serve it statelessly or "
