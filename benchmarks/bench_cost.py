@@ -23,7 +23,10 @@ tokens/s (both ranks) and its ratio to the short-only ablation's.
 Variants: ``default`` (TowerConfig's defaults), ``short_only`` (``long_pattern: ""``, the same
 repeat path), ``repeat_080d593`` (the default with the repeat path before its cycle features:
 ``repeat_cycles: false``, ``repeat_scorer: additive``) and ``no_repeat`` (the default without the
-repeat path).
+repeat path), ``interests`` (the default reading its 16 top categories, ``model.interests``) and
+``short_interests`` (short-only with them). Every item belongs to one of ``--categories`` categories
+(item index modulo the count), so a history holds as many categories as Complete Journey's
+commodities (about 300). ``--variants`` times a subset (the baseline always runs).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "short_only": {"long_pattern": ""},
     "repeat_080d593": {"repeat_cycles": False, "repeat_scorer": "additive"},
     "no_repeat": {"repeat": False},
+    "interests": {"interests": {"count": 16}},
+    "short_interests": {"long_pattern": "", "interests": {"count": 16}},
 }
 BASELINE = "short_only"
 
@@ -129,13 +134,20 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--eval-repeats", type=int, default=10, help="passes over the batches per timed evaluation")
     p.add_argument("--items", type=int, default=50_000)
+    p.add_argument("--categories", type=int, default=300, help="categories of the catalog (item mod count)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
     p.add_argument("--out", default="benchmarks/results/cost_cpu.txt")
     a = p.parse_args()
+    chosen = [BASELINE] + [v for v in a.variants.split(",") if v and v != BASELINE]
+    for v in chosen:
+        if v not in VARIANTS:
+            p.error(f"--variants: unknown variant {v!r}; one of {', '.join(VARIANTS)}")
     with tempfile.TemporaryDirectory() as tmp:
         users = 2 * a.batch * (a.steps + 1) * 2
         offsets, cols = power_law_arrays(users, a.max_len + 1, a.items, seed=1, min_events=a.max_len + 1)
-        data = write_prepared_arrays(Path(tmp) / "data", offsets, cols, a.items)
-        jobs = {name: _job(data, Path(tmp) / name, model, a.max_len, a.batch) for name, model in VARIANTS.items()}
+        cols["category"] = 2 + cols["item"] % a.categories
+        data = write_prepared_arrays(Path(tmp) / "data", offsets, cols, a.items, num_categories=a.categories + 2)
+        jobs = {name: _job(data, Path(tmp) / name, VARIANTS[name], a.max_len, a.batch) for name in chosen}
         res_path = Path(tmp) / "res.pt"
         load = os.getloadavg()[0]
         run_distributed(_body, 2, (jobs, a.steps, a.rounds, str(res_path), a.eval_repeats))
@@ -146,13 +158,13 @@ def main() -> None:
     base = med[BASELINE]
     lines = [
         f"# bench_cost.py --max-len {a.max_len} --batch {a.batch} --steps {a.steps} --rounds {a.rounds} "
-        f"--eval-repeats {a.eval_repeats}: "
+        f"--eval-repeats {a.eval_repeats} --categories {a.categories} --variants {','.join(chosen)}: "
         f"2 gloo ranks x 1 thread, {platform.processor() or platform.machine()}, load average {load:.1f} at start",
         f"# {int(tok):,} history tokens per timed block (both ranks); median over rounds; variants take turns",
         "",
         f"{'variant':<16}{'train tok/s':>12}{'x short-only':>14}{'eval tok/s':>12}{'time x short-only':>19}",
     ]
-    for name in VARIANTS:
+    for name in chosen:
         m = med[name]
         lines.append(f"{name:<16}{tok / m['train']:>12,.0f}{base['train'] / m['train']:>14.2f}"
                      f"{eval_tok / m['eval']:>12,.0f}{m['eval'] / base['eval']:>19.2f}")

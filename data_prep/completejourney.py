@@ -10,7 +10,7 @@ fetched into a cache outside the repository and never committed.
 Each purchase line becomes one ``pay`` event: ``user_id`` = household, ``item_id`` = product,
 ``timestamp`` = the transaction time in epoch seconds (the lines of one basket share it; prep keeps
 their input order), ``category_id`` = the product's department (32 values) or, with
-``convert --category product_category``, its commodity (304 values: the level the category
+``convert --category product_category``, its commodity (303 values: the level the category
 interests read, docs/ulim.md); null when the product is missing from the product file (counted
 by prep as unknown), no attribution.
 

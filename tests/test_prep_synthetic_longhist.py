@@ -16,8 +16,9 @@ from benchmarks.longhist_heuristics import evaluate as evaluate_rankers
 from data_prep.synthetic_longhist import SCENARIOS, LongHistParams, generate, main
 
 PREP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "prep" / "synthetic.yaml"
-#: the scenarios with far / recent users (replenishment has due / recent / new: its own tests)
-FAR_RECENT = tuple(s for s in SCENARIOS if s != "replenishment")
+#: the scenarios with far / recent users by item (replenishment has due / recent / new,
+#: category_return far / recent by category: their own tests)
+FAR_RECENT = tuple(s for s in SCENARIOS if s not in ("replenishment", "category_return"))
 SMALL = dict(min_len=300, max_len=700)
 
 
@@ -196,6 +197,96 @@ def test_replenishment_due_recent_and_new_hold_on_the_data(generated: dict) -> N
     assert res["new"]["oracle"]["hr@10"] == 0.0 and res["recent"]["last_k_counts"]["hr@10"] > 0.6
 
 
+def _category_histories(out: Path) -> tuple[dict, list[tuple[np.ndarray, np.ndarray]]]:
+    """Ground truth and each user's (items, categories) in time order."""
+    ev = pq.read_table(out / "events")
+    gt = pq.read_table(out / "ground_truth.parquet").to_pydict()
+    user, item, ts, cat = (ev.column(c).to_numpy() for c in ("user_id", "item_id", "timestamp", "category_id"))
+    order = np.lexsort((ts, user))
+    user, item, cat = user[order], item[order], cat[order]
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    ends = np.r_[starts[1:], len(user)]
+    assert list(user[starts]) == gt["user_id"]
+    return gt, [(item[a:b], cat[a:b]) for a, b in zip(starts, ends)]
+
+
+def test_category_return_far_and_recent_hold_on_the_data(generated: dict) -> None:
+    """Non-learned check of the category kinds: every target is an item new to the user; a far
+    target's category is absent from the last k history events and occurs further back (at least
+    min_prior times, last at least return_min events back); a recent target's category is in
+    the last k events. Categories partition the catalog, interest categories occur only in
+    episodes separated by at least return_min events, and their items are new to the user."""
+    out, summary = generated["category_return"]
+    p = LongHistParams(**summary["params"])
+    k = p.k
+    gt, hists = _category_histories(out)
+    assert summary["users_by_kind"] == {"far": 80, "recent": 80}
+    assert pq.read_table(out / "segments.parquet").to_pydict() == {"user_id": gt["user_id"], "kind": gt["kind"]}
+    # the catalog: one category per item, category_size_min .. max items each, at most `categories`
+    ev = pq.read_table(out / "events", columns=["item_id", "category_id"])
+    pairs = np.unique(np.stack([ev.column(0).to_numpy(), ev.column(1).to_numpy()], 1), axis=0)
+    assert len(np.unique(pairs[:, 0])) == len(pairs)
+    assert 1 <= pairs[:, 1].min() and pairs[:, 1].max() <= p.categories
+    assert len(np.unique(pairs[:, 1])) > p.categories // 2
+    per_cat = np.bincount(pairs[:, 1])
+    assert per_cat.max() <= p.category_size_max
+    n_far_train, repeats = 0, 0
+    for i, (items, cats) in enumerate(hists):
+        hist, hcat, y, yc = items[:-1], cats[:-1], items[-1], cats[-1]
+        assert p.min_len <= len(items) == gt["n_events"][i] <= p.max_len
+        assert y == gt["target_item"][i] and yc == gt["target_category"][i]
+        assert y not in set(hist.tolist())  # a new item: the item-level repeat path cannot help
+        seen = np.flatnonzero(hcat == yc)
+        gap = len(hist) - int(seen[-1]) if len(seen) else -1
+        assert gap == gt["category_gap"][i]
+        interests = gt["interests"][i]
+        assert p.cat_interests_min <= len(interests) == len(set(interests)) <= p.cat_interests_max
+        if gt["kind"][i] == "far":
+            assert yc not in set(hcat[-k:].tolist()) and len(seen) >= p.min_prior and gap >= p.return_min
+            assert yc in interests and gt["pattern_target"][i] and gt["episode_start"][i]
+        else:
+            assert gt["kind"][i] == "recent" and yc in set(hcat[-k:].tolist()) and 1 <= gap <= k
+        # interest categories come in episodes (at most episode_max events) at least return_min apart
+        for c in interests:
+            at = np.flatnonzero(cats == c)
+            if len(at) == 0:
+                continue
+            jumps = np.diff(at)
+            assert ((jumps < p.episode_max) | (jumps >= p.return_min)).all(), (c, jumps)
+            firsts = at[np.r_[True, jumps >= p.return_min]]
+            n_far_train += int((firsts[1:] <= len(items) - 3).sum())
+            repeats += len(at) - len(np.unique(items[at]))
+    assert summary["far_recurrences_in_training"] == n_far_train > len(hists)
+    assert summary["interest_repeats"] == repeats == 0  # categories of 50+ items are not exhausted here
+    fg = summary["far_category_gap"]
+    assert p.return_min <= fg["min"] <= fg["median"] <= fg["max"]
+    # item-count rankers: a target is never in the history, so they all score 0
+    res = _item_count_rankers(out)
+    assert all(r["hr@10"] == 0.0 for kind in res.values() for r in kind.values())
+
+
+def _item_count_rankers(out: Path) -> dict:
+    """The item-count rankers of benchmarks/longhist_heuristics.py (last k, whole history)."""
+    from collections import Counter
+
+    from benchmarks.longhist_heuristics import rankers
+    from data_prep.synthetic import kind_histories, ranker_hit_rates
+
+    params = {**json.loads((out / "synthetic.json").read_text())["params"], "scenario": "favourites"}
+    fns = {n: f for n, f in rankers(params, Counter()).items() if n != "oracle"}
+    return ranker_hit_rates(kind_histories(out), fns)
+
+
+def test_category_return_prepares_with_its_categories(tmp_path: Path) -> None:
+    """``hytrec-prep`` keeps every event of category_return and reads its category_id."""
+    s = generate(LongHistParams(scenario="category_return", users=40, seed=2, **SMALL), tmp_path / "raw")
+    assert prep_main([str(tmp_path / "raw" / "events"), str(tmp_path / "prep"), "--config", str(PREP_CONFIG)]) == 0
+    meta = json.loads((tmp_path / "prep" / "meta.json").read_text())
+    assert meta["users_out"] == 40 and meta["events_out"] == s["events"]
+    n_cat = len(set(pq.read_table(tmp_path / "raw" / "events", columns=["category_id"]).column(0).to_pylist()))
+    assert meta["vocab_sizes"]["category"] >= n_cat > 40
+
+
 def test_prepares_with_hytrec_prep(tmp_path: Path) -> None:
     """``hytrec-prep RAW/events PREPARED --config configs/prep/synthetic.yaml`` keeps every user and event."""
     s = generate(LongHistParams(scenario="interleaved", users=50, seed=2, **SMALL), tmp_path / "raw")
@@ -230,6 +321,15 @@ def test_prepares_with_hytrec_prep(tmp_path: Path) -> None:
     (dict(scenario="replenishment", cycle_min=70, jitter=0.2), "jitter"),
     (dict(scenario="replenishment", new_fraction=0.6), "new_fraction"),
     (dict(scenario="replenishment", staple_views=-1.0), "staple_views"),
+    (dict(scenario="category_return", return_min=64), "return_min = 64 must exceed k = 64"),
+    (dict(scenario="category_return", return_max=100), "return_max"),
+    (dict(scenario="category_return", categories=7), "categories"),
+    (dict(scenario="category_return", cat_interests_min=0), "cat_interests_min, cat_interests_max"),
+    (dict(scenario="category_return", cat_interests_min=7), "cat_interests_min, cat_interests_max"),
+    (dict(scenario="category_return", category_size_max=40), "category_size_min, category_size_max"),
+    (dict(scenario="category_return", episode_min=0), "episode_min, episode_max"),
+    (dict(scenario="category_return", p_episode=1.5), "p_episode"),
+    (dict(scenario="category_return", return_min=400, min_len=300, max_len=400), "max_len"),
 ])
 def test_bad_parameters_name_the_field(kw: dict, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
@@ -244,3 +344,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     printed = json.loads(capsys.readouterr().out)
     assert printed["users"] == 10 and printed["users_by_kind"] == {"far": 5, "recent": 5}
     assert json.loads((tmp_path / "y" / "synthetic.json").read_text())["params"]["max_len"] == 400
+    assert main(["--scenario", "category_return", "--users", "6", "--out", str(tmp_path / "z"), "--max-len", "400",
+                 "--return-max", "300", "--cat-interests-max", "4"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["users_by_kind"] == {"far": 3, "recent": 3} and printed["interest_repeats"] == 0

@@ -96,14 +96,15 @@ def power_law_arrays(num_users: int, max_events: int, num_items: int, seed: int 
 
 
 def write_prepared_arrays(root: str | Path, offsets: np.ndarray, columns: dict[str, np.ndarray],
-                          num_items: int, num_partitions: int = 4) -> Path:
-    """Like :func:`write_prepared` for flat arrays (users 2..U+1; user u -> partition u % P)."""
+                          num_items: int, num_partitions: int = 4, num_categories: int = 5) -> Path:
+    """Like :func:`write_prepared` for flat arrays (users 2..U+1; user u -> partition u % P);
+    ``num_categories``: rows of the category vocabulary (its indices < that)."""
     root = Path(root)
     (root / "vocab").mkdir(parents=True, exist_ok=True)
     (root / "sequences").mkdir(parents=True, exist_ok=True)
     U = len(offsets) - 1
     users = np.arange(2, U + 2, dtype=np.int64)
-    sizes = {"item": num_items, "attribution": 7, "category": 5, "behavior": 11, "user": U + 2}
+    sizes = {"item": num_items, "attribution": 7, "category": num_categories, "behavior": 11, "user": U + 2}
     for name, size in sizes.items():
         idx = np.arange(2, size, dtype=np.int64)  # files list known IDs only (index >= 2)
         pq.write_table(pa.table({"raw": idx.astype(str), "index": idx,
