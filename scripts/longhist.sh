@@ -40,7 +40,11 @@ rep0="model.repeat_cycles=false model.repeat_scorer=additive optim.repeat_lr_sca
 # the repeat path at 20x, 200x the tower's learning rate (optim.repeat_lr_scale); *_mlp score its
 # pairs through a hidden layer instead of a sum of bucket embeddings (model.repeat_scorer=mlp); *_lr10
 # train the repeat path at 10x; *_aux give the long branch its own loss (model.long_aux_weight=1: the
-# fused loss's weight, so neither dominates by construction).
+# fused loss's weight, so neither dominates by construction). cat_*: for the category_return scenario,
+# today's default tower (TowerConfig's defaults, not $rep0) reading the category as an input feature
+# ($catf); cat_interests adds its 16 top categories' interests (model.interests, docs/ulim.md),
+# cat_short_only and cat_short_interests drop the long branch.
+catf="model.features=[item,category]"
 recipes="\
 hytrec $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true
 hytrec_paper $rep0 model.long_pattern=TTTS model.tadn.gating=paper model.long_readout=last model.long_time_inputs=false
@@ -70,7 +74,11 @@ hytrec_cycles_mlp $rep0 model.long_pattern=TTT $gd model.long_readout=intent mod
 short_cycles_mlp $rep0 model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc
 hytrec_cycles_mlp_lr10 $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc optim.repeat_lr_scale=10
 short_cycles_mlp_lr10 $rep0 model.long_pattern= model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc optim.repeat_lr_scale=10
-hytrec_cycles_mlp_lr10_aux $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc optim.repeat_lr_scale=10 model.long_aux_weight=1.0"
+hytrec_cycles_mlp_lr10_aux $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true model.repeat=true model.repeat_cycles=true model.repeat_scorer=mlp $cyc optim.repeat_lr_scale=10 model.long_aux_weight=1.0
+cat_default $catf
+cat_short_only $catf model.long_pattern=
+cat_interests $catf model.interests.count=16
+cat_short_interests $catf model.long_pattern= model.interests.count=16"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
