@@ -159,3 +159,31 @@ def test_length_buckets_pair_the_examples_of_each_bucket(tmp_path: Path, capsys:
     assert doc["buckets"]["len[500,1000)"][0]["hr@10"]["diff"] == pytest.approx(want["hr@10"]["diff"])
     assert main([str(tmp_path / "e"), "--length-buckets", "500", "100"]) == 3
     assert "--length-buckets: edges must be >= 0 and increasing" in capsys.readouterr().err
+
+
+def test_side_file_groups_pair_the_examples_of_each_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--side-file`` compares within each value of a user-level column (raw user IDs mapped
+    through the data's user vocabulary), each group equal to a comparison of only its users."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(6)
+    users = np.arange(2, 202)
+    a = _table(users, rng.integers(1, 60, 200))
+    b = _table(users, rng.integers(1, 60, 200))
+    (tmp_path / "e").mkdir()
+    write_ranks(tmp_path / "e" / "ranks.parquet", {"a": a, "b": b})
+    (tmp_path / "d" / "vocab").mkdir(parents=True)
+    pq.write_table(pa.table({"raw": [f"u{i}" for i in users], "index": users}), tmp_path / "d" / "vocab" / "user.parquet")
+    kinds = np.where(users % 3 == 0, "far", "new")
+    pq.write_table(pa.table({"user_id": [f"u{i}" for i in users[:-10]], "kind": kinds[:-10]}), tmp_path / "side.parquet")
+    assert main([str(tmp_path / "e"), "--metrics", "hr@10", "--side-file", str(tmp_path / "side.parquet"),
+                 "--data", str(tmp_path / "d")]) == 0
+    text = capsys.readouterr().out
+    far = (users % 3 == 0) & (np.arange(200) < 190)
+    want = paired_difference(a["rank"][far], b["rank"][far], a["catalog"][far], b["catalog"][far], ["hr@10"])
+    assert f"### kind=far: {int(far.sum())} examples" in text and "### kind=new: " in text
+    assert f"{want['hr@10']['diff']:+.4f}" in text.split("### kind=far")[1].split("###")[0]
+    assert main([str(tmp_path / "e"), "--side-file", str(tmp_path / "side.parquet"), "--data", str(tmp_path / "d"),
+                 "--side-column", "segment"]) == 3
+    assert "no column 'segment'" in capsys.readouterr().err

@@ -320,6 +320,38 @@ def by_history_length(models: Sequence[Tuple[str, Dict[str, np.ndarray]]], edges
     return out
 
 
+def by_side_file(models: Sequence[Tuple[str, Dict[str, np.ndarray]]], side_file: str, data: str,
+                 column: str = "kind", user_column: str = "user_id"
+                 ) -> List[Tuple[str, List[Tuple[str, Dict[str, np.ndarray]]]]]:
+    """The models' examples split by a user-level column of a side file (raw user IDs, mapped to
+    indices through ``data``'s ``vocab/user.parquet``; e.g. ``data_prep.target_kinds``' ``kind``):
+    ``[("COLUMN=VALUE", models restricted to its users)]`` in sorted value order; users absent
+    from the side file are in no bucket.
+
+    Raises:
+        PairingError: the side file or the user vocabulary cannot be read, or lacks a column.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        side = pq.read_table(side_file)
+        vocab = pq.read_table(Path(data) / "vocab" / "user.parquet", columns=["raw", "index"])
+    except Exception as exc:  # pyarrow raises several types for a missing or bad file
+        raise PairingError(f"--side-file {side_file} / --data {data}: {exc}") from None
+    for c in (user_column, column):
+        if c not in side.column_names:
+            raise PairingError(f"--side-file {side_file}: no column {c!r} (columns: {side.column_names})")
+    index_of = dict(zip((str(r) for r in vocab.column("raw").to_pylist()), vocab.column("index").to_pylist()))
+    value_of = {index_of[str(u)]: str(v) for u, v in zip(side.column(user_column).to_pylist(),
+                                                           side.column(column).to_pylist()) if str(u) in index_of}
+    out = []
+    for value in sorted(set(value_of.values())):
+        users = np.array(sorted(i for i, v in value_of.items() if v == value), dtype=np.int64)
+        part = [(model, {c: v[np.isin(t["user"], users)] for c, v in t.items()}) for model, t in models]
+        out.append((f"{column}={value}", part))
+    return out
+
+
 def _split_arg(arg: str) -> Tuple[str, Optional[str]]:
     """``DIR`` -> ``(DIR, None)``; ``DIR:MODEL`` -> ``(DIR, MODEL)``."""
     if not Path(arg).is_dir() and ":" in arg:
@@ -354,6 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--length-buckets", nargs="+", type=int, metavar="EDGE",
                         help="also compare within history-length buckets [E1,E2), ..., [En,inf) of "
                              "the untruncated history (e.g. 1 200 500 1000)")
+    parser.add_argument("--side-file", type=user_path,
+                        help="also compare within the user groups of a side file's column (e.g. the "
+                             "kinds of python -m data_prep.target_kinds; raw user IDs)")
+    parser.add_argument("--side-column", default="kind", help="the side file's group column (default %(default)s)")
+    parser.add_argument("--data", type=user_path,
+                        help="the prepared dataset whose user vocabulary maps the side file's raw IDs "
+                             "(default: the data recorded in the first evaluation's metrics.json)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --json or --plot file (never one inside a compared evaluation)")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error (also HYTREC_DEBUG=1)")
@@ -412,7 +451,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         edges = args.length_buckets or []
         if any(b <= a for a, b in zip(edges, edges[1:])) or any(e < 0 for e in edges):
             raise PairingError(f"--length-buckets: edges must be >= 0 and increasing, got {edges}")
-        buckets = [(name, part, len(part[0][1]["rank"])) for name, part in by_history_length(models, edges)]
+        groups = by_history_length(models, edges)
+        if args.side_file:
+            data = args.data or _data_of(_split_arg(args.runs[0])[0])[0]
+            if not data:
+                raise PairingError("--side-file needs --data (the first evaluation records no data path)")
+            groups += by_side_file(models, args.side_file, data, args.side_column)
+        buckets = [(name, part, len(part[0][1]["rank"])) for name, part in groups]
         bucket_rows = [(name, n, compare(part, args.metrics) if n > 1 else []) for name, part, n in buckets]
     except PairingError as exc:
         return report("hytrec-compare", exc, 3)
