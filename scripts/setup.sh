@@ -9,6 +9,10 @@
 #   HYTREC_FLAVOR=cuda bash scripts/setup.sh
 #       (GPU machines and the CUDA image: torch from PyTorch's CUDA index and fbgemm-gpu 1.8.0, the
 #        CUDA build, instead of fbgemm-gpu-cpu; torchrec still --no-deps)
+#   HYTREC_STACK=1.9 HYTREC_VENV=.venv-1.9 bash scripts/setup.sh
+#       (the second stack, docs/install.md "Two stacks": torchrec 1.9.2, fbgemm-gpu 1.9.0, torch 2.14.1
+#        from requirements-cpu-1.9.txt; HYTREC_STACK=1.8, the default, is requirements-cpu.txt. Give
+#        each stack its own venv: switching one venv between stacks reinstalls it each time)
 #   HYTREC_STACK_ONLY=1 bash scripts/setup.sh
 #       (the image's first stage: the stack alone, without the test tools of requirements-cpu.txt
 #        (lines ending in "# test-only"), the package or the stamp, so it needs no code)
@@ -16,7 +20,16 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${HYTREC_VENV:-$here/.venv}"
 python="${PYTHON:-python3}"
-req="$here/requirements-cpu.txt"
+stack="${HYTREC_STACK:-1.8}"
+case "$stack" in  # the requirements file, torchrec (installed --no-deps below) and the CUDA torch index
+    1.8) req="$here/requirements-cpu.txt"; torchrec_pin=1.8.0
+         cuda_index=https://download.pytorch.org/whl/cu128 ;;
+    1.9) req="$here/requirements-cpu-1.9.txt"; torchrec_pin=1.9.2
+         cuda_index=https://download.pytorch.org/whl/cu130 ;;  # fbgemm-gpu 1.9.0 links libcudart.so.13
+    *) echo "[setup] HYTREC_STACK must be 1.8 or 1.9, not '$stack'" >&2; exit 2 ;;
+esac
+torch_pin="$(sed -n 's/^torch==\([^ ]*\).*/\1/p' "$req")"
+fbgemm_pin="$(sed -n 's/^fbgemm-gpu-cpu==\([^ ]*\).*/\1/p' "$req")"
 flavor="${HYTREC_FLAVOR:-cpu}"
 case "$flavor" in
     cpu) ;;
@@ -24,7 +37,7 @@ case "$flavor" in
         cuda_req="$(mktemp)"
         sed 's/^fbgemm-gpu-cpu==/fbgemm-gpu==/' "$req" > "$cuda_req"
         req="$cuda_req"
-        HYTREC_TORCH_INDEX="${HYTREC_TORCH_INDEX:-https://download.pytorch.org/whl/cu128}" ;;
+        HYTREC_TORCH_INDEX="${HYTREC_TORCH_INDEX:-$cuda_index}" ;;
     *) echo "[setup] HYTREC_FLAVOR must be cpu or cuda, not '$flavor'" >&2; exit 2 ;;
 esac
 stack_only="${HYTREC_STACK_ONLY:-0}"
@@ -34,7 +47,10 @@ if [ "$stack_only" = 1 ]; then
     req="$runtime_req"
 fi
 stamp="$venv/.hytrec-setup-stamp"
-want="$( (cat "$req" "$here/pyproject.toml" 2>/dev/null || true; echo "$flavor") | sha256sum | cut -d' ' -f1)"
+# The stamp covers the stack: its requirements file, and for a stack other than the default its name
+# (left out for 1.8, so that venvs stamped before stacks existed stay up to date).
+want="$( (cat "$req" "$here/pyproject.toml" 2>/dev/null || true; echo "$flavor"
+          [ "$stack" = 1.8 ] || echo "stack $stack") | sha256sum | cut -d' ' -f1)"
 
 if [ "$stack_only" != 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import torchrec, fbgemm_gpu, hytrec_torchrec" 2>/dev/null; then
     echo "[setup] $venv is up to date"
@@ -49,10 +65,10 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 extra=()
 if [ -n "${HYTREC_TORCH_INDEX:-}" ]; then extra=(--extra-index-url "$HYTREC_TORCH_INDEX"); fi
 
-echo "[setup] installing the pinned $flavor stack (torch 2.13.0, fbgemm-gpu 1.8.0 ($flavor build), torchx 0.7.0, ...)"
+echo "[setup] installing the pinned $flavor stack (torch $torch_pin, fbgemm-gpu $fbgemm_pin ($flavor build), torchx 0.7.0, ...)"
 "${pip[@]}" install "${extra[@]}" -r "$req"
-echo "[setup] installing torchrec 1.8.0 with --no-deps (avoids the CUDA fbgemm-gpu)"
-"${pip[@]}" install --no-deps torchrec==1.8.0
+echo "[setup] installing torchrec $torchrec_pin with --no-deps (avoids the CUDA fbgemm-gpu)"
+"${pip[@]}" install --no-deps "torchrec==$torchrec_pin"
 if [ "$stack_only" != 1 ]; then
     echo "[setup] installing hytrec_torchrec (editable, --no-deps)"
     "${pip[@]}" install --no-deps --no-build-isolation -e "$here"
