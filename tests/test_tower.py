@@ -368,3 +368,37 @@ def test_configs_stored_before_the_long_memory_options_rebuild_the_paper_tower()
     assert fill_pre_memory_keys(newer) == ["repeat_cycles", "repeat_gate", "repeat_scorer"]
     assert newer["tadn"]["gating"] == "gated_delta"
     assert (newer["repeat_cycles"], newer["repeat_gate"], newer["repeat_scorer"]) == (False, False, "additive")
+
+
+@pytest.mark.parametrize("all_positions", [False, True])
+def test_long_checkpoint_gives_the_same_outputs_and_gradients(all_positions: bool) -> None:
+    """``model.long_checkpoint`` recomputes the long branch's activations in the backward pass:
+    outputs and every gradient equal the plain run (dropout included: the RNG state is replayed);
+    the scripted tower ignores it."""
+    def build(ckpt: bool) -> HyTRecTower:
+        torch.manual_seed(0)
+        return HyTRecTower(from_dict(TowerConfig, {"embedding_dim": 16, "short_len": 4, "heads": 2, "dropout": 0.1,
+                                                   "long_pattern": "TT", "features": ["item"],
+                                                   "long_checkpoint": ckpt, "tadn": {"chunk_size": 8}})).train()
+    g = torch.Generator().manual_seed(1)
+    off = torch.tensor([0, 30, 37, 80])
+    ts = torch.cumsum(torch.randint(1, 1000, (80,), generator=g), 0)
+    x = torch.randn(80, 16, generator=g)
+    tc = ts[off[1:] - 1]
+    outs, grads = [], []
+    for ckpt in (False, True):
+        tower = build(ckpt)
+        torch.manual_seed(5)
+        if all_positions:
+            y, _ = tower.forward_all_positions({"item": x}, off, ts, tc)
+        else:
+            y = tower({"item": x}, off, ts, tc)
+        y.square().sum().backward()
+        outs.append(y.detach())
+        grads.append({n: p.grad.clone() for n, p in tower.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(outs[1], outs[0])
+    assert grads[0].keys() == grads[1].keys() and any(k.startswith("long.blocks") for k in grads[0])
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    scripted = torch.jit.script(build(True).eval())
+    torch.testing.assert_close(scripted({"item": x}, off, ts, tc), build(True).eval()({"item": x}, off, ts, tc))

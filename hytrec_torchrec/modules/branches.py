@@ -63,6 +63,7 @@ class LongBranch(nn.Module):
 
     readout_intent: Final[bool]
     time_inputs: Final[bool]
+    checkpoint: Final[bool]
 
     def __init__(self, cfg: TowerConfig) -> None:
         super().__init__()
@@ -74,6 +75,8 @@ class LongBranch(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.empty = nn.Parameter(torch.zeros(dim))
         self.num_blocks = len(self.blocks)
+        # training: recompute each block's activations in the backward pass (long_checkpoint)
+        self.checkpoint = cfg.long_checkpoint
         self.readout_intent = cfg.long_readout == "intent"
         self.reader = (IntentReadout(dim, cfg.heads, cfg.tadn.chunk_size, cfg.tadn.key_dim)
                        if self.readout_intent else nn.Identity())
@@ -84,6 +87,17 @@ class LongBranch(nn.Module):
         self.gap_emb = nn.Embedding(TIME_INPUT_BUCKETS, dim) if time_inputs else nn.Identity()
         if time_inputs:
             nn.init.normal_(self.gap_emb.weight, std=0.02)
+
+    @torch.jit.unused
+    def _checkpointed(self, i: int, x: torch.Tensor, ctx: SeqContext) -> torch.Tensor:
+        """Block ``i`` under activation checkpointing (eager training only)."""
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(self.blocks[i], x, ctx, use_reentrant=False)
+
+    def _recompute(self) -> bool:
+        """Whether blocks run under activation checkpointing now (eager training with gradients)."""
+        return self.checkpoint and self.training and torch.is_grad_enabled() and not torch.jit.is_scripting()
 
     def _inputs(self, x: torch.Tensor, off: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         if self.time_inputs:
@@ -128,7 +142,8 @@ class LongBranch(nn.Module):
         i = 0
         for blk in self.blocks:
             last = i == self.num_blocks - 1 and not self.readout_intent
-            x = blk(x, SeqContext(offsets=off, seg=seg, tau=tau, last_only=last, prefix_mean=False, ts=ts, qts=qts))
+            ctx = SeqContext(offsets=off, seg=seg, tau=tau, last_only=last, prefix_mean=False, ts=ts, qts=qts)
+            x = self._checkpointed(i, x, ctx) if self._recompute() else blk(x, ctx)
             i += 1
         x = self.norm(x)
         if self.readout_intent:
@@ -152,8 +167,10 @@ class LongBranch(nn.Module):
         seg = segment_ids(off, x.shape[0])
         x = self._inputs(x, off, ts)
         ctx = SeqContext(offsets=off, seg=seg, tau=tau, last_only=False, prefix_mean=True, ts=ts, qts=qts)
+        i = 0
         for blk in self.blocks:
-            x = blk(x, ctx)
+            x = self._checkpointed(i, x, ctx) if self._recompute() else blk(x, ctx)
+            i += 1
         x = self.norm(x)
         if self.readout_intent:
             if intent is None or t_query is None:

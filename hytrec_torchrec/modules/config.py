@@ -147,6 +147,10 @@ class TowerConfig:
     the long branch's rows, queried with the short branch's output and the time since the last
     long event; needs a short branch). With ``intent`` every long layer runs on every row, so an
     S layer in ``long_pattern`` then costs O(L²); use T layers only for linear cost."""
+    long_checkpoint: bool = False
+    """Training: activation checkpointing of the long branch, block by block (each block's
+    activations are recomputed in the backward pass instead of kept), so that very long histories
+    fit in memory at about one more forward pass of the branch (benchmarks/bench_memory.py)."""
     long_time_inputs: bool = True
     """Add a learned embedding of the log-bucketed gap to the previous event (64 buckets) to every
     long-branch input row: time for the long layers, exact in all-position training."""
