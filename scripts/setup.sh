@@ -12,7 +12,7 @@
 #   HYTREC_STACK=1.9 HYTREC_VENV=.venv-1.9 bash scripts/setup.sh
 #       (the second stack, docs/install.md "Two stacks": torchrec 1.9.2, fbgemm-gpu 1.9.0, torch 2.14.1
 #        from requirements-cpu-1.9.txt; HYTREC_STACK=1.8, the default, is requirements-cpu.txt. Give
-#        each stack its own venv: switching one venv between stacks reinstalls it each time)
+#        each stack its own venv; unset, HYTREC_STACK is the stack the venv was set up with)
 #   HYTREC_STACK_ONLY=1 bash scripts/setup.sh
 #       (the image's first stage: the stack alone, without the test tools of requirements-cpu.txt
 #        (lines ending in "# test-only"), the package or the stamp, so it needs no code)
@@ -20,7 +20,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${HYTREC_VENV:-$here/.venv}"
 python="${PYTHON:-python3}"
-stack="${HYTREC_STACK:-1.8}"
+# Unset, HYTREC_STACK is the venv's own stack (recorded in it by a setup of another stack than 1.8),
+# else 1.8: so test.sh, demo.sh, ... given HYTREC_VENV of a 1.9 venv keep it on 1.9.
+stack="${HYTREC_STACK:-$(cat "$venv/.hytrec-stack" 2>/dev/null || echo 1.8)}"
 case "$stack" in  # the requirements file, torchrec (installed --no-deps below) and the CUDA torch index
     1.8) req="$here/requirements-cpu.txt"; torchrec_pin=1.8.0
          cuda_index=https://download.pytorch.org/whl/cu128 ;;
@@ -85,4 +87,5 @@ import torch, fbgemm_gpu, torchrec  # noqa: F401
 torch.ops.fbgemm.asynchronous_complete_cumsum(torch.tensor([1, 2]))
 print(f"[setup] ok: torch {torch.__version__}, torchrec {torchrec.__version__}")
 PY
+if [ "$stack" = 1.8 ]; then rm -f "$venv/.hytrec-stack"; else echo "$stack" > "$venv/.hytrec-stack"; fi
 [ "$stack_only" = 1 ] || echo "$want" > "$stamp"

@@ -127,15 +127,16 @@ def test_module_rows_equal_forward_on_each_prefix(memory):
     h = torch.randn(n, d, dtype=torch.float64)
     ce = torch.randn(n, d, dtype=torch.float64)
     mod = mod.double()
-    rows_tok, rows_valid = mod.forward_rows(h, ce, cat, offsets, ts)
+    rows_tok, rows_valid, rows_row = mod.forward_rows(h, ce, cat, offsets, ts)
     for b, length in enumerate(lengths):
         s = int(offsets[b])
         for k in range(1, length + 1):  # the prefix of the first k events of history b
             off = torch.tensor([0, k])
             sl = slice(s, s + k)
-            tok, valid = mod(h[sl], ce[sl], cat[sl], off, ts[sl])
+            tok, valid, trow = mod(h[sl], ce[sl], cat[sl], off, ts[sl])
             r = s + k - 1
             assert valid[0].tolist() == rows_valid[r].tolist()
+            assert (trow[0][valid[0]] + s).tolist() == rows_row[r][rows_valid[r]].tolist()
             # the token sets are equal as sets: compare sorted by their first coordinate
             a = tok[0][valid[0]]
             c = rows_tok[r][rows_valid[r]]

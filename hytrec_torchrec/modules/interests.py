@@ -47,7 +47,8 @@ GAP_BUCKETS: Final[int] = 64
 
 
 class CategoryInterests(nn.Module):
-    """The top categories of a history as tokens ``[R, M, D]`` with a validity mask ``[R, M]``.
+    """The top categories of a history as tokens ``[R, M, D]`` with a validity mask ``[R, M]`` and
+    the packed row of each category's latest event ``[R, M]`` int64 (0 where not valid).
 
     Forward inputs: ``h [N, D]`` the combined event rows, ``cat_emb [N, D]`` each row's category
     embedding, ``category [N]`` int64 category indices, ``offsets [B+1]``, ``ts [N]`` int64
@@ -111,30 +112,32 @@ class CategoryInterests(nn.Module):
         return x.view(r, m, -1) * valid.unsqueeze(-1).to(x.dtype)
 
     def forward(self, h: torch.Tensor, cat_emb: torch.Tensor, category: torch.Tensor, offsets: torch.Tensor,
-                ts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One token set per history, read at its last event: ``([B, M, D], valid [B, M])``."""
+                ts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One token set per history, read at its last event: ``([B, M, D], valid [B, M], rows [B, M])``."""
         b = offsets.numel() - 1
         if h.shape[0] == 0:
             return (h.new_zeros(b, self.count, h.shape[1]),
-                    torch.zeros(b, self.count, dtype=torch.bool, device=h.device))
+                    torch.zeros(b, self.count, dtype=torch.bool, device=h.device),
+                    torch.zeros(b, self.count, dtype=torch.int64, device=h.device))
         long_t, short_t, _, _, perm, goff, guser, grank, keys_g = self._row_parts(h, category, offsets, ts)
         rows, valid = top_categories_last(perm, goff, guser, grank, keys_g, b, self.count)
         nonempty = offsets[1:] > offsets[:-1]
         t_last = torch.where(nonempty, ts[last_index(offsets).clamp(min=0, max=h.shape[0] - 1)],
                              torch.zeros_like(offsets[1:]))
-        return self._tokens(rows, valid, long_t, short_t, cat_emb, ts, t_last), valid
+        return self._tokens(rows, valid, long_t, short_t, cat_emb, ts, t_last), valid, rows
 
     def forward_rows(self, h: torch.Tensor, cat_emb: torch.Tensor, category: torch.Tensor,
-                     offsets: torch.Tensor, ts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One token set per row (the prefix ending there): ``([N, M, D], valid [N, M])``."""
+                     offsets: torch.Tensor, ts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One token set per row (the prefix ending there): ``([N, M, D], valid [N, M], rows [N, M])``."""
         n = h.shape[0]
         if n == 0:
-            return h.new_zeros(0, self.count, h.shape[1]), torch.zeros(0, self.count, dtype=torch.bool,
-                                                                        device=h.device)
+            return (h.new_zeros(0, self.count, h.shape[1]), torch.zeros(0, self.count, dtype=torch.bool,
+                                                                         device=h.device),
+                    torch.zeros(0, self.count, dtype=torch.int64, device=h.device))
         long_t, short_t, keys_t, rank_t, _, _, _, _, _ = self._row_parts(h, category, offsets, ts)
         c = int(rank_t.max()) + 1
         rows, valid = top_categories_rows(rank_t, keys_t, offsets, c, self.count)
-        return self._tokens(rows, valid, long_t, short_t, cat_emb, ts, ts), valid
+        return self._tokens(rows, valid, long_t, short_t, cat_emb, ts, ts), valid, rows
 
 
 class InterestReadout(nn.Module):

@@ -180,6 +180,20 @@ class HyTRecTower(nn.Module):
         """Like :meth:`forward`, also returning the weighted load-balancing loss (0-d).
 
         The user embedding is L2-normalised when ``similarity`` is cosine (:func:`scoring_vectors`)."""
+        parts = self.forward_parts(features, offsets, timestamps, t_current, category)
+        return parts[0], parts[1]
+
+    def _no_interests(self, r: int, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Empty interest outputs for ``r`` users or rows: ``[R, 0, D]``, ``[R, 0]`` bool, ``[R, 0]`` int64."""
+        return (like.new_zeros(r, 0, self.dim), torch.zeros(r, 0, dtype=torch.bool, device=like.device),
+                torch.zeros(r, 0, dtype=torch.int64, device=like.device))
+
+    @torch.jit.export
+    def forward_parts(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
+                      timestamps: torch.Tensor, t_current: torch.Tensor, category: Optional[torch.Tensor] = None
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward_with_aux` and the category interests it read: ``(user [B, D], balance,
+        tokens [B, M, D], valid [B, M], token_category [B, M] int64)`` (M = 0 without interests)."""
         h = self.combine(features)
         n = h.shape[0]
         head_rows, head_off, tail_rows, tail_off = self._split(offsets, n, h.device)
@@ -205,9 +219,11 @@ class HyTRecTower(nn.Module):
                 lq = nt[head_rows + self.short_len] if self.has_short else nt
             branches.append(self.long(h[head_rows], head_off, tau[head_rows], timestamps[head_rows], lq,
                                       short_out, t_last))
+        tokens, valid, token_cat = self._no_interests(offsets.numel() - 1, h)
         if self.has_interests and short_out is not None:
             cat_emb, cat = self._interest_inputs(features, category)
-            tokens, valid = self.interests(h, cat_emb, cat, offsets, timestamps)
+            tokens, valid, token_rows = self.interests(h, cat_emb, cat, offsets, timestamps)
+            token_cat = cat[token_rows] if n > 0 else token_rows
             branches.append(self.interest_read(short_out, tokens, valid))
         if short_out is not None:
             branches.append(short_out)
@@ -215,7 +231,7 @@ class HyTRecTower(nn.Module):
         scale = self.copy_scale
         if self.has_copy and short_out is not None and scale is not None:
             user = user + scale * self.copy(h[head_rows], head_off, timestamps[head_rows], short_out, t_last)
-        return scoring_vectors(user, self.cosine), balance * self.load_balance_weight
+        return scoring_vectors(user, self.cosine), balance * self.load_balance_weight, tokens, valid, token_cat
 
     def forward_all_positions(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
                               timestamps: torch.Tensor, t_current: torch.Tensor,
@@ -229,6 +245,14 @@ class HyTRecTower(nn.Module):
                       timestamps: torch.Tensor, t_current: torch.Tensor,
                       last_rows: int = 0, category: Optional[torch.Tensor] = None
                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`rows_parts` without the interests."""
+        parts = self.rows_parts(features, offsets, timestamps, t_current, last_rows, category)
+        return parts[0], parts[1], parts[2]
+
+    def rows_parts(self, features: Dict[str, torch.Tensor], offsets: torch.Tensor,
+                   timestamps: torch.Tensor, t_current: torch.Tensor,
+                   last_rows: int = 0, category: Optional[torch.Tensor] = None
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One user embedding per history row ``[N, D]`` (all-position training) and the weighted
         load-balancing loss (0-d); inputs as :meth:`forward`.
 
@@ -248,7 +272,8 @@ class HyTRecTower(nn.Module):
         Returns ``(user [N, D], balance, long [N, D])``: ``long`` is the long branch's output for
         every row (the prefix ending K rows earlier, the learned empty vector before that), with
         its gradient (the auxiliary loss's input, ``model.long_aux_weight``); ``[0, D]`` without a
-        long branch.
+        long branch; then the category interests of every row (all rows, also with ``last_rows``):
+        ``tokens [N, M, D]``, ``valid [N, M]``, ``token_category [N, M]`` int64 (M = 0 without them).
         """
         h = self.combine(features)
         n = h.shape[0]
@@ -295,12 +320,15 @@ class HyTRecTower(nn.Module):
             long_out = long_out.index_copy(0, head_rows + self.short_len, rows)
             long_all = long_out
             branches.append(long_out if sel_rows is None else long_out[sel_rows])
+        tokens, valid, token_cat = self._no_interests(n, h)
         if self.has_interests and short_sel is not None:
             cat_emb, cat = self._interest_inputs(features, category)
-            tokens, valid = self.interests.forward_rows(h, cat_emb, cat, offsets, timestamps)
+            tokens, valid, token_rows = self.interests.forward_rows(h, cat_emb, cat, offsets, timestamps)
+            token_cat = cat[token_rows] if n > 0 else token_rows
+            sel_tokens, sel_valid = tokens, valid
             if sel_rows is not None:
-                tokens, valid = tokens[sel_rows], valid[sel_rows]
-            branches.append(self.interest_read(short_sel, tokens, valid))
+                sel_tokens, sel_valid = tokens[sel_rows], valid[sel_rows]
+            branches.append(self.interest_read(short_sel, sel_tokens, sel_valid))
         if short_sel is not None:
             branches.append(short_sel)
         user, balance = self._fuse(branches)
@@ -313,7 +341,7 @@ class HyTRecTower(nn.Module):
         user = scoring_vectors(user, self.cosine)
         if sel_rows is not None:
             user = h.new_zeros(n, self.dim).index_copy(0, sel_rows, user)
-        return user, balance * self.load_balance_weight, long_all
+        return user, balance * self.load_balance_weight, long_all, tokens, valid, token_cat
 
 
 def score(user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
