@@ -39,6 +39,7 @@ from hytrec_torchrec.modules.loss import (
 )
 from hytrec_torchrec.modules.repeat import RepeatBonus, RepeatHead, dense_bonus, find_pairs, lookup_bonus
 from hytrec_torchrec.modules.tower import HyTRecTower, scoring_vectors
+from hytrec_torchrec.modules.ulim import UlimHead
 from hytrec_torchrec.ops.jagged import last_index, segment_ids, split_tail
 from hytrec_torchrec.schema import TABLES, history_key
 
@@ -66,12 +67,13 @@ class UserTower(nn.Module):
         all_positions: bool = False,
         last_rows: int = 0,
         category: Optional[torch.Tensor] = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """User embeddings [B, D] (or [N, D], one per history row, with ``all_positions``, only
         the last ``last_rows`` rows of each history computed when > 0; see
         :meth:`~hytrec_torchrec.modules.tower.HyTRecTower.rows_and_long`), the weighted
-        load-balancing loss (0-d) and, with ``all_positions``, the long branch's output per row
-        ``[N, D]`` (``[0, D]`` otherwise).
+        load-balancing loss (0-d), with ``all_positions`` the long branch's output per row
+        ``[N, D]`` (``[0, D]`` otherwise), and the category interests read per user or row
+        (``tokens [R, M, D]``, ``valid [R, M]``, ``token_category [R, M]``; M = 0 without them).
 
         Args:
             emb: the collection's output; ``history_<feature>`` values are [N, D].
@@ -81,9 +83,10 @@ class UserTower(nn.Module):
         """
         feats = {f: emb[history_key(f)].values() for f in TABLES}
         if all_positions:
-            return self.net.rows_and_long(feats, offsets, timestamps, t_current, last_rows, category)
-        user, balance = self.net.forward_with_aux(feats, offsets, timestamps, t_current, category)
-        return user, balance, user.new_zeros(0, user.shape[1])
+            return self.net.rows_parts(feats, offsets, timestamps, t_current, last_rows, category)
+        user, balance, tokens, valid, token_cat = self.net.forward_parts(feats, offsets, timestamps, t_current,
+                                                                          category)
+        return user, balance, user.new_zeros(0, user.shape[1]), tokens, valid, token_cat
 
 
 def next_event_rows(offsets: torch.Tensor, num_history: int) -> torch.Tensor:
@@ -357,6 +360,9 @@ class HyTRecModel(nn.Module):
             and is the exact softmax.
         cycle_behaviors: ``[V_behavior]`` bool, the purchase-like behaviour indices of the repeat
             path's cycle features (``data.cycle_behaviors``); None = every event counts.
+        item_category: ``[V_item]`` int64, each item's category (``model.kind: ulim``; the
+            factory's :func:`~hytrec_torchrec.runtime.factory.read_item_categories`); None otherwise.
+        num_categories: rows of the category table (``model.kind: ulim``).
     """
 
     def __init__(
@@ -368,6 +374,8 @@ class HyTRecModel(nn.Module):
         whole_catalog_negatives: bool = False,
         supervised_rows: int = 0,
         cycle_behaviors: Optional[torch.Tensor] = None,
+        item_category: Optional[torch.Tensor] = None,
+        num_categories: int = 0,
     ) -> None:
         super().__init__()
         self.all_positions = all_positions
@@ -394,13 +402,50 @@ class HyTRecModel(nn.Module):
                                      tower_cfg.temperature)
                          if self.long_aux_weight > 0 else None)
         self.gate_loss = RepeatGateLoss() if tower_cfg.repeat and tower_cfg.repeat_gate and self.gate_weight > 0 else None
+        # ULIM: next-category prediction and one user embedding per category (model.kind: ulim)
+        self.ulim: Optional[UlimHead] = None
+        self.category_weight = 0.0
+        self.ulim_top_categories = int(tower_cfg.ulim.top_categories)
+        if tower_cfg.kind == "ulim":
+            if item_category is None or num_categories < 3:
+                raise ValueError("model.kind: ulim needs each item's category and the category table's size")
+            self.ulim = UlimHead(tower_cfg.ulim, tower_cfg.embedding_dim, num_categories, self.cosine)
+            self.category_weight = float(tower_cfg.ulim.category_weight)
+        self.register_buffer("item_category", item_category.to(torch.int64) if item_category is not None
+                             else torch.zeros(0, dtype=torch.int64), persistent=False)
 
     def user_embedding(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, JaggedTensor]]:
         """User embeddings [B, D] and the looked-up embeddings of every feature."""
         emb = self.embeddings(batch.features)
         offsets = batch.history_offsets().to(torch.int64)
-        user, _, _ = self.tower(emb, offsets, batch.timestamps, batch.t_current, category=self._category(batch))
+        user = self.tower(emb, offsets, batch.timestamps, batch.t_current, category=self._category(batch))[0]
         return user, emb
+
+    def _ulim_step(self, user: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor,
+                   token_cat: torch.Tensor, target_cat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """ULIM in training: ``(e_{c} [R, D], next-category loss)`` for rows ``user [R, D]`` whose
+        targets are of category ``target_cat [R]``; the loss is the mean of −log p(c) over the
+        rows whose target has a known category."""
+        assert self.ulim is not None
+        logp = self.ulim.category_log_probs(user, tokens, valid, token_cat)
+        known = target_cat >= 2
+        nll = -logp.gather(1, target_cat.unsqueeze(1)).squeeze(1)
+        cat_loss = (nll * known.to(nll.dtype)).sum() / known.sum().clamp(min=1)
+        e = self.ulim.category_users(user, target_cat.unsqueeze(1), tokens, valid, token_cat)[:, 0]
+        return e, cat_loss
+
+    def ulim_outputs(self, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Dict[str, JaggedTensor]]:
+        """ULIM at evaluation: ``(user [B, D], log p(category) [B, V_c], e [B, V_c, D])`` (every
+        category's user embedding) and the looked-up embeddings."""
+        assert self.ulim is not None
+        emb = self.embeddings(batch.features)
+        offsets = batch.history_offsets().to(torch.int64)
+        user, _, _, tokens, valid, token_cat = self.tower(emb, offsets, batch.timestamps, batch.t_current,
+                                                          category=self._category(batch))
+        logp = self.ulim.category_log_probs(user, tokens, valid, token_cat)
+        cats = torch.arange(logp.shape[1], device=user.device).unsqueeze(0).expand(user.shape[0], -1)
+        e = self.ulim.category_users(user, cats, tokens, valid, token_cat)
+        return user, logp, e, emb
 
     def _category(self, batch: Batch) -> Optional[torch.Tensor]:
         """The history's category indices ``[N]`` int64 when the tower reads interests, else None."""
@@ -443,12 +488,19 @@ class HyTRecModel(nn.Module):
         target_ids = batch.features["target_item"].values()
         out_extra: Dict[str, torch.Tensor] = {}
         long_loss: Optional[torch.Tensor] = None
+        cat_loss: Optional[torch.Tensor] = None
         if self.all_positions and self.training:
-            rows, aux, long_rows = self.tower(emb, offsets, batch.timestamps, batch.t_current, True,
-                                              self.supervised_rows, self._category(batch))
+            rows, aux, long_rows, tokens, valid, token_cat = self.tower(
+                emb, offsets, batch.timestamps, batch.t_current, True, self.supervised_rows, self._category(batch))
             bonus, gate = self.repeat_bonus_and_gate(batch, rows, True) if self.repeat is not None else (None, None)
+            scored_rows = rows
+            if self.ulim is not None:  # each row scored with its next event's category's embedding
+                nxt = torch.cat([batch.features[history_key("category")].values().to(torch.int64),
+                                 self.item_category[target_ids.to(torch.int64)]])[next_event_rows(offsets, rows.shape[0])]
+                scored_rows, cat_loss = self._ulim_step(rows, tokens, valid, token_cat, nxt)
+                out_extra["category_loss"] = cat_loss.detach()
             loss = self.all_positions_loss(
-                rows, offsets, emb["history_item"], batch.features["history_item"].values(),
+                scored_rows, offsets, emb["history_item"], batch.features["history_item"].values(),
                 emb["target_item"], target_ids,
                 emb["negative_item"], batch.features["negative_item"].values(),
                 bonus=bonus,
@@ -460,11 +512,17 @@ class HyTRecModel(nn.Module):
                                           batch.features["negative_item"].values(), emb["negative_item"].values())
                 out_extra["long_aux_loss"] = long_loss.detach()
         else:
-            user, aux, _ = self.tower(emb, offsets, batch.timestamps, batch.t_current,
-                                      category=self._category(batch))
+            user, aux, _, tokens, valid, token_cat = self.tower(emb, offsets, batch.timestamps, batch.t_current,
+                                                                category=self._category(batch))
             bonus, gate = self.repeat_bonus_and_gate(batch, user) if self.repeat is not None else (None, None)
+            scored = user
+            if self.ulim is not None:  # scored with its target's category's embedding (one target each)
+                tlen = batch.features["target_item"].lengths().to(torch.int64)
+                first = target_ids.to(torch.int64)[torch.cumsum(tlen, 0) - tlen]  # each example's first target
+                scored, cat_loss = self._ulim_step(user, tokens, valid, token_cat, self.item_category[first])
+                out_extra["category_loss"] = cat_loss.detach()
             loss = self.loss(
-                user,
+                scored,
                 emb["target_item"],
                 target_ids,
                 emb["negative_item"],
@@ -473,6 +531,8 @@ class HyTRecModel(nn.Module):
             )
         out = {"loss": loss.detach(), "aux": aux.detach(), "tokens": offsets[-1], **out_extra}
         total = loss + aux
+        if cat_loss is not None:
+            total = total + self.category_weight * cat_loss
         if long_loss is not None:
             total = total + self.long_aux_weight * long_loss
         if self.gate_loss is not None and bonus is not None and gate is not None:

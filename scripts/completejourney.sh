@@ -51,7 +51,9 @@ rep0="model.repeat_cycles=false model.repeat_scorer=additive optim.repeat_lr_sca
 # default tower reading its 16 top categories' interests (model.interests, docs/ulim.md; prepare with
 # CJ_CATEGORY=product_category so that a category is a commodity); interests_mean: their cheap form
 # (a time-decayed mean per category instead of a gated-delta memory); short_interests: the interests
-# without the long branch. These three start from today's defaults, not from $rep0.
+# without the long branch; ulim: ULIM's head on the interests tower (model.kind=ulim: next category by a
+# pointer-generator, one user embedding per category, items ranked by p(category) x p(item | category)).
+# These four start from today's defaults, not from $rep0.
 recipes="\
 default              $rep0
 short_only           $rep0 model.long_pattern=
@@ -77,7 +79,8 @@ cycles_mlp_lr10_aux  $rep0 model.repeat_cycles=true model.repeat_scorer=mlp opti
 cycles_mlp_lr10_aux_detach $rep0 model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10 model.long_aux_weight=1.0 model.fusion.long_detach=true
 interests            model.interests.count=16
 interests_mean       model.interests.count=16 model.interests.memory=mean
-short_interests      model.long_pattern= model.interests.count=16"
+short_interests      model.long_pattern= model.interests.count=16
+ulim                 model.kind=ulim model.interests.count=16"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"

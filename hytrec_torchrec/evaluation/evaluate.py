@@ -26,6 +26,7 @@ checkpoint's job config instead, e.g. ``data.max_len=200`` or ``data.batch_size=
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -62,7 +63,9 @@ from hytrec_torchrec.evaluation.diagnostics import (
 from hytrec_torchrec.evaluation.calibration import GateCalibration
 from hytrec_torchrec.evaluation.segments import SegmentConfig, Segmenter
 from hytrec_torchrec.ranking.metrics import DEFAULT_KS, SegmentedRankingMetric, metric_names
+from hytrec_torchrec.evaluation.cascade import UlimStats
 from hytrec_torchrec.ranking.ranks import ranked_catalog_sizes, target_ranks
+from hytrec_torchrec.ranking.ulim import category_ranks, most_frequent_category_ranks, ulim_ranks_distributed
 from hytrec_torchrec.ranking.scoring import batch_ranks_and_gate, first_targets, history_items, item_blocks, unwrap
 from hytrec_torchrec.runtime.config import describe_model
 from hytrec_torchrec.runtime.data_check import VocabMismatchError, check_tables, check_vocab, pairs_fingerprint
@@ -369,6 +372,12 @@ def evaluate_checkpoint(
         ranks, prob, label = batch_ranks_and_gate(tower, on_device, blocks, num_items, ecfg.remove_history)
         return ranks.cpu(), prob, label
 
+    ulim: Optional[UlimStats] = None
+    if cfg.model.kind == "ulim":  # ULIM: p(category) × p(item | category), the cascade, next-category HR
+        ulim = UlimStats(ecfg.ks, cfg.model.ulim.top_categories, catalog)
+        ranks_of = functools.partial(_ulim_ranks, tower, blocks, ecfg.remove_history, ulim, env.device,
+                                     cfg.model.temperature)
+
     sampler = ExampleSampler(ecfg.diagnostics, segmenter.names) if ecfg.diagnostics.users > 0 else None
     gate = GateCalibration(segmenter.names) if cfg.model.repeat and cfg.model.repeat_gate else None
     results, t_eval, examples = _accumulate(loader, ecfg, segmenter, metric, ranks_of, sampler, gate)
@@ -376,6 +385,8 @@ def evaluate_checkpoint(
                                       lambda: checkpoint_access(state["path"], job_overrides, env.device,
                                                                 ecfg.diagnostics.max_table_gb))
     m = cfg.model
+    if ulim is not None:  # overall.next_category and overall.cascade (docs/evaluation.md, "ULIM")
+        results["all"] = {**results["all"], **ulim.compute()}
     return _result(
         results, counts, catalog, segmenter, env, t_load, t_eval,
         name=name or model_name(checkpoint),
@@ -389,6 +400,24 @@ def evaluate_checkpoint(
         diagnostics=diagnostics,
         **({"repeat_gate": gate.compute()} if gate is not None else {}),
     )
+
+
+def _ulim_ranks(model: Any, blocks: List[Any], remove_history: bool, stats: UlimStats, device: torch.device,
+                temperature: float, batch: Any) -> torch.Tensor:
+    """ULIM's full-catalog ranks of a batch's first targets (CPU ``[B]``), and its next-category
+    and cascade numbers into ``stats``. Collective when distributed."""
+    b = batch.to(device)
+    user, logp, e, _ = model.ulim_outputs(b)
+    targets = first_targets(b).to(torch.int64)
+    bonus = model.repeat_bonus(b, user) if getattr(model, "repeat", None) is not None else None
+    hist = history_items(b) if remove_history else None
+    full, cascade, scored = ulim_ranks_distributed(logp, e, targets, blocks, model.item_category, temperature,
+                                                   model.ulim_top_categories, bonus=bonus, history=hist)
+    tcat = model.item_category[targets]
+    cats = b.features["history_category"]
+    mf = most_frequent_category_ranks(cats.values(), cats.lengths(), tcat, logp.shape[1])
+    stats.update(b.valid, category_ranks(logp, tcat), mf, full, cascade, scored)
+    return full.cpu()
 
 
 # ---------------------------------------------------------------------- exported models

@@ -194,6 +194,7 @@ def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str,
     lines += _table(["segment", "model", "users"] + seg_cols, rows)
     lines += ["", "![metrics by history length](length_buckets.png)", ""]
     lines += gate_markdown(results)
+    lines += ulim_markdown(results, ks)
     lines += diagnostics_markdown(results, ecfg.diagnostics.distances if hasattr(ecfg, "diagnostics") else ())
     lines += ["## Counts", ""]
     for r in results:
@@ -212,6 +213,35 @@ def markdown_report(results: Sequence[Dict[str, Any]], ecfg: Any, data: str,
                 f"users (not in the dataset's user vocabulary; ignored; e.g. {side['unknown_examples']}), "
                 f"evaluated users without a value: {side.get('users_missing', {})}")
     return "\n".join(lines) + "\n"
+
+
+def ulim_markdown(results: Sequence[Dict[str, Any]], ks: Sequence[int]) -> List[str]:
+    """ULIM's next-category HR against the most-frequent-category baseline and its cascade against
+    full-catalog scoring (``overall.next_category`` / ``overall.cascade``); no lines without ULIM."""
+    ulim = [r for r in results if "next_category" in r["overall"]]
+    if not ulim:
+        return []
+    lines = ["## ULIM: next category and cascade", "",
+             "Next-category HR@K of the pointer-generator against ordering the user's history categories by "
+             "count (most frequent first); paired difference at K = 5 ± one paired standard error. Cascade: "
+             "recall@K when only the items of the top categories are scored, against all items.", ""]
+    rows = []
+    for r in ulim:
+        nc, cas = r["overall"]["next_category"], r["overall"]["cascade"]
+        d = nc["hr@5_minus_most_frequent"]
+        rows.append([r["name"], nc["hr@1"], nc["hr@5"], nc["hr@10"], nc["most_frequent_hr@1"],
+                     nc["most_frequent_hr@5"], nc["most_frequent_hr@10"],
+                     f"{d['diff']:+.4f} ± {d['se']:.4f} (z {d['z']:+.1f})"])
+    lines += _table(["model", "hr@1", "hr@5", "hr@10", "freq hr@1", "freq hr@5", "freq hr@10", "hr@5 − freq"], rows)
+    lines += [""]
+    rows = []
+    for r in ulim:
+        cas = r["overall"]["cascade"]
+        rows.append([r["name"], cas["top_categories"], round(cas["items_scored"]), cas["catalog"]]
+                    + [f"{cas[f'cascade_recall@{k}']:.4f} / {cas[f'recall@{k}']:.4f}" for k in ks])
+    lines += _table(["model", "top categories", "items scored", "catalog"] + [f"recall@{k} cascade / full" for k in ks],
+                    rows)
+    return lines + [""]
 
 
 def gate_markdown(results: Sequence[Dict[str, Any]]) -> List[str]:

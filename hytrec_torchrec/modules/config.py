@@ -22,7 +22,7 @@ from typing import List
 from hytrec_torchrec.config import ConfigError, check_choice, check_range
 from hytrec_torchrec.schema import TABLES
 
-__all__ = ["TADNConfig", "FusionConfig", "InterestConfig", "TowerConfig", "FEATURES", "fill_pre_memory_keys"]
+__all__ = ["TADNConfig", "FusionConfig", "InterestConfig", "UlimConfig", "TowerConfig", "FEATURES", "fill_pre_memory_keys"]
 
 FEATURES = TABLES  # the ID tables a tower may read
 
@@ -121,9 +121,34 @@ class InterestConfig:
 
 
 @dataclass
+class UlimConfig:
+    """ULIM's head (``model.kind: ulim``, :mod:`~hytrec_torchrec.modules.ulim`): next-category
+    prediction and one user embedding per category."""
+
+    top_categories: int = 10
+    """Kc: the cascade scores only the items of each user's Kc most probable categories."""
+    category_weight: float = 1.0
+    """Weight of the next-category loss (−log p(category of the target)) beside the item loss."""
+    pointer: bool = True
+    """PGIN's pointer over the history's top categories; false = the generator alone."""
+    hidden: int = 0
+    """Hidden width of the per-category user embedding's MLP; 0 = embedding_dim."""
+
+    def validate(self) -> None:
+        check_range("ulim.top_categories", self.top_categories, 1)
+        check_range("ulim.category_weight", self.category_weight, 0.0)
+        check_range("ulim.hidden", self.hidden, 0, 8192)
+
+
+@dataclass
 class TowerConfig:
     """The HyTRec tower: input combination, long/short branches, fusion."""
 
+    kind: str = "hytrec"
+    """``hytrec``: one user embedding scored against the whole catalog. ``ulim``: the same tower
+    (with ``interests``) plus ULIM's head: a pointer-generator predicts the next category and each
+    category gets its own user embedding; evaluation ranks items by p(category) × p(item | category)
+    and reports the cascade over the top ``ulim.top_categories`` (docs/ulim.md)."""
     embedding_dim: int = 64
     features: List[str] = field(default_factory=lambda: list(FEATURES))
     feature_combine: str = "sum"
@@ -227,6 +252,7 @@ class TowerConfig:
     tadn: TADNConfig = field(default_factory=TADNConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     interests: InterestConfig = field(default_factory=InterestConfig)
+    ulim: UlimConfig = field(default_factory=UlimConfig)
 
     def validate(self) -> None:
         check_range("embedding_dim", self.embedding_dim, 1)
@@ -251,6 +277,10 @@ class TowerConfig:
                               "it needs short_len > 0 (without a short branch set fusion.long: concat)")
         if self.far_copy and self.short_len == 0:
             raise ConfigError("far_copy: the copy path is read with the short branch's output; it needs short_len > 0")
+        check_choice("kind", self.kind, ("hytrec", "ulim"))
+        if self.kind == "ulim" and self.interests.count == 0:
+            raise ConfigError("kind: ulim reads the history's category interests (its pointer and its "
+                              "per-category embeddings); set model.interests.count > 0")
         if self.interests.count > 0 and self.short_len == 0:
             raise ConfigError("interests.count: the category interests are read with the short branch's output; "
                               "they need short_len > 0")

@@ -24,8 +24,10 @@ import torch.distributed as dist
 __all__ = [
     "ItemBlock",
     "all_gather_rows",
+    "gather_bonus",
     "local_item_blocks",
     "ranked_catalog_sizes",
+    "ranks_from_scores",
     "target_ranks",
     "target_ranks_distributed",
     "topk_distributed",
@@ -116,6 +118,21 @@ def target_ranks(
             scored = [(0, full)]
     if bonus is not None:
         scored = [(r0, _add_bonus(s.float(), bonus, r0)) for r0, s in scored]
+    return ranks_from_scores(scored, targets, reduce=reduce, exclude=exclude, history=history)
+
+
+def ranks_from_scores(
+    scored: Sequence[Tuple[int, torch.Tensor]],
+    targets: torch.Tensor,
+    reduce: bool = False,
+    exclude: torch.Tensor | None = None,
+    history: Tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """:func:`target_ranks` from scores already computed: ``scored`` = ``(first row r0, scores
+    [B, n] of items r0 … r0+n−1)`` of the locally held whole rows; the other arguments as there.
+    Any scorer (the dot product, ULIM's category-then-item scores) ranks through here."""
+    B = targets.shape[0]
+    dev = targets.device
     tscore = torch.zeros(B, dtype=torch.float32, device=dev)
     for r0, s in scored:
         inside = (targets >= r0) & (targets < r0 + s.shape[1])
@@ -224,15 +241,20 @@ def target_ranks_distributed(
     if history is not None:  # the flag must agree on every rank (collectives below)
         all_h = (all_gather_rows(history[0].to(torch.int64))[0],
                  all_gather_rows(history[1].to(torch.int64))[0])
-    all_b = None
-    if bonus is not None:  # example indices become indices into the gathered users
-        ex, ex_sizes = all_gather_rows(bonus[0].to(torch.int64))
-        shift = torch.tensor([sum(sizes[:r]) for r in range(len(sizes))], dtype=torch.int64, device=ex.device)
-        ex = ex + torch.repeat_interleave(shift, torch.tensor(ex_sizes, device=ex.device))
-        all_b = (ex, all_gather_rows(bonus[1].to(torch.int64))[0], all_gather_rows(bonus[2].float())[0])
+    all_b = gather_bonus(bonus, sizes) if bonus is not None else None
     ranks = target_ranks(all_u, all_t, blocks, num_items, reduce=True, history=all_h, bonus=all_b)
     start = sum(sizes[: dist.get_rank()])
     return ranks[start : start + user.shape[0]]
+
+
+def gather_bonus(bonus: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], sizes: List[int]
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every process's repeat-path triples ``(example, item, value)``, example indices turned into
+    indices into the gathered users (``sizes``: users per process, :func:`all_gather_rows`)."""
+    ex, ex_sizes = all_gather_rows(bonus[0].to(torch.int64))
+    shift = torch.tensor([sum(sizes[:r]) for r in range(len(sizes))], dtype=torch.int64, device=ex.device)
+    ex = ex + torch.repeat_interleave(shift, torch.tensor(ex_sizes, device=ex.device))
+    return ex, all_gather_rows(bonus[1].to(torch.int64))[0], all_gather_rows(bonus[2].float())[0]
 
 
 def all_gather_rows(x: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
