@@ -402,3 +402,33 @@ def test_long_checkpoint_gives_the_same_outputs_and_gradients(all_positions: boo
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
     scripted = torch.jit.script(build(True).eval())
     torch.testing.assert_close(scripted({"item": x}, off, ts, tc), build(True).eval()({"item": x}, off, ts, tc))
+
+
+@pytest.mark.parametrize("max_distance, time_buckets", [(0, 0), (4, 0), (0, 12), (4, 12)])
+def test_blocked_sliding_window_equals_the_full_mask(max_distance: int, time_buckets: int) -> None:
+    """A sliding-window softmax layer over long groups attends block by block (O(L·W)); its rows
+    equal the one-mask form's, with the position and time biases, and its gradients too."""
+    torch.manual_seed(0)
+    mixer = SoftmaxMixer(dim=8, heads=2, group_waste=float("inf"), window=4, max_distance=max_distance,
+                         time_buckets=time_buckets)
+    for prm in mixer.parameters():
+        torch.nn.init.normal_(prm, std=0.5)
+    off = torch.tensor([0, 1, 6, 15, 38, 68])
+    n = int(off[-1])
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(n, 8, generator=g, requires_grad=True)
+    ts = torch.cumsum(torch.randint(0, 5000, (n,), generator=g), 0)
+    seg = segment_ids(off, n)
+    ctx = SeqContext(offsets=off, seg=seg, tau=torch.ones(n), last_only=False, prefix_mean=False, ts=ts, qts=None)
+    outs, grads = [], []
+    for block_min in (10**9, 0):  # the one-mask form, then blocks for every group
+        mixer.block_min = block_min
+        y = mixer(x, ctx)
+        (gx,) = torch.autograd.grad(y.square().sum(), x)
+        outs.append(y.detach())
+        grads.append(gx)
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=1e-4)
+    mixer.block_min = 0
+    scripted = torch.jit.script(mixer)
+    torch.testing.assert_close(scripted(x, ctx), outs[0], atol=1e-5, rtol=1e-5)

@@ -201,6 +201,11 @@ class TADNMixer(nn.Module):
         return self.out(o.reshape(o.shape[0], -1))
 
 
+#: a sliding-window softmax layer attends block by block (O(L·W)) over groups of sequences longer
+#: than this many windows, and with one [L, L] mask below it (where that is as cheap)
+BLOCK_MIN_WINDOWS: Final[int] = 2
+
+
 class SoftmaxMixer(nn.Module):
     """Causal multi-head softmax attention within each sequence of a jagged batch.
 
@@ -223,6 +228,7 @@ class SoftmaxMixer(nn.Module):
 
     max_distance: Final[int]
     time_buckets: Final[int]
+    block_min: int
     rel_bias: Optional[torch.Tensor]
     time_bias: Optional[torch.Tensor]
 
@@ -247,6 +253,8 @@ class SoftmaxMixer(nn.Module):
         self.time_bias = nn.Parameter(torch.zeros(heads, time_buckets)) if time_buckets > 0 else None
         # not persistent: derived from time_buckets, so checkpoints keep their keys
         self.register_buffer("time_edges", time_gap_edges(max(time_buckets, 1)), persistent=False)
+        # sliding windows over groups longer than block_min windows run block by block (_windowed)
+        self.block_min = BLOCK_MIN_WINDOWS
 
     def _mask(self, dist: torch.Tensor, gap: Optional[torch.Tensor]) -> torch.Tensor:
         """Attention mask for query-minus-key distances ``dist`` (any shape S; negative = later
@@ -273,6 +281,50 @@ class SoftmaxMixer(nn.Module):
         if bias is not None:
             return bias.masked_fill(~keep.unsqueeze(0), float("-inf"))
         return keep
+
+    def _windowed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gts: Optional[torch.Tensor],
+                  gqts: Optional[torch.Tensor], p: float) -> torch.Tensor:
+        """Sliding-window attention of every row of padded sequences ``q, k, v [g, H, L, d]`` in blocks
+        of W = ``window`` rows: the queries of block i attend to the keys of blocks i − 1 and i (the
+        only keys within W rows of them), so cost and memory are O(L·W) instead of O(L²). Same
+        masks and biases as the full form (``gts``/``gqts [g, L]``: key and query times).
+        Returns ``[g, L, D]``."""
+        g, heads, lmax, d = q.shape
+        w = self.window
+        nb = (lmax + w - 1) // w
+        padn = nb * w - lmax
+        if padn > 0:
+            q = F.pad(q, (0, 0, 0, padn))
+            k = F.pad(k, (0, 0, 0, padn))
+            v = F.pad(v, (0, 0, 0, padn))
+        # keys of block i: blocks i − 1 and i ([g, H, nb, 2W, d]); block −1 is zeros, masked below
+        kp = F.pad(k, (0, 0, w, 0)).unfold(2, 2 * w, w).permute(0, 1, 2, 4, 3)
+        vp = F.pad(v, (0, 0, w, 0)).unfold(2, 2 * w, w).permute(0, 1, 2, 4, 3)
+        qb = q.reshape(g, heads, nb, w, d)
+        dev = q.device
+        a = torch.arange(w, device=dev)
+        j = torch.arange(2 * w, device=dev)
+        dist = a.view(1, w, 1) + w - j.view(1, 1, 2 * w)  # query row − key row, [1, W, 2W]
+        first = torch.arange(nb, device=dev).view(nb, 1, 1) == 0
+        dist = torch.where(first & (j.view(1, 1, 2 * w) < w), torch.full_like(dist, -1), dist)  # [nb, W, 2W]
+        gap: Optional[torch.Tensor] = None
+        if gts is not None and gqts is not None:
+            kt = F.pad(F.pad(gts, (0, padn)), (w, 0)).unfold(1, 2 * w, w)  # [g, nb, 2W]
+            qt = F.pad(gqts, (0, padn)).view(g, nb, w)
+            gap = qt.unsqueeze(3) - kt.unsqueeze(2)  # [g, nb, W, 2W]
+        m = self._mask(dist, gap)  # bool [nb, W, 2W] or float [H, (g,) nb, W, 2W]
+        if m.dim() == 5:  # [H, g, nb, W, 2W] -> [g, nb, H, W, 2W]
+            m = m.permute(1, 2, 0, 3, 4).reshape(g * nb, heads, w, 2 * w)
+        elif m.dim() == 4:  # [H, nb, W, 2W] (position bias only) -> [g·nb, H, W, 2W]
+            m = m.permute(1, 0, 2, 3).unsqueeze(0).expand(g, nb, heads, w, 2 * w).reshape(g * nb, heads, w, 2 * w)
+        else:  # bool [nb, W, 2W]
+            m = m.unsqueeze(0).expand(g, nb, w, 2 * w).reshape(g * nb, 1, w, 2 * w)
+        qf = qb.permute(0, 2, 1, 3, 4).reshape(g * nb, heads, w, d)
+        kf = kp.permute(0, 2, 1, 3, 4).reshape(g * nb, heads, 2 * w, d)
+        vf = vp.permute(0, 2, 1, 3, 4).reshape(g * nb, heads, 2 * w, d)
+        o = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=m, dropout_p=p)  # [g·nb, H, W, d]
+        o = o.view(g, nb, heads, w, d).permute(0, 1, 3, 2, 4).reshape(g, nb * w, heads * d)
+        return o[:, :lmax]
 
     def forward(self, h: torch.Tensor, ctx: SeqContext) -> torch.Tensor:
         """``h [N, D]`` → ``[N, D]`` (``[B, D]`` with ``ctx.last_only``); ``ctx.ts [N]`` int64 event
@@ -331,6 +383,9 @@ class SoftmaxMixer(nn.Module):
                 m = m.transpose(0, 1).unsqueeze(2) if m.dim() == 3 else m.view(g1 - g0, 1, 1, lmax)
                 o = F.scaled_dot_product_attention(ql, k, v, attn_mask=m, dropout_p=p)
                 outs.append(o.reshape(g1 - g0, dim))
+            elif self.window > 0 and lmax > self.block_min * self.window:
+                o = self._windowed(q, k, v, gts, gqts, p)  # [g, lmax, D]: O(L·W), not O(L²)
+                outs.append(padded_to_jagged(o, goff, r1 - r0))
             elif self.window > 0 or self.max_distance > 0 or gts is not None:
                 pos = torch.arange(lmax, device=h.device)
                 gap2: Optional[torch.Tensor] = None
