@@ -165,23 +165,32 @@ def _ulim_eval_body(rank: int, world: int, ckpt: str, data: str, out: str) -> No
             json.dump({"overall": res["overall"], "example_ranks": res["example_ranks"]}, f)
 
 
-def test_ulim_trains_and_evaluates_alike_on_one_and_two_ranks(tmp_path) -> None:
-    """A ULIM model trains (finite losses, the category loss logged) and its evaluation (full and
-    cascade ranks, next-category HR) is the same on 1 and 2 ranks (the per-category normalisers
-    are reduced across the row shards)."""
+@pytest.fixture(scope="module")
+def ulim_run(tmp_path_factory):
+    """A small ULIM model trained for 3 steps on 1 rank: (data, run directory)."""
+    from hytrec_torchrec.data.testing import random_sequences, write_prepared
+    from hytrec_torchrec.testing import fit_job, run_distributed
+
+    root = tmp_path_factory.mktemp("ulim")
+    data = write_prepared(root / "prep", random_sequences(23, 60, 50, seed=4, min_events=3), num_items=50)
+    run_distributed(fit_job, 1, (_ulim_job(data, root / "run"),))
+    return data, root / "run"
+
+
+def test_ulim_trains_and_evaluates_alike_on_one_and_two_ranks(ulim_run, tmp_path) -> None:
+    """A ULIM model trains and its evaluation (full and cascade ranks, next-category HR) is the same
+    on 1 and 2 ranks (the per-category normalisers are reduced across the row shards)."""
     import json
 
     import numpy as np
 
-    from hytrec_torchrec.data.testing import random_sequences, write_prepared
     from hytrec_torchrec.evaluation.paired import align
-    from hytrec_torchrec.testing import fit_job, run_distributed
+    from hytrec_torchrec.testing import run_distributed
 
-    data = write_prepared(tmp_path / "prep", random_sequences(23, 60, 50, seed=4, min_events=3), num_items=50)
-    run_distributed(fit_job, 1, (_ulim_job(data, tmp_path / "run"),))
-    assert (tmp_path / "run" / "checkpoints" / "latest").exists()
+    data, run = ulim_run
+    assert (run / "checkpoints" / "latest").exists()
     for world in (1, 2):
-        run_distributed(_ulim_eval_body, world, (str(tmp_path / "run"), str(data), str(tmp_path / f"e{world}.json")))
+        run_distributed(_ulim_eval_body, world, (str(run), str(data), str(tmp_path / f"e{world}.json")))
     one, two = (json.loads((tmp_path / f"e{w}.json").read_text()) for w in (1, 2))
     a = {c: np.asarray(v) for c, v in one["example_ranks"].items()}
     b = {c: np.asarray(v) for c, v in two["example_ranks"].items()}
@@ -195,15 +204,9 @@ def test_ulim_trains_and_evaluates_alike_on_one_and_two_ranks(tmp_path) -> None:
     assert one["overall"]["hr@10"] == pytest.approx(cas["recall@10"])
 
 
-def test_export_refuses_ulim_with_one_line(tmp_path) -> None:
-    from hytrec_torchrec.data.testing import random_sequences, write_prepared
+def test_export_refuses_ulim_with_one_line(ulim_run, tmp_path) -> None:
     from hytrec_torchrec.serving.export import ExportError, export_checkpoint
-    from hytrec_torchrec.testing import fit_job, run_distributed
 
-    data = write_prepared(tmp_path / "prep", random_sequences(6, 20, 30, seed=5, min_events=3), num_items=30)
-    job = _ulim_job(data, tmp_path / "run")
-    job["train"]["max_steps"] = 1
-    run_distributed(fit_job, 1, (job,))
     with pytest.raises(ExportError, match="model.kind: ulim"):
-        export_checkpoint(tmp_path / "run", tmp_path / "export", pt2=False)
+        export_checkpoint(ulim_run[1], tmp_path / "export", pt2=False)
     assert not (tmp_path / "export").exists()
