@@ -43,7 +43,8 @@ rep0="model.repeat_cycles=false model.repeat_scorer=additive optim.repeat_lr_sca
 # fused loss's weight, so neither dominates by construction). cat_*: for the category_return scenario,
 # today's default tower (TowerConfig's defaults, not $rep0) reading the category as an input feature
 # ($catf); cat_interests adds its 16 top categories' interests (model.interests, docs/ulim.md),
-# cat_short_only and cat_short_interests drop the long branch.
+# cat_short_only and cat_short_interests drop the long branch; cat_ulim is ULIM's head on the
+# interests tower (model.kind=ulim, docs/ulim.md).
 catf="model.features=[item,category]"
 recipes="\
 hytrec $rep0 model.long_pattern=TTT $gd model.long_readout=intent model.long_time_inputs=true
@@ -78,7 +79,8 @@ hytrec_cycles_mlp_lr10_aux $rep0 model.long_pattern=TTT $gd model.long_readout=i
 cat_default $catf
 cat_short_only $catf model.long_pattern=
 cat_interests $catf model.interests.count=16
-cat_short_interests $catf model.long_pattern= model.interests.count=16"
+cat_short_interests $catf model.long_pattern= model.interests.count=16
+cat_ulim $catf model.kind=ulim model.interests.count=16"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
