@@ -153,12 +153,13 @@ def _ulim_job(data, run) -> dict:
 def _ulim_eval_body(rank: int, world: int, ckpt: str, data: str, out: str) -> None:
     import json
 
-    from hytrec_torchrec.evaluation.evaluate import evaluate_checkpoint, load_eval_config
+    from hytrec_torchrec.evaluation.evaluate import evaluate_checkpoint, evaluate_exported, load_eval_config
     from hytrec_torchrec.runtime.distributed import init_distributed
 
     ecfg, job = load_eval_config(None, ["data.batch_size=4"])
     env = init_distributed("gloo", "cpu")
-    res = evaluate_checkpoint(ckpt, data, ecfg, env, job)
+    evaluate = evaluate_exported if ckpt.endswith(".pt") else evaluate_checkpoint
+    res = evaluate(ckpt, data, ecfg, env, job)
     if rank == 0:
         res["example_ranks"] = {c: v.tolist() for c, v in res["example_ranks"].items()}
         with open(out, "w") as f:
@@ -192,10 +193,19 @@ def test_ulim_trains_and_evaluates_alike_on_one_and_two_ranks(ulim_run, tmp_path
     for world in (1, 2):
         run_distributed(_ulim_eval_body, world, (str(run), str(data), str(tmp_path / f"e{world}.json")))
     one, two = (json.loads((tmp_path / f"e{w}.json").read_text()) for w in (1, 2))
+    # the exported module (hytrec-export) ranks every example as the checkpoint does
+    from hytrec_torchrec.serving.export import export_checkpoint
+
+    export_checkpoint(run, tmp_path / "export", pt2=False)
+    run_distributed(_ulim_eval_body, 1, (str(tmp_path / "export" / "model.pt"), str(data), str(tmp_path / "ex.json")))
+    ex = json.loads((tmp_path / "ex.json").read_text())
+    c = {k: np.asarray(v) for k, v in ex["example_ranks"].items()}
     a = {c: np.asarray(v) for c, v in one["example_ranks"].items()}
     b = {c: np.asarray(v) for c, v in two["example_ranks"].items()}
     ia, ib = align(a, b)
     np.testing.assert_array_equal(a["rank"][ia], b["rank"][ib])
+    ia, ic = align(a, c)
+    np.testing.assert_array_equal(a["rank"][ia], c["rank"][ic])
     assert one["overall"]["next_category"] == two["overall"]["next_category"]
     assert one["overall"]["cascade"] == pytest.approx(two["overall"]["cascade"])
     nc, cas = one["overall"]["next_category"], one["overall"]["cascade"]
@@ -204,9 +214,71 @@ def test_ulim_trains_and_evaluates_alike_on_one_and_two_ranks(ulim_run, tmp_path
     assert one["overall"]["hr@10"] == pytest.approx(cas["recall@10"])
 
 
-def test_export_refuses_ulim_with_one_line(ulim_run, tmp_path) -> None:
-    from hytrec_torchrec.serving.export import ExportError, export_checkpoint
+def _request_values(vocab, index: torch.Tensor) -> torch.Tensor:
+    """Table indices → what a request carries for them (raw int64 IDs, or the indices)."""
+    if vocab.id_space() == "index":
+        return index.clone()
+    raw_of = {int(i): int(r) for i, r in zip(vocab.index.tolist(), vocab.raw)}
+    return torch.tensor([raw_of[int(i)] for i in index], dtype=torch.int64)
 
-    with pytest.raises(ExportError, match="model.kind: ulim"):
-        export_checkpoint(ulim_run[1], tmp_path / "export", pt2=False)
-    assert not (tmp_path / "export").exists()
+
+def test_exported_ulim_scores_equal_training_and_the_cascade_is_their_restriction(ulim_run, tmp_path) -> None:
+    """The exported ULIM module (eager and scripted) scores every item as the training model's
+    evaluation does (``ulim_block_scores`` on its outputs), and its answer is the top of those
+    scores restricted to each request's top categories."""
+    import warnings
+
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from hytrec_torchrec.data.batch import FEATURE_KEYS, Batch
+    from hytrec_torchrec.ranking.scoring import item_blocks
+    from hytrec_torchrec.runtime.restore import load_unsharded
+    from hytrec_torchrec.serving.export import build_serving, read_vocabs
+    from hytrec_torchrec.serving.ulim import UlimServing
+
+    data, run = ulim_run
+    model, cfg, state = load_unsharded(run)
+    model.eval()
+    sizes = {k: int(v) for k, v in state["vocab_sizes"].items()}
+    vocabs = read_vocabs(data, sizes)
+    eager = build_serving(model, list(cfg.model.features), cfg.data.max_len, vocabs)
+    assert isinstance(eager, UlimServing) and "category" in eager.required
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(eager)
+    g = torch.Generator().manual_seed(7)
+    lengths = [0, 3, 12, 1, 40]
+    n = sum(lengths)
+    idx = {f: torch.randint(2, sizes[f], (n,), generator=g) for f in ("item", "attribution", "category", "behavior")}
+    ts = 1_000_000 + torch.sort(torch.randint(0, 50_000, (n,), generator=g)).values
+    b = len(lengths)
+    now = torch.full((b,), 1_060_000)
+    # the training model's evaluation scores of the same histories (index space)
+    lens = torch.tensor(lengths, dtype=torch.int32)
+    kjt = KeyedJaggedTensor(keys=list(FEATURE_KEYS),
+                            values=torch.cat([idx[f] for f in ("item", "attribution", "category", "behavior")]
+                                             + [torch.full((b,), 2, dtype=torch.int64)]),
+                            lengths=torch.cat([lens] * 4 + [torch.ones(b, dtype=torch.int32),
+                                                            torch.zeros(b, dtype=torch.int32)]), stride=b)
+    z = torch.zeros(b, dtype=torch.int64)
+    batch = Batch(features=kjt, timestamps=ts, t_current=now, user=z, cutoff=z, first_event_time=z,
+                  valid=torch.ones(b, dtype=torch.bool))
+    with torch.no_grad():
+        user, logp, e, _ = model.ulim_outputs(batch)
+        bonus = model.repeat_bonus(batch, user)
+        want = torch.cat([s for _, s in ulim_block_scores(logp, e, item_blocks(model), model.item_category,
+                                                          model.loss.temperature, bonus)], 1)
+        # requests in the exported module's ID spaces (the test data's raw IDs are the indices' strings)
+        values = {f: _request_values(vocabs[f], idx[f]) for f in ("item", "attribution", "category", "behavior")}
+        values["timestamp"] = ts
+        req = (values, {k: torch.tensor(lengths) for k in values}, now)
+        for served in (eager, scripted):
+            got = served.scores(*req)
+            torch.testing.assert_close(got[:, 2:], want[:, 2:], atol=1e-4, rtol=1e-4)
+            ids, top = served(*req, 5)
+            keep = cascade_categories(served.category_log_probs(*req), cfg.model.ulim.top_categories)
+            masked = torch.where(keep[:, model.item_category], got, torch.full_like(got, float("-inf")))
+            ref = torch.topk(masked, 5, dim=1)
+            torch.testing.assert_close(top, ref.values, atol=1e-4, rtol=1e-4)
+
+

@@ -64,7 +64,7 @@ from hytrec_torchrec.evaluation.calibration import GateCalibration
 from hytrec_torchrec.evaluation.segments import SegmentConfig, Segmenter
 from hytrec_torchrec.ranking.metrics import DEFAULT_KS, SegmentedRankingMetric, metric_names
 from hytrec_torchrec.evaluation.cascade import UlimStats
-from hytrec_torchrec.ranking.ranks import ranked_catalog_sizes, target_ranks
+from hytrec_torchrec.ranking.ranks import ranked_catalog_sizes, ranks_from_scores, target_ranks
 from hytrec_torchrec.ranking.ulim import category_ranks, most_frequent_category_ranks, ulim_ranks_distributed
 from hytrec_torchrec.ranking.scoring import batch_ranks_and_gate, first_targets, history_items, item_blocks, unwrap
 from hytrec_torchrec.runtime.config import describe_model
@@ -526,6 +526,7 @@ def evaluate_exported(
     items = model.item_embeddings()
     num_items = int(items.shape[0])
     has_repeat = bool(card["config"].get("model", {}).get("repeat", False))
+    is_ulim = card["config"].get("model", {}).get("kind", "hytrec") == "ulim"
     metric = SegmentedRankingMetric(ecfg.ks, num_items - 2, segmenter.names)
     t_load = time.perf_counter() - t0
 
@@ -534,8 +535,11 @@ def evaluate_exported(
         values = {t: to_input[t][batch.features[f"history_{t}"].values().to(torch.int64)] for t in spaces}
         values["timestamp"] = batch.timestamps.to(torch.int64)
         request = (values, {k: lengths for k in values}, batch.t_current.to(torch.int64))
-        user = model.user_embedding(*request)
         hist = history_items(batch) if ecfg.remove_history else None
+        if is_ulim:  # ULIM's full ranking: the exported module's scores of every item
+            return ranks_from_scores([(0, model.scores(*request))], first_targets(batch).to(torch.int64),
+                                     history=hist)
+        user = model.user_embedding(*request)
         bonus = model.repeat_bonus(*request, user) if has_repeat else None
         return target_ranks(user, first_targets(batch), [(0, 0, items)], num_items, history=hist, bonus=bonus)
 

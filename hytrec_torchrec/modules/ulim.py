@@ -48,6 +48,7 @@ class UlimHead(nn.Module):
         self.k = nn.Linear(dim, dim, bias=False)
         self.gate = nn.Linear(dim, 1)
         self.scale = 1.0 / math.sqrt(dim)
+        self.log_eps = LOG_EPS
         self.category = nn.Embedding(num_categories, dim)
         nn.init.normal_(self.category.weight, std=0.02)
         hidden = cfg.hidden if cfg.hidden > 0 else dim
@@ -75,7 +76,7 @@ class UlimHead(nn.Module):
             g = torch.sigmoid(self.gate(u))
             g = torch.where(any_valid, g, torch.ones_like(g))
             p = g * gen + (1.0 - g) * ptr
-        return torch.log(p + LOG_EPS)
+        return torch.log(p + self.log_eps)
 
     def category_users(self, u: torch.Tensor, categories: torch.Tensor, tokens: torch.Tensor,
                        valid: torch.Tensor, token_category: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ from hytrec_torchrec.runtime.restore import checkpoint_config, config_dict, load
 from hytrec_torchrec.schema import TABLES
 from hytrec_torchrec.serving.idmap import Vocab
 from hytrec_torchrec.serving.module import DEFAULT_MAX_TOKENS_PER_PASS, HyTRecServing
+from hytrec_torchrec.serving.ulim import UlimServing
 from hytrec_torchrec.serving.state import StatefulServing, state_bytes_per_user
 
 __all__ = ["export_checkpoint", "find_prepared", "read_vocabs", "build_serving", "example_request",
@@ -124,6 +125,14 @@ def build_serving(model: torch.nn.Module, features: List[str], max_len: int,
     weights = {n: e.weight.detach().to("cpu", torch.float32) for n, e in model.embeddings.embeddings.items()}
     tower = copy.deepcopy(model.tower.net).to("cpu").eval()
     repeat = copy.deepcopy(model.repeat).to("cpu").eval() if getattr(model, "repeat", None) is not None else None
+    if getattr(model, "ulim", None) is not None:  # ULIM: answered through the cascade
+        if stateful:
+            raise ValueError("serving from a kept state: model.kind: ulim reads the category interests, which "
+                             "the state does not keep yet; export it without --stateful")
+        return UlimServing(tower, weights, vocabs, features, max_len, head=copy.deepcopy(model.ulim).to("cpu"),
+                           item_category=model.item_category.to("cpu"), temperature=model.loss.temperature,
+                           top_categories=model.ulim_top_categories, int8=int8,
+                           max_tokens_per_pass=max_tokens_per_pass, repeat=repeat).eval()
     if stateful:
         return StatefulServing(tower, weights, vocabs, features, max_len, int8=int8,
                                max_tokens_per_pass=max_tokens_per_pass, repeat=repeat,
@@ -359,10 +368,7 @@ def _export_into(out: Path, checkpoint: str | Path, int8: bool, data: Optional[s
     """The export of ``checkpoint`` written into the fresh folder ``out``; returns the model card."""
     started = time.monotonic()
     stage = lambda what: log.info("export: %s (%.1f s)", what, time.monotonic() - started)  # noqa: E731 - progress
-    cfg0, state = checkpoint_config(checkpoint)
-    if cfg0.model.kind == "ulim":
-        raise ExportError(f"{checkpoint}: model.kind: ulim is evaluated by hytrec-eval but not exported yet "
-                          "(its cascade is not in the served module; docs/ulim.md)")
+    _, state = checkpoint_config(checkpoint)
     prepared = find_prepared(state, data)
     # the vocabularies exported must be the ones the model was trained with (the check resume
     # and evaluation run): same sizes are not enough, other IDs would map to the wrong rows

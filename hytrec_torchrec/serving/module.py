@@ -205,10 +205,17 @@ class HyTRecServing(nn.Module):
     def user_embedding(self, values: Dict[str, torch.Tensor], lengths: Dict[str, torch.Tensor],
                        request_time: torch.Tensor) -> torch.Tensor:
         """User embeddings ``[B, D]`` float32 of a request batch (layout: module docstring)."""
+        return self.user_parts(values, lengths, request_time)[0]
+
+    @torch.jit.export
+    def user_parts(self, values: Dict[str, torch.Tensor], lengths: Dict[str, torch.Tensor],
+                   request_time: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`user_embedding` and the category interests the tower read: ``(user [B, D], tokens
+        [B, M, D], valid [B, M], token_category [B, M] int64)`` (M = 0 without interests)."""
         n = self._check(values, lengths, request_time)
         rows, offsets = truncate_rows(n, self.max_len)
         bounds = pass_bounds(offsets, self.max_tokens_per_pass)
-        users: List[torch.Tensor] = []
+        parts: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for i in range(len(bounds) - 1):
             a, b = bounds[i], bounds[i + 1]
             start = offsets[a]
@@ -220,11 +227,13 @@ class HyTRecServing(nn.Module):
                     emb[name] = feature(values[name][part])
                 if name == "category" and self.tower.has_interests:
                     category = feature.ids(values[name][part])
-            users.append(self.tower(emb, offsets[a:b + 1] - start, values["timestamp"][part],
-                                    request_time[a:b], category))
-        if len(users) == 1:
-            return users[0]
-        return torch.cat(users, 0)
+            out = self.tower.forward_parts(emb, offsets[a:b + 1] - start, values["timestamp"][part],
+                                           request_time[a:b], category)
+            parts.append((out[0], out[2], out[3], out[4]))
+        if len(parts) == 1:
+            return parts[0]
+        return (torch.cat([p[0] for p in parts], 0), torch.cat([p[1] for p in parts], 0),
+                torch.cat([p[2] for p in parts], 0), torch.cat([p[3] for p in parts], 0))
 
     @torch.jit.export
     def repeat_bonus(self, values: Dict[str, torch.Tensor], lengths: Dict[str, torch.Tensor],
