@@ -309,6 +309,24 @@ class LongAuxLoss(nn.Module):
         return torch.cat(losses).mean()
 
 
+class NextCategory(nn.Module):
+    """The category of each supervised row's target (ULIM's training target): per example its first
+    target item's category, or in all-position training each history row's next event's (the last
+    row's: the example's target item's), from ``item_category [V]``. No state; a module so that
+    TorchRec's pipeline tracer keeps it a leaf."""
+
+    def forward(self, history_category: torch.Tensor, target_ids: torch.Tensor, target_lengths: torch.Tensor,
+                item_category: torch.Tensor, offsets: torch.Tensor, all_positions: bool) -> torch.Tensor:
+        """``[N]`` (all positions) or ``[B]`` int64 category indices."""
+        targets = target_ids.to(torch.int64)
+        if all_positions:
+            n = int(history_category.shape[0])
+            cats = torch.cat([history_category.to(torch.int64), item_category[targets]])
+            return cats[next_event_rows(offsets, n)]
+        tlen = target_lengths.to(torch.int64)
+        return item_category[targets[torch.cumsum(tlen, 0) - tlen]]
+
+
 class RepeatGateLoss(nn.Module):
     """Binary cross-entropy of the repeat gate (``model.repeat_gate``): for each supervised user
     row, is its next item one of the row's history items. No state; a module so that TorchRec's
@@ -411,6 +429,7 @@ class HyTRecModel(nn.Module):
                 raise ValueError("model.kind: ulim needs each item's category and the category table's size")
             self.ulim = UlimHead(tower_cfg.ulim, tower_cfg.embedding_dim, num_categories, self.cosine)
             self.category_weight = float(tower_cfg.ulim.category_weight)
+        self.next_category = NextCategory()
         self.register_buffer("item_category", item_category.to(torch.int64) if item_category is not None
                              else torch.zeros(0, dtype=torch.int64), persistent=False)
 
@@ -420,19 +439,6 @@ class HyTRecModel(nn.Module):
         offsets = batch.history_offsets().to(torch.int64)
         user = self.tower(emb, offsets, batch.timestamps, batch.t_current, category=self._category(batch))[0]
         return user, emb
-
-    def _ulim_step(self, user: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor,
-                   token_cat: torch.Tensor, target_cat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """ULIM in training: ``(e_{c} [R, D], next-category loss)`` for rows ``user [R, D]`` whose
-        targets are of category ``target_cat [R]``; the loss is the mean of −log p(c) over the
-        rows whose target has a known category."""
-        assert self.ulim is not None
-        logp = self.ulim.category_log_probs(user, tokens, valid, token_cat)
-        known = target_cat >= 2
-        nll = -logp.gather(1, target_cat.unsqueeze(1)).squeeze(1)
-        cat_loss = (nll * known.to(nll.dtype)).sum() / known.sum().clamp(min=1)
-        e = self.ulim.category_users(user, target_cat.unsqueeze(1), tokens, valid, token_cat)[:, 0]
-        return e, cat_loss
 
     def ulim_outputs(self, batch: Batch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Dict[str, JaggedTensor]]:
         """ULIM at evaluation: ``(user [B, D], log p(category) [B, V_c], e [B, V_c, D])`` (every
@@ -495,9 +501,9 @@ class HyTRecModel(nn.Module):
             bonus, gate = self.repeat_bonus_and_gate(batch, rows, True) if self.repeat is not None else (None, None)
             scored_rows = rows
             if self.ulim is not None:  # each row scored with its next event's category's embedding
-                nxt = torch.cat([batch.features[history_key("category")].values().to(torch.int64),
-                                 self.item_category[target_ids.to(torch.int64)]])[next_event_rows(offsets, rows.shape[0])]
-                scored_rows, cat_loss = self._ulim_step(rows, tokens, valid, token_cat, nxt)
+                nxt = self.next_category(batch.features[history_key("category")].values(), target_ids,
+                                         batch.features["target_item"].lengths(), self.item_category, offsets, True)
+                scored_rows, cat_loss = self.ulim(rows, tokens, valid, token_cat, nxt)
                 out_extra["category_loss"] = cat_loss.detach()
             loss = self.all_positions_loss(
                 scored_rows, offsets, emb["history_item"], batch.features["history_item"].values(),
@@ -517,9 +523,9 @@ class HyTRecModel(nn.Module):
             bonus, gate = self.repeat_bonus_and_gate(batch, user) if self.repeat is not None else (None, None)
             scored = user
             if self.ulim is not None:  # scored with its target's category's embedding (one target each)
-                tlen = batch.features["target_item"].lengths().to(torch.int64)
-                first = target_ids.to(torch.int64)[torch.cumsum(tlen, 0) - tlen]  # each example's first target
-                scored, cat_loss = self._ulim_step(user, tokens, valid, token_cat, self.item_category[first])
+                tcat = self.next_category(batch.features[history_key("category")].values(), target_ids,
+                                          batch.features["target_item"].lengths(), self.item_category, offsets, False)
+                scored, cat_loss = self.ulim(user, tokens, valid, token_cat, tcat)
                 out_extra["category_loss"] = cat_loss.detach()
             loss = self.loss(
                 scored,

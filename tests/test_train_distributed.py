@@ -153,6 +153,7 @@ WARMUP_COSINE = {"name": "cosine", "warmup_steps": 2, "min_lr_ratio": 0.1}
     ("row_wise", True, None, "memory"),
     ("row_wise", False, None, "repeat"),  # the repeat path with the per-example (in-batch) loss
     ("row_wise", True, None, "interests"),  # the category interests (model.interests), all positions
+    ("row_wise", False, None, "ulim"),  # ULIM's head (model.kind: ulim), per-example targets
 ])
 def test_sharded_equals_unsharded(prepared: Path, tmp_path: Path, sharding: str, all_positions: bool,
                                   schedule: dict | None, dp_optimizer: str) -> None:
@@ -166,6 +167,9 @@ def test_sharded_equals_unsharded(prepared: Path, tmp_path: Path, sharding: str,
         dp_optimizer = ""
     elif dp_optimizer == "interests":
         model = {"interests": {"count": 3, "recent": 2}}
+        dp_optimizer = ""
+    elif dp_optimizer == "ulim":
+        model = {"kind": "ulim", "interests": {"count": 3, "recent": 2}}
         dp_optimizer = ""
     cfg = _cfg(prepared, tmp_path / "run", sharding, all_positions, schedule, dp_optimizer or "adam", model)
     from hytrec_torchrec.config import to_dict

@@ -17,7 +17,7 @@ Shapes: ``u [R, D]`` (one row per user or, in all-position training, per history
 """
 
 import math
-from typing import Final
+from typing import Final, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,19 @@ class UlimHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(3 * dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         nn.init.zeros_(self.mlp[2].weight)  # e_c starts as u: the tower's own embedding
         nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, u: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor, token_category: torch.Tensor,
+                target_category: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The training step: ``(e [R, D], loss)``, each row's user embedding for its target's
+        category ``target_category [R]`` int64 and the mean of ``−log p(c_target)`` over the rows
+        whose target has a real category (index ≥ 2). One module call, so TorchRec's pipeline
+        tracer keeps it a leaf."""
+        logp = self.category_log_probs(u, tokens, valid, token_category)
+        known = target_category >= 2
+        nll = -logp.gather(1, target_category.unsqueeze(1)).squeeze(1)
+        loss = (nll * known.to(nll.dtype)).sum() / known.sum().clamp(min=1)
+        e = self.category_users(u, target_category.unsqueeze(1), tokens, valid, token_category)[:, 0]
+        return e, loss
 
     def category_log_probs(self, u: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor,
                            token_category: torch.Tensor) -> torch.Tensor:
