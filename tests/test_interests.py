@@ -120,7 +120,7 @@ def test_top_categories_rows_equal_naive_per_row(half_life):
 def test_module_rows_equal_forward_on_each_prefix(memory):
     torch.manual_seed(0)
     d = 8
-    mod = CategoryInterests(InterestConfig(count=3, memory=memory, recent=2, half_life=4.0), d, 2, 4, 0).eval()
+    mod = CategoryInterests(InterestConfig(count=3, memory=memory, recent=2, half_life=4.0, chunk_size=4), d, 2, 0).eval()
     lengths = [13, 0, 6, 21]
     _, offsets, cat, ts = _batch(5, lengths, num_cats=5)
     n = int(offsets[-1])

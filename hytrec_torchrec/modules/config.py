@@ -111,6 +111,10 @@ class InterestConfig:
     """Events: a category's weight in the recency-weighted count halves every ``half_life`` events."""
     mean_period: float = 30 * 86400.0
     """Seconds: the ``mean`` memory's decay, ``exp(−Δt / mean_period)`` between a category's events."""
+    chunk_size: int = 16
+    """Rows per chunk of the ``delta`` memory's chunked scan. Category subsequences are short (a few
+    to a few hundred rows) and every one is padded to whole chunks, so chunks of the long branch's
+    64 rows would be mostly padding (measured: 4.7× slower per request on Complete Journey)."""
 
     def validate(self) -> None:
         check_range("interests.count", self.count, 0, 256)
@@ -118,6 +122,7 @@ class InterestConfig:
         check_range("interests.recent", self.recent, 1, 4096)
         check_range("interests.half_life", self.half_life, 0.0, lo_open=True)
         check_range("interests.mean_period", self.mean_period, 0.0, lo_open=True)
+        check_range("interests.chunk_size", self.chunk_size, 1, 1024)
 
 
 @dataclass

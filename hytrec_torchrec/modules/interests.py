@@ -58,14 +58,15 @@ class CategoryInterests(nn.Module):
 
     use_delta: Final[bool]
 
-    def __init__(self, cfg: InterestConfig, dim: int, heads: int, chunk_size: int, key_dim: int) -> None:
+    def __init__(self, cfg: InterestConfig, dim: int, heads: int, key_dim: int) -> None:
         super().__init__()
         self.count = cfg.count
         self.recent = cfg.recent
         self.half_life = float(cfg.half_life)
         self.mean_period = float(cfg.mean_period)
         self.use_delta = cfg.memory == "delta"
-        self.memory = GatedDeltaMixer(dim, heads, chunk_size, key_dim) if self.use_delta else nn.Identity()
+        # a category's subsequence is short: chunks of cfg.chunk_size rows, not the long branch's
+        self.memory = GatedDeltaMixer(dim, heads, cfg.chunk_size, key_dim) if self.use_delta else nn.Identity()
         self.token = nn.Linear(3 * dim, dim)
         self.gap_buckets = GAP_BUCKETS
         self.gap_emb = nn.Embedding(GAP_BUCKETS, dim)
@@ -103,10 +104,13 @@ class CategoryInterests(nn.Module):
 
     def _tokens(self, rows: torch.Tensor, valid: torch.Tensor, long_t: torch.Tensor, short_t: torch.Tensor,
                 cat_emb: torch.Tensor, ts: torch.Tensor, t_query: torch.Tensor) -> torch.Tensor:
-        """Tokens ``[R, M, D]`` of the chosen rows ``rows [R, M]`` read at ``t_query [R]``."""
+        """Tokens ``[R, M, D]`` of the chosen rows ``rows [R, M]`` read at ``t_query [R]``. The
+        projection ``W [e; long; short]`` depends on the event row only, so it is computed once per
+        distinct chosen row and gathered (an all-position batch chooses each row for many queries)."""
         r, m = rows.shape
         flat = rows.reshape(-1)
-        x = self.token(torch.cat([cat_emb[flat], long_t[flat], short_t[flat]], 1))
+        uniq, inverse = torch.unique(flat, return_inverse=True)
+        x = self.token(torch.cat([cat_emb[uniq], long_t[uniq], short_t[uniq]], 1))[inverse]
         gap = t_query.unsqueeze(1).expand(r, m).reshape(-1) - ts[flat]
         x = self.norm(x + self.gap_emb(time_gap_bucket(gap, self.gap_buckets)))
         return x.view(r, m, -1) * valid.unsqueeze(-1).to(x.dtype)

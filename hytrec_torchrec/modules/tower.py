@@ -117,7 +117,7 @@ class HyTRecTower(nn.Module):
         # interests by category: the top categories' tokens read with the short branch's output,
         # fused as one more branch (between the long and the short branch's outputs)
         self.has_interests = cfg.interests.count > 0 and self.has_short
-        self.interests = (CategoryInterests(cfg.interests, d, cfg.heads, t.chunk_size, t.key_dim)
+        self.interests = (CategoryInterests(cfg.interests, d, cfg.heads, t.key_dim)
                           if self.has_interests else nn.Identity())
         self.interest_read = InterestReadout(d, cfg.heads) if self.has_interests else nn.Identity()
         n_branches = (int(self.has_long and not self.long_residual) + int(self.has_short)
