@@ -9,6 +9,7 @@ from typing import Final, List, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from hytrec_torchrec.modules.config import TowerConfig
 from hytrec_torchrec.modules.layers import Block, SeqContext, SoftmaxMixer, time_gap_bucket
@@ -91,8 +92,6 @@ class LongBranch(nn.Module):
     @torch.jit.unused
     def _checkpointed(self, i: int, x: torch.Tensor, ctx: SeqContext) -> torch.Tensor:
         """Block ``i`` under activation checkpointing (eager training only)."""
-        from torch.utils.checkpoint import checkpoint
-
         return checkpoint(self.blocks[i], x, ctx, use_reentrant=False)
 
     def _recompute(self) -> bool:

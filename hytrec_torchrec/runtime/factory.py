@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import glob
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -50,8 +51,6 @@ def read_item_categories(data_path: str | Path, num_items: int, held_out: int = 
     ``leave_last_out``); an item with no training event takes its most frequent category over all
     events (a category is item metadata), an item never seen the unknown category (1). Ties go to
     the lower category index. ``model.kind: ulim`` scores and cascades items by it."""
-    import glob
-
     items_tr, cats_tr, items_all, cats_all = [], [], [], []
     for f in sorted(glob.glob(str(Path(data_path) / "sequences" / "part-*.parquet"))):
         t = pq.read_table(f, columns=["item", "category"])
