@@ -13,8 +13,8 @@
 #   setup  scripts/setup.sh with HYTREC_STACK and HYTREC_VENV (installs, or says it is up to date)
 #   tests  the fast tests: scripts/test.sh without the files in SLOW below (each over a minute on a
 #          CPU, together most of the suite's time; scripts/test.sh runs them all)
-#   demo   scripts/demo.sh into HYTREC_DEMO_DIR (default: a new folder under ${TMPDIR:-/tmp}, so a
-#          runs/demo of the default stack is left alone)
+#   demo   scripts/demo.sh into HYTREC_DEMO_DIR (default: a new folder under ${TMPDIR:-/tmp}), its
+#          torchx logs into the logs folder (TORCHXCONFIG), so runs/ of the checkout is left alone
 # HYTREC_CHECK_STEPS="setup tests" runs some steps only. Each step's output goes to STEP.log in
 # HYTREC_CHECK_LOGS (default: a new folder under ${TMPDIR:-/tmp}); a failed step prints its last lines.
 # Exit status: 0 when every step run passed, 1 otherwise, 2 for bad settings.
@@ -105,8 +105,13 @@ for s in $steps; do
         demo)
             if [ "$setup_ok" = 1 ]; then
                 export HYTREC_DEMO_DIR="${HYTREC_DEMO_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/hytrec-check-stack-demo.XXXXXX")}"
-                echo "      demo: into $HYTREC_DEMO_DIR"
-                step demo "grep -E '^done: '" -- bash scripts/demo.sh
+                # torchx's local logs too (.torchxconfig's log_dir is runs/torchx-logs in the checkout)
+                if [ -z "${TORCHXCONFIG:-}" ]; then
+                    sed "s#^log_dir = .*#log_dir = $logs/torchx-logs#" .torchxconfig > "$logs/torchxconfig"
+                    export TORCHXCONFIG="$logs/torchxconfig"
+                fi
+                echo "      demo: into $HYTREC_DEMO_DIR (torchx logs: $(sed -n 's/^log_dir = //p' "$TORCHXCONFIG"))"
+                step demo "grep -oE 'users=[0-9]+ hr@10=[0-9.]+ ndcg@10=[0-9.]+' | sed 's/^/test: /'" -- bash scripts/demo.sh
             else skip demo "setup failed"; fi ;;
     esac
 done
