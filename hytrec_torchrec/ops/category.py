@@ -136,6 +136,21 @@ def rank_keys(positions: torch.Tensor, group_offsets: torch.Tensor, half_life: f
     return torch.log(s) + p * (0.6931471805599453 / half_life)
 
 
+def _top_rows(keys: torch.Tensor, last: torch.Tensor, m: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``m`` best columns of ``keys [R, C]`` (−inf = absent) as ``(rows [R, m], valid [R, m])``:
+    ``last [R, C]``'s entry at each chosen column, best first, 0 where not valid (fewer than ``m``
+    present, or ``C`` < ``m``)."""
+    r, c = keys.shape
+    take = min(m, c)
+    best, which = torch.topk(keys, take, dim=1)
+    rows = torch.gather(last, 1, which)
+    valid = best > float("-inf")
+    if take < m:
+        rows = torch.cat([rows, rows.new_zeros(r, m - take)], 1)
+        valid = torch.cat([valid, valid.new_zeros(r, m - take)], 1)
+    return torch.where(valid, rows, torch.zeros_like(rows)), valid
+
+
 def top_categories_rows(category_group_rank: torch.Tensor, keys: torch.Tensor, offsets: torch.Tensor,
                         num_groups_max: int, m: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """The top ``m`` categories of every row's prefix (all-position training).
@@ -165,15 +180,7 @@ def top_categories_rows(category_group_rank: torch.Tensor, keys: torch.Tensor, o
     last = torch.cummax(occ, dim=1).values[seg, pos]  # [N, C] latest row of each category, or -1
     none = torch.full(last.shape, float("-inf"), dtype=keys.dtype, device=dev)
     k = torch.where(last >= 0, keys[last.clamp(min=0)], none)
-    take = min(m, c)
-    best, which = torch.topk(k, take, dim=1)
-    rows = torch.gather(last, 1, which).clamp(min=0)
-    valid = best > float("-inf")
-    if take < m:
-        pad = m - take
-        rows = torch.cat([rows, rows.new_zeros(n, pad)], 1)
-        valid = torch.cat([valid, valid.new_zeros(n, pad)], 1)
-    return torch.where(valid, rows, torch.zeros_like(rows)), valid
+    return _top_rows(k, last, m)
 
 
 def top_categories_last(perm: torch.Tensor, group_offsets: torch.Tensor, group_user: torch.Tensor,
@@ -197,12 +204,4 @@ def top_categories_last(perm: torch.Tensor, group_offsets: torch.Tensor, group_u
     k[group_user, group_rank] = keys_grouped[ends]
     last = torch.zeros(num_users, c, dtype=torch.int64, device=dev)
     last[group_user, group_rank] = perm[ends]
-    take = min(m, c)
-    best, which = torch.topk(k, take, dim=1)
-    rows = torch.gather(last, 1, which)
-    valid = best > float("-inf")
-    if take < m:
-        pad = m - take
-        rows = torch.cat([rows, rows.new_zeros(num_users, pad)], 1)
-        valid = torch.cat([valid, valid.new_zeros(num_users, pad)], 1)
-    return torch.where(valid, rows, torch.zeros_like(rows)), valid
+    return _top_rows(k, last, m)
