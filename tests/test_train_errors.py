@@ -404,3 +404,30 @@ def test_every_checkpoint_draws_the_whole_curve(datasets: tuple[Path, Path], tmp
     assert _fit(_cfg(a, run, max_steps=6, validate_every=2), tmp_path) == "ok"
     resumed = read_train_state(run / "checkpoints" / "step_00000006")
     assert resumed["loss_log"][:2] == state["loss_log"] and [s for s, _ in resumed["loss_log"]] == [2, 4, 6]
+
+
+def test_a_time_budget_stops_both_ranks_at_the_same_step_with_a_checkpoint(
+        datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    """``train.max_minutes``: the ranks agree at the first time check past the budget (every
+    ``TIME_CHECK_EVERY`` steps), save there and say so in summary.json; without a budget the same
+    job runs its ``max_steps``."""
+    from hytrec_torchrec.training.loop import TIME_CHECK_EVERY
+
+    a, _ = datasets
+    run = tmp_path / "run"
+    cfg = _cfg(a, run, max_steps=3 * TIME_CHECK_EVERY, checkpoint_every=0, max_minutes=1e-6)
+    assert _fit(cfg, tmp_path, world=2) == "ok"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == TIME_CHECK_EVERY and summary["stopped_by"] == "max_minutes"
+    assert summary["valid"] and summary["wall_seconds"] > 0
+    assert _steps(run) == [f"step_{TIME_CHECK_EVERY:08d}"]
+    other = tmp_path / "other"
+    assert _fit(_cfg(a, other, max_steps=3, checkpoint_every=0, max_minutes=60.0), tmp_path) == "ok"
+    assert json.loads((other / "summary.json").read_text())["stopped_by"] == "steps"
+    assert _steps(other) == ["step_00000003"]
+
+
+@pytest.mark.parametrize("minutes", [0.0, -1.0])
+def test_a_time_budget_must_be_positive(minutes: float) -> None:
+    with pytest.raises(ConfigError, match="max_minutes"):
+        load_job_config(str(DEMO), [f"train.max_minutes={minutes}"])

@@ -162,6 +162,11 @@ class TrainConfig:
 
     Attributes:
         max_steps: stop after this many optimizer steps (``None``: run ``epochs`` epochs).
+        max_minutes: a wall-clock budget: the job also stops at the first time check (every 10
+            steps, agreed across ranks) after this many minutes since it
+            started or resumed, with a checkpoint. The learning-rate schedule still counts
+            ``max_steps``/``epochs``. ``None`` (default): no budget. For comparisons at equal
+            wall time.
         epochs: number of passes (each pass draws new cutoffs per user); ``None`` with
             ``max_steps`` set means as many epochs as the steps need.
         validate_every: steps between validations (0: only at the end).
@@ -181,6 +186,7 @@ class TrainConfig:
     """
 
     max_steps: Optional[int] = 200
+    max_minutes: Optional[float] = None
     epochs: Optional[int] = None
     validate_every: int = 100
     val_batches: Optional[int] = 20
@@ -201,6 +207,8 @@ class TrainConfig:
             check_range("max_steps", self.max_steps, 1)
         if self.epochs is not None:
             check_range("epochs", self.epochs, 1)
+        if self.max_minutes is not None:
+            check_range("max_minutes", self.max_minutes, 0.0, lo_open=True)
         check_range("validate_every", self.validate_every, 0)
         check_range("checkpoint_every", self.checkpoint_every, 0)
         check_range("keep_last", self.keep_last, 1)

@@ -35,6 +35,7 @@ from typing import Any, Dict, Iterator, Optional
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from hytrec_torchrec.config import ConfigError, to_dict
 from hytrec_torchrec.data.batch import Batch
@@ -42,7 +43,7 @@ from hytrec_torchrec.data.loader import load_shard, make_dataloader
 from hytrec_torchrec.data.reader import FEATURES, read_meta, vocab_fingerprint
 from hytrec_torchrec.model import HyTRecModel
 from hytrec_torchrec.ranking.metrics import ranking_metrics
-from hytrec_torchrec.ranking.ranks import all_gather_rows
+from hytrec_torchrec.ranking.ranks import all_gather_rows, local_pieces
 from hytrec_torchrec.ranking.scoring import batch_target_ranks, item_blocks
 from hytrec_torchrec.runtime.checkpoint import latest_checkpoint, load_checkpoint, read_train_state, save_checkpoint
 from hytrec_torchrec.runtime.config import JobConfig, describe_model, model_changes
@@ -64,6 +65,27 @@ from hytrec_torchrec.training.schedule import lr_multiplier
 __all__ = ["Trainer", "train", "NonFiniteLossError"]
 
 log = logging.getLogger("hytrec.train")
+
+# steps between the checks of train.max_minutes (each check is one tiny all-reduce, and a pause of
+# the input pipeline as at a validation)
+TIME_CHECK_EVERY = 10
+
+
+def _whole_tensor(value: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A state-dict entry whole, on the CPU: a sharded table (``ShardedTensor`` or ``DTensor``,
+    :func:`~hytrec_torchrec.ranking.ranks.local_pieces`) assembled from every rank's pieces
+    (collective: each piece is held by one rank, so a sum of the zero-filled tables is exact), any
+    other entry copied."""
+    pieces = local_pieces(value)
+    if pieces is None:
+        plain = value.to_local() if isinstance(value, DTensor) else value
+        return plain.detach().cpu().clone()
+    whole = torch.zeros(tuple(value.size()), dtype=value.dtype, device=device)
+    for r0, c0, w in pieces:
+        whole[r0 : r0 + w.shape[0], c0 : c0 + w.shape[1]] = w.detach()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(whole)
+    return whole.cpu()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -268,13 +290,8 @@ class Trainer:
         """
         out: Dict[str, torch.Tensor] = {}
         for key, value in self.model.state_dict().items():
-            if hasattr(value, "local_shards"):
-                full = torch.empty(value.size(), dtype=value.dtype) if self.env.is_main else None
-                value.gather(0, full)
-                tensor = full
-            else:
-                tensor = value.detach().cpu().clone()
-            if self.env.is_main and tensor is not None:
+            tensor = _whole_tensor(value, self.env.device)
+            if self.env.is_main:
                 out[key.replace("module.", "")] = tensor
         return out
 
@@ -343,13 +360,27 @@ class Trainer:
         return fwd
 
     def _next_boundary(self, total: int) -> int:
-        """The next step at which training pauses (validation, checkpoint or the end)."""
+        """The next step at which training pauses (validation, checkpoint, a time check under
+        ``train.max_minutes``, or the end)."""
         t = self.cfg.train
         cands = [total]
-        for every in (t.validate_every, t.checkpoint_every):
+        time_every = TIME_CHECK_EVERY if t.max_minutes is not None else 0
+        for every in (t.validate_every, t.checkpoint_every, time_every):
             if every:
                 cands.append((self.step // every + 1) * every)
         return min(cands)
+
+    def _out_of_time(self, started: float) -> bool:
+        """Whether ``train.max_minutes`` have passed since ``started`` (``time.perf_counter()``)
+        on any rank: every rank calls this at the same steps and gets the same answer."""
+        budget = self.cfg.train.max_minutes
+        if budget is None:
+            return False
+        late = torch.tensor([float(time.perf_counter() - started >= 60.0 * budget)],
+                            device=self.env.device)
+        if self.env.world_size > 1:
+            dist.all_reduce(late, op=dist.ReduceOp.MAX)
+        return bool(late.item() > 0)
 
     def lr_multiplier(self, step: int) -> float:
         """``optim.schedule``'s multiplier for optimizer step ``step`` (1-based) of this job."""
@@ -442,10 +473,11 @@ class Trainer:
         positions: collections.deque[tuple[int, int]] = collections.deque()
         batches = self._batches(positions)
         self.model.train()
-        t_last = time.perf_counter()
+        t_last = started = time.perf_counter()
         tokens = 0
         last_val: Dict[str, float] = {}
-        while self.step < total:
+        out_of_time = False
+        while self.step < total and not out_of_time:
             boundary = self._next_boundary(total)
             for out in self._segment(itertools.islice(batches, boundary - self.step)):
                 self.step += 1
@@ -480,7 +512,11 @@ class Trainer:
                         self._tb.add_scalar("train/tokens_per_s", tps, self.step)
                 if bar is not None:
                     bar.update(1)
-            end = self.step >= total
+            out_of_time = self._out_of_time(started)
+            end = self.step >= total or out_of_time
+            if out_of_time and env.is_main:
+                log.info("train.max_minutes=%g reached at step %d of %d: stopping with a checkpoint",
+                         cfg.train.max_minutes, self.step, total)
             due = bool(cfg.train.validate_every) and self.step % cfg.train.validate_every == 0
             if (due or end) and not cfg.data.train_on_valid:  # train_on_valid: nothing held out
                 last_val = self.validate(cfg.train.val_batches)
@@ -502,9 +538,14 @@ class Trainer:
         if finished and self.history:  # a rerun of a finished job: its last validation, not an empty one
             last_val = {k: v for k, v in self.history[-1].items() if k != "step"}
         summary = {"step": self.step, "epoch": self.epoch, "valid": last_val,
-                   "world_size": env.world_size}
+                   "world_size": env.world_size,
+                   "wall_seconds": round(time.perf_counter() - started, 1),
+                   "stopped_by": "max_minutes" if out_of_time else "steps"}
+        done = Path(cfg.run.dir) / "summary.json"
+        if finished and done.exists():  # a rerun of a finished job trains nothing: its summary stays
+            return json.loads(done.read_text())
         if env.is_main:
-            (Path(cfg.run.dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+            done.write_text(json.dumps(summary, indent=2))
         return summary
 
 

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The demo recipe's two training objectives at equal wall time, on a long-history set
+# (docs/results.md, "Sampled cutoffs or every position, at equal wall time").
+#
+#   bash scripts/recipe_time.sh list                       # recipe names, one line each
+#   bash scripts/recipe_time.sh train SET NAME [key=value ...]
+#                                                          # torchx run -j 1x2 into runs/recipe_time/SET/NAME
+#                                                          # (wall time in NAME.time)
+#   bash scripts/recipe_time.sh eval SET NAME [NAME ...] [split=valid]
+#                                                          # hytrec-eval side by side, paired
+#
+# SET: cj (runs/completejourney/prepared: bash scripts/completejourney.sh data), ml1m (runs/ml1m/prepared:
+# bash scripts/ml1m.sh data), replenishment (runs/longhist/replenishment/prepared: bash
+# scripts/longhist.sh data replenishment). Every recipe is configs/demo.yaml with windows of up to
+# 1,536 events (the recipe outside users train with on their own long histories) plus its overrides:
+#   cut_*: the demo recipe as it was: 4 sampled cutoffs per user, one target each, 32 windows per rank,
+#          600 steps;
+#   ctx_*: every position a target (data.all_positions) in context windows: each window supervises its
+#          last 64 events (data.supervised_rows) with up to 1,536 events of context before them, 16
+#          windows per rank; trained for the wall time its cut_* run took (train.max_minutes from
+#          cut_*'s summary.json, so train cut_* first, on the same idle machine);
+#   *_short: the short-only ablation (model.long_pattern=), the same recipe otherwise.
+# Validation HR@10 (split=valid, every user) chooses between the objectives; the test split reports.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+common="data.max_len=1536 train.validate_every=0 train.checkpoint_every=0 run.progress=false run.log_every=50"
+ctx="data.all_positions=true data.cutoffs_per_user=0 data.supervised_rows=64 data.batch_size=16 train.max_steps=5000"
+recipes="\
+cut_default   train.max_steps=600
+cut_short     train.max_steps=600 model.long_pattern=
+ctx_default   $ctx
+ctx_short     $ctx model.long_pattern="
+
+# shellcheck source=scripts/lib/recipes.sh
+source "$here/scripts/lib/recipes.sh"
+
+# SET -> its prepared folder and the evaluation's side file of target kinds ("" if none)
+data_of() {
+    case "$1" in
+        cj) prepared=runs/completejourney/prepared; side=runs/completejourney/raw/segments.parquet ;;
+        ml1m) prepared=runs/ml1m/prepared; side="" ;;
+        replenishment) prepared=runs/longhist/replenishment/prepared; side=runs/longhist/replenishment/raw/segments.parquet ;;
+        *) echo "unknown set '$1'; one of: cj ml1m replenishment" >&2; exit 2 ;;
+    esac
+    [ -f "$prepared/meta.json" ] || { echo "[recipe_time] no prepared data in $prepared (see the header)" >&2; exit 2; }
+}
+
+train() {
+    local set="$1" name="$2"; shift 2
+    local spec; spec="$(recipe "$name")"
+    data_of "$set"
+    activate
+    local dir="runs/recipe_time/$set/$name" budget=()
+    mkdir -p "runs/recipe_time/$set"
+    if [[ "$name" == ctx_* ]]; then  # the wall time of the sampled-cutoff run of the same model
+        local ref="runs/recipe_time/$set/cut_${name#ctx_}/summary.json" secs
+        secs="$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["wall_seconds"])' "$ref")" \
+            || { echo "[recipe_time] $ref has no wall_seconds: train cut_${name#ctx_} first" >&2; exit 2; }
+        budget=("train.max_minutes=$(python -c "print(round($secs / 60, 3))")")
+    fi
+    # shellcheck disable=SC2086  # the recipe is a word list on purpose
+    set -- --config configs/demo.yaml $common $spec ${budget[@]+"${budget[@]}"} "run.dir=$dir" "data.path=$prepared" "$@"
+    echo "[recipe_time] torchx run -s local_cwd launch/components.py:train -j 1x2 $*"
+    local t0; t0="$(date +%s)"
+    torchx run -s local_cwd launch/components.py:train -j 1x2 "$@"
+    echo "$(( $(date +%s) - t0 )) s wall, 2 ranks: $*" > "$dir.time"
+    cat "$dir.time"
+}
+
+evaluate() {
+    local set="$1"; shift
+    local names=() overrides=() arg split=test
+    for arg in "$@"; do
+        case "$arg" in
+            split=*) split="${arg#split=}"; overrides+=("$arg") ;;
+            *=*) overrides+=("$arg") ;;
+            *) names+=("$arg") ;;
+        esac
+    done
+    [ "${#names[@]}" -ge 1 ] || { echo "usage: $0 eval SET NAME ... [key=value ...]" >&2; exit 2; }
+    data_of "$set"
+    activate
+    run_checkpoints recipe_time "runs/recipe_time/$set" "${names[@]}"
+    local out="runs/recipe_time/$set/eval/$split/$eval_tag" sides=()
+    # the side file's kinds describe each user's test target: other splits go without it
+    [ "$split" = test ] && [ -n "$side" ] && sides=("segments.side_file=$side")
+    hytrec-eval "${eval_args[@]}" --data "$prepared" --out "$out" --overwrite \
+        ${sides[@]+"${sides[@]}"} data.batch_size=32 threads=1 ${overrides[@]+"${overrides[@]}"}
+    echo "[recipe_time] report: $out/report.md"
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+    list) names ;;
+    train) [ "$#" -ge 2 ] || { echo "usage: $0 train SET NAME [key=value ...]" >&2; exit 2; }; train "$@" ;;
+    eval) [ "$#" -ge 2 ] || { echo "usage: $0 eval SET NAME ... [key=value ...]" >&2; exit 2; }; evaluate "$@" ;;
+    *) echo "usage: $0 list|train SET NAME|eval SET NAME ... [key=value ...]" >&2; exit 2 ;;
+esac
