@@ -19,7 +19,11 @@
 #          last 64 events (data.supervised_rows) with up to 1,536 events of context before them, 16
 #          windows per rank; trained for the wall time its cut_* run took (train.max_minutes from
 #          cut_*'s summary.json, so train cut_* first, on the same idle machine);
-#   *_short: the short-only ablation (model.long_pattern=), the same recipe otherwise.
+#   *_short: the short-only ablation (model.long_pattern=), the same recipe otherwise;
+#   cut_resid: cut_default with the long branch added to the fused short branch through a scale
+#          that starts at 0 (model.fusion.long=residual);
+#   ctxs_short: ctx_short at the steps ctx_default reached (from its summary.json), for the pair
+#          "default against its short-only ablation at the same recipe and steps".
 # Validation HR@10 (split=valid, every user) chooses between the objectives; the test split reports.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,7 +34,18 @@ recipes="\
 cut_default   train.max_steps=600
 cut_short     train.max_steps=600 model.long_pattern=
 ctx_default   $ctx
-ctx_short     $ctx model.long_pattern="
+ctx_short     $ctx model.long_pattern=
+ctxs_short    $ctx model.long_pattern=
+cut_resid     train.max_steps=600 model.fusion.long=residual
+cut_default_noclip train.max_steps=600 optim.grad_clip=null
+cut_short_noclip   train.max_steps=600 optim.grad_clip=null model.long_pattern=
+cut_nograd    train.max_steps=600 model.long_input_grad=false
+cut4_default  train.max_steps=2400
+cut4_short    train.max_steps=2400 model.long_pattern=
+cutc_default  train.max_steps=600 model.similarity=cosine model.temperature=0.05
+cutc_short    train.max_steps=600 model.similarity=cosine model.temperature=0.05 model.long_pattern=
+cutcd_default train.max_steps=600 model.similarity=cosine model.temperature=0.05 model.dropout=0.1
+cutcd_short   train.max_steps=600 model.similarity=cosine model.temperature=0.05 model.dropout=0.1 model.long_pattern="
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
@@ -58,6 +73,11 @@ train() {
         secs="$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["wall_seconds"])' "$ref")" \
             || { echo "[recipe_time] $ref has no wall_seconds: train cut_${name#ctx_} first" >&2; exit 2; }
         budget=("train.max_minutes=$(python -c "print(round($secs / 60, 3))")")
+    elif [ "$name" = ctxs_short ]; then  # the steps of ctx_default
+        local ref="runs/recipe_time/$set/ctx_default/summary.json" steps
+        steps="$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["step"])' "$ref")" \
+            || { echo "[recipe_time] no $ref: train ctx_default first" >&2; exit 2; }
+        budget=("train.max_steps=$steps")
     fi
     # shellcheck disable=SC2086  # the recipe is a word list on purpose
     set -- --config configs/demo.yaml $common $spec ${budget[@]+"${budget[@]}"} "run.dir=$dir" "data.path=$prepared" "$@"

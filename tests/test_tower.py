@@ -432,3 +432,37 @@ def test_blocked_sliding_window_equals_the_full_mask(max_distance: int, time_buc
     mixer.block_min = 0
     scripted = torch.jit.script(mixer)
     torch.testing.assert_close(scripted(x, ctx), outs[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("all_positions", [False, True])
+def test_long_input_grad_false_keeps_the_outputs_and_stops_the_long_gradient_at_the_inputs(all_positions: bool) -> None:
+    """``model.long_input_grad: false``: the same outputs; the events only the long branch reads
+    (those before the short branch's window) get no gradient, the long branch's own parameters
+    still do; with the default they get one."""
+    g = torch.Generator().manual_seed(1)
+    off = torch.tensor([0, 30, 37, 80])
+    ts = torch.cumsum(torch.randint(1, 1000, (80,), generator=g), 0)
+    x0 = torch.randn(80, 16, generator=g)
+    tc = ts[off[1:] - 1]
+    far = torch.zeros(80, dtype=torch.bool)
+    for s, e in zip(off[:-1].tolist(), off[1:].tolist()):
+        far[s:max(s, e - 4)] = True  # short_len 4: the rows before each history's last 4
+    outs, far_grads = [], []
+    for input_grad in (True, False):
+        torch.manual_seed(0)
+        tower = HyTRecTower(from_dict(TowerConfig, {"embedding_dim": 16, "short_len": 4, "heads": 2,
+                                                    "long_pattern": "TT", "features": ["item"],
+                                                    "long_input_grad": input_grad, "tadn": {"chunk_size": 8}}))
+        x = x0.clone().requires_grad_(True)
+        if all_positions:
+            y, _ = tower.forward_all_positions({"item": x}, off, ts, tc)
+            y = y[off[1:] - 1]  # the last row of each history: its far rows are the long branch's only
+        else:
+            y = tower({"item": x}, off, ts, tc)
+        y.square().sum().backward()
+        outs.append(y.detach())
+        far_grads.append(x.grad[far].abs().sum().item())
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in tower.named_parameters()
+                   if n.startswith("long."))
+    torch.testing.assert_close(outs[1], outs[0])
+    assert far_grads[0] > 0 and far_grads[1] == 0

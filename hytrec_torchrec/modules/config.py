@@ -181,6 +181,10 @@ class TowerConfig:
     """Training: activation checkpointing of the long branch, block by block (each block's
     activations are recomputed in the backward pass instead of kept), so that very long histories
     fit in memory at about one more forward pass of the branch (benchmarks/bench_memory.py)."""
+    long_input_grad: bool = True
+    """Whether the long branch's gradient reaches the event embeddings it reads (the tables and the
+    feature combiner). ``False``: it reads them detached, so the tables are trained by the target
+    side and the short branch only; the long branch's own parameters still learn."""
     long_time_inputs: bool = True
     """Add a learned embedding of the log-bucketed gap to the previous event (64 buckets) to every
     long-branch input row: time for the long layers, exact in all-position training."""

@@ -82,6 +82,7 @@ class HyTRecTower(nn.Module):
     long_residual: Final[bool]
     has_copy: Final[bool]
     long_detach: Final[bool]
+    long_input_grad: Final[bool]
     has_interests: Final[bool]
 
     def __init__(self, cfg: TowerConfig, feature_dims: Optional[Dict[str, int]] = None) -> None:
@@ -98,6 +99,8 @@ class HyTRecTower(nn.Module):
         self.short_dropout = float(cfg.fusion.short_dropout) if self.has_long and self.has_short else 0.0
         # training: the fusion reads the long branch's output without its gradient
         self.long_detach = bool(cfg.fusion.long_detach) and self.has_long
+        # model.long_input_grad: false = the long branch reads the event embeddings detached
+        self.long_input_grad = bool(cfg.long_input_grad)
         t = cfg.tadn
         self.long = LongBranch(cfg) if self.has_long else nn.Identity()
         # the long branch is read with the short branch's output (its intent readout)
@@ -183,6 +186,12 @@ class HyTRecTower(nn.Module):
         parts = self.forward_parts(features, offsets, timestamps, t_current, category)
         return parts[0], parts[1]
 
+    def _long_input(self, h: torch.Tensor, head_rows: torch.Tensor) -> torch.Tensor:
+        """The long branch's input rows ``h[head_rows]`` ``[N_long, D]``, detached from the
+        embeddings under ``long_input_grad: false``."""
+        x = h[head_rows]
+        return x if self.long_input_grad else x.detach()
+
     def _no_interests(self, r: int, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Empty interest outputs for ``r`` users or rows: ``[R, 0, D]``, ``[R, 0]`` bool, ``[R, 0]`` int64."""
         return (like.new_zeros(r, 0, self.dim), torch.zeros(r, 0, dtype=torch.bool, device=like.device),
@@ -217,7 +226,7 @@ class HyTRecTower(nn.Module):
             lq: Optional[torch.Tensor] = None
             if nt is not None:  # head row m feeds the prediction made K rows later
                 lq = nt[head_rows + self.short_len] if self.has_short else nt
-            branches.append(self.long(h[head_rows], head_off, tau[head_rows], timestamps[head_rows], lq,
+            branches.append(self.long(self._long_input(h, head_rows), head_off, tau[head_rows], timestamps[head_rows], lq,
                                       short_out, t_last))
         tokens, valid, token_cat = self._no_interests(offsets.numel() - 1, h)
         if self.has_interests and short_out is not None:
@@ -313,7 +322,7 @@ class HyTRecTower(nn.Module):
             if self.long_intent and short_rows is not None:  # the prediction K rows later reads row m
                 intent_rows = short_rows[head_rows + self.short_len]
                 t_query = timestamps[head_rows + self.short_len]
-            rows = self.long.forward_rows(h[head_rows], head_off, tau[head_rows], timestamps[head_rows], lq,
+            rows = self.long.forward_rows(self._long_input(h, head_rows), head_off, tau[head_rows], timestamps[head_rows], lq,
                                           intent_rows, t_query)
             # head row m of a history feeds the prefix ending K rows later
             long_out = self.long.empty.unsqueeze(0).expand(n, self.dim)
