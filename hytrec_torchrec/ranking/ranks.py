@@ -16,16 +16,18 @@ Example (single process, plain tensor table)::
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor, Replicate
 
 __all__ = [
     "ItemBlock",
     "all_gather_rows",
     "gather_bonus",
     "local_item_blocks",
+    "local_pieces",
     "ranked_catalog_sizes",
     "ranks_from_scores",
     "target_ranks",
@@ -39,20 +41,56 @@ ItemBlock = Tuple[int, int, torch.Tensor]
 FIRST_ITEM = 2
 
 
-def local_item_blocks(table: torch.Tensor, owner_only: bool = True) -> List[ItemBlock]:
-    """The locally held pieces of an item table weight.
+def local_pieces(table: torch.Tensor) -> Optional[List[ItemBlock]]:
+    """The pieces of a sharded table this process holds, or None for a whole (plain) tensor.
 
-    Args:
-        table: a ``ShardedTensor`` (from a DMP state dict) or a plain tensor (unsharded or
-            data-parallel, the same on every rank). With ``owner_only`` (distributed), rank r
-            of W reports only rows ``[V·r/W, V·(r+1)/W)`` of a plain tensor, so every row is
-            counted once and the ranks share the scoring work, as with a row-wise table.
+    The one reader of sharded state-dict entries, in both forms TorchRec gives them:
+
+    * ``ShardedTensor`` (torchrec without ``output_dtensor``, or the ``sharded_tensor`` form of
+      :func:`~hytrec_torchrec.runtime.distributed.sharded_state_form`): its ``local_shards()``;
+    * ``DTensor`` whose local tensor is torchrec's ``LocalShardsWrapper`` (any sharding type,
+      table-wise included, whose non-owners hold no shard): its ``local_shards()`` with
+      ``local_offsets()``; a ``DTensor`` replicated on every rank counts as a plain tensor.
+
+    Returns:
+        ``[(row offset, column offset, weight [rows, cols]), ...]`` (empty on a rank that holds
+        no shard), or None when ``table`` is a plain tensor, the same on every rank.
+
+    Raises:
+        TypeError: a ``DTensor`` sharded other than through a ``LocalShardsWrapper``.
     """
-    if hasattr(table, "local_shards"):
+    if isinstance(table, DTensor):
+        local = table.to_local()
+        if hasattr(local, "local_offsets"):  # torchrec's LocalShardsWrapper
+            return [(int(off[0]), int(off[1]), shard)
+                    for off, shard in zip(local.local_offsets(), local.local_shards())]
+        if all(isinstance(p, Replicate) for p in table.placements):
+            return None
+        raise TypeError(f"a DTensor with placements {table.placements} and a plain local tensor: "
+                        "expected torchrec's LocalShardsWrapper")
+    if hasattr(table, "local_shards"):  # ShardedTensor
         return [
             (int(s.metadata.shard_offsets[0]), int(s.metadata.shard_offsets[1]), s.tensor)
             for s in table.local_shards()
         ]
+    return None
+
+
+def local_item_blocks(table: torch.Tensor, owner_only: bool = True) -> List[ItemBlock]:
+    """The locally held pieces of an item table weight.
+
+    Args:
+        table: a sharded table from a DMP state dict (``ShardedTensor`` or ``DTensor``:
+            :func:`local_pieces`) or a plain tensor (unsharded or data-parallel, the same on every
+            rank). With ``owner_only`` (distributed), rank r of W reports only rows
+            ``[V·r/W, V·(r+1)/W)`` of a plain tensor, so every row is counted once and the ranks
+            share the scoring work, as with a row-wise table.
+    """
+    pieces = local_pieces(table)
+    if pieces is not None:
+        return pieces
+    if isinstance(table, DTensor):  # replicated on every rank
+        table = table.to_local()
     if owner_only and dist.is_initialized():
         world, rank, n = dist.get_world_size(), dist.get_rank(), int(table.shape[0])
         lo, hi = n * rank // world, n * (rank + 1) // world

@@ -3,8 +3,8 @@
 Layout of a run directory::
 
     RUN_DIR/checkpoints/step_00000120/      one complete checkpoint
-        .metadata, __0_0.distcp, ...        DCP files: model (sharded tables as ShardedTensor,
-                                            dense weights) and both optimizers' state
+        .metadata, __0_0.distcp, ...        DCP files: model (sharded tables, dense weights) and
+                                            both optimizers' state
         rank_00000.pt ...                   per-rank state (RNG), loadable with weights_only=True
         train_state.json                    step, epoch, loader position, world size, vocab sizes
         manifest.json                       size and SHA-256 of every other file, written last
@@ -18,6 +18,12 @@ ignored and removed by the next save: the last good checkpoint is never touched.
 
 DCP reshards on load, so a checkpoint written by W ranks loads on any world size (tables and
 the row-wise optimizer state are re-split by the loading plan).
+
+Sharded tables (and their fused optimizer state) are saved in the form the model's ``state_dict()``
+gives them: ``DTensor`` where torchrec supports it, else the older ``ShardedTensor``
+(:func:`~hytrec_torchrec.runtime.distributed.sharded_state_form`, ``HYTREC_SHARDED_STATE``). DCP
+writes both as the same chunks of the same index, so a checkpoint written in either form loads into
+a model of either form.
 
 Verification: :func:`verify_checkpoint` compares every file with the manifest. A run directory
 resolves to its newest checkpoint that verifies (:func:`latest_checkpoint` logs each damaged one it
@@ -351,7 +357,7 @@ def save_checkpoint(
     Args:
         run_dir: the run directory (``run.dir``).
         step: global step number; names the directory.
-        model: the (DMP-wrapped) model; its ``state_dict()`` may hold ShardedTensors.
+        model: the (DMP-wrapped) model; its ``state_dict()`` may hold DTensors or ShardedTensors.
         optimizer: the combined keyed optimizer (fused sparse + dense).
         train_state: JSON-serialisable state identical on all ranks (rank 0 writes it).
         rank_state: per-rank tensors/ints (e.g. RNG states), saved with ``torch.save`` and read
