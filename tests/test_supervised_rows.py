@@ -137,9 +137,16 @@ def test_epoch_stats_count_the_supervised_rows(tmp_path) -> None:
 
 @pytest.mark.parametrize("kw, message", [
     (dict(supervised_rows=4), "supervised_rows: 4 needs all_positions"),
-    (dict(supervised_rows=9, all_positions=True), "supervised_rows: 9 must be <= 8"),
     (dict(supervised_rows=-1, all_positions=True), "supervised_rows: -1 must be >= 0"),
 ])
 def test_config_errors_name_the_key(kw: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         DataConfig(path="x", max_len=8, num_targets=1, **kw).validate()
+
+
+@pytest.mark.parametrize("rows", [8, 9, 1000])
+def test_supervising_at_least_max_len_rows_is_every_position(rows: int) -> None:
+    """M >= max_len supervises every row of a window, which is what 0 means: it is read as 0."""
+    cfg = DataConfig(path="x", max_len=8, num_targets=1, all_positions=True, supervised_rows=rows)
+    cfg.validate()
+    assert cfg.supervised_rows == 0

@@ -46,7 +46,9 @@ class DataConfig:
             each window and tiles training cutoffs every M events instead of every ``max_len``:
             every training event is still a target once per epoch, now with up to ``max_len``
             events of context before it (the long branch and the repeat path read them), and a
-            batch of B windows holds B·M targets from B users. 0 = every position of a window.
+            batch of B windows holds B·M targets from B users. 0 = every position of a window;
+            M >= ``max_len`` is the same (a window holds at most ``max_len`` rows) and is read as
+            0, so lowering ``max_len`` below a config's M needs no second override.
         min_history: smallest history length (events before the cutoff) an example may have.
             0 allows empty histories (cold-start examples with no history at all).
         batch_size: examples per batch (B).
@@ -101,7 +103,9 @@ class DataConfig:
         check_range("num_targets", self.num_targets, 1)
         check_range("cutoffs_per_user", self.cutoffs_per_user, 0)
         check_range("min_history", self.min_history, 0)
-        check_range("supervised_rows", self.supervised_rows, 0, self.max_len)
+        check_range("supervised_rows", self.supervised_rows, 0)
+        if self.supervised_rows >= self.max_len:  # every row of a window: the same as 0
+            self.supervised_rows = 0
         if self.supervised_rows and not self.all_positions:
             raise ConfigError(f"supervised_rows: {self.supervised_rows} needs all_positions: true "
                               "(it chooses which positions of an all-position window are targets)")
