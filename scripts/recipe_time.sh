@@ -23,7 +23,11 @@
 #   cut_resid: cut_default with the long branch added to the fused short branch through a scale
 #          that starts at 0 (model.fusion.long=residual);
 #   ctxs_short: ctx_short at the steps ctx_default reached (from its summary.json), for the pair
-#          "default against its short-only ablation at the same recipe and steps".
+#          "default against its short-only ablation at the same recipe and steps"; ctxs_notime: the
+#          same for the default without the long branch's time inputs (model.long_time_inputs=false);
+#   cut_lastread, cut_notime, cut_norep, cut_short_norep, cut_resid, cut_nograd, cut_*_noclip,
+#          cut4_*, cutc*_*: one switch each against cut_default / cut_short (the MovieLens-1M
+#          diagnostics of docs/results.md).
 # Validation HR@10 (split=valid, every user) chooses between the objectives; the test split reports.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +40,7 @@ cut_short     train.max_steps=600 model.long_pattern=
 ctx_default   $ctx
 ctx_short     $ctx model.long_pattern=
 ctxs_short    $ctx model.long_pattern=
+ctxs_notime   $ctx model.long_time_inputs=false
 cut_resid     train.max_steps=600 model.fusion.long=residual
 cut_default_noclip train.max_steps=600 optim.grad_clip=null
 cut_short_noclip   train.max_steps=600 optim.grad_clip=null model.long_pattern=
@@ -45,7 +50,11 @@ cut4_short    train.max_steps=2400 model.long_pattern=
 cutc_default  train.max_steps=600 model.similarity=cosine model.temperature=0.05
 cutc_short    train.max_steps=600 model.similarity=cosine model.temperature=0.05 model.long_pattern=
 cutcd_default train.max_steps=600 model.similarity=cosine model.temperature=0.05 model.dropout=0.1
-cutcd_short   train.max_steps=600 model.similarity=cosine model.temperature=0.05 model.dropout=0.1 model.long_pattern="
+cutcd_short   train.max_steps=600 model.similarity=cosine model.temperature=0.05 model.dropout=0.1 model.long_pattern=
+cut_lastread  train.max_steps=600 model.long_readout=last
+cut_notime    train.max_steps=600 model.long_time_inputs=false
+cut_norep     train.max_steps=600 model.repeat=false
+cut_short_norep train.max_steps=600 model.repeat=false model.long_pattern="
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
@@ -73,7 +82,7 @@ train() {
         secs="$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["wall_seconds"])' "$ref")" \
             || { echo "[recipe_time] $ref has no wall_seconds: train cut_${name#ctx_} first" >&2; exit 2; }
         budget=("train.max_minutes=$(python -c "print(round($secs / 60, 3))")")
-    elif [ "$name" = ctxs_short ]; then  # the steps of ctx_default
+    elif [[ "$name" == ctxs_* ]]; then  # the steps of ctx_default
         local ref="runs/recipe_time/$set/ctx_default/summary.json" steps
         steps="$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["step"])' "$ref")" \
             || { echo "[recipe_time] no $ref: train ctx_default first" >&2; exit 2; }
