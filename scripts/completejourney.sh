@@ -116,14 +116,8 @@ train() {
 evaluate() {
     # NAME ... then evaluation overrides (key=value, e.g. split=valid to choose between recipes
     # without looking at the test split); a split other than test gets its own report folder
-    local names=() overrides=() arg split=test
-    for arg in "$@"; do
-        case "$arg" in
-            split=*) split="${arg#split=}"; overrides+=("$arg") ;;
-            *=*) overrides+=("$arg") ;;
-            *) names+=("$arg") ;;
-        esac
-    done
+    local names=() overrides=() split=test
+    split_eval_args "$@"
     [ "${#names[@]}" -ge 1 ] || { echo "usage: $0 eval NAME ... [key=value ...]" >&2; exit 2; }
     activate
     run_checkpoints completejourney "$root" "${names[@]}"

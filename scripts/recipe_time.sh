@@ -70,6 +70,13 @@ data_of() {
     [ -f "$prepared/meta.json" ] || { echo "[recipe_time] no prepared data in $prepared (see the header)" >&2; exit 2; }
 }
 
+# SET RUN KEY -> KEY of runs/recipe_time/SET/RUN/summary.json; an error naming RUN if it has none
+summary_field() {
+    local ref="runs/recipe_time/$1/$2/summary.json"
+    python -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$ref" "$3" 2>/dev/null \
+        || { echo "[recipe_time] $ref has no $3: train $2 first" >&2; return 2; }
+}
+
 train() {
     local set="$1" name="$2"; shift 2
     local spec; spec="$(recipe "$name")"
@@ -78,14 +85,10 @@ train() {
     local dir="runs/recipe_time/$set/$name" budget=()
     mkdir -p "runs/recipe_time/$set"
     if [[ "$name" == ctx_* ]]; then  # the wall time of the sampled-cutoff run of the same model
-        local ref="runs/recipe_time/$set/cut_${name#ctx_}/summary.json" secs
-        secs="$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["wall_seconds"])' "$ref")" \
-            || { echo "[recipe_time] $ref has no wall_seconds: train cut_${name#ctx_} first" >&2; exit 2; }
+        local secs; secs="$(summary_field "$set" "cut_${name#ctx_}" wall_seconds)" || exit 2
         budget=("train.max_minutes=$(python -c "print(round($secs / 60, 3))")")
     elif [[ "$name" == ctxs_* ]]; then  # the steps of ctx_default
-        local ref="runs/recipe_time/$set/ctx_default/summary.json" steps
-        steps="$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["step"])' "$ref")" \
-            || { echo "[recipe_time] no $ref: train ctx_default first" >&2; exit 2; }
+        local steps; steps="$(summary_field "$set" ctx_default step)" || exit 2
         budget=("train.max_steps=$steps")
     fi
     # shellcheck disable=SC2086  # the recipe is a word list on purpose
@@ -99,14 +102,8 @@ train() {
 
 evaluate() {
     local set="$1"; shift
-    local names=() overrides=() arg split=test
-    for arg in "$@"; do
-        case "$arg" in
-            split=*) split="${arg#split=}"; overrides+=("$arg") ;;
-            *=*) overrides+=("$arg") ;;
-            *) names+=("$arg") ;;
-        esac
-    done
+    local names=() overrides=() split=test
+    split_eval_args "$@"
     [ "${#names[@]}" -ge 1 ] || { echo "usage: $0 eval SET NAME ... [key=value ...]" >&2; exit 2; }
     data_of "$set"
     activate

@@ -535,15 +535,15 @@ class Trainer:
             bar.close()
         if self._tb is not None:
             self._tb.close()
+        done = Path(cfg.run.dir) / "summary.json"
+        if finished and done.exists():  # a rerun of a finished job trains nothing: its summary stays
+            return json.loads(done.read_text())
         if finished and self.history:  # a rerun of a finished job: its last validation, not an empty one
             last_val = {k: v for k, v in self.history[-1].items() if k != "step"}
         summary = {"step": self.step, "epoch": self.epoch, "valid": last_val,
                    "world_size": env.world_size,
                    "wall_seconds": round(time.perf_counter() - started, 1),
                    "stopped_by": "max_minutes" if out_of_time else "steps"}
-        done = Path(cfg.run.dir) / "summary.json"
-        if finished and done.exists():  # a rerun of a finished job trains nothing: its summary stays
-            return json.loads(done.read_text())
         if env.is_main:
             done.write_text(json.dumps(summary, indent=2))
         return summary

@@ -33,3 +33,18 @@ run_checkpoints() {
         eval_tag="${eval_tag:+${eval_tag}+}${name}"
     done
 }
+
+# split_eval_args ARG...: an evaluation command line into names (recipe names), overrides (key=value,
+# for hytrec-eval) and split (from split=NAME, which stays among the overrides; test by default). The
+# caller declares the three as locals first; bash's dynamic scope lets this set them.
+split_eval_args() {
+    names=(); overrides=(); split=test
+    local arg
+    for arg in "$@"; do
+        case "$arg" in
+            split=*) split="${arg#split=}"; overrides+=("$arg") ;;
+            *=*) overrides+=("$arg") ;;
+            *) names+=("$arg") ;;
+        esac
+    done
+}
