@@ -27,7 +27,9 @@
 #          same for the default without the long branch's time inputs (model.long_time_inputs=false);
 #   cut_lastread, cut_notime, cut_norep, cut_short_norep, cut_resid, cut_nograd, cut_*_noclip,
 #          cut4_*, cutc*_*: one switch each against cut_default / cut_short (the MovieLens-1M
-#          diagnostics of docs/results.md).
+#          diagnostics of docs/results.md);
+#   cut_default_s1, cut_short_s1: the cut_* pair with another seed (initialisation and cutoffs), for
+#          how much one training's result moves from seed to seed.
 # Validation HR@10 (split=valid, every user) chooses between the objectives; the test split reports.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -54,17 +56,24 @@ cutcd_short   train.max_steps=600 model.similarity=cosine model.temperature=0.05
 cut_lastread  train.max_steps=600 model.long_readout=last
 cut_notime    train.max_steps=600 model.long_time_inputs=false
 cut_norep     train.max_steps=600 model.repeat=false
-cut_short_norep train.max_steps=600 model.repeat=false model.long_pattern="
+cut_short_norep train.max_steps=600 model.repeat=false model.long_pattern=
+cut_default_s1 train.max_steps=600 run.seed=1 data.seed=1
+cut_short_s1  train.max_steps=600 run.seed=1 data.seed=1 model.long_pattern="
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
 
-# SET -> its prepared folder and the evaluation's side file of target kinds ("" if none)
+# SET -> its prepared folder, the evaluation's side file of target kinds ("" if none) and the data
+# set's own training keys (setargs): replenishment's purchase-like behaviour is "pay" (staples are
+# viewed between purchases; data.cycle_behaviors, docs/data_prep.md); every Complete Journey event is a
+# purchase and MovieLens has one behaviour, so they need none.
 data_of() {
+    setargs=()
     case "$1" in
         cj) prepared=runs/completejourney/prepared; side=runs/completejourney/raw/segments.parquet ;;
         ml1m) prepared=runs/ml1m/prepared; side="" ;;
-        replenishment) prepared=runs/longhist/replenishment/prepared; side=runs/longhist/replenishment/raw/segments.parquet ;;
+        replenishment) prepared=runs/longhist/replenishment/prepared; side=runs/longhist/replenishment/raw/segments.parquet
+            setargs=("data.cycle_behaviors=[pay]") ;;
         *) echo "unknown set '$1'; one of: cj ml1m replenishment" >&2; exit 2 ;;
     esac
     [ -f "$prepared/meta.json" ] || { echo "[recipe_time] no prepared data in $prepared (see the header)" >&2; exit 2; }
@@ -92,7 +101,7 @@ train() {
         budget=("train.max_steps=$steps")
     fi
     # shellcheck disable=SC2086  # the recipe is a word list on purpose
-    set -- --config configs/demo.yaml $common $spec ${budget[@]+"${budget[@]}"} "run.dir=$dir" "data.path=$prepared" "$@"
+    set -- --config configs/demo.yaml $common $spec ${setargs[@]+"${setargs[@]}"} ${budget[@]+"${budget[@]}"} "run.dir=$dir" "data.path=$prepared" "$@"
     echo "[recipe_time] torchx run -s local_cwd launch/components.py:train -j 1x2 $*"
     local t0; t0="$(date +%s)"
     torchx run -s local_cwd launch/components.py:train -j 1x2 "$@"
