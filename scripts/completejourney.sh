@@ -27,11 +27,8 @@ config=configs/completejourney.yaml
 
 # the repeat path as it was before its cycle features (080d593): every recipe starts from it, so that
 # the rows of docs/results.md keep their meaning now that the defaults have cycles, the hidden-layer
-# scorer and the repeat path at 10x the learning rate; recipes that switch them say so after it.
-# gap1: the gap embedding on the long branch's inputs, the default until it was turned off after
-# these rows were measured (docs/tower.md, "The default tower"); every recipe with a long branch has it
-gap1="model.long_time_inputs=true"
-rep0="model.repeat_cycles=false model.repeat_scorer=additive optim.repeat_lr_scale=1 $gap1"
+# scorer and the repeat path at 10x the learning rate; recipes that switch them say so after it
+rep0="model.repeat_cycles=false model.repeat_scorer=additive optim.repeat_lr_scale=1"
 # One line per recipe: NAME OVERRIDE ... ("-" = none). default is the default tower of 080d593
 # (cycles_mlp_lr10 is today's default tower, the repeat path's three settings written out); each other
 # recipe switches one part of it (short_only_norepeat and paper: the issue's original comparison;
@@ -56,7 +53,7 @@ rep0="model.repeat_cycles=false model.repeat_scorer=additive optim.repeat_lr_sca
 # (a time-decayed mean per category instead of a gated-delta memory); short_interests: the interests
 # without the long branch; ulim: ULIM's head on the interests tower (model.kind=ulim: next category by a
 # pointer-generator, one user embedding per category, items ranked by p(category) x p(item | category)).
-# These four start from today's defaults (with $gap1, as measured), not from $rep0.
+# These four start from today's defaults, not from $rep0.
 recipes="\
 default              $rep0
 short_only           $rep0 model.long_pattern=
@@ -80,10 +77,10 @@ cycles_mlp_lr10      $rep0 model.repeat_cycles=true model.repeat_scorer=mlp opti
 short_cycles_mlp_lr10 $rep0 model.long_pattern= model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10
 cycles_mlp_lr10_aux  $rep0 model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10 model.long_aux_weight=1.0
 cycles_mlp_lr10_aux_detach $rep0 model.repeat_cycles=true model.repeat_scorer=mlp optim.repeat_lr_scale=10 model.long_aux_weight=1.0 model.fusion.long_detach=true
-interests            $gap1 model.interests.count=16
-interests_mean       $gap1 model.interests.count=16 model.interests.memory=mean
-short_interests      $gap1 model.long_pattern= model.interests.count=16
-ulim                 $gap1 model.kind=ulim model.interests.count=16"
+interests            model.interests.count=16
+interests_mean       model.interests.count=16 model.interests.memory=mean
+short_interests      model.long_pattern= model.interests.count=16
+ulim                 model.kind=ulim model.interests.count=16"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"

@@ -28,8 +28,10 @@
 #   cut_lastread, cut_notime, cut_norep, cut_short_norep, cut_resid, cut_nograd, cut_*_noclip,
 #          cut4_*, cutc*_*: one switch each against cut_default / cut_short (the MovieLens-1M
 #          diagnostics of docs/results.md);
-#   cut_default_s1, cut_short_s1: the cut_* pair with another seed (initialisation and cutoffs), for
-#          how much one training's result moves from seed to seed.
+#   cut_default_sN, cut_short_sN (N = 1, 2, 3): the cut_* pair with another seed (initialisation and
+#          cutoffs), for how much one training's result moves from seed to seed; cut_time_sN: cut_default_sN
+#          with the long branch's time inputs (model.long_time_inputs=true; cut_default before demo.yaml
+#          turned them off is its seed 0).
 # Validation HR@10 (split=valid, every user) chooses between the objectives; the test split reports.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,7 +60,14 @@ cut_notime    train.max_steps=600 model.long_time_inputs=false
 cut_norep     train.max_steps=600 model.repeat=false
 cut_short_norep train.max_steps=600 model.repeat=false model.long_pattern=
 cut_default_s1 train.max_steps=600 run.seed=1 data.seed=1
-cut_short_s1  train.max_steps=600 run.seed=1 data.seed=1 model.long_pattern="
+cut_short_s1  train.max_steps=600 run.seed=1 data.seed=1 model.long_pattern=
+cut_default_s2 train.max_steps=600 run.seed=2 data.seed=2
+cut_short_s2  train.max_steps=600 run.seed=2 data.seed=2 model.long_pattern=
+cut_default_s3 train.max_steps=600 run.seed=3 data.seed=3
+cut_short_s3  train.max_steps=600 run.seed=3 data.seed=3 model.long_pattern=
+cut_time_s1   train.max_steps=600 run.seed=1 data.seed=1 model.long_time_inputs=true
+cut_time_s2   train.max_steps=600 run.seed=2 data.seed=2 model.long_time_inputs=true
+cut_time_s3   train.max_steps=600 run.seed=3 data.seed=3 model.long_time_inputs=true"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"

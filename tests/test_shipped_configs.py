@@ -127,10 +127,8 @@ def test_completejourney_recipes_switch_one_part_of_the_default_tower() -> None:
     assert {"default", "short_only", "no_repeat", "paper"} <= set(names)
     flat = {name: _flat_model(CJ_SCRIPT, "completejourney.yaml", name) for name in names}
     default, tower = flat["default"], to_dict(TowerConfig())
-    for key in ("long_pattern", "long_readout", "repeat", "short_len", "far_copy"):
+    for key in ("long_pattern", "long_readout", "long_time_inputs", "repeat", "short_len", "far_copy"):
         assert default[key] == tower[key], key
-    # the documented rows were measured with the long branch's gap inputs, since turned off by default
-    assert (default["long_time_inputs"], tower["long_time_inputs"]) == (True, False)
     assert default["tadn.gating"] == tower["tadn"]["gating"]
     for name in ("short_only", "no_repeat") + tuple(n for n in names if n.startswith("abl_")):
         assert len([k for k in default if flat[name][k] != default[k]]) == 1, name

@@ -127,7 +127,7 @@ def test_the_default_tower_is_the_long_memory_tower_with_the_repeat_path():
     the paper's form (docs/tower.md, "The default tower")."""
     default = TowerConfig()
     assert (default.long_pattern, default.tadn.gating, default.long_readout, default.long_time_inputs,
-            default.repeat, default.short_len) == ("TTT", "gated_delta", "intent", False, True, 64)
+            default.repeat, default.short_len) == ("TTT", "gated_delta", "intent", True, True, 64)
     shipped = load_config(TowerConfig, REPO / "configs" / "model" / "hytrec.yaml")
     for key in ("long_pattern", "long_readout", "long_time_inputs", "repeat", "short_len", "far_copy"):
         assert getattr(shipped, key) == getattr(default, key), key

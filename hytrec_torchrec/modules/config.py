@@ -3,9 +3,8 @@
 Baselines are configs of the same code (examples in ``configs/model/*.yaml``):
 
 * HyTRec (default): the long-memory tower, ``long_pattern: TTT`` with ``tadn.gating:
-  gated_delta``, ``long_readout: intent``, the repeat path (``repeat``), and ``short_len: 64``;
-  without the gap embedding on the long branch's inputs (``long_time_inputs: false``) (docs/tower.md,
-  "The default tower").
+  gated_delta``, ``long_time_inputs``, ``long_readout: intent``, the repeat path (``repeat``), and
+  ``short_len: 64`` (docs/tower.md, "The default tower").
 * HyTRec as in the paper: ``long_pattern: TTTS``, ``tadn.gating: paper``, ``long_readout: last``,
   ``long_time_inputs: false``, ``repeat: false`` (``configs/model/hytrec_paper.yaml``).
 * SASRec-like softmax-only: ``long_pattern: SSSS`` (``short_len: 0`` = no short branch, the long
@@ -186,12 +185,9 @@ class TowerConfig:
     """Whether the long branch's gradient reaches the event embeddings it reads (the tables and the
     feature combiner). ``False``: it reads them detached, so the tables are trained by the target
     side and the short branch only; the long branch's own parameters still learn."""
-    long_time_inputs: bool = False
+    long_time_inputs: bool = True
     """Add a learned embedding of the log-bucketed gap to the previous event (64 buckets) to every
-    long-branch input row: time for the long layers, exact in all-position training. Off by default:
-    with it the long memory was below its short-only ablation on MovieLens-1M whole histories, and
-    without it ahead on three long-history sets (docs/results.md, "Sampled cutoffs or every
-    position"); the gated-delta decay still reads the gaps."""
+    long-branch input row: time for the long layers, exact in all-position training."""
     far_copy: bool = False
     """A repeat path in embedding space: a gated-delta memory written with the embeddings of the
     events before the last K (keys from them, values the embeddings themselves), read with the
