@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hytrec_torchrec.evaluation.paired import (PairingError, align, compare, main, paired_difference, read_ranks,
-                                               write_ranks)
+from hytrec_torchrec.evaluation.paired import (PairingError, align, compare, main, over_seeds, paired_difference,
+                                               read_ranks, write_ranks)
 
 
 def _table(users: np.ndarray, ranks: np.ndarray, catalog: int = 500) -> dict:
@@ -187,3 +187,44 @@ def test_side_file_groups_pair_the_examples_of_each_group(tmp_path: Path, capsys
     assert main([str(tmp_path / "e"), "--side-file", str(tmp_path / "side.parquet"), "--data", str(tmp_path / "d"),
                  "--side-column", "segment"]) == 3
     assert "no column 'segment'" in capsys.readouterr().err
+
+
+def test_over_seeds_is_the_mean_of_the_seeds_differences_with_their_spread() -> None:
+    """Two seeds whose paired differences are +0.2 and 0.0: mean +0.1, se = sd / √2 = 0.1."""
+    users = np.arange(10)
+    base = _table(users, np.full(10, 50))
+    two_hits = _table(users, np.array([1, 1] + [50] * 8))
+    rows = compare([("a1", base), ("b1", two_hits)], ["hr@10"]) + compare([("a2", base), ("b2", base)], ["hr@10"])
+    res = over_seeds(rows, ["hr@10"])["hr@10"]
+    assert res["diff"] == pytest.approx(0.1) and res["se"] == pytest.approx(0.1) and res["z"] == pytest.approx(1.0)
+    assert (res["seeds"], res["min"], res["max"]) == (2, pytest.approx(0.0), pytest.approx(0.2))
+    # one seed's paired se (evaluation noise): √(0.2·0.8·10/9 / 10) for seed 1, 0 for seed 2, root mean square
+    assert res["within_se"] == pytest.approx(math.sqrt((math.sqrt(0.2 * 0.8 / 9) ** 2 + 0.0) / 2))
+    with pytest.raises(PairingError, match="at least two seeds"):
+        over_seeds(rows[:1], ["hr@10"])
+
+
+def test_seeds_cli_pairs_consecutive_runs_and_refuses_odd_counts(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(5)
+    users = np.arange(80)
+    tables = {f"{m}_s{s}": _table(users, rng.integers(1, 40, 80)) for s in range(3) for m in ("short", "default")}
+    (tmp_path / "e").mkdir()
+    write_ranks(tmp_path / "e" / "ranks.parquet", tables)
+    runs = [f"{tmp_path / 'e'}:{m}_s{s}" for s in range(3) for m in ("short", "default")]
+    out = tmp_path / "seeds.json"
+    assert main(["--seeds", "--metrics", "hr@10", "--json", str(out), *runs]) == 0
+    text = capsys.readouterr().out
+    assert "| 3 | default_s2 − short_s2 |" in text and "Over the 3 seeds" in text
+    doc = json.loads(out.read_text())
+    per_seed = [paired_difference(tables[f"short_s{s}"]["rank"], tables[f"default_s{s}"]["rank"],
+                                  tables[f"short_s{s}"]["catalog"], tables[f"default_s{s}"]["catalog"],
+                                  ["hr@10"])["hr@10"]["diff"] for s in range(3)]
+    assert doc["over_seeds"]["hr@10"]["diff"] == pytest.approx(np.mean(per_seed))
+    assert doc["over_seeds"]["hr@10"]["se"] == pytest.approx(np.std(per_seed, ddof=1) / math.sqrt(3))
+    assert main(["--seeds", *runs[:5]]) == 3
+    assert "must be pairs" in capsys.readouterr().err
+    assert main(["--seeds", *runs[:2]]) == 3
+    assert "at least two seeds" in capsys.readouterr().err
+    assert main(["--seeds", *runs, "--length-buckets", "1", "10"]) == 3
+    assert "does not combine" in capsys.readouterr().err

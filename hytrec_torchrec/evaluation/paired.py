@@ -23,6 +23,14 @@ happen to match. An unfinished evaluation (its ``.hytrec-eval`` marker is not co
 ``--json`` and ``--plot`` may not lie inside an evaluation compared, and replace an existing file
 only with ``--overwrite`` (hytrec_torchrec/outputs.py).
 
+A paired standard error covers the evaluation's noise for two *fixed* trained models; a model
+trained again with another seed moves by more than that. With ``--seeds`` the runs are pairs of
+trainings, one pair per seed (``BASE_1 MODEL_1 BASE_2 MODEL_2 ...``): each seed's paired
+difference ``D_s`` is reported, and over the S seeds their mean with the standard error
+``sd(D_s) / √S`` (:func:`over_seeds`), which counts the training's noise too::
+
+    hytrec-compare --seeds E:short_s0 E:default_s0 E:short_s1 E:default_s1 E:short_s2 E:default_s2 --metrics hr@10
+
 Example::
 
     >>> import numpy as np
@@ -50,7 +58,7 @@ from hytrec_torchrec.files import unwritable_dir
 from hytrec_torchrec.outputs import OutputError, OutputLock, check_apart, incomplete_reason, write_file_staged
 
 __all__ = ["RANKS_FILE", "EVAL_TOOL", "PairingError", "write_ranks", "read_ranks", "align", "paired_difference",
-           "compare", "dataset_identity", "main"]
+           "compare", "over_seeds", "dataset_identity", "main"]
 
 #: the tool whose output folders hold ranks.parquet (its marker: ``.hytrec-eval``)
 EVAL_TOOL = "hytrec-eval"
@@ -239,6 +247,62 @@ def compare(models: Sequence[Tuple[str, Dict[str, np.ndarray]]], metrics: Sequen
     return rows
 
 
+def over_seeds(rows: Sequence[Dict[str, object]], metrics: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """Per metric, over S >= 2 rows of :func:`compare`, each one seed's pair of trainings:
+    ``diff`` = the mean of the per-seed paired differences ``D_s``, ``se`` = ``sd(D_s) / √S``
+    (sample std, ``ddof=1``: the training's and the evaluation's noise together), ``z`` =
+    diff / se, ``seeds`` = S, ``within_se`` = the root mean square of the per-seed paired standard
+    errors (the evaluation's noise alone), ``min`` / ``max`` of the ``D_s``.
+
+    Raises:
+        PairingError: fewer than two rows, or a row that could not be paired.
+    """
+    if len(rows) < 2:
+        raise PairingError(f"--seeds: need at least two seeds (pairs of runs), got {len(rows)}")
+    out: Dict[str, Dict[str, float]] = {}
+    for m in metrics:
+        cells = []
+        for r in rows:
+            if "error" in r:
+                raise PairingError(f"--seeds: {r['model']} is not paired with {r['baseline']}: {r['error']}")
+            cell = r[m]
+            assert isinstance(cell, dict)
+            cells.append(cell)
+        d = np.array([c["diff"] for c in cells], dtype=float)
+        s = len(d)
+        se = float(d.std(ddof=1) / math.sqrt(s))
+        diff = float(d.mean())
+        out[m] = {"diff": diff, "se": se, "z": diff / se if se > 0 else (0.0 if diff == 0 else math.nan),
+                  "seeds": s, "within_se": float(math.sqrt(np.mean([c["se"] ** 2 for c in cells]))),
+                  "min": float(d.min()), "max": float(d.max())}
+    return out
+
+
+def markdown_seeds(rows: Sequence[Dict[str, object]], summary: Dict[str, Dict[str, float]],
+                   metrics: Sequence[str]) -> str:
+    """A Markdown table of the per-seed rows and their :func:`over_seeds` summary."""
+    lines = ["Paired differences per seed (each row one pair of trainings; ± the paired standard error "
+             "of that pair's evaluation):", "", "| pair | model − baseline | " + " | ".join(metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]
+    for i, r in enumerate(rows):
+        cells = []
+        for m in metrics:
+            v = r[m]
+            assert isinstance(v, dict)
+            cells.append(f"{v['b']:.4f} − {v['a']:.4f} = {v['diff']:+.4f} ± {v['se']:.4f}")
+        lines.append(f"| {i + 1} | {r['model']} − {r['baseline']} | " + " | ".join(cells) + " |")
+    s = next(iter(summary.values()))["seeds"]
+    lines += ["", f"Over the {s} seeds: the mean difference ± its standard error over seeds (sd / √{s}; "
+              "the training's noise and the evaluation's), z, the range of the seeds' differences, and "
+              "the paired standard error of one seed (the evaluation's noise alone, root mean square):", "",
+              "| metric | mean difference | z | range over seeds | one seed's paired se |", "|---|---|---|---|---|"]
+    for m in metrics:
+        v = summary[m]
+        lines.append(f"| {m} | {v['diff']:+.4f} ± {v['se']:.4f} | {v['z']:+.1f} | {v['min']:+.4f} … "
+                     f"{v['max']:+.4f} | {v['within_se']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: Sequence[Dict[str, object]], metrics: Sequence[str]) -> str:
     """A Markdown table of :func:`compare`'s rows: per metric ``b − a ± se (z)``."""
     if not rows:
@@ -393,6 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=user_path,
                         help="the prepared dataset whose user vocabulary maps the side file's raw IDs "
                              "(default: the data recorded in the first evaluation's metrics.json)")
+    parser.add_argument("--seeds", action="store_true",
+                        help="the runs are pairs of trainings, one pair per seed, in order: BASE_1 MODEL_1 "
+                             "BASE_2 MODEL_2 ... (DIR:MODEL each); report each seed's paired difference and "
+                             "their mean with its standard error over seeds (which counts the training's "
+                             "noise, not only the evaluation's); not with --length-buckets, --side-file, --plot")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --json or --plot file (never one inside a compared evaluation)")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error (also HYTREC_DEBUG=1)")
@@ -427,6 +496,24 @@ def _write_outputs(args: argparse.Namespace, doc: object, rows: Sequence[Dict[st
             write_file_staged(args.plot, "hytrec-compare", lambda tmp: plot_differences(rows, args.metrics, tmp))
 
 
+def _main_seeds(args: argparse.Namespace, models: Sequence[Tuple[str, Dict[str, np.ndarray]]]) -> int:
+    """``--seeds``: consecutive models are one seed's (baseline, model) pair; print and write the
+    per-seed rows and :func:`over_seeds`. Raises :class:`PairingError` for a bad pairing."""
+    if args.length_buckets or args.side_file or args.plot:
+        raise PairingError("--seeds does not combine with --length-buckets, --side-file or --plot")
+    if len(models) % 2:
+        raise PairingError(f"--seeds: the runs must be pairs (BASE_1 MODEL_1 BASE_2 MODEL_2 ...), got "
+                           f"{len(models)} models: {[n for n, _ in models]}")
+    rows = [compare(models[i:i + 2], args.metrics)[0] for i in range(0, len(models), 2)]
+    summary = over_seeds(rows, args.metrics)
+    print(markdown_seeds(rows, summary, args.metrics), end="")
+    try:
+        _write_outputs(args, {"seeds": rows, "over_seeds": summary}, rows)
+    except (OutputError, OSError) as exc:
+        return report("hytrec-compare", exc, 2)
+    return 0
+
+
 @entry_point("hytrec-compare")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
@@ -447,6 +534,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         names = [n for n, _ in models]
         if len(set(names)) != len(names):
             models = [(f"{n}#{i + 1}", t) for i, (n, t) in enumerate(models)]
+        if args.seeds:
+            return _main_seeds(args, models)
         rows = compare(models, args.metrics)
         edges = args.length_buckets or []
         if any(b <= a for a, b in zip(edges, edges[1:])) or any(e < 0 for e in edges):
