@@ -31,7 +31,8 @@
 #   cut_default_sN, cut_short_sN (N = 1, 2, 3): the cut_* pair with another seed (initialisation and
 #          cutoffs), for how much one training's result moves from seed to seed; cut_time_sN: cut_default_sN
 #          with the long branch's time inputs (model.long_time_inputs=true; cut_default before demo.yaml
-#          turned them off is its seed 0).
+#          turned them off is its seed 0); cutr_sN (N = 0..3): cut_default_sN with the long branch added
+#          to the fused short branch through a scale that starts at 0 (model.fusion.long=residual).
 # Validation HR@10 (split=valid, every user) chooses between the objectives; the test split reports.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -67,7 +68,11 @@ cut_default_s3 train.max_steps=600 run.seed=3 data.seed=3
 cut_short_s3  train.max_steps=600 run.seed=3 data.seed=3 model.long_pattern=
 cut_time_s1   train.max_steps=600 run.seed=1 data.seed=1 model.long_time_inputs=true
 cut_time_s2   train.max_steps=600 run.seed=2 data.seed=2 model.long_time_inputs=true
-cut_time_s3   train.max_steps=600 run.seed=3 data.seed=3 model.long_time_inputs=true"
+cut_time_s3   train.max_steps=600 run.seed=3 data.seed=3 model.long_time_inputs=true
+cutr_s0       train.max_steps=600 model.fusion.long=residual
+cutr_s1       train.max_steps=600 run.seed=1 data.seed=1 model.fusion.long=residual
+cutr_s2       train.max_steps=600 run.seed=2 data.seed=2 model.fusion.long=residual
+cutr_s3       train.max_steps=600 run.seed=3 data.seed=3 model.fusion.long=residual"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
