@@ -3,7 +3,9 @@
 #   stack    the pinned stack in /opt/venv, installed by scripts/setup.sh (HYTREC_STACK_ONLY=1) in
 #            the same order and for the same reason as on a workstation (torchrec --no-deps, so the
 #            matching fbgemm-gpu build stays), without the test tools. It copies only
-#            requirements-cpu.txt and scripts/setup.sh, so a code edit leaves its layer cached.
+#            requirements-cpu.txt and scripts/setup.sh, so a code edit leaves its layer cached. The
+#            image keeps the torchrec 1.8 stack (HYTREC_STACK=1.8; workstations and CI default to
+#            1.9, docs/install.md "Two stacks").
 #   build    the package as a wheel (the code enters here).
 #   runtime  the base image, a non-root user, the stack's venv, the wheel installed --no-deps into
 #            it, and configs/, examples/ and .torchxconfig in the working directory /opt/hytrec
@@ -35,8 +37,8 @@ COPY scripts/setup.sh scripts/
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN index="${TORCH_INDEX}"; \
     if [ -z "${index}" ] && [ "${FLAVOR}" = cpu ]; then index=https://download.pytorch.org/whl/cpu; fi; \
-    HYTREC_STACK_ONLY=1 HYTREC_VENV=/opt/venv HYTREC_FLAVOR="${FLAVOR}" HYTREC_TORCH_INDEX="${index}" \
-        bash scripts/setup.sh
+    HYTREC_STACK=1.8 HYTREC_STACK_ONLY=1 HYTREC_VENV=/opt/venv HYTREC_FLAVOR="${FLAVOR}" \
+        HYTREC_TORCH_INDEX="${index}" bash scripts/setup.sh
 
 FROM stack AS build
 COPY pyproject.toml README.md ./

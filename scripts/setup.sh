@@ -2,17 +2,18 @@
 # Create .venv and install the pinned CPU stack (docs/design.md §2) without ever downloading the CUDA
 # fbgemm-gpu. Idempotent: a second run checks a stamp and returns in about a second.
 #
-#   bash scripts/setup.sh            # CPU stack into ./.venv
+#   bash scripts/setup.sh            # CPU stack (the newest pair, torchrec 1.9) into ./.venv
 #   HYTREC_VENV=/path bash scripts/setup.sh
 #   HYTREC_TORCH_INDEX=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
 #       (where torch==2.13.0 is not on your default index as a CPU wheel)
 #   HYTREC_FLAVOR=cuda bash scripts/setup.sh
 #       (GPU machines and the CUDA image: torch from PyTorch's CUDA index and fbgemm-gpu 1.8.0, the
 #        CUDA build, instead of fbgemm-gpu-cpu; torchrec still --no-deps)
-#   HYTREC_STACK=1.9 HYTREC_VENV=.venv-1.9 bash scripts/setup.sh
-#       (the second stack, docs/install.md "Two stacks": torchrec 1.9.2, fbgemm-gpu 1.9.0, torch 2.14.1
-#        from requirements-cpu-1.9.txt; HYTREC_STACK=1.8, the default, is requirements-cpu.txt. Give
-#        each stack its own venv; unset, HYTREC_STACK is the stack the venv was set up with)
+#   HYTREC_STACK=1.8 HYTREC_VENV=.venv-1.8 bash scripts/setup.sh
+#       (the other stack, docs/install.md "Two stacks": torchrec 1.8.0, fbgemm-gpu 1.8.0, torch 2.13.0
+#        from requirements-cpu.txt; HYTREC_STACK=1.9, the default, is torchrec 1.9.2, fbgemm-gpu 1.9.0,
+#        torch 2.14.1 from requirements-cpu-1.9.txt. Give each stack its own venv; unset,
+#        HYTREC_STACK is the stack the venv was set up with, and 1.9 for a new one)
 #   HYTREC_STACK_ONLY=1 bash scripts/setup.sh
 #       (the image's first stage: the stack alone, without the test tools of requirements-cpu.txt
 #        (lines ending in "# test-only"), the package or the stamp, so it needs no code)
@@ -20,9 +21,18 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${HYTREC_VENV:-$here/.venv}"
 python="${PYTHON:-python3}"
-# Unset, HYTREC_STACK is the venv's own stack (recorded in it by a setup of another stack than 1.8),
-# else 1.8: so test.sh, demo.sh, ... given HYTREC_VENV of a 1.9 venv keep it on 1.9.
-stack="${HYTREC_STACK:-$(cat "$venv/.hytrec-stack" 2>/dev/null || echo 1.8)}"
+# Unset, HYTREC_STACK is the venv's own stack: recorded in it by setup (.hytrec-stack), or for a venv
+# set up before 1.9 became the default (which recorded nothing for 1.8) read off its installed
+# torchrec; 1.9 for a new venv. So test.sh, demo.sh, ... keep an existing venv on its stack.
+venv_stack() {
+    if [ -f "$venv/.hytrec-stack" ]; then cat "$venv/.hytrec-stack"; return; fi
+    local info
+    for info in "$venv"/lib/python*/site-packages/torchrec-1.8*.dist-info; do
+        [ -e "$info" ] && { echo 1.8; return; }
+    done
+    echo 1.9
+}
+stack="${HYTREC_STACK:-$(venv_stack)}"
 case "$stack" in  # the requirements file, torchrec (installed --no-deps below) and the CUDA torch index
     1.8) req="$here/requirements-cpu.txt"; torchrec_pin=1.8.0
          cuda_index=https://download.pytorch.org/whl/cu128 ;;
@@ -87,5 +97,5 @@ import torch, fbgemm_gpu, torchrec  # noqa: F401
 torch.ops.fbgemm.asynchronous_complete_cumsum(torch.tensor([1, 2]))
 print(f"[setup] ok: torch {torch.__version__}, torchrec {torchrec.__version__}")
 PY
-if [ "$stack" = 1.8 ]; then rm -f "$venv/.hytrec-stack"; else echo "$stack" > "$venv/.hytrec-stack"; fi
+echo "$stack" > "$venv/.hytrec-stack"
 [ "$stack_only" = 1 ] || echo "$want" > "$stamp"
