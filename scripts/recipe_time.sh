@@ -32,7 +32,8 @@
 #          cutoffs), for how much one training's result moves from seed to seed; cut_time_sN: cut_default_sN
 #          with the long branch's time inputs (model.long_time_inputs=true; cut_default before demo.yaml
 #          turned them off is its seed 0); cutr_sN (N = 0..3): cut_default_sN with the long branch added
-#          to the fused short branch through a scale that starts at 0 (model.fusion.long=residual).
+#          to the fused short branch through a scale that starts at 0 (model.fusion.long=residual);
+#          cutl_sN: cut_default_sN with the paper's last-row readout (model.long_readout=last).
 # Validation HR@10 (split=valid, every user) chooses between the objectives; the test split reports.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -72,7 +73,11 @@ cut_time_s3   train.max_steps=600 run.seed=3 data.seed=3 model.long_time_inputs=
 cutr_s0       train.max_steps=600 model.fusion.long=residual
 cutr_s1       train.max_steps=600 run.seed=1 data.seed=1 model.fusion.long=residual
 cutr_s2       train.max_steps=600 run.seed=2 data.seed=2 model.fusion.long=residual
-cutr_s3       train.max_steps=600 run.seed=3 data.seed=3 model.fusion.long=residual"
+cutr_s3       train.max_steps=600 run.seed=3 data.seed=3 model.fusion.long=residual
+cutl_s0       train.max_steps=600 model.long_readout=last
+cutl_s1       train.max_steps=600 run.seed=1 data.seed=1 model.long_readout=last
+cutl_s2       train.max_steps=600 run.seed=2 data.seed=2 model.long_readout=last
+cutl_s3       train.max_steps=600 run.seed=3 data.seed=3 model.long_readout=last"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
