@@ -33,7 +33,8 @@
 #          with the long branch's time inputs (model.long_time_inputs=true; cut_default before demo.yaml
 #          turned them off is its seed 0); cutr_sN (N = 0..3): cut_default_sN with the long branch added
 #          to the fused short branch through a scale that starts at 0 (model.fusion.long=residual);
-#          cutl_sN: cut_default_sN with the paper's last-row readout (model.long_readout=last).
+#          cutl_sN: cut_default_sN with the paper's last-row readout (model.long_readout=last);
+#          ctx_default_s1: ctx_default with seed 1, for the wall time of cut_default_s1.
 # Validation HR@10 (split=valid, every user) chooses between the objectives; the test split reports.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -77,7 +78,8 @@ cutr_s3       train.max_steps=600 run.seed=3 data.seed=3 model.fusion.long=resid
 cutl_s0       train.max_steps=600 model.long_readout=last
 cutl_s1       train.max_steps=600 run.seed=1 data.seed=1 model.long_readout=last
 cutl_s2       train.max_steps=600 run.seed=2 data.seed=2 model.long_readout=last
-cutl_s3       train.max_steps=600 run.seed=3 data.seed=3 model.long_readout=last"
+cutl_s3       train.max_steps=600 run.seed=3 data.seed=3 model.long_readout=last
+ctx_default_s1 $ctx run.seed=1 data.seed=1"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
