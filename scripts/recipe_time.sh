@@ -34,7 +34,8 @@
 #          turned them off is its seed 0); cutr_sN (N = 0..3): cut_default_sN with the long branch added
 #          to the fused short branch through a scale that starts at 0 (model.fusion.long=residual);
 #          cutl_sN: cut_default_sN with the paper's last-row readout (model.long_readout=last);
-#          ctx_default_s1: ctx_default with seed 1, for the wall time of cut_default_s1.
+#          ctx_default_s1: ctx_default with seed 1, for the wall time of cut_default_s1; cutg_sN:
+#          cut_default_sN with the long branch reading detached event embeddings (model.long_input_grad=false).
 # Validation HR@10 (split=valid, every user) chooses between the objectives; the test split reports.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -79,7 +80,11 @@ cutl_s0       train.max_steps=600 model.long_readout=last
 cutl_s1       train.max_steps=600 run.seed=1 data.seed=1 model.long_readout=last
 cutl_s2       train.max_steps=600 run.seed=2 data.seed=2 model.long_readout=last
 cutl_s3       train.max_steps=600 run.seed=3 data.seed=3 model.long_readout=last
-ctx_default_s1 $ctx run.seed=1 data.seed=1"
+ctx_default_s1 $ctx run.seed=1 data.seed=1
+cutg_s0       train.max_steps=600 model.long_input_grad=false
+cutg_s1       train.max_steps=600 run.seed=1 data.seed=1 model.long_input_grad=false
+cutg_s2       train.max_steps=600 run.seed=2 data.seed=2 model.long_input_grad=false
+cutg_s3       train.max_steps=600 run.seed=3 data.seed=3 model.long_input_grad=false"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"
