@@ -28,14 +28,13 @@
 #   cut_lastread, cut_notime, cut_norep, cut_short_norep, cut_resid, cut_nograd, cut_*_noclip,
 #          cut4_*, cutc*_*: one switch each against cut_default / cut_short (the MovieLens-1M
 #          diagnostics of docs/results.md);
-#   cut_default_sN, cut_short_sN (N = 1, 2, 3): the cut_* pair with another seed (initialisation and
-#          cutoffs), for how much one training's result moves from seed to seed; cut_time_sN: cut_default_sN
-#          with the long branch's time inputs (model.long_time_inputs=true; cut_default before demo.yaml
-#          turned them off is its seed 0); cutr_sN (N = 0..3): cut_default_sN with the long branch added
-#          to the fused short branch through a scale that starts at 0 (model.fusion.long=residual);
-#          cutl_sN: cut_default_sN with the paper's last-row readout (model.long_readout=last);
-#          ctx_default_s1: ctx_default with seed 1, for the wall time of cut_default_s1; cutg_sN:
-#          cut_default_sN with the long branch reading detached event embeddings (model.long_input_grad=false).
+#   cut_time: cut_default with the long branch's time inputs (model.long_time_inputs=true; cut_default
+#          before demo.yaml turned them off is that run);
+#   NAME_sN: any recipe NAME with seed N (run.seed=N data.seed=N: initialisation and cutoffs;
+#          scripts/lib/recipes.sh), for how much one training's result moves from seed to seed: the
+#          rows of docs/results.md "Seeds" are cut_default_sN, cut_short_sN, cut_time_sN (N = 1..3),
+#          cut_resid_sN, cut_lastread_sN, cut_nograd_sN (N = 0..3) and ctx_default_s1 (its wall-time
+#          budget: cut_default_s1's).
 # Validation HR@10 (split=valid, every user) chooses between the objectives; the test split reports.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -63,28 +62,7 @@ cut_lastread  train.max_steps=600 model.long_readout=last
 cut_notime    train.max_steps=600 model.long_time_inputs=false
 cut_norep     train.max_steps=600 model.repeat=false
 cut_short_norep train.max_steps=600 model.repeat=false model.long_pattern=
-cut_default_s1 train.max_steps=600 run.seed=1 data.seed=1
-cut_short_s1  train.max_steps=600 run.seed=1 data.seed=1 model.long_pattern=
-cut_default_s2 train.max_steps=600 run.seed=2 data.seed=2
-cut_short_s2  train.max_steps=600 run.seed=2 data.seed=2 model.long_pattern=
-cut_default_s3 train.max_steps=600 run.seed=3 data.seed=3
-cut_short_s3  train.max_steps=600 run.seed=3 data.seed=3 model.long_pattern=
-cut_time_s1   train.max_steps=600 run.seed=1 data.seed=1 model.long_time_inputs=true
-cut_time_s2   train.max_steps=600 run.seed=2 data.seed=2 model.long_time_inputs=true
-cut_time_s3   train.max_steps=600 run.seed=3 data.seed=3 model.long_time_inputs=true
-cutr_s0       train.max_steps=600 model.fusion.long=residual
-cutr_s1       train.max_steps=600 run.seed=1 data.seed=1 model.fusion.long=residual
-cutr_s2       train.max_steps=600 run.seed=2 data.seed=2 model.fusion.long=residual
-cutr_s3       train.max_steps=600 run.seed=3 data.seed=3 model.fusion.long=residual
-cutl_s0       train.max_steps=600 model.long_readout=last
-cutl_s1       train.max_steps=600 run.seed=1 data.seed=1 model.long_readout=last
-cutl_s2       train.max_steps=600 run.seed=2 data.seed=2 model.long_readout=last
-cutl_s3       train.max_steps=600 run.seed=3 data.seed=3 model.long_readout=last
-ctx_default_s1 $ctx run.seed=1 data.seed=1
-cutg_s0       train.max_steps=600 model.long_input_grad=false
-cutg_s1       train.max_steps=600 run.seed=1 data.seed=1 model.long_input_grad=false
-cutg_s2       train.max_steps=600 run.seed=2 data.seed=2 model.long_input_grad=false
-cutg_s3       train.max_steps=600 run.seed=3 data.seed=3 model.long_input_grad=false"
+cut_time      train.max_steps=600 model.long_time_inputs=true"
 
 # shellcheck source=scripts/lib/recipes.sh
 source "$here/scripts/lib/recipes.sh"

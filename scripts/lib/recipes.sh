@@ -5,11 +5,17 @@
 # the recipe names, one per line
 names() { awk '{print $1}' <<< "$recipes"; }
 
-# NAME -> its overrides ("" for "-"); an unknown NAME is an error listing the known ones (status 2)
+# NAME -> its overrides ("" for "-"). NAME_sN without a line of its own is recipe NAME trained with
+# seed N (run.seed=N data.seed=N: initialisation and sampling), so a recipe's other seeds need no
+# lines. An unknown NAME is an error listing the known ones (status 2).
 recipe() {
     local line
     line="$(awk -v n="$1" '$1 == n {$1 = ""; sub(/^ +/, ""); print}' <<< "$recipes")"
-    [ -n "$line" ] || { echo "unknown recipe '$1'; one of: $(names | tr '\n' ' ')" >&2; return 2; }
+    if [ -z "$line" ] && [[ "$1" =~ ^(.+)_s([0-9]+)$ ]] && line="$(recipe "${BASH_REMATCH[1]}" 2> /dev/null)"; then
+        echo "${line:+$line }run.seed=${BASH_REMATCH[2]} data.seed=${BASH_REMATCH[2]}"
+        return 0
+    fi
+    [ -n "$line" ] || { echo "unknown recipe '$1'; one of: $(names | tr '\n' ' ') (NAME_sN: NAME with seed N)" >&2; return 2; }
     [ "$line" = "-" ] && line=""
     echo "$line"
 }
