@@ -196,6 +196,11 @@ def align(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], name_a: str = "A",
     return order[0], order[1]
 
 
+def _z(diff: float, se: float) -> float:
+    """diff / se; 0 for no difference and no spread, NaN for a difference without a spread."""
+    return diff / se if se > 0 else (0.0 if diff == 0 else math.nan)
+
+
 def paired_difference(rank_a: np.ndarray, rank_b: np.ndarray, catalog_a: np.ndarray, catalog_b: np.ndarray,
                       metrics: Sequence[str]) -> Dict[str, Dict[str, float]]:
     """Per metric: ``a`` and ``b`` (means), ``diff`` = b − a, ``se`` (paired), ``z``, ``n``, and
@@ -219,7 +224,7 @@ def paired_difference(rank_a: np.ndarray, rank_b: np.ndarray, catalog_a: np.ndar
         n = len(d)
         diff = float(d.mean()) if n else math.nan
         se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-        z = diff / se if se > 0 else (0.0 if diff == 0 else math.nan)
+        z = _z(diff, se)
         out[m] = {"a": float(a.mean()) if n else math.nan, "b": float(b.mean()) if n else math.nan,
                   "diff": diff, "se": se, "z": z, "n": n,
                   "b_only": int((d > 0).sum()), "a_only": int((d < 0).sum())}
@@ -272,7 +277,7 @@ def over_seeds(rows: Sequence[Dict[str, object]], metrics: Sequence[str]) -> Dic
         s = len(d)
         se = float(d.std(ddof=1) / math.sqrt(s))
         diff = float(d.mean())
-        out[m] = {"diff": diff, "se": se, "z": diff / se if se > 0 else (0.0 if diff == 0 else math.nan),
+        out[m] = {"diff": diff, "se": se, "z": _z(diff, se),
                   "seeds": s, "within_se": float(math.sqrt(np.mean([c["se"] ** 2 for c in cells]))),
                   "min": float(d.min()), "max": float(d.max())}
     return out
